@@ -1,0 +1,3 @@
+"""sockd: the classic SOCKS server, in Python."""
+
+__version__ = "4.5.0"

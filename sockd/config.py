@@ -1,0 +1,482 @@
+"""Reading sockd.conf: server directives and classic permit/deny rules.
+
+One table, SETTINGS, names every directive with its argument form, default
+and one line of documentation; the parser, the command-line overrides and the
+test that checks sockd.conf(5) all read it.  A line is a rule when its first
+word is ``permit`` or ``deny`` (any case, as 4.3 allowed), a special hook
+when it starts with ``#NO_IDENTD:`` or ``#BAD_ID:`` in column 0, and a
+directive otherwise; no directive keyword can ever be read as a rule.
+
+The parser reports every problem it finds, each as ``FILE:LINE: message
+(near 'token')``, and never raises anything but ConfigError for a user's
+mistake.  The only I/O here is reading the file and the userfiles it names.
+"""
+
+import ipaddress
+import os
+import re
+import socket
+
+from . import rules as R
+
+MAX_LINE = 1023
+
+FACILITIES = {
+    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
+    "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11,
+    "local0": 16, "local1": 17, "local2": 18, "local3": 19,
+    "local4": 20, "local5": 21, "local6": 22, "local7": 23,
+}
+
+DEFAULT_PORT = 1080
+
+
+class ConfigError(Exception):
+    """Every problem of one configuration file: ``problems`` is a list of
+    (file, line, message) tuples, already formatted for the user."""
+
+    def __init__(self, problems):
+        self.problems = problems
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self):
+        return ["%s:%d: %s" % p for p in self.problems]
+
+
+class Bad(Exception):
+    """Raised inside the parser for one problem on one line."""
+
+    def __init__(self, message, token=None):
+        super().__init__(message)
+        self.token = token
+
+
+# --- value converters (pure) -------------------------------------------------------
+
+def to_int(lo, hi):
+    def conv(tok):
+        try:
+            v = int(tok, 10)
+        except ValueError:
+            raise Bad("not a number", tok) from None
+        if not lo <= v <= hi:
+            raise Bad("out of range %d-%d" % (lo, hi), tok)
+        return v
+    return conv
+
+
+def to_seconds(tok):
+    """Seconds, with an optional unit: 30, 30s, 2m, 2h, 1d."""
+    mult = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = tok.lower()
+    m = 1
+    if t and t[-1] in mult:
+        m, t = mult[t[-1]], t[:-1]
+    try:
+        v = float(t)
+    except ValueError:
+        raise Bad("not a duration (seconds, or a number with s, m, h or d)", tok) from None
+    if v < 0 or v * m > 10 * 365 * 86400:
+        raise Bad("duration out of range", tok)
+    return v * m
+
+
+def to_choice(*choices):
+    def conv(tok):
+        if tok.lower() not in choices:
+            raise Bad("expected one of: %s" % ", ".join(choices), tok)
+        return tok.lower()
+    return conv
+
+
+def to_bool(tok):
+    t = tok.lower()
+    if t in ("yes", "on", "true", "1"):
+        return True
+    if t in ("no", "off", "false", "0"):
+        return False
+    raise Bad("expected yes or no", tok)
+
+
+def to_facility(tok):
+    if tok.lower() not in FACILITIES:
+        raise Bad("unknown syslog facility", tok)
+    return tok.lower()
+
+
+def to_port(tok, proto="tcp"):
+    if tok.isdigit():
+        v = int(tok)
+        if v > 65535:
+            raise Bad("port number out of range", tok)
+        return v
+    try:
+        return socket.getservbyname(tok, proto)
+    except OSError:
+        raise Bad("unknown service name", tok) from None
+
+
+def to_listen(tok):
+    """ADDRESS:PORT, [IPV6]:PORT, *:PORT or a bare PORT.  Returns (host, port)."""
+    if tok.startswith("["):
+        end = tok.find("]")
+        if end < 0:
+            raise Bad("missing ']' in IPv6 address", tok)
+        host, rest = tok[1:end], tok[end + 1:]
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            raise Bad("bad IPv6 address", tok) from None
+        if not rest:
+            return host, DEFAULT_PORT
+        if not rest.startswith(":"):
+            raise Bad("expected ':PORT' after ']'", tok)
+        return host, to_port(rest[1:])
+    if tok.count(":") > 1:
+        raise Bad("write IPv6 addresses in brackets: [ADDRESS]:PORT", tok)
+    if ":" in tok:
+        host, port = tok.rsplit(":", 1)
+        port = to_port(port)
+    elif tok.isdigit():
+        host, port = "0.0.0.0", to_port(tok)
+    else:
+        host, port = tok, DEFAULT_PORT
+    if host in ("", "*"):
+        host = "0.0.0.0"
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        if not R.valid_hostname(host):
+            raise Bad("bad listen address", tok) from None
+    return host, port
+
+
+class Setting:
+    """One directive: its words, argument converters, default and doc."""
+
+    def __init__(self, key, args, default, doc, convert=None, repeat=False, cli=None):
+        self.key = key            # "timeout negotiate"
+        self.args = args          # "SECONDS", for the docs and messages
+        self.default = default
+        self.doc = doc
+        self.convert = convert    # token -> value (one argument) or None for custom
+        self.repeat = repeat      # a list, one entry per line
+        self.cli = cli            # the command-line flag that overrides it
+
+    @property
+    def attr(self):
+        return self.key.replace(" ", "_").replace("-", "_")
+
+
+SETTINGS = [
+    Setting("listen", "ADDRESS:PORT", [("0.0.0.0", DEFAULT_PORT)],
+            "address and port to accept clients on; repeatable; [ADDRESS]:PORT for IPv6",
+            to_listen, repeat=True),
+    Setting("workers", "N", 0, "worker processes in the threads model (0: one per CPU)",
+            to_int(0, 256), cli="-N"),
+    Setting("model", "fork|threads", "threads",
+            "threads: pre-forked workers; fork: one child process per client", to_choice("fork", "threads"),
+            cli="-m"),
+    Setting("threads", "N", 16, "helper threads per worker for the steps that block (names, identd, passwords)",
+            to_int(1, 1024)),
+    Setting("limit clients", "N", 0,
+            "most clients served at once (0: no limit; in the fork model, 0 means 512 children)",
+            to_int(0, 10 ** 6)),
+    Setting("timeout negotiate", "SECONDS", 30.0,
+            "time a client has to send its whole greeting and request", to_seconds),
+    Setting("timeout connect", "SECONDS", 120.0,
+            "time to reach the destination (CONNECT) or receive the connection (BIND)", to_seconds),
+    Setting("timeout idle", "SECONDS", 7200.0, "a relay with no traffic either way for this long is closed (0: never)",
+            to_seconds),
+    Setting("log facility", "NAME", "daemon", "syslog facility", to_facility),
+    Setting("log socket", "PATH", "/dev/log", "the syslog socket to send to", str),
+]
+BY_KEY = {s.key: s for s in SETTINGS}
+GROUPS = {k.split(" ", 1)[0] for k in BY_KEY if " " in k}
+
+
+class Config:
+    """A parsed configuration.  Settings are attributes named after their key
+    (``timeout negotiate`` -> ``timeout_negotiate``); ``ruleset`` holds the
+    rules; ``warnings`` the (file, line, message) notes that are not errors."""
+
+    def __init__(self, path):
+        self.path = path
+        self.ruleset = R.Ruleset([])
+        self.warnings = []
+        self.explicit = set()
+        for s in SETTINGS:
+            setattr(self, s.attr, list(s.default) if s.repeat else s.default)
+
+    def get(self, key):
+        return getattr(self, BY_KEY[key].attr)
+
+    def set(self, key, value):
+        setattr(self, BY_KEY[key].attr, value)
+        self.explicit.add(key)
+
+
+def _is_v6_token(tok):
+    try:
+        if "/" in tok:
+            ipaddress.IPv6Network(tok, strict=False)
+        else:
+            ipaddress.IPv6Address(tok)
+        return True
+    except ValueError:
+        return False
+
+
+def command_colon(raw):
+    """Where the ': shell command' part starts, or -1.
+
+    The classic scan takes the first ':' of the line; IPv6 addresses are
+    full of them, so a token that is an IPv6 address (or network) is
+    skipped, and the command starts at the first other ':'."""
+    for m in re.finditer(r"\S+", raw):
+        tok = m.group()
+        if ":" not in tok:
+            continue
+        if _is_v6_token(tok):
+            continue
+        return m.start() + tok.index(":")
+    return -1
+
+
+def split_line(raw):
+    """The classic scan: the first ':' splits off the shell command, and a
+    '#' before any ':' ends the line.  Returns (tokens, command or None)."""
+    colon = command_colon(raw)
+    hash_ = raw.find("#")
+    if hash_ >= 0 and (colon < 0 or hash_ < colon):
+        raw, colon = raw[:hash_], command_colon(raw[:hash_])
+    command = None
+    if colon >= 0:
+        command = raw[colon + 1:].strip() or None
+        raw = raw[:colon]
+    return raw.replace("\t", " ").split(), command
+
+
+def parse_rule(tokens, command, file="-", line=0, text=""):
+    """Parse one permit/deny line (already split).  Raises Bad."""
+    action = tokens[0].lower()
+    i = 1
+    ident = users = None
+    seen = set()
+    while i < len(tokens) and tokens[i][:2] in ("?=", "*="):
+        tok = tokens[i]
+        kind = tok[:2]
+        if kind in seen:
+            raise Bad("%s given twice" % kind, tok)
+        seen.add(kind)
+        if kind == "?=":
+            val = tok[2:]
+            if val not in ("I", "i", "n", ""):
+                raise Bad("invalid ?= field: expected ?=I, ?=i or ?=n", tok)
+            ident = val or "n"
+        else:
+            val = tok[2:]
+            if val:
+                names = val.split(",")
+                for n in names:
+                    if not n:
+                        raise Bad("empty name in *= list", tok)
+                    if n.startswith("/") and len(n) < 2:
+                        raise Bad("bad userfile path in *= list", tok)
+                users = tuple(names)
+        i += 1
+    rest = tokens[i:]
+    src, dst, port_op, port = parse_fields(rest)
+    return R.Rule(action, src, dst, ident=ident, users=users, port_op=port_op, port=port,
+                  command=command, file=file, line=line, text=text)
+
+
+def addr_candidates(rest, what):
+    """The ways the front of ``rest`` can be read as an address field:
+    a list of (AddrSpec, remaining tokens).  A CIDR takes one token, a
+    literal address two (address and mask); a name or ALL takes its mask
+    when one follows (it is ignored, as in the classic route file) or stands
+    alone."""
+    if not rest or rest[0] in R.PORT_OPS:
+        raise Bad("missing %s address" % what, rest[0] if rest else None)
+    tok = rest[0]
+    if "/" in tok:
+        try:
+            return [(R.parse_addr_spec(tok), rest[1:])]
+        except ValueError as exc:
+            raise Bad("bad %s address: %s" % (what, exc), tok) from None
+    try:
+        ipaddress.ip_address(tok)
+        literal = True
+    except ValueError:
+        literal = False
+    if literal:
+        if len(rest) < 2 or rest[1] in R.PORT_OPS:
+            raise Bad("%s address needs a mask (or write it as ADDRESS/PREFIX)" % what, tok)
+        try:
+            return [(R.parse_addr_spec(tok, rest[1]), rest[2:])]
+        except ValueError as exc:
+            raise Bad("bad %s address: %s" % (what, exc), "%s %s" % (tok, rest[1])) from None
+    try:
+        alone = R.parse_addr_spec(tok)
+    except ValueError as exc:
+        raise Bad("bad %s address: %s" % (what, exc), tok) from None
+    out = []
+    if len(rest) >= 2 and R.looks_like_mask(rest[1]):
+        out.append((alone, rest[2:]))
+    out.append((alone, rest[1:]))
+    return out
+
+
+def parse_port_part(rest):
+    if not rest:
+        return None, 0
+    op = rest[0]
+    if op not in R.PORT_OPS:
+        raise Bad("invalid comparison: expected eq, neq, lt, gt, le or ge", op)
+    if len(rest) < 2:
+        raise Bad("missing port number after '%s'" % op, op)
+    try:
+        port = to_port(rest[1])
+    except Bad as exc:
+        raise Bad("invalid port number: %s" % exc, rest[1]) from None
+    if len(rest) > 2:
+        raise Bad("unexpected text at the end of the rule", rest[2])
+    return op, port
+
+
+def parse_fields(rest):
+    """src [dst] [op port] -> (src, dst or None, op or None, port).  Tries
+    each reading of the address fields and keeps the first that parses."""
+    first_error = None
+    for src, after_src in addr_candidates(rest, "source"):
+        try:
+            if not after_src or after_src[0] in R.PORT_OPS:
+                op, port = parse_port_part(after_src)
+                return src, None, op, port
+            for dst, after_dst in addr_candidates(after_src, "destination"):
+                try:
+                    op, port = parse_port_part(after_dst)
+                    return src, dst, op, port
+                except Bad as exc:
+                    first_error = first_error or exc
+        except Bad as exc:
+            first_error = first_error or exc
+    raise first_error
+
+
+def read_userfile(path):
+    """The names of a userfile: separated by blanks, tabs and commas, with #
+    comments.  Returns a frozenset, or None when it cannot be read."""
+    try:
+        with open(path, "r", encoding="utf-8", errors="replace") as f:
+            data = f.read(1 << 22)
+    except OSError:
+        return None
+    names = set()
+    for raw in data.splitlines():
+        raw = raw.split("#", 1)[0]
+        names.update(n for n in raw.replace(",", " ").split() if n)
+    return frozenset(names)
+
+
+def parse_text(text, path="-", config=None):
+    """Parse configuration text.  Returns a Config, raises ConfigError."""
+    cfg = config or Config(path)
+    problems = []
+    rules = []
+    no_identd = bad_id = None
+    seen = {}
+
+    def problem(lineno, message, token=None):
+        if token is not None:
+            message = "%s (near '%s')" % (message, printable(token))
+        problems.append((path, lineno, message))
+
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        if len(raw) > MAX_LINE:
+            problem(lineno, "line longer than %d characters" % MAX_LINE)
+            continue
+        for prefix in ("#NO_IDENTD:", "#BAD_ID:"):
+            if raw.startswith(prefix):
+                cmd = raw[len(prefix):].strip()
+                if prefix == "#NO_IDENTD:" and no_identd is None and cmd:
+                    no_identd = (path, lineno, cmd)
+                elif prefix == "#BAD_ID:" and bad_id is None and cmd:
+                    bad_id = (path, lineno, cmd)
+                break
+        else:
+            tokens, command = split_line(raw)
+            if not tokens:
+                if command is not None:
+                    problem(lineno, "shell command without a rule")
+                continue
+            word = tokens[0]
+            try:
+                if word.lower() in (R.PERMIT, R.DENY):
+                    rules.append(parse_rule(tokens, command, path, lineno, " ".join(tokens)))
+                else:
+                    if command is not None:
+                        # a directive has no ':' command; put it back (paths may hold ':')
+                        tokens, command = raw.split("#", 1)[0].replace("\t", " ").split(), None
+                    parse_directive(cfg, tokens, seen, lineno)
+            except Bad as exc:
+                problem(lineno, str(exc), exc.token)
+    if problems:
+        raise ConfigError(problems)
+    userfiles = {}
+    for r in rules:
+        for u in r.users or ():
+            if u.startswith("/") and u not in userfiles:
+                userfiles[u] = read_userfile(u)
+                if userfiles[u] is None:
+                    cfg.warnings.append((r.file, r.line, "Unable to open userfile (%s)" % u))
+    cfg.ruleset = R.Ruleset(rules, no_identd, bad_id, userfiles)
+    if not cfg.ruleset.has_permit:
+        cfg.warnings.append((path, 0, "no permit line: every request will be refused"))
+    return cfg
+
+
+def parse_directive(cfg, tokens, seen, lineno):
+    word = tokens[0].lower()
+    if word in GROUPS:
+        if len(tokens) < 2:
+            raise Bad("'%s' needs a second word" % word, tokens[0])
+        key = "%s %s" % (word, tokens[1].lower())
+        args = tokens[2:]
+        if key not in BY_KEY:
+            choices = sorted(k.split(" ", 1)[1] for k in BY_KEY if k.startswith(word + " "))
+            raise Bad("unknown '%s' setting; expected one of: %s" % (word, ", ".join(choices)), tokens[1])
+    else:
+        key, args = word, tokens[1:]
+        if key not in BY_KEY:
+            raise Bad("unknown directive (rules start with permit or deny)", tokens[0])
+    s = BY_KEY[key]
+    if len(args) != 1:
+        raise Bad("'%s' takes one argument: %s %s" % (key, key, s.args), " ".join(tokens))
+    value = s.convert(args[0])
+    if s.repeat:
+        if key not in seen:
+            cfg.set(key, [])
+        cfg.get(key).append(value)
+    else:
+        if key in seen:
+            raise Bad("'%s' given twice (first on line %d)" % (key, seen[key]), tokens[0])
+        cfg.set(key, value)
+    seen.setdefault(key, lineno)
+
+
+def load(path):
+    """Read and parse a configuration file.  Raises ConfigError."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(1 << 24)
+    except OSError as exc:
+        raise ConfigError([(path, 0, "cannot read: %s" % exc.strerror)]) from None
+    return parse_text(data.decode("utf-8", "replace"), path)
+
+
+def printable(text, limit=60):
+    """A token as it may appear in a message: printable, and short."""
+    out = "".join(c if " " <= c < "\x7f" else "?" for c in text)
+    return out if len(out) <= limit else out[:limit] + "..."

@@ -1,0 +1,125 @@
+"""Logging: syslog as ``sockd[PID]`` (RFC 3164 over the local socket), and a
+copy on stderr when running in the foreground.
+
+Written by hand rather than with the syslog module because the socket path
+must be configurable (tests and chroots point it elsewhere) and because a
+slow syslog daemon must never stall a worker: datagrams are sent with
+MSG_DONTWAIT and counted as dropped when the socket is full.  Every message
+is cut to printable ASCII here, whatever the caller put in it.
+"""
+
+import os
+import socket
+import threading
+import time
+
+from .config import FACILITIES
+
+EMERG, ALERT, CRIT, ERR, WARNING, NOTICE, INFO, DEBUG = range(8)
+LEVEL_NAMES = {ERR: "error", WARNING: "warning", NOTICE: "notice", INFO: "info", DEBUG: "debug"}
+
+_SAFE = bytes(c if 32 <= c < 127 else ord("?") for c in range(256))
+
+
+def clean(text, limit=2048):
+    """Printable ASCII only (no newline can ever split a log line)."""
+    if not isinstance(text, bytes):
+        text = text.encode("utf-8", "replace")
+    return text[:limit].translate(_SAFE).decode("ascii")
+
+
+class Logger:
+    def __init__(self, ident="sockd", facility="daemon", socket_path="/dev/log", stderr=False, debug=0):
+        self.ident = ident
+        self.facility = FACILITIES.get(facility, 3)
+        self.socket_path = socket_path
+        self.stderr = stderr
+        self.debug_level = debug
+        self.dropped = 0
+        self._sock = None
+        self._retry_at = 0.0
+        self._lock = threading.Lock()
+        self.pid = os.getpid()
+
+    def configure(self, facility=None, socket_path=None):
+        if facility is not None:
+            self.facility = FACILITIES.get(facility, self.facility)
+        if socket_path is not None and socket_path != self.socket_path:
+            self.socket_path = socket_path
+            self.reopen()
+
+    def reopen(self):
+        """Forget the syslog socket (after a fork, a reload or a chroot)."""
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+            self._sock = None
+            self._retry_at = 0.0
+            self.pid = os.getpid()
+
+    def _connect(self):
+        now = time.monotonic()
+        if now < self._retry_at:
+            return None
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            s.connect(self.socket_path)
+        except OSError:
+            s.close()
+            self._retry_at = now + 5.0
+            return None
+        self._sock = s
+        return s
+
+    def log(self, level, message):
+        if level == DEBUG and not self.debug_level:
+            return
+        msg = clean(message)
+        pid = os.getpid()
+        stamp = time.strftime("%b %e %H:%M:%S")
+        line = "%s %s[%d]: %s" % (stamp, self.ident, pid, msg)
+        if self.stderr:
+            try:
+                os.write(2, (line + "\n").encode())
+            except OSError:
+                pass
+        data = ("<%d>%s" % (self.facility * 8 + level, line)).encode()
+        with self._lock:
+            if self.pid != pid:            # forked since: the socket is shared with the parent
+                if self._sock is not None:
+                    self._sock.close()
+                self._sock, self._retry_at, self.pid = None, 0.0, pid
+            s = self._sock or self._connect()
+            if s is None:
+                return
+            try:
+                s.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                self.dropped += 1
+            except OSError:
+                s.close()
+                self._sock = None
+                try:
+                    s = self._connect()
+                    if s is not None:
+                        s.send(data, socket.MSG_DONTWAIT)
+                except OSError:
+                    self.dropped += 1
+
+    def error(self, msg):
+        self.log(ERR, msg)
+
+    def warning(self, msg):
+        self.log(WARNING, msg)
+
+    def notice(self, msg):
+        self.log(NOTICE, msg)
+
+    def info(self, msg):
+        self.log(INFO, msg)
+
+    def debug(self, msg):
+        self.log(DEBUG, msg)
+
+
+log = Logger()

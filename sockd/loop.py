@@ -1,0 +1,236 @@
+"""The poll loop a worker serves its clients from, its timers, and the pool
+of helper threads for the steps that block.
+
+One loop per process, on epoll (never select.select, which fails past
+descriptor 1023).  Handlers are plain callables taking the event mask.
+Timers are a heap with lazy cancellation.  Work that would block the loop
+(name resolution, identd, password hashing) runs in a bounded pool of
+threads whose results come back through ``call_soon_threadsafe`` and an
+eventfd; in a fork-model child or under inetd there is only one client, so
+the "pool" runs the work inline.
+"""
+
+import heapq
+import os
+import queue
+import select
+import threading
+import time
+
+EPOLLIN = select.EPOLLIN
+EPOLLOUT = select.EPOLLOUT
+EPOLLERR = select.EPOLLERR
+EPOLLHUP = select.EPOLLHUP
+EPOLLRDHUP = select.EPOLLRDHUP
+EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 1 << 28)
+
+
+class Timer:
+    __slots__ = ("when", "callback", "cancelled")
+
+    def __init__(self, when, callback):
+        self.when, self.callback, self.cancelled = when, callback, False
+
+    def cancel(self):
+        self.cancelled = True
+        self.callback = None
+
+    def __lt__(self, other):
+        return self.when < other.when
+
+
+class Loop:
+    def __init__(self):
+        self.ep = select.epoll()
+        self.handlers = {}
+        self.timers = []
+        self.now = time.monotonic()
+        self.running = False
+        self._calls = []
+        self._calls_lock = threading.Lock()
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.ep.register(self._wake_fd, EPOLLIN)
+        self.handlers[self._wake_fd] = self._on_wake
+        self.executor = InlineExecutor(self)
+        self.idle_hooks = []
+
+    # --- descriptors ---
+    def add(self, fd, mask, handler):
+        self.handlers[fd] = handler
+        self.ep.register(fd, mask)
+
+    def modify(self, fd, mask):
+        self.ep.modify(fd, mask)
+
+    def remove(self, fd):
+        if self.handlers.pop(fd, None) is not None:
+            try:
+                self.ep.unregister(fd)
+            except (OSError, ValueError):
+                pass
+
+    # --- timers ---
+    def call_later(self, delay, callback):
+        t = Timer(self.now + delay, callback)
+        heapq.heappush(self.timers, t)
+        return t
+
+    def call_at(self, when, callback):
+        t = Timer(when, callback)
+        heapq.heappush(self.timers, t)
+        return t
+
+    # --- cross-thread ---
+    def call_soon_threadsafe(self, callback, *args):
+        with self._calls_lock:
+            self._calls.append((callback, args))
+        try:
+            os.eventfd_write(self._wake_fd, 1)
+        except OSError:
+            pass
+
+    def _on_wake(self, events):
+        try:
+            os.eventfd_read(self._wake_fd)
+        except OSError:
+            pass
+        with self._calls_lock:
+            calls, self._calls = self._calls, []
+        for cb, args in calls:
+            try:
+                cb(*args)
+            except Exception:
+                self.handle_error(cb)
+
+    def stop(self):
+        self.running = False
+        try:
+            os.eventfd_write(self._wake_fd, 1)
+        except OSError:
+            pass
+
+    def run(self, until=None):
+        """Serve until stop() (or until ``until()`` is true after an event)."""
+        self.running = True
+        handlers = self.handlers
+        timers = self.timers
+        poll = self.ep.poll
+        monotonic = time.monotonic
+        while self.running:
+            if timers:
+                timeout = max(0.0, timers[0].when - monotonic())
+                if timeout > 3600:
+                    timeout = 3600
+            else:
+                timeout = 3600
+            try:
+                events = poll(timeout)
+            except InterruptedError:
+                events = ()
+            self.now = now = monotonic()
+            for fd, ev in events:
+                h = handlers.get(fd)
+                if h is not None:
+                    try:
+                        h(ev)
+                    except Exception:
+                        self.handle_error(h)
+            while timers and timers[0].when <= now:
+                t = heapq.heappop(timers)
+                if not t.cancelled:
+                    cb = t.callback
+                    t.callback = None
+                    try:
+                        cb()
+                    except Exception:
+                        self.handle_error(cb)
+            if len(timers) > 64 and len(timers) > 4 * self._live_timers():
+                self.timers[:] = [t for t in timers if not t.cancelled]
+                heapq.heapify(self.timers)
+            for hook in self.idle_hooks:
+                hook()
+            if until is not None and until():
+                break
+
+    def handle_error(self, callback):
+        """A bug met one client: log it, close that client, keep serving."""
+        import traceback
+        from .log import log
+        lines = traceback.format_exc().splitlines()
+        log.error("internal error: %s" % (lines[-1] if lines else "?"))
+        for line in lines:
+            log.debug(line)
+        owner = getattr(callback, "__self__", None)
+        close = getattr(owner, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                log.error("internal error while closing: %s" % traceback.format_exc().splitlines()[-1])
+
+    def _live_timers(self):
+        return sum(1 for t in self.timers if not t.cancelled)
+
+    def close(self):
+        self.executor.shutdown()
+        self.ep.close()
+        os.close(self._wake_fd)
+
+
+class InlineExecutor:
+    """Runs blocking work at once, in the loop's thread: for processes that
+    serve a single client (fork-model children, inetd)."""
+
+    def __init__(self, loop):
+        self.loop = loop
+
+    def submit(self, fn, args, done):
+        try:
+            result, error = fn(*args), None
+        except Exception as exc:      # handed to the caller, who decides
+            result, error = None, exc
+        self.loop.now = time.monotonic()
+        done(result, error)
+
+    def shutdown(self):
+        pass
+
+
+class ThreadExecutor:
+    """A bounded pool of helper threads.  Threads are started as work
+    arrives, up to ``size``; ``done(result, error)`` runs in the loop."""
+
+    def __init__(self, loop, size):
+        self.loop = loop
+        self.size = size
+        self.queue = queue.SimpleQueue()
+        self.threads = []
+        self.lock = threading.Lock()
+        self.pending = 0          # queued or running
+
+    def submit(self, fn, args, done):
+        with self.lock:
+            self.pending += 1
+            if self.pending > len(self.threads) and len(self.threads) < self.size:
+                t = threading.Thread(target=self._work, name="sockd-helper", daemon=True)
+                self.threads.append(t)
+                t.start()
+        self.queue.put((fn, args, done))
+
+    def _work(self):
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            fn, args, done = item
+            try:
+                result, error = fn(*args), None
+            except Exception as exc:   # handed to the caller, who decides
+                result, error = None, exc
+            with self.lock:
+                self.pending -= 1
+            self.loop.call_soon_threadsafe(done, result, error)
+
+    def shutdown(self):
+        for _ in self.threads:
+            self.queue.put(None)

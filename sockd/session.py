@@ -1,0 +1,717 @@
+"""One client, from its first byte to the end of its relay.
+
+This is the only code that couples the pure protocol (protocol.py) and the
+rules engine (rules.py) to sockets.  A Session is driven by the worker's
+poll loop: it reads the handshake, decides with the rules, reaches the
+destination with a non-blocking connect, answers, and relays both ways with
+half-close.  Steps that block (name resolution) go to the loop's helper
+pool and come back as callbacks, so one slow client never holds up another.
+
+An idle relayed session costs one small object and two sockets: data moves
+through one receive buffer shared by the whole worker, and only bytes that a
+slow receiver could not take yet are kept per session.
+"""
+
+import errno
+import ipaddress
+import socket
+
+from . import protocol as P
+from . import rules as R
+from .log import clean
+from .loop import EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP
+
+# --- errno -> replies ---------------------------------------------------------------
+
+ERRNO_REPLY = {
+    errno.ECONNREFUSED: P.REP_REFUSED,
+    errno.ENETUNREACH: P.REP_NET_UNREACHABLE,
+    errno.ENETDOWN: P.REP_NET_UNREACHABLE,
+    errno.EHOSTUNREACH: P.REP_HOST_UNREACHABLE,
+    errno.EHOSTDOWN: P.REP_HOST_UNREACHABLE,
+    errno.ETIMEDOUT: P.REP_TTL_EXPIRED,
+    errno.EAFNOSUPPORT: P.REP_ATYP_UNSUPPORTED,
+    errno.EADDRNOTAVAIL: P.REP_HOST_UNREACHABLE,
+}
+
+_SERVICES = {}
+
+
+def service_name(port):
+    """'telnet' for 23, the number as text when /etc/services has no name."""
+    name = _SERVICES.get(port)
+    if name is None:
+        try:
+            name = socket.getservbyport(port, "tcp")
+        except (OSError, OverflowError):
+            name = str(port)
+        _SERVICES[port] = name
+    return name
+
+
+def addr_text(ip):
+    """An address as logs show it: IPv4-mapped IPv6 as plain IPv4."""
+    if ip.startswith("::ffff:") and "." in ip:
+        return ip[7:]
+    return ip.split("%", 1)[0]
+
+
+NEG, WAIT, RELAY, CLOSED = range(4)
+RECV_CHUNK = 4096
+
+
+class Context:
+    """What every session of a worker shares: configuration, loop, log, the
+    receive buffer, counters.  Built per worker after the fork."""
+
+    def __init__(self, config, loop, log, ident_mode=None):
+        self.config = config
+        self.loop = loop
+        self.log = log
+        self.ident_mode = ident_mode          # "i", "I" or None, from -i/-I
+        self.buf = bytearray(1 << 20)
+        self.mv = memoryview(self.buf)
+        self.sessions = set()
+        self.stats = {"accepted": 0, "connected": 0, "refused": 0, "failed": 0, "errors": 0,
+                      "bytes_in": 0, "bytes_out": 0}
+        self.on_close = None
+
+    @property
+    def ruleset(self):
+        return self.config.ruleset
+
+
+class Session:
+    __slots__ = (
+        "ctx", "loop", "c", "r", "cfd", "rfd", "client_ip", "client_port", "local_ip", "local_port",
+        "src_key", "state", "hs", "version", "command", "user", "realuser", "dst_host", "dst_ip",
+        "dst_port", "candidates", "rule", "timer", "cmask", "rmask", "pend_cr", "pend_rc",
+        "eof_c", "eof_r", "shut_c", "shut_r", "n_cr", "n_rc", "last", "early", "__weakref__",
+    )
+
+    def __init__(self, ctx, sock, peer, local):
+        self.ctx = ctx
+        loop = self.loop = ctx.loop
+        self.c = sock
+        self.r = None
+        self.cfd = sock.fileno()
+        self.rfd = -1
+        self.client_ip = addr_text(peer[0])
+        self.client_port = peer[1]
+        self.local_ip = addr_text(local[0])
+        self.local_port = local[1]
+        self.src_key = R.ip_key(self.client_ip)
+        self.state = NEG
+        self.hs = P.ServerHandshake()
+        self.version = 0
+        self.command = P.CMD_CONNECT
+        self.user = None
+        self.realuser = None
+        self.dst_host = None
+        self.dst_ip = None
+        self.dst_port = 0
+        self.candidates = None
+        self.rule = None
+        self.pend_cr = self.pend_rc = None
+        self.eof_c = self.eof_r = self.shut_c = self.shut_r = False
+        self.n_cr = self.n_rc = 0
+        self.early = b""
+        self.rmask = 0
+        ctx.sessions.add(self)
+        ctx.stats["accepted"] += 1
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        except OSError:
+            pass
+        self.cmask = EPOLLIN
+        loop.add(self.cfd, EPOLLIN, self.on_client)
+        t = ctx.config.timeout_negotiate
+        self.timer = loop.call_later(t, self.on_negotiate_timeout) if t > 0 else None
+        self.last = loop.now
+        # The greeting has usually arrived with the connection: read it now.
+        self.on_client(EPOLLIN)
+
+    # --- descriptions for the log -----------------------------------------------
+    def desc(self):
+        user = self.user if self.user is not None else "unknown"
+        real = self.realuser if self.realuser is not None else "unknown"
+        host = self.dst_host or self.dst_ip or "Unspecified.Host"
+        who = "%s(%s)@%s" % (user, real, self.client_ip)
+        if self.command == P.CMD_BIND:
+            return "Bind from %s for %s (%s)" % (who, host, service_name(self.dst_port))
+        if self.command == P.CMD_UDP:
+            return "UDP associate from %s" % who
+        return "Connect from %s to %s (%s)" % (who, host, service_name(self.dst_port))
+
+    # --- negotiation ------------------------------------------------------------------
+    def on_client(self, ev):
+        st = self.state
+        if st == RELAY:
+            self.relay_event(0, ev)
+            return
+        if st != NEG:
+            if ev & (EPOLLERR | EPOLLHUP):
+                self.close()
+            return
+        try:
+            data = self.c.recv(RECV_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:
+            self.close()
+            return
+        self.last = self.loop.now
+        hs = self.hs
+        hs.feed(data)
+        try:
+            while self.state == NEG:
+                msg = hs.next()
+                if msg is None:
+                    return
+                self.on_message(msg)
+        except P.ProtocolError as exc:
+            self.protocol_error(exc)
+
+    def protocol_error(self, exc):
+        self.ctx.stats["errors"] += 1
+        self.ctx.log.notice("error -- %s from host %s." % (exc, self.client_ip))
+        if exc.reply:
+            self.send_now(exc.reply)
+        self.close()
+
+    def on_message(self, msg):
+        if isinstance(msg, P.Socks4Request):
+            self.version = 4
+            self.command = msg.command
+            self.user = clean(msg.userid, 255)
+            self.dst_port = msg.port
+            if msg.host is not None:
+                self.dst_host = msg.host.lower()
+            else:
+                self.dst_ip = socket.inet_ntoa(msg.ip)
+            self.request()
+        elif isinstance(msg, P.Greeting):
+            self.version = 5
+            self.greeting(msg)
+        elif isinstance(msg, P.Socks5Request):
+            self.command = msg.command
+            self.dst_port = msg.port
+            if msg.atyp == P.ATYP_DOMAIN:
+                self.dst_host = msg.address.lower()
+            else:
+                self.dst_ip = msg.address
+            if msg.command not in (P.CMD_CONNECT,):
+                self.ctx.log.notice("refused -- %s: command %d not supported" % (self.desc(), msg.command))
+                self.ctx.stats["refused"] += 1
+                self.finish_reply(P.reply5(P.REP_CMD_UNSUPPORTED))
+                return
+            self.request()
+        elif isinstance(msg, P.UserPass):
+            self.userpass(msg)
+
+    def greeting(self, msg):
+        if P.METHOD_NONE in msg.methods:
+            self.send_now(P.method_reply(P.METHOD_NONE))
+            self.hs.expect_request()
+            return
+        self.ctx.log.notice("refused -- no acceptable authentication method from %s (offered %s)" % (
+            self.client_ip, ",".join(str(m) for m in msg.methods)))
+        self.ctx.stats["refused"] += 1
+        self.finish_reply(P.method_reply(P.METHOD_UNACCEPTABLE))
+
+    def userpass(self, msg):
+        self.finish_reply(P.userpass_reply(False))
+
+    def on_negotiate_timeout(self):
+        self.timer = None
+        if self.state in (NEG, WAIT):
+            self.ctx.log.notice("timed-out -- negotiation with %s took longer than %gs" % (
+                self.client_ip, self.ctx.config.timeout_negotiate))
+            self.close()
+
+    # --- decision -----------------------------------------------------------------------
+    def request(self):
+        """A complete request is in: stop reading the client (what it sends
+        next is kept for the destination) and decide."""
+        self.state = WAIT
+        self.early = self.hs.rest()
+        self.hs = None
+        if self.cmask:
+            self.cmask = 0
+            self.loop.modify(self.cfd, 0)
+        if self.command == P.CMD_BIND and self.version == 4:
+            self.refuse(None, "BIND is not supported yet")
+            return
+        if self.dst_host is not None:
+            self.loop.executor.submit(resolve, (self.dst_host, self.dst_port), self.on_resolved)
+            return
+        self.candidates = [(socket.AF_INET6 if ":" in self.dst_ip else socket.AF_INET, self.dst_ip)]
+        self.decide()
+
+    def on_resolved(self, result, error):
+        if self.state != WAIT:
+            return
+        if error is not None or not result:
+            reason = getattr(error, "strerror", None) or str(error or "no address")
+            self.ctx.log.notice("failed -- %s.  Error code: resolve %s" % (self.desc(), clean(reason)))
+            self.ctx.stats["failed"] += 1
+            self.fail_reply(P.REP_HOST_UNREACHABLE)
+            return
+        self.candidates = result
+        self.dst_ip = addr_text(result[0][1])
+        self.decide()
+
+    def rules_request(self, ip):
+        return R.Request(self.src_key, R.ip_key(ip), self.dst_port, self.user,
+                         dst_names=(self.dst_host,) if self.dst_host and self.ctx.ruleset.needs_dst_names else ())
+
+    def decide(self):
+        rs = self.ctx.ruleset
+        if rs.needs_src_names or (rs.needs_dst_names and self.dst_host is None):
+            self.loop.executor.submit(lookup_names, (self.client_ip, self.dst_ip if self.dst_host is None else None,
+                                                     rs.needs_src_names, rs.needs_dst_names), self.on_names)
+            return
+        self.decide_with((), ())
+
+    def on_names(self, result, error):
+        if self.state != WAIT:
+            return
+        src_names, dst_names = result if error is None else ((), ())
+        self.decide_with(src_names, dst_names)
+
+    def decide_with(self, src_names, dst_names):
+        rs = self.ctx.ruleset
+        if self.dst_host and rs.needs_dst_names:
+            dst_names = (self.dst_host,) + tuple(dst_names)
+        first = None
+        allowed = []
+        for fam, ip in self.candidates:
+            req = R.Request(self.src_key, R.ip_key(ip), self.dst_port, self.user, src_names, dst_names)
+            rule = rs.match(req)
+            if first is None:
+                first = (rule,)
+            if rule is not None and rule.action == R.PERMIT:
+                allowed.append((fam, ip))
+                if len(allowed) == 1:
+                    self.rule = rule
+        if not allowed:
+            self.refuse(first[0] if first else None)
+            return
+        if len(allowed) != len(self.candidates):
+            self.dst_ip = addr_text(allowed[0][1])
+        self.candidates = allowed
+        self.permitted()
+
+    def permitted(self):
+        """The rules permit: reach the destination."""
+        self.connect_next()
+
+    def refuse(self, rule, why=None):
+        ctx = self.ctx
+        ctx.stats["refused"] += 1
+        if why:
+            ctx.log.notice("refused -- %s: %s" % (self.desc(), why))
+        elif rule is None:
+            ctx.log.notice("refused -- %s: no matching rule in %s" % (self.desc(), ctx.config.path))
+        else:
+            ctx.log.notice("refused -- %s by %s" % (self.desc(), rule.where))
+        if self.version == 4:
+            self.finish_reply(P.reply4(P.S4_REJECTED))
+        else:
+            self.finish_reply(P.reply5(P.REP_NOT_ALLOWED))
+
+    # --- connect --------------------------------------------------------------------------
+    def connect_next(self, last_error=None):
+        loop = self.loop
+        while self.candidates:
+            fam, ip = self.candidates.pop(0)
+            try:
+                r = socket.socket(fam, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+            except OSError as exc:
+                last_error = exc.errno
+                continue
+            try:
+                r.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                r.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+                r.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            except OSError:
+                pass
+            err = r.connect_ex((ip, self.dst_port))
+            if err == 0:
+                self.r = r
+                self.rfd = r.fileno()
+                self.dst_ip = addr_text(ip)
+                self.connected()
+                return
+            if err == errno.EINPROGRESS:
+                self.r = r
+                self.rfd = r.fileno()
+                self.dst_ip = addr_text(ip)
+                self.rmask = EPOLLOUT
+                loop.add(self.rfd, EPOLLOUT, self.on_remote)
+                if self.timer is not None:
+                    self.timer.cancel()
+                t = self.ctx.config.timeout_connect
+                self.timer = loop.call_later(t, self.on_connect_timeout) if t > 0 else None
+                return
+            r.close()
+            last_error = err
+        self.connect_failed(last_error or errno.EHOSTUNREACH)
+
+    def on_remote(self, ev):
+        st = self.state
+        if st == RELAY:
+            self.relay_event(1, ev)
+            return
+        if st != WAIT:
+            return
+        err = self.r.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.loop.remove(self.rfd)
+            self.r.close()
+            self.r, self.rfd, self.rmask = None, -1, 0
+            if self.candidates:
+                self.connect_next(err)
+            else:
+                self.connect_failed(err)
+            return
+        self.connected()
+
+    def on_connect_timeout(self):
+        self.timer = None
+        if self.state != WAIT:
+            return
+        if self.r is not None:
+            self.loop.remove(self.rfd)
+            self.r.close()
+            self.r, self.rfd, self.rmask = None, -1, 0
+        self.ctx.log.notice("timed-out -- %s" % self.desc())
+        self.ctx.stats["failed"] += 1
+        self.fail_reply(P.REP_TTL_EXPIRED)
+
+    def connect_failed(self, err):
+        self.ctx.stats["failed"] += 1
+        self.ctx.log.notice("failed -- %s.  Error code: connect %s" % (self.desc(), errno_text(err)))
+        self.fail_reply(ERRNO_REPLY.get(err, P.REP_FAILURE))
+
+    def fail_reply(self, rep):
+        if self.version == 4:
+            self.finish_reply(P.reply4(P.S4_REJECTED))
+        else:
+            self.finish_reply(P.reply5(rep))
+
+    def connected(self):
+        ctx = self.ctx
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        try:
+            bnd = self.r.getsockname()
+        except OSError:
+            bnd = ("0.0.0.0", 0)
+        if self.version == 4:
+            try:
+                ip = socket.inet_aton(bnd[0])
+            except OSError:
+                ip = P.ZERO4
+            reply = P.reply4(P.S4_GRANTED, bnd[1], ip)
+        else:
+            reply = P.reply5(P.REP_SUCCEEDED, addr_text(bnd[0]), bnd[1])
+        ctx.stats["connected"] += 1
+        ctx.log.notice("connected -- %s" % self.desc())
+        if not self.send_now(reply):
+            self.close()
+            return
+        self.start_relay()
+
+    # --- relay ------------------------------------------------------------------------------
+    def start_relay(self):
+        loop = self.loop
+        self.state = RELAY
+        self.last = loop.now
+        if self.rfd not in loop.handlers:
+            loop.add(self.rfd, 0, self.on_remote)
+            self.rmask = 0
+        early, self.early = self.early, b""
+        if early:
+            self.n_cr += len(early)
+            try:
+                sent = self.r.send(early)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.close()
+                return
+            if sent < len(early):
+                self.pend_cr = early[sent:]
+        idle = self.ctx.config.timeout_idle
+        if idle > 0:
+            self.timer = loop.call_later(idle, self.on_idle_check)
+        self.pump(0)
+        if self.state == RELAY:
+            self.pump(1)
+        if self.state == RELAY:
+            self.update()
+
+    def relay_event(self, side, ev):
+        """An event on the client (side 0) or remote (side 1) socket."""
+        if ev & EPOLLOUT:
+            self.flush(1 - side)
+            if self.state != RELAY:
+                return
+        if ev & (EPOLLIN | EPOLLERR | EPOLLHUP):
+            if (self.cmask if side == 0 else self.rmask) & EPOLLIN:
+                self.pump(side)
+            elif ev & EPOLLERR or (ev & EPOLLHUP and (self.pend_rc if side == 0 else self.pend_cr) is not None):
+                self.close()
+                return
+            elif ev & EPOLLHUP:
+                # Hang-up on a socket we are not reading now (its data waits
+                # for the other side to drain): stop hearing about it until
+                # there is room again; update() registers it anew then.
+                if side == 0:
+                    self.loop.remove(self.cfd)
+                    self.cmask = -1
+                else:
+                    self.loop.remove(self.rfd)
+                    self.rmask = -1
+        if self.state == RELAY:
+            self.update()
+
+    def pump(self, side):
+        """Move what the socket on ``side`` has to the other one."""
+        if side == 0:
+            src, dst = self.c, self.r
+            if self.pend_cr is not None:
+                return
+        else:
+            src, dst = self.r, self.c
+            if self.pend_rc is not None:
+                return
+        ctx = self.ctx
+        buf, mv = ctx.buf, ctx.mv
+        size = len(buf)
+        for _ in range(8):
+            try:
+                n = src.recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.close()
+                return
+            if n == 0:
+                if side == 0:
+                    self.eof_c = True
+                else:
+                    self.eof_r = True
+                return
+            self.last = self.loop.now
+            if side == 0:
+                self.n_cr += n
+            else:
+                self.n_rc += n
+            try:
+                m = dst.send(mv[:n])
+            except (BlockingIOError, InterruptedError):
+                m = 0
+            except OSError:
+                self.close()
+                return
+            if m < n:
+                if side == 0:
+                    self.pend_cr = bytes(mv[m:n])
+                else:
+                    self.pend_rc = bytes(mv[m:n])
+                return
+            if n < size:
+                return
+
+    def flush(self, direction):
+        """Send what is waiting for the receiver of ``direction``
+        (0: client->remote, 1: remote->client)."""
+        if direction == 0:
+            data, dst = self.pend_cr, self.r
+        else:
+            data, dst = self.pend_rc, self.c
+        if data is None:
+            return
+        try:
+            m = dst.send(data)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        rest = data[m:] if m < len(data) else None
+        if direction == 0:
+            self.pend_cr = rest
+        else:
+            self.pend_rc = rest
+        if rest is None:
+            self.last = self.loop.now
+            # the sender may have more: read it now instead of waiting a round
+            self.pump(direction)
+
+    def update(self):
+        """Recompute what each socket waits for; relay half-closes; finish."""
+        if self.eof_c and self.pend_cr is None and not self.shut_r:
+            self.shut_r = True
+            try:
+                self.r.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        if self.eof_r and self.pend_rc is None and not self.shut_c:
+            self.shut_c = True
+            try:
+                self.c.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        if self.shut_c and self.shut_r:
+            self.close()
+            return
+        m = 0
+        if not self.eof_c and self.pend_cr is None:
+            m = EPOLLIN
+        if self.pend_rc is not None:
+            m |= EPOLLOUT
+        if m != self.cmask:
+            self.set_mask(0, m)
+        m = 0
+        if not self.eof_r and self.pend_rc is None:
+            m = EPOLLIN
+        if self.pend_cr is not None:
+            m |= EPOLLOUT
+        if m != self.rmask:
+            self.set_mask(1, m)
+
+    def set_mask(self, side, m):
+        loop = self.loop
+        if side == 0:
+            fd, cur, handler = self.cfd, self.cmask, self.on_client
+        else:
+            fd, cur, handler = self.rfd, self.rmask, self.on_remote
+        if cur == -1:
+            if m == 0:
+                return
+            loop.add(fd, m, handler)
+        elif (self.eof_c and self.shut_c) if side == 0 else (self.eof_r and self.shut_r):
+            # both directions of this socket are done: nothing more to hear
+            loop.remove(fd)
+            m = -1
+        else:
+            loop.modify(fd, m)
+        if side == 0:
+            self.cmask = m
+        else:
+            self.rmask = m
+
+    def on_idle_check(self):
+        self.timer = None
+        if self.state != RELAY:
+            return
+        idle = self.ctx.config.timeout_idle
+        due = self.last + idle
+        if due > self.loop.now + 0.5:
+            self.timer = self.loop.call_at(due, self.on_idle_check)
+            return
+        self.ctx.log.notice("timed-out -- %s: idle for %gs" % (self.desc(), idle))
+        self.close()
+
+    # --- ending ------------------------------------------------------------------------------
+    def send_now(self, data):
+        """Send a short message (a reply) on the client socket.  Replies are
+        a few bytes on an empty socket buffer; if even that does not fit the
+        client is not reading and is dropped.  Returns success."""
+        try:
+            return self.c.send(data) == len(data)
+        except OSError:
+            return False
+
+    def finish_reply(self, data):
+        self.send_now(data)
+        self.close()
+
+    def close(self):
+        if self.state == CLOSED:
+            return
+        was_relay = self.state == RELAY
+        self.state = CLOSED
+        ctx = self.ctx
+        loop = self.loop
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        loop.remove(self.cfd)
+        self.c.close()
+        if self.r is not None:
+            loop.remove(self.rfd)
+            self.r.close()
+            self.r = None
+        self.pend_cr = self.pend_rc = None
+        ctx.sessions.discard(self)
+        if was_relay:
+            ctx.stats["bytes_in"] += self.n_cr
+            ctx.stats["bytes_out"] += self.n_rc
+            ctx.log.notice("terminated -- %s. %d bytes from %s, %d bytes from %s" % (
+                self.desc(), self.n_cr, self.client_ip, self.n_rc, self.dst_host or self.dst_ip))
+        if ctx.on_close is not None:
+            ctx.on_close(self)
+
+
+def errno_text(err):
+    import os
+    try:
+        return os.strerror(err)
+    except (ValueError, OverflowError):
+        return "error %s" % err
+
+
+def resolve(host, port):
+    """Blocking: the addresses of ``host`` as [(family, address text)], at
+    most eight, in the order the resolver prefers."""
+    infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    out = []
+    for fam, _, _, _, sa in infos:
+        if fam in (socket.AF_INET, socket.AF_INET6) and (fam, sa[0]) not in out:
+            out.append((fam, sa[0]))
+        if len(out) >= 8:
+            break
+    return out
+
+
+def reverse_names(ip):
+    """Blocking: the host names of ``ip``, double-checked forward (a name
+    counts only when it resolves back to ``ip``), lower-case."""
+    try:
+        name, aliases, _ = socket.gethostbyaddr(ip)
+    except OSError:
+        return ()
+    out = []
+    for n in [name] + list(aliases):
+        n = n.lower().rstrip(".")
+        try:
+            addrs = {addr_text(sa[0]) for *_, sa in socket.getaddrinfo(n, None)}
+        except OSError:
+            continue
+        if ip in addrs and n not in out:
+            out.append(n)
+    return tuple(out)
+
+
+def lookup_names(client_ip, dst_ip, want_src, want_dst):
+    return (reverse_names(client_ip) if want_src else (),
+            reverse_names(dst_ip) if want_dst and dst_ip else ())
+
+
+def is_ip(text):
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
