@@ -355,6 +355,11 @@ def parse_fields(rest):
                 op, port = parse_port_part(after_src)
                 return src, None, op, port
             for dst, after_dst in addr_candidates(after_src, "destination"):
+                if dst.uses_names and len(after_dst) == 1:
+                    # "permit 0/0 about 80": a misspelt operator, not a host named "about"
+                    first_error = first_error or Bad(
+                        "invalid comparison: expected eq, neq, lt, gt, le or ge", after_src[0])
+                    continue
                 try:
                     op, port = parse_port_part(after_dst)
                     return src, dst, op, port

@@ -96,6 +96,10 @@ def parse_addr_spec(addr_tok, mask_tok=None):
     text = addr_tok if mask_tok is None else "%s %s" % (addr_tok, mask_tok)
     if addr_tok.upper() == "ALL":
         return AddrSpec("all", text=text)
+    if addr_tok == "0/0":               # Dante's spelling of "any address"
+        if mask_tok is not None:
+            raise ValueError("a CIDR address takes no separate mask")
+        return AddrSpec("net", 4, 0, 0, text=text)
     if "/" in addr_tok:
         if mask_tok is not None:
             raise ValueError("a CIDR address takes no separate mask")
@@ -133,7 +137,9 @@ def parse_addr_spec(addr_tok, mask_tok=None):
 
 
 def valid_hostname(name):
-    if not name or len(name) > 253:
+    """A host name or zone: letters, digits, '-' and '_' in dot-separated
+    labels; a last label of digits only is a mistyped address, not a name."""
+    if not name or len(name) > 253 or name.rsplit(".", 1)[-1].isdigit():
         return False
     for label in name.split("."):
         if not label or len(label) > 63:

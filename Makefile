@@ -1,0 +1,68 @@
+# sockd -- the two commands a new user needs are `make run` and `make test`.
+
+PYTHON   ?= python3
+VENV     ?= .venv
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+LIBDIR    = $(PREFIX)/lib/sockd
+MANDIR    = $(PREFIX)/share/man
+VPY       = $(VENV)/bin/python
+PIP       = $(VPY) -m pip --disable-pip-version-check -q
+
+SCRIPTS  := $(notdir $(wildcard bin/*))
+MANPAGES := $(wildcard man/*.[1-8])
+
+.PHONY: all venv run test test-deps debs check lint man install uninstall clean bench
+
+all: venv
+
+# A virtual environment with sockd installed in it (editable: edits apply at once).
+venv: $(VENV)/.installed
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -e .
+	touch $@
+
+# Start sockd in the foreground on the embedded default configuration:
+# 127.0.0.1:1080, loopback clients only, log lines on the terminal and in syslog.
+run: venv
+	$(VENV)/bin/sockd -F -f etc/sockd.conf
+
+# Everything the tests need: Python packages into the venv, Debian packages
+# with apt-get when they are missing.
+test-deps: venv $(VENV)/.test-deps debs
+$(VENV)/.test-deps: tests/requirements.txt
+	$(PIP) install -r tests/requirements.txt
+	touch $@
+debs:
+	sh tests/install-debs.sh
+
+test: test-deps
+	$(VPY) -m pytest -q -ra tests
+
+# Lint the manual pages.
+man:
+	mandoc -T lint -W warning $(MANPAGES)
+
+install:
+	$(PYTHON) -m pip install --disable-pip-version-check -q --no-compile --upgrade \
+		--target "$(DESTDIR)$(LIBDIR)" .
+	install -d "$(DESTDIR)$(PREFIX)/bin"
+	py=$$($(PYTHON) -c 'import sys; print(sys.executable)'); \
+	for s in $(SCRIPTS); do \
+		sed "1s|.*|#!$$py|" bin/$$s > "$(DESTDIR)$(PREFIX)/bin/$$s"; \
+		chmod 755 "$(DESTDIR)$(PREFIX)/bin/$$s"; \
+	done
+	for m in $(MANPAGES); do \
+		sec=$${m##*.}; install -d "$(DESTDIR)$(MANDIR)/man$$sec"; \
+		install -m 644 $$m "$(DESTDIR)$(MANDIR)/man$$sec/"; \
+	done
+
+uninstall:
+	rm -rf "$(DESTDIR)$(LIBDIR)"
+	for s in $(SCRIPTS); do rm -f "$(DESTDIR)$(PREFIX)/bin/$$s"; done
+	for m in $(MANPAGES); do sec=$${m##*.}; rm -f "$(DESTDIR)$(MANDIR)/man$$sec/$${m##*/}"; done
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .hypothesis
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,284 @@
+"""Shared test machinery: starting sockd for real, small local servers, and
+raw SOCKS clients.  Every process a test starts is stopped by its own PID."""
+
+import hashlib
+import http.server
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV_BIN = os.path.join(ROOT, ".venv", "bin")
+SOCKD = os.path.join(VENV_BIN, "sockd") if os.path.exists(os.path.join(VENV_BIN, "sockd")) \
+    else os.path.join(ROOT, "bin", "sockd")
+PYTHON = sys.executable
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def need(program):
+    """The path of a program the test needs; skip without it (fail in CI)."""
+    path = shutil.which(program) or next(
+        (p for p in ("/usr/sbin/" + program, "/sbin/" + program) if os.path.exists(p)), None)
+    if path is None:
+        msg = "%s is not installed (make test-deps installs it)" % program
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+def wait_for(pred, timeout=10.0, interval=0.02, what="condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError("timed out waiting for %s" % what)
+
+
+def kill_pid(proc, sig=signal.SIGTERM, timeout=10):
+    """Stop a Popen we started, by its PID (its process group when it leads
+    one, so its workers go too)."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.kill(proc.pid, sig)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
+        proc.wait(5)
+
+
+class Sockd:
+    """A sockd process started on a configuration text.  The listen port is
+    learnt from its own log line, so configurations may say port 0."""
+
+    def __init__(self, tmp_path, conf, args=(), model=None, workers=None, env=None, name="sockd"):
+        self.dir = tmp_path
+        self.conf_path = os.path.join(str(tmp_path), name + ".conf")
+        self.log_path = os.path.join(str(tmp_path), name + ".log")
+        if "listen" not in conf:
+            conf = "listen 127.0.0.1:0\n" + conf
+        with open(self.conf_path, "w") as f:
+            f.write(conf)
+        cmd = [SOCKD, "-F", "-f", self.conf_path] + list(args)
+        if model:
+            cmd += ["-m", model]
+        if workers is not None:
+            cmd += ["-N", str(workers)]
+        self.cmd = cmd
+        self.logf = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT,
+                                     start_new_session=True, env=env)
+        self.ports = []
+        try:
+            self.ports = wait_for(self._ports, 15, what="sockd to listen")
+        except AssertionError:
+            self.stop()
+            raise AssertionError("sockd did not start:\n" + self.log())
+        self.port = self.ports[0][1]
+        self.addr = ("127.0.0.1" if ":" not in self.ports[0][0] else self.ports[0][0], self.port)
+
+    def _ports(self):
+        if self.proc.poll() is not None:
+            raise AssertionError("sockd exited with %s:\n%s" % (self.proc.returncode, self.log()))
+        found = re.findall(r"listening on \[?([0-9a-f.:]+?)\]?:(\d+) ", self.log())
+        return [(h, int(p)) for h, p in found] if found else None
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def wait_log(self, pattern, timeout=10):
+        rx = re.compile(pattern)
+        return wait_for(lambda: rx.search(self.log()), timeout, what="log line %r" % pattern)
+
+    def worker_pids(self):
+        return children_of(self.proc.pid)
+
+    def stop(self, sig=signal.SIGTERM):
+        kill_pid(self.proc, sig)
+        self.logf.close()
+        return self.proc.returncode
+
+
+def children_of(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open("/proc/%s/stat" % d) as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                out.append(int(d))
+    return out
+
+
+# --- local servers (threads in the test process) -----------------------------------
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+
+class HTTPServer:
+    def __init__(self, directory, host="127.0.0.1"):
+        handler = lambda *a, **k: _Quiet(*a, directory=str(directory), **k)  # noqa: E731
+        cls = http.server.ThreadingHTTPServer
+        if ":" in host:
+            class V6(http.server.ThreadingHTTPServer):
+                address_family = socket.AF_INET6
+            cls = V6
+        self.srv = cls((host, 0), handler)
+        self.srv.daemon_threads = True
+        self.port = self.srv.server_address[1]
+        self.host = host
+        self.t = threading.Thread(target=self.srv.serve_forever, daemon=True)
+        self.t.start()
+
+    def url(self, path, host=None):
+        h = host or self.host
+        if ":" in h:
+            h = "[%s]" % h
+        return "http://%s:%d/%s" % (h, self.port, path.lstrip("/"))
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+class TCPServer:
+    """A small threaded TCP server running ``handler(conn)`` per connection."""
+
+    def __init__(self, handler, host="127.0.0.1"):
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(fam, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.addr = (host, self.port)
+        self.handler = handler
+        self.peers = []
+        self.closed = False
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        while not self.closed:
+            try:
+                conn, peer = self.sock.accept()
+            except OSError:
+                return
+            self.peers.append(peer)
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn):
+        try:
+            conn.settimeout(30)
+            self.handler(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def echo_handler(conn):
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            return
+        conn.sendall(data)
+
+
+def hash_handler(conn):
+    """Read until EOF, answer the SHA-256 of what came, then close."""
+    h = hashlib.sha256()
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            break
+        h.update(data)
+    conn.sendall(h.hexdigest().encode())
+
+
+def recv_exact(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise EOFError("connection closed after %d of %d bytes" % (len(data), n))
+        data += chunk
+    return data
+
+
+def recv_all(sock):
+    out = []
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b"".join(out)
+        out.append(chunk)
+
+
+# --- raw SOCKS clients ---------------------------------------------------------------
+
+def socks4_connect(proxy, host, port, user="", timeout=10, hostname=None):
+    """SOCKS 4 (or 4A when ``hostname``) CONNECT.  Returns (sock, reply code)."""
+    s = socket.create_connection(proxy, timeout)
+    ip = socket.inet_aton(host) if hostname is None else b"\0\0\0\x01"
+    req = struct.pack("!BBH4s", 4, 1, port, ip) + user.encode() + b"\0"
+    if hostname is not None:
+        req += hostname.encode() + b"\0"
+    s.sendall(req)
+    rep = recv_exact(s, 8)
+    return s, rep[1]
+
+
+def socks5_connect(proxy, host, port, timeout=10, atyp=None, early=b""):
+    """SOCKS 5 CONNECT without authentication.  Returns (sock, REP, bound)."""
+    import ipaddress
+    s = socket.create_connection(proxy, timeout)
+    try:
+        ip = ipaddress.ip_address(host)
+        addr = (b"\x01" + ip.packed) if ip.version == 4 else (b"\x04" + ip.packed)
+    except ValueError:
+        addr = b"\x03" + bytes([len(host)]) + host.encode()
+    s.sendall(b"\x05\x01\x00" + b"\x05\x01\x00" + addr + struct.pack("!H", port) + early)
+    m = recv_exact(s, 2)
+    assert m == b"\x05\x00", m
+    head = recv_exact(s, 4)
+    if head[3] == 1:
+        rest = recv_exact(s, 6)
+    elif head[3] == 4:
+        rest = recv_exact(s, 18)
+    else:
+        n = recv_exact(s, 1)[0]
+        rest = recv_exact(s, n + 2)
+    return s, head[1], rest

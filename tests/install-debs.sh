@@ -1,0 +1,25 @@
+#!/bin/sh
+# Install the Debian packages the tests use, when missing.  Daemons are not
+# started by their postinst scripts: the tests start what they need on
+# loopback themselves, by PID.
+set -eu
+PKGS="curl netcat-openbsd socat mandoc iproute2 procps dante-server dante-client microsocks"
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+echo "installing Debian packages:$missing"
+if [ "$(id -u)" != 0 ]; then
+    echo "not root: cannot install$missing" >&2
+    exit 1
+fi
+# Keep postinst scripts from starting daemons on this machine.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends $missing

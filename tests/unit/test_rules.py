@@ -1,0 +1,113 @@
+"""The rules engine: the golden example of the classic package, and more."""
+
+from sockd import config as C
+from sockd import rules as R
+
+GOLDEN = """\
+deny *=bonnie,clyde 128.12.6.0 255.255.255.0 : mail 'Rejected SOCKS access by %u'
+permit *=ylee 128.12.6.4 255.255.255.255 137.12.0.0 255.255.0.0
+deny 128.12.0.0 255.255.0.0 eq telnet
+permit 128.12.0.0 255.255.0.0
+#NO_IDENTD: mail -s 'please run identd on %A' root
+#BAD_ID: mail -s '%U pretends to be %u on %A' root
+"""
+
+
+def decide(text, user, src, dst, port, **kw):
+    cfg = C.parse_text(text, "golden.conf")
+    rule = cfg.ruleset.match(R.Request(R.ip_key(src), R.ip_key(dst), port, user, **kw))
+    return rule.line if rule else None, rule.action if rule else "deny"
+
+
+def test_golden_example():
+    assert decide(GOLDEN, "clyde", "128.12.6.34", "10.0.0.1", 21) == (1, "deny")
+    assert decide(GOLDEN, "ylee", "128.12.6.4", "137.12.3.4", 23) == (2, "permit")
+    assert decide(GOLDEN, "jane", "128.12.2.13", "10.0.0.1", 23) == (3, "deny")
+    assert decide(GOLDEN, "sam", "128.12.2.13", "10.0.0.1", 70) == (4, "permit")
+    assert decide(GOLDEN, "don", "23.2.6.127", "10.0.0.1", 70) == (None, "deny")
+
+
+def test_golden_special_lines_and_command():
+    cfg = C.parse_text(GOLDEN, "golden.conf")
+    rs = cfg.ruleset
+    assert rs.no_identd == ("golden.conf", 5, "mail -s 'please run identd on %A' root")
+    assert rs.bad_id[1] == 6
+    assert rs.rules[0].command == "mail 'Rejected SOCKS access by %u'"
+    assert rs.rules[0].users == ("bonnie", "clyde")
+
+
+def test_first_match_wins_and_default_deny():
+    text = "deny 10.0.0.0 255.0.0.0 10.9.0.0 255.255.0.0\npermit 10.0.0.0/8\n"
+    assert decide(text, None, "10.1.1.1", "10.9.1.1", 80) == (1, "deny")
+    assert decide(text, None, "10.1.1.1", "10.8.1.1", 80) == (2, "permit")
+    assert decide(text, None, "11.1.1.1", "10.8.1.1", 80) == (None, "deny")
+
+
+def test_port_operators():
+    for op, port, yes in [("eq", 80, [80]), ("neq", 80, [79, 81]), ("lt", 1024, [1023]),
+                          ("gt", 1023, [1024]), ("le", 1024, [1024, 1]), ("ge", 1024, [1024, 65535])]:
+        text = "permit 0.0.0.0 0.0.0.0 %s %d\n" % (op, port)
+        for p in yes:
+            assert decide(text, None, "1.2.3.4", "5.6.7.8", p)[1] == "permit", (op, p)
+    assert decide("permit 0/0 lt 1024\n", None, "1.2.3.4", "5.6.7.8", 1024)[1] == "deny"
+
+
+def test_ipv6_rules_and_mapped_addresses():
+    text = "permit 2001:db8::/32 ::/0\npermit ::1 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff\n" \
+           "permit 192.0.2.0/24\n"
+    assert decide(text, None, "2001:db8::5", "2001:db8::9", 80)[0] == 1
+    assert decide(text, None, "::1", "127.0.0.1", 80)[0] == 2
+    assert decide(text, None, "::ffff:192.0.2.7", "10.0.0.1", 80)[0] == 3
+    assert decide(text, None, "2001:db9::5", "10.0.0.1", 80)[0] is None
+
+
+def test_zero_mask_means_any_family():
+    assert decide("permit 0.0.0.0 0.0.0.0\n", None, "::1", "::2", 1)[0] == 1
+    assert decide("permit 10.0.0.0/8\n", None, "10.0.0.1", "2001:db8::1", 1)[0] == 1
+
+
+def test_users_lists_and_files(tmp_path):
+    uf = tmp_path / "staff"
+    uf.write_text("alice, bob # the admins\ncarol\tdave\n")
+    text = "permit *=root,%s 0/0\n" % uf
+    assert decide(text, "root", "1.1.1.1", "2.2.2.2", 1)[0] == 1
+    for u in ("alice", "bob", "carol", "dave"):
+        assert decide(text, u, "1.1.1.1", "2.2.2.2", 1)[0] == 1
+    assert decide(text, "Alice", "1.1.1.1", "2.2.2.2", 1)[0] is None
+    assert decide(text, None, "1.1.1.1", "2.2.2.2", 1)[0] is None
+    # the empty list means every user
+    assert decide("permit *= 0/0\n", None, "1.1.1.1", "2.2.2.2", 1)[0] == 1
+
+
+def test_unreadable_userfile_is_no_match_with_a_warning(tmp_path):
+    cfg = C.parse_text("permit *=/nonexistent/users 0/0\npermit *=eve 0/0\n", "x.conf")
+    assert any("Unable to open userfile (/nonexistent/users)" in w[2] for w in cfg.warnings)
+    rule = cfg.ruleset.match(R.Request(R.ip_key("1.1.1.1"), R.ip_key("2.2.2.2"), 1, "eve"))
+    assert rule.line == 2
+
+
+def test_names_zones_and_all():
+    text = "deny ALL .evil.example\npermit ALL gw.example.org\npermit ALL 0.0.0.0 10.0.0.0 255.0.0.0\n"
+    assert decide(text, None, "1.1.1.1", "9.9.9.9", 80, dst_names=("www.evil.example",))[0] == 1
+    assert decide(text, None, "1.1.1.1", "9.9.9.9", 80, dst_names=("evil.example",))[0] == 1
+    assert decide(text, None, "1.1.1.1", "9.9.9.9", 80, dst_names=("notevil.example",))[0] is None
+    assert decide(text, None, "1.1.1.1", "9.9.9.9", 80, dst_names=("gw.example.org",))[0] == 2
+    assert decide(text, None, "1.1.1.1", "10.2.3.4", 80)[0] == 3
+    rs = C.parse_text(text).ruleset
+    assert rs.needs_dst_names and not rs.needs_src_names
+
+
+def test_memo_does_not_change_answers():
+    text = "".join("deny 10.%d.0.0 255.255.0.0\n" % i for i in range(200)) + "permit 0/0 eq 80\n"
+    rs = C.parse_text(text).ruleset
+    for _ in range(3):
+        for port, expected in ((80, 201), (81, None)):
+            r = rs.match(R.Request(R.ip_key("192.0.2.1"), R.ip_key("192.0.2.2"), port, None))
+            assert (r.line if r else None) == expected
+
+
+def test_trace_lists_examined_rules():
+    rs = C.parse_text(GOLDEN).ruleset
+    trace = []
+    rs.match(R.Request(R.ip_key("128.12.2.13"), R.ip_key("10.0.0.1"), 70, "sam"), trace)
+    assert [r.line for r in trace] == [1, 2, 3, 4]
