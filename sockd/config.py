@@ -190,6 +190,10 @@ SETTINGS = [
             to_seconds),
     Setting("log facility", "NAME", "daemon", "syslog facility", to_facility),
     Setting("log socket", "PATH", "/dev/log", "the syslog socket to send to", str),
+    # -- who is asking: identd, methods, passwords --
+    # -- BIND, UDP, routing --
+    # -- operations: daemon, privileges, reload --
+    # -- limits and hardening --
 ]
 BY_KEY = {s.key: s for s in SETTINGS}
 GROUPS = {k.split(" ", 1)[0] for k in BY_KEY if " " in k}
