@@ -121,7 +121,8 @@ def reset_child_signals():
 class Worker:
     """A pre-forked worker: accepts and serves clients from one poll loop."""
 
-    def __init__(self, number, cfg, listeners, ident_mode):
+    def __init__(self, number, cfg, listeners, ident_mode, sigmask=()):
+        self.sigmask = sigmask
         self.number = number
         self.cfg = cfg
         self.listeners = listeners
@@ -139,6 +140,7 @@ class Worker:
             reset_child_signals()
             self.loop = loop = Loop()
             self.signals = Signals()
+            signal.pthread_sigmask(signal.SIG_SETMASK, self.sigmask)
             loop.add(self.signals.r, EPOLLIN, self.on_signal)
             loop.executor = ThreadExecutor(loop, self.cfg.threads)
             self.ctx = Context(self.cfg, loop, log, self.ident_mode)
@@ -287,10 +289,15 @@ class Master:
         return self.cfg.workers or os.cpu_count() or 1
 
     def spawn_worker(self, number):
+        # Signals stay blocked across the fork until the child has its own
+        # handlers: a SIGTERM sent to a worker that has just been born must
+        # not land in the master's wakeup pipe and be lost.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         pid = os.fork()
         if pid == 0:
             self.signals.close()
-            Worker(number, self.cfg, self.listeners, self.ident_mode).run()
+            Worker(number, self.cfg, self.listeners, self.ident_mode, old).run()
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
         self.workers[pid] = (number, time.monotonic())
         return pid
 
@@ -421,12 +428,14 @@ class Master:
                     log.error("accept: %s" % exc.strerror)
                     time.sleep(0.1)
                 return
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
             pid = os.fork()
             if pid == 0:
                 code = 0
                 try:
                     self.signals.close()
                     reset_child_signals()
+                    signal.pthread_sigmask(signal.SIG_SETMASK, old)
                     for s in self.listeners:
                         s.close()
                     serve_one(self.cfg, sock, self.ident_mode, title=True)
@@ -434,6 +443,7 @@ class Master:
                     code = 1
                 finally:
                     os._exit(code)
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
             sock.close()
             self.workers[pid] = (peer, time.monotonic())
 
