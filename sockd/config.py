@@ -154,14 +154,15 @@ def to_listen(tok):
 class Setting:
     """One directive: its words, argument converters, default and doc."""
 
-    def __init__(self, key, args, default, doc, convert=None, repeat=False, cli=None):
+    def __init__(self, key, args, default, doc, convert=None, repeat=False, cli=None, many=False):
         self.key = key            # "timeout negotiate"
         self.args = args          # "SECONDS", for the docs and messages
         self.default = default
         self.doc = doc
-        self.convert = convert    # token -> value (one argument) or None for custom
+        self.convert = convert    # token -> value (one argument)
         self.repeat = repeat      # a list, one entry per line
         self.cli = cli            # the command-line flag that overrides it
+        self.many = many          # one or more arguments: a tuple of values
 
     @property
     def attr(self):
@@ -191,6 +192,12 @@ SETTINGS = [
     Setting("log facility", "NAME", "daemon", "syslog facility", to_facility),
     Setting("log socket", "PATH", "/dev/log", "the syslog socket to send to", str),
     # -- who is asking: identd, methods, passwords --
+    Setting("timeout ident", "SECONDS", 15.0, "time the client's identd has to answer", to_seconds),
+    Setting("methods", "METHOD...", ("none",),
+            "SOCKS 5 methods offered, in order of preference: none, username", to_choice("none", "username"),
+            many=True),
+    Setting("passwd", "FILE", None, "RFC 1929 users: an htpasswd file with bcrypt hashes", str),
+    Setting("limit commands", "N", 4, "shell commands running at once, per worker", to_int(1, 256)),
     # -- BIND, UDP, routing --
     # -- operations: daemon, privileges, reload --
     # -- limits and hardening --
@@ -207,6 +214,7 @@ class Config:
     def __init__(self, path):
         self.path = path
         self.ruleset = R.Ruleset([])
+        self.passwd_db = None
         self.warnings = []
         self.explicit = set()
         for s in SETTINGS:
@@ -431,6 +439,8 @@ def parse_text(text, path="-", config=None):
                     parse_directive(cfg, tokens, seen, lineno)
             except Bad as exc:
                 problem(lineno, str(exc), exc.token)
+    if not problems:
+        check_methods(cfg, seen, problems, path)
     if problems:
         raise ConfigError(problems)
     userfiles = {}
@@ -444,6 +454,23 @@ def parse_text(text, path="-", config=None):
     if not cfg.ruleset.has_permit:
         cfg.warnings.append((path, 0, "no permit line: every request will be refused"))
     return cfg
+
+
+def check_methods(cfg, seen, problems, path):
+    """``methods username`` needs a ``passwd`` file, which is read now."""
+    cfg.passwd_db = None
+    if "username" in cfg.methods and not cfg.passwd:
+        problems.append((path, seen.get("methods", 0), "'methods username' needs a 'passwd FILE' line"))
+        return
+    if cfg.passwd:
+        from . import passwd as PW
+        try:
+            cfg.passwd_db = PW.PasswdFile.load(cfg.passwd)
+        except ValueError as exc:
+            for f, line, msg in exc.args[0]:
+                problems.append((f, line, msg))
+            if exc.args[0] and exc.args[0][0][1] == 0:
+                problems[-1] = (path, seen.get("passwd", 0), "passwd %s: %s" % (cfg.passwd, exc.args[0][0][2]))
 
 
 def parse_directive(cfg, tokens, seen, lineno):
@@ -461,9 +488,16 @@ def parse_directive(cfg, tokens, seen, lineno):
         if key not in BY_KEY:
             raise Bad("unknown directive (rules start with permit or deny)", tokens[0])
     s = BY_KEY[key]
-    if len(args) != 1:
+    if s.many:
+        if not args:
+            raise Bad("'%s' needs at least one argument: %s %s" % (key, key, s.args), tokens[0])
+        value = tuple(s.convert(a) for a in args)
+        if len(set(value)) != len(value):
+            raise Bad("'%s' names a value twice" % key, " ".join(args))
+    elif len(args) != 1:
         raise Bad("'%s' takes one argument: %s %s" % (key, key, s.args), " ".join(tokens))
-    value = s.convert(args[0])
+    else:
+        value = s.convert(args[0])
     if s.repeat:
         if key not in seen:
             cfg.set(key, [])

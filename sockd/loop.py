@@ -53,6 +53,7 @@ class Loop:
         self.handlers[self._wake_fd] = self._on_wake
         self.executor = InlineExecutor(self)
         self.idle_hooks = []
+        self.close_hooks = []
 
     # --- descriptors ---
     def add(self, fd, mask, handler):
@@ -172,6 +173,8 @@ class Loop:
         return sum(1 for t in self.timers if not t.cancelled)
 
     def close(self):
+        for hook in self.close_hooks:
+            hook()
         self.executor.shutdown()
         self.ep.close()
         os.close(self._wake_fd)

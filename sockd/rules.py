@@ -199,6 +199,23 @@ class Request:
         self.dst_names = dst_names
 
 
+class _NeedUser:
+    """match() stops here: the user of the rule at ``index`` is not known yet
+    (SOCKS 5 without authentication: it is identd's answer)."""
+
+    def __init__(self, rule):
+        self.rule = rule
+
+    def __bool__(self):
+        return False
+
+    def __repr__(self):
+        return "<need the user for %s>" % self.rule.where
+
+
+NEED_USER = _NeedUser
+
+
 class Ruleset:
     """The ordered rules plus the special #NO_IDENTD: and #BAD_ID: lines.
 
@@ -248,9 +265,16 @@ class Ruleset:
                 return True
         return False
 
-    def match(self, req, trace=None):
-        """Return the first matching Rule, or None (deny).  ``trace``, when a
-        list, receives every rule examined (for test_sockd_conf)."""
+    def match(self, req, trace=None, user_of=None):
+        """Return the first matching Rule, or None (deny).
+
+        ``trace``, when a list, receives every rule examined (test_sockd_conf).
+        ``user_of(rule)``, when given, is the user a rule's *= list tests
+        (instead of ``req.user``); it may return a NEED_USER instance, which
+        match() then returns at once: the caller learns the user and asks
+        again."""
+        if user_of is not None:
+            return self._scan(req, trace, user_of)
         if trace is None and not req.src_names and not req.dst_names:
             key = (req.src_family, req.src_addr, req.dst_family, req.dst_addr, req.port, req.user)
             memo = self._memo
@@ -264,7 +288,7 @@ class Ruleset:
             return rule
         return self._scan(req, trace)
 
-    def _scan(self, req, trace):
+    def _scan(self, req, trace, user_of=None):
         sf, sa, df, da, port, user = (req.src_family, req.src_addr, req.dst_family, req.dst_addr,
                                       req.port, req.user)
         sn, dn = req.src_names, req.dst_names
@@ -283,7 +307,11 @@ class Ruleset:
                 continue
             if op is not None and not op(port, rport):
                 continue
-            if users is not None and not self.user_matches(users, user):
-                continue
+            if users is not None:
+                u = user if user_of is None else user_of(rule)
+                if isinstance(u, _NeedUser):
+                    return u
+                if not self.user_matches(users, u):
+                    continue
             return rule
         return None

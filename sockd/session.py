@@ -16,8 +16,10 @@ import errno
 import ipaddress
 import socket
 
+from . import ident as I
 from . import protocol as P
 from . import rules as R
+from . import shell
 from .log import clean
 from .loop import EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP
 
@@ -75,6 +77,9 @@ class Context:
         self.stats = {"accepted": 0, "connected": 0, "refused": 0, "failed": 0, "errors": 0,
                       "bytes_in": 0, "bytes_out": 0}
         self.on_close = None
+        self.runner = shell.Runner(log, config.limit_commands)
+        # a process that exits after its one client waits for its commands
+        loop.close_hooks.append(lambda: self.runner.drain(10))
 
     @property
     def ruleset(self):
@@ -87,6 +92,7 @@ class Session:
         "src_key", "state", "hs", "version", "command", "user", "realuser", "dst_host", "dst_ip",
         "dst_port", "candidates", "rule", "timer", "cmask", "rmask", "pend_cr", "pend_rc",
         "eof_c", "eof_r", "shut_c", "shut_r", "n_cr", "n_rc", "last", "early", "__weakref__",
+        "ident", "identq", "authenticated", "names",
     )
 
     def __init__(self, ctx, sock, peer, local):
@@ -117,6 +123,10 @@ class Session:
         self.n_cr = self.n_rc = 0
         self.early = b""
         self.rmask = 0
+        self.ident = None           # (kind, value) once identd has been asked
+        self.identq = None
+        self.authenticated = False
+        self.names = ((), ())
         ctx.sessions.add(self)
         ctx.stats["accepted"] += 1
         sock.setblocking(False)
@@ -167,8 +177,11 @@ class Session:
             self.close()
             return
         self.last = self.loop.now
+        self.hs.feed(data)
+        self.process_handshake()
+
+    def process_handshake(self):
         hs = self.hs
-        hs.feed(data)
         try:
             while self.state == NEG:
                 msg = hs.next()
@@ -216,17 +229,53 @@ class Session:
             self.userpass(msg)
 
     def greeting(self, msg):
-        if P.METHOD_NONE in msg.methods:
-            self.send_now(P.method_reply(P.METHOD_NONE))
-            self.hs.expect_request()
-            return
+        """Choose the first of our methods, in our order, that the client offers."""
+        for name in self.ctx.config.methods:
+            code = P.METHOD_USERPASS if name == "username" else P.METHOD_NONE
+            if code in msg.methods:
+                self.send_now(P.method_reply(code))
+                if code == P.METHOD_USERPASS:
+                    self.hs.expect_auth()
+                else:
+                    self.hs.expect_request()
+                return
         self.ctx.log.notice("refused -- no acceptable authentication method from %s (offered %s)" % (
             self.client_ip, ",".join(str(m) for m in msg.methods)))
         self.ctx.stats["refused"] += 1
         self.finish_reply(P.method_reply(P.METHOD_UNACCEPTABLE))
 
     def userpass(self, msg):
-        self.finish_reply(P.userpass_reply(False))
+        """RFC 1929: check the password on a helper thread (bcrypt is slow on
+        purpose); stop reading the client meanwhile."""
+        db = self.ctx.config.passwd_db
+        self.state = WAIT
+        self.user = msg.user
+        if self.cmask:
+            self.cmask = 0
+            self.loop.modify(self.cfd, 0)
+        if db is None:
+            self.on_auth(False, None)
+            return
+        self.loop.executor.submit(db.verify, (msg.user, msg.password), self.on_auth)
+
+    def on_auth(self, ok, error):
+        if self.state != WAIT or self.hs is None:
+            return
+        if not ok:
+            self.ctx.stats["refused"] += 1
+            self.ctx.log.notice("refused -- username/password authentication failed for %s from %s" % (
+                self.user, self.client_ip))
+            self.finish_reply(P.userpass_reply(False))
+            return
+        self.authenticated = True
+        if not self.send_now(P.userpass_reply(True)):
+            self.close()
+            return
+        self.state = NEG
+        self.hs.expect_request()
+        self.cmask = EPOLLIN
+        self.loop.modify(self.cfd, EPOLLIN)
+        self.process_handshake()
 
     def on_negotiate_timeout(self):
         self.timer = None
@@ -245,6 +294,11 @@ class Session:
         if self.cmask:
             self.cmask = 0
             self.loop.modify(self.cfd, 0)
+        # from here on one deadline covers resolving, identd and connecting
+        if self.timer is not None:
+            self.timer.cancel()
+        t = self.ctx.config.timeout_connect
+        self.timer = self.loop.call_later(t, self.on_connect_timeout) if t > 0 else None
         if self.command == P.CMD_BIND and self.version == 4:
             self.refuse(None, "BIND is not supported yet")
             return
@@ -285,15 +339,34 @@ class Session:
         src_names, dst_names = result if error is None else ((), ())
         self.decide_with(src_names, dst_names)
 
+    def ident_mode(self, rule):
+        """The identd mode of a rule: its ?= field, else -i/-I, else none."""
+        return rule.ident or self.ctx.ident_mode or "n"
+
+    def user_of(self, rule):
+        """SOCKS 5 without authentication: the user a rule's *= list sees is
+        identd's answer, and only for lines that ask identd."""
+        if self.ident_mode(rule) == "n":
+            return None
+        if self.ident is None:
+            return R.NEED_USER(rule)
+        return self.ident[1] if self.ident[0] == I.USERID else None
+
     def decide_with(self, src_names, dst_names):
+        self.names = (src_names, dst_names)
         rs = self.ctx.ruleset
         if self.dst_host and rs.needs_dst_names:
             dst_names = (self.dst_host,) + tuple(dst_names)
+        user_of = self.user_of if self.version == 5 and not self.authenticated else None
+        user = self.user if user_of is None else None
         first = None
         allowed = []
         for fam, ip in self.candidates:
-            req = R.Request(self.src_key, R.ip_key(ip), self.dst_port, self.user, src_names, dst_names)
-            rule = rs.match(req)
+            req = R.Request(self.src_key, R.ip_key(ip), self.dst_port, user, src_names, dst_names)
+            rule = rs.match(req, user_of=user_of)
+            if isinstance(rule, R.NEED_USER):
+                self.ask_ident(self.redecide)
+                return
             if first is None:
                 first = (rule,)
             if rule is not None and rule.action == R.PERMIT:
@@ -306,7 +379,71 @@ class Session:
         if len(allowed) != len(self.candidates):
             self.dst_ip = addr_text(allowed[0][1])
         self.candidates = allowed
+        if self.ident_mode(self.rule) in ("i", "I"):
+            if self.ident is None:
+                self.ask_ident(self.after_ident)
+            else:
+                self.after_ident()
+            return
+        self.run_command(self.rule.command, self.rule.where)
         self.permitted()
+
+    def redecide(self):
+        self.decide_with(*self.names)
+
+    def ask_ident(self, then):
+        """Ask the client's identd (once per client), then call ``then``."""
+        def done(kind, value):
+            self.identq = None
+            if self.state != WAIT:
+                return
+            self.ident = (kind, value)
+            if kind == I.USERID:
+                self.realuser = value
+            else:
+                self.ctx.log.notice("cannot connect to identd on %s" % self.client_ip)
+                no_identd = self.ctx.ruleset.no_identd
+                if no_identd:
+                    self.run_command(no_identd[2], "%s:%d" % no_identd[:2])
+            then()
+        self.identq = I.IdentQuery(self.loop, self.local_ip, self.client_ip, self.client_port,
+                                   self.local_port, self.ctx.config.timeout_ident, done)
+
+    def after_ident(self):
+        """The matrix of the classic sockd for a permit line that asks identd."""
+        kind, value = self.ident
+        rule = self.rule
+        if kind == I.USERID:
+            claimed = self.user if (self.version == 4 or self.authenticated) else None
+            if claimed is not None and value != claimed:
+                self.ctx.log.warning("*Alert*: real user is %s, not %s" % (value, claimed))
+                bad = self.ctx.ruleset.bad_id
+                if bad:
+                    self.run_command(bad[2], "%s:%d" % bad[:2])
+                self.refuse_ident(rule, P.S4_BAD_ID, "identd says the user is %s" % value)
+                return
+            if claimed is None:
+                self.user = value
+        elif self.ident_mode(rule) == "I":
+            self.refuse_ident(rule, P.S4_NO_IDENTD, "cannot verify the user with identd")
+            return
+        self.run_command(rule.command, rule.where)
+        self.permitted()
+
+    def refuse_ident(self, rule, code4, why):
+        ctx = self.ctx
+        ctx.stats["refused"] += 1
+        ctx.log.notice("refused -- %s by %s: %s" % (self.desc(), rule.where, why))
+        if self.version == 4:
+            self.finish_reply(P.reply4(code4))
+        else:
+            self.finish_reply(P.reply5(P.REP_NOT_ALLOWED))
+
+    def run_command(self, template, where):
+        if not template:
+            return
+        snap = Snapshot(self)
+        self.ctx.runner.submit(template, lambda: shell.values_for(snap), where)
 
     def permitted(self):
         """The rules permit: reach the destination."""
@@ -321,6 +458,7 @@ class Session:
             ctx.log.notice("refused -- %s: no matching rule in %s" % (self.desc(), ctx.config.path))
         else:
             ctx.log.notice("refused -- %s by %s" % (self.desc(), rule.where))
+            self.run_command(rule.command, rule.where)
         if self.version == 4:
             self.finish_reply(P.reply4(P.S4_REJECTED))
         else:
@@ -355,10 +493,6 @@ class Session:
                 self.dst_ip = addr_text(ip)
                 self.rmask = EPOLLOUT
                 loop.add(self.rfd, EPOLLOUT, self.on_remote)
-                if self.timer is not None:
-                    self.timer.cancel()
-                t = self.ctx.config.timeout_connect
-                self.timer = loop.call_later(t, self.on_connect_timeout) if t > 0 else None
                 return
             r.close()
             last_error = err
@@ -387,6 +521,9 @@ class Session:
         self.timer = None
         if self.state != WAIT:
             return
+        if self.identq is not None:
+            self.identq.cancel()
+            self.identq = None
         if self.r is not None:
             self.loop.remove(self.rfd)
             self.r.close()
@@ -647,6 +784,9 @@ class Session:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.identq is not None:
+            self.identq.cancel()
+            self.identq = None
         loop.remove(self.cfd)
         self.c.close()
         if self.r is not None:
@@ -662,6 +802,16 @@ class Session:
                 self.desc(), self.n_cr, self.client_ip, self.n_rc, self.dst_host or self.dst_ip))
         if ctx.on_close is not None:
             ctx.on_close(self)
+
+
+class Snapshot:
+    """What a shell command may need of a session, frozen when it is queued."""
+
+    __slots__ = ("client_ip", "dst_ip", "dst_host", "dst_port", "command", "user", "realuser")
+
+    def __init__(self, s):
+        for k in self.__slots__:
+            setattr(self, k, getattr(s, k))
 
 
 def errno_text(err):

@@ -1,0 +1,204 @@
+"""Small administrator's commands that come with the server:
+
+    test_sockd_conf [-i] [-I] [-B] [-C FILE] USER SRC DST PORT|SERVICE
+    sockd-passwd [-c] [-D] [-i] [-C COST] FILE USER
+
+test_sockd_conf runs a hypothetical request through the same rules engine
+as sockd and prints every line it examined and what decided.  Its exit
+status is the classic contract, odd as it is: 1 when the request would be
+permitted, 0 when denied, 255 for a usage or configuration error.
+"""
+
+import argparse
+import getpass
+import os
+import socket
+import sys
+import tempfile
+
+from . import config as C
+from . import rules as R
+from . import shell
+
+EXIT_USAGE = 255
+
+
+def _address(text):
+    """An address literal, or the first address of a name: (ip, names)."""
+    try:
+        R.ip_key(text)
+        return text, ()
+    except ValueError:
+        pass
+    infos = socket.getaddrinfo(text, None, 0, socket.SOCK_STREAM)
+    return infos[0][4][0], (text.lower(),)
+
+
+def _expand(template, user, src, dst, port, realuser):
+    """A shell command as sockd would run it, with addresses for names."""
+    values = {"A": src, "a": src, "c": "connect", "p": str(os.getpid()), "S": _service(port),
+              "s": str(port), "U": realuser, "u": user, "Z": dst, "z": dst}
+    return shell.expand(template, values)
+
+
+def _service(port):
+    try:
+        return socket.getservbyport(port, "tcp")
+    except (OSError, OverflowError):
+        return str(port)
+
+
+def test_sockd_conf(argv=None):
+    p = argparse.ArgumentParser(
+        prog="test_sockd_conf",
+        description="Show which sockd.conf line decides a request (exit 1: permit, 0: deny).")
+    p.add_argument("-i", dest="mode", action="store_const", const="i",
+                   help="identd checks, lenient; simulate an unreachable identd")
+    p.add_argument("-I", dest="mode", action="store_const", const="I",
+                   help="identd checks, strict; simulate an unreachable identd")
+    p.add_argument("-B", dest="bad", action="store_true",
+                   help="simulate identd naming another user (the real user becomes 'unknown')")
+    p.add_argument("-C", dest="config", default="/etc/sockd.conf", metavar="FILE",
+                   help="configuration file (default /etc/sockd.conf)")
+    p.add_argument("user")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("port")
+    try:
+        a = p.parse_args(argv)
+    except SystemExit as exc:
+        return 0 if exc.code == 0 else EXIT_USAGE
+    try:
+        cfg = C.load(a.config)
+    except C.ConfigError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        port = C.to_port(a.port)
+    except C.Bad as exc:
+        print("test_sockd_conf: %s: %s" % (a.port, exc), file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        src, src_names = _address(a.src)
+        dst, dst_names = _address(a.dst)
+    except OSError as exc:
+        print("test_sockd_conf: cannot resolve: %s" % exc, file=sys.stderr)
+        return EXIT_USAGE
+
+    rs = cfg.ruleset
+    print("USER:%s, SRC:%s, DST:%s, PORT:%d" % (a.user, a.src, a.dst, port))
+    trace = []
+    rule = rs.match(R.Request(R.ip_key(src), R.ip_key(dst), port, a.user, src_names, dst_names), trace)
+    for r in trace:
+        print("Line %d: %s" % (r.line, r.text + (" : " + r.command if r.command else "")))
+    if rule is None:
+        print("*** No match with any line. Access denied.")
+        return 0
+
+    def show_command(label, template, realuser="unknown"):
+        print("%s %s" % (label, _expand(template, a.user, src, dst, port, realuser)))
+
+    if rule.action == R.DENY:
+        print("*** Denied by line %d." % rule.line)
+        if rule.command:
+            show_command("Shell command:", rule.command)
+        return 0
+    mode = rule.ident or a.mode or ("i" if a.bad else "n")
+    if mode != "n" and a.bad:
+        if rs.bad_id:
+            show_command("Line %d: #BAD_ID:" % rs.bad_id[1], rs.bad_id[2])
+        print("Access denied: user-id does not agree with the one reported by identd (reply 93).")
+        return 0
+    if mode != "n" and a.mode:
+        if rs.no_identd:
+            show_command("Line %d: #NO_IDENTD:" % rs.no_identd[1], rs.no_identd[2])
+        if mode == "I":
+            print("Access denied: cannot verify user-id (reply 92).")
+            return 0
+        print("identd cannot be reached; permitted in lenient mode.")
+    print("*** Permitted by line %d." % rule.line)
+    if rule.command:
+        show_command("Shell command:", rule.command)
+    return 1
+
+
+def sockd_passwd(argv=None):
+    """Add, change or delete a user of an htpasswd file (bcrypt only)."""
+    from . import passwd as PW
+    p = argparse.ArgumentParser(prog="sockd-passwd",
+                                description="Add or change a user's password in a sockd passwd file.")
+    p.add_argument("-c", dest="create", action="store_true", help="create FILE if it does not exist")
+    p.add_argument("-D", dest="delete", action="store_true", help="delete USER")
+    p.add_argument("-i", dest="stdin", action="store_true",
+                   help="read the password from standard input instead of asking twice")
+    p.add_argument("-C", dest="cost", type=int, default=PW.DEFAULT_COST, metavar="COST",
+                   help="bcrypt cost, 4 to 17 (default %d)" % PW.DEFAULT_COST)
+    p.add_argument("file")
+    p.add_argument("user")
+    try:
+        a = p.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    if not 4 <= a.cost <= 17:
+        print("sockd-passwd: -C: cost must be 4 to 17", file=sys.stderr)
+        return 2
+    if not a.user or ":" in a.user or len(a.user.encode()) > PW.MAX_USER or any(c.isspace() for c in a.user):
+        print("sockd-passwd: bad user name (no ':' or blanks, at most %d bytes)" % PW.MAX_USER, file=sys.stderr)
+        return 2
+    try:
+        with open(a.file, "r", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        if not a.create and not a.delete:
+            print("sockd-passwd: %s does not exist (use -c to create it)" % a.file, file=sys.stderr)
+            return 1
+        lines = []
+    except OSError as exc:
+        print("sockd-passwd: %s: %s" % (a.file, exc.strerror), file=sys.stderr)
+        return 1
+    kept = [ln for ln in lines if ln.partition(":")[0].strip() != a.user]
+    if a.delete:
+        if len(kept) == len(lines):
+            print("sockd-passwd: no user %s in %s" % (a.user, a.file), file=sys.stderr)
+            return 1
+        out = kept
+    else:
+        if a.stdin:
+            pw = sys.stdin.readline().rstrip("\r\n")
+        else:
+            pw = getpass.getpass("New password for %s: " % a.user)
+            if getpass.getpass("Again: ") != pw:
+                print("sockd-passwd: the passwords differ", file=sys.stderr)
+                return 1
+        if not pw:
+            print("sockd-passwd: empty password refused", file=sys.stderr)
+            return 1
+        if len(pw.encode()) > 72:
+            print("sockd-passwd: bcrypt uses at most 72 bytes of a password", file=sys.stderr)
+            return 1
+        out = kept + ["%s:%s" % (a.user, PW.make_hash(pw.encode(), a.cost))]
+    d = os.path.dirname(os.path.abspath(a.file))
+    fd, tmp = tempfile.mkstemp(prefix=".sockd-passwd.", dir=d)
+    try:
+        try:
+            mode = os.stat(a.file).st_mode & 0o777
+        except OSError:
+            mode = 0o640
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("".join(ln + "\n" for ln in out))
+        os.replace(tmp, a.file)
+    except OSError as exc:
+        os.unlink(tmp)
+        print("sockd-passwd: %s: %s" % (a.file, exc.strerror), file=sys.stderr)
+        return 1
+    return 0
+
+
+def main_test_sockd_conf():
+    sys.exit(test_sockd_conf())
+
+
+def main_sockd_passwd():
+    sys.exit(sockd_passwd())
