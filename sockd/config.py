@@ -18,6 +18,8 @@ import re
 import socket
 
 from . import rules as R
+from .pidfile import to_pidfile
+from .privileges import to_chroot, to_group, to_user
 
 MAX_LINE = 1023
 
@@ -200,6 +202,16 @@ SETTINGS = [
     Setting("limit commands", "N", 4, "shell commands running at once, per worker", to_int(1, 256)),
     # -- BIND, UDP, routing --
     # -- operations: daemon, privileges, reload --
+    Setting("pidfile", "PATH", None, "write the master's pid to this file (-p overrides it)", to_pidfile, cli="-p"),
+    Setting("user", "NAME", None, "user that workers and children run as; the master binds its ports first",
+            to_user),
+    Setting("group", "NAME", None, "group that workers and children run as (default: the user's groups)",
+            to_group),
+    Setting("chroot", "DIR", None, "directory that workers and children are shut in", to_chroot),
+    Setting("timeout shutdown", "SECONDS", 30.0,
+            "after SIGTERM, the time live connections have to finish before they are closed", to_seconds),
+    Setting("reload recheck", "yes|no", False,
+            "after SIGHUP, close the live connections that the new rules refuse", to_bool),
     # -- limits and hardening --
 ]
 BY_KEY = {s.key: s for s in SETTINGS}

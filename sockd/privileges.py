@@ -1,0 +1,174 @@
+"""Who the processes that serve clients run as: ``user``, ``group`` and
+``chroot``, and the open-files limit.
+
+The master keeps the privileges it was started with (root, normally): it
+binds the listening ports, including those below 1024, re-reads the
+configuration on SIGHUP and opens new ports then.  Every worker and every
+fork-model child gives them up before it touches a client: chroot (when
+set), then the supplementary groups, the group and the user.  An inetd-mode
+sockd started as root does the same before reading its client.
+
+Before a chroot everything that would be loaded from the file system later
+is loaded now: every sockd module, the codecs that name resolution may
+need, and the C library's name-service modules (by asking it once).  What
+must exist inside the directory is documented in sockd.conf(5).
+"""
+
+import grp
+import os
+import pwd
+import resource
+import socket
+
+
+class PrivilegeError(Exception):
+    pass
+
+
+def _bad(message, tok):
+    from .config import Bad
+    return Bad(message, tok)
+
+
+def to_user(tok):
+    """``user NAME`` (or a number): a user that exists now."""
+    try:
+        if tok.isdigit():
+            pwd.getpwuid(int(tok))
+        else:
+            pwd.getpwnam(tok)
+    except (KeyError, OverflowError):
+        raise _bad("unknown user", tok) from None
+    return tok
+
+
+def to_group(tok):
+    try:
+        if tok.isdigit():
+            grp.getgrgid(int(tok))
+        else:
+            grp.getgrnam(tok)
+    except (KeyError, OverflowError):
+        raise _bad("unknown group", tok) from None
+    return tok
+
+
+def to_chroot(tok):
+    if not tok.startswith("/"):
+        raise _bad("the chroot directory must be an absolute path", tok)
+    if not os.path.isdir(tok):
+        raise _bad("no such directory", tok)
+    return os.path.normpath(tok)
+
+
+class Identity:
+    """What a serving process becomes: uid, gid, supplementary groups and
+    the chroot directory (each None: unchanged)."""
+
+    __slots__ = ("user", "uid", "gid", "groups", "chroot")
+
+    def __init__(self, user=None, uid=None, gid=None, groups=None, chroot=None):
+        self.user, self.uid, self.gid, self.groups, self.chroot = user, uid, gid, groups, chroot
+
+    @property
+    def changes_anything(self):
+        return self.uid is not None or self.gid is not None or self.chroot is not None
+
+    def describe(self):
+        parts = []
+        if self.uid is not None:
+            parts.append("user %s (uid %d)" % (self.user, self.uid))
+        if self.gid is not None:
+            parts.append("gid %d" % self.gid)
+        if self.chroot:
+            parts.append("chroot %s" % self.chroot)
+        return ", ".join(parts) or "unchanged"
+
+
+def resolve(cfg):
+    """The Identity a configuration asks for.  Raises PrivilegeError."""
+    user, group, chroot = getattr(cfg, "user", None), getattr(cfg, "group", None), getattr(cfg, "chroot", None)
+    ident = Identity(chroot=chroot)
+    if user is not None:
+        try:
+            pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+        except (KeyError, OverflowError):
+            raise PrivilegeError("unknown user %s" % user) from None
+        ident.user, ident.uid, ident.gid = pw.pw_name, pw.pw_uid, pw.pw_gid
+        try:
+            ident.groups = sorted(set(os.getgrouplist(pw.pw_name, pw.pw_gid)))
+        except OSError:
+            ident.groups = [pw.pw_gid]
+    if group is not None:
+        try:
+            gr = grp.getgrgid(int(group)) if group.isdigit() else grp.getgrnam(group)
+        except (KeyError, OverflowError):
+            raise PrivilegeError("unknown group %s" % group) from None
+        ident.gid = gr.gr_gid
+        ident.groups = [gr.gr_gid] if ident.groups is None else sorted(set(ident.groups) | {gr.gr_gid})
+    return ident
+
+
+def prepare_chroot():
+    """Load now what a process in a chroot could not load later."""
+    import importlib
+    import pkgutil
+    import encodings.idna      # noqa: F401  getaddrinfo() of a non-ASCII name
+    import traceback           # noqa: F401  error reports
+    import sockd
+    for m in pkgutil.walk_packages(sockd.__path__, "sockd."):
+        try:
+            importlib.import_module(m.name)
+        except Exception:      # an optional module (e.g. a missing library): not needed then
+            pass
+    for probe in (lambda: socket.getaddrinfo("localhost", 0, 0, socket.SOCK_STREAM),
+                  lambda: socket.gethostbyaddr("127.0.0.1"),
+                  lambda: socket.getservbyport(80, "tcp"),
+                  lambda: pwd.getpwuid(0)):
+        try:
+            probe()
+        except (OSError, KeyError):
+            pass
+
+
+def enter(ident):
+    """Become ``ident``: chroot, groups, gid, uid (in that order; a process
+    that has given up root can do none of them).  Raises PrivilegeError."""
+    if ident is None or not ident.changes_anything:
+        return
+    step = ""
+    try:
+        if ident.chroot:
+            step = "chroot to %s" % ident.chroot
+            os.chroot(ident.chroot)
+            os.chdir("/")
+        if ident.groups is not None:
+            step = "set the groups of %s" % (ident.user or "gid %d" % ident.gid)
+            os.setgroups(ident.groups)
+        if ident.gid is not None:
+            step = "switch to gid %d" % ident.gid
+            os.setresgid(ident.gid, ident.gid, ident.gid)
+        if ident.uid is not None:
+            step = "switch to user %s (uid %d)" % (ident.user, ident.uid)
+            os.setresuid(ident.uid, ident.uid, ident.uid)
+    except OSError as exc:
+        raise PrivilegeError("cannot %s: %s" % (step, exc.strerror)) from None
+    if ident.uid is not None and ident.uid != 0:
+        try:
+            os.setuid(0)
+        except OSError:
+            pass
+        else:
+            raise PrivilegeError("could regain root after switching to %s" % ident.user)
+
+
+def raise_nofile():
+    """Raise the soft open-files limit to the hard one.  Returns the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
