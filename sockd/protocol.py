@@ -438,3 +438,57 @@ class ServerHandshake:
         msg, used = got
         self.buf = buf[used:]
         return msg
+
+
+# --- client side (requests) ----------------------------------------------------
+
+def request4(command, port, ip=ZERO4, userid="", host=None):
+    """A SOCKS 4 request; with ``host`` a 4A request (DSTIP 0.0.0.1 and the
+    name after the USERID).  ``ip`` is 4 bytes.  Raises ValueError for a
+    USERID or host name that the format cannot carry."""
+    uid = userid.encode("utf-8") if isinstance(userid, str) else userid
+    if b"\0" in uid or len(uid) > MAX_USERID:
+        raise ValueError("USERID cannot be sent in SOCKS 4")
+    req = struct.pack("!BBH4s", 4, command, port, b"\0\0\0\x01" if host is not None else ip) + uid + b"\0"
+    if host is not None:
+        name = host.encode("idna") if isinstance(host, str) else host
+        if not name or b"\0" in name or len(name) > MAX_HOSTNAME:
+            raise ValueError("host name cannot be sent in SOCKS 4A")
+        req += name + b"\0"
+    return req
+
+
+def greeting5(methods):
+    """``VER NMETHODS METHODS``."""
+    return bytes((5, len(methods))) + bytes(methods)
+
+
+def userpass_request(user, password):
+    """The RFC 1929 sub-negotiation request.  Raises ValueError when a
+    field is empty or longer than 255 bytes."""
+    u = user.encode("utf-8") if isinstance(user, str) else user
+    p = password.encode("utf-8") if isinstance(password, str) else password
+    if not 0 < len(u) < 256 or not 0 < len(p) < 256:
+        raise ValueError("user name and password must be 1 to 255 bytes")
+    return bytes((1, len(u))) + u + bytes((len(p),)) + p
+
+
+def request5(command, address, port):
+    """``VER CMD RSV ATYP DST.ADDR DST.PORT`` for an address literal or name."""
+    return b"\x05" + bytes((command, 0)) + encode_address(address) + struct.pack("!H", port)
+
+
+def reply5_size(buf):
+    """How long the SOCKS 5 reply (or UDP-style address block) starting at
+    ``buf`` is, once its first 5 bytes are known; None before.  Lets a
+    client read exactly the reply and not one byte of the data behind it."""
+    if len(buf) < 5:
+        return None
+    atyp = buf[3]
+    if atyp == ATYP_IPV4:
+        return 4 + 4 + 2
+    if atyp == ATYP_IPV6:
+        return 4 + 16 + 2
+    if atyp == ATYP_DOMAIN:
+        return 4 + 1 + buf[4] + 2
+    raise ProtocolError("address type 0x%02x in reply" % atyp)
