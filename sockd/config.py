@@ -153,6 +153,14 @@ def to_listen(tok):
     return host, port
 
 
+def to_address(tok):
+    """An IPv4 or IPv6 address literal."""
+    try:
+        return ipaddress.ip_address(tok.strip("[]")).compressed
+    except ValueError:
+        raise Bad("not an IP address", tok) from None
+
+
 class Setting:
     """One directive: its words, argument converters, default and doc."""
 
@@ -201,6 +209,14 @@ SETTINGS = [
     Setting("passwd", "FILE", None, "RFC 1929 users: an htpasswd file with bcrypt hashes", str),
     Setting("limit commands", "N", 4, "shell commands running at once, per worker", to_int(1, 256)),
     # -- BIND, UDP, routing --
+    Setting("bind check-peer", "yes|no", True,
+            "BIND: the incoming connection must come from the address the request named", to_bool),
+    Setting("udp strict", "yes|no", True,
+            "UDP: drop datagrams from a client port other than the one announced (no: learn it)", to_bool),
+    Setting("udp advertise", "ADDRESS", None,
+            "UDP: the address to give clients for the relay (behind NAT); default: the one they reached",
+            lambda tok: to_address(tok)),
+    Setting("route", "FILE", None, "the multi-homed route file: local address per destination", str),
     # -- operations: daemon, privileges, reload --
     Setting("pidfile", "PATH", None, "write the master's pid to this file (-p overrides it)", to_pidfile, cli="-p"),
     Setting("user", "NAME", None, "user that workers and children run as; the master binds its ports first",
@@ -227,6 +243,7 @@ class Config:
         self.path = path
         self.ruleset = R.Ruleset([])
         self.passwd_db = None
+        self.route_table = None
         self.warnings = []
         self.explicit = set()
         for s in SETTINGS:
@@ -453,6 +470,7 @@ def parse_text(text, path="-", config=None):
                 problem(lineno, str(exc), exc.token)
     if not problems:
         check_methods(cfg, seen, problems, path)
+        load_route(cfg, seen, problems, path)
     if problems:
         raise ConfigError(problems)
     userfiles = {}
@@ -466,6 +484,18 @@ def parse_text(text, path="-", config=None):
     if not cfg.ruleset.has_permit:
         cfg.warnings.append((path, 0, "no permit line: every request will be refused"))
     return cfg
+
+
+def load_route(cfg, seen, problems, path):
+    """Read the route file the configuration names (its problems are ours)."""
+    cfg.route_table = None
+    if not cfg.route:
+        return
+    from . import route
+    table, route_problems = route.load(cfg.route)
+    for f, line, msg in route_problems:
+        problems.append((path, seen.get("route", 0), msg) if line == 0 else (f, line, msg))
+    cfg.route_table = table
 
 
 def check_methods(cfg, seen, problems, path):

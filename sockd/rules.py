@@ -288,6 +288,24 @@ class Ruleset:
             return rule
         return self._scan(req, trace)
 
+    def may_permit(self, src, user):
+        """Could any permit line apply to this client and user, whatever the
+        destination?  (A UDP association is granted on this; each datagram
+        is then decided on its own.)"""
+        fam, addr = src
+        for rule, srcspec, _dst, users, _op, _port in self._compiled:
+            if rule.action != PERMIT:
+                continue
+            if srcspec.kind == "net":
+                if srcspec.mask and (fam != srcspec.family or (addr & srcspec.mask) != srcspec.addr):
+                    continue
+            elif srcspec.kind != "all":
+                continue
+            if users is not None and not self.user_matches(users, user):
+                continue
+            return rule
+        return None
+
     def _scan(self, req, trace, user_of=None):
         sf, sa, df, da, port, user = (req.src_family, req.src_addr, req.dst_family, req.dst_addr,
                                       req.port, req.user)

@@ -58,7 +58,7 @@ def addr_text(ip):
     return ip.split("%", 1)[0]
 
 
-NEG, WAIT, RELAY, CLOSED = range(4)
+NEG, WAIT, RELAY, CLOSED, BINDWAIT, UDP = range(6)
 RECV_CHUNK = 4096
 
 
@@ -92,7 +92,7 @@ class Session:
         "src_key", "state", "hs", "version", "command", "user", "realuser", "dst_host", "dst_ip",
         "dst_port", "candidates", "rule", "timer", "cmask", "rmask", "pend_cr", "pend_rc",
         "eof_c", "eof_r", "shut_c", "shut_r", "n_cr", "n_rc", "last", "early", "__weakref__",
-        "ident", "identq", "authenticated", "names",
+        "ident", "identq", "authenticated", "names", "aux", "peer",
     )
 
     def __init__(self, ctx, sock, peer, local):
@@ -127,6 +127,8 @@ class Session:
         self.identq = None
         self.authenticated = False
         self.names = ((), ())
+        self.aux = None             # the BindWait or UDP Association
+        self.peer = None            # BIND: who connected back
         ctx.sessions.add(self)
         ctx.stats["accepted"] += 1
         sock.setblocking(False)
@@ -161,6 +163,9 @@ class Session:
         st = self.state
         if st == RELAY:
             self.relay_event(0, ev)
+            return
+        if st in (BINDWAIT, UDP):
+            self.watch_control(ev)
             return
         if st != NEG:
             if ev & (EPOLLERR | EPOLLHUP):
@@ -219,7 +224,7 @@ class Session:
                 self.dst_host = msg.address.lower()
             else:
                 self.dst_ip = msg.address
-            if msg.command not in (P.CMD_CONNECT,):
+            if msg.command not in (P.CMD_CONNECT, P.CMD_BIND, P.CMD_UDP):
                 self.ctx.log.notice("refused -- %s: command %d not supported" % (self.desc(), msg.command))
                 self.ctx.stats["refused"] += 1
                 self.finish_reply(P.reply5(P.REP_CMD_UNSUPPORTED))
@@ -299,8 +304,8 @@ class Session:
             self.timer.cancel()
         t = self.ctx.config.timeout_connect
         self.timer = self.loop.call_later(t, self.on_connect_timeout) if t > 0 else None
-        if self.command == P.CMD_BIND and self.version == 4:
-            self.refuse(None, "BIND is not supported yet")
+        if self.command == P.CMD_UDP:
+            self.udp_request()
             return
         if self.dst_host is not None:
             self.loop.executor.submit(resolve, (self.dst_host, self.dst_port), self.on_resolved)
@@ -446,8 +451,115 @@ class Session:
         self.ctx.runner.submit(template, lambda: shell.values_for(snap), where)
 
     def permitted(self):
-        """The rules permit: reach the destination."""
-        self.connect_next()
+        """The rules permit: reach the destination, or wait for it (BIND)."""
+        if self.command == P.CMD_BIND:
+            self.bind_start()
+        else:
+            self.connect_next()
+
+    # --- BIND ----------------------------------------------------------------------------------
+    def bind_start(self):
+        from .bind import BindWait
+        bw = BindWait(self)
+        self.aux = bw
+        if not bw.start():
+            return
+        self.state = BINDWAIT
+        # the client may only hang up now; watch for that
+        self.cmask = EPOLLIN
+        self.loop.modify(self.cfd, EPOLLIN)
+        if self.timer is not None:
+            self.timer.cancel()
+        t = self.ctx.config.timeout_connect
+        self.timer = self.loop.call_later(t, self.on_bind_timeout) if t > 0 else None
+
+    def on_bind_timeout(self):
+        self.timer = None
+        if self.state != BINDWAIT:
+            return
+        self.ctx.log.notice("timed-out -- %s" % self.desc())
+        self.ctx.stats["failed"] += 1
+        self.fail_reply(P.REP_TTL_EXPIRED)
+
+    def bound(self, conn, peer_ip, peer_port):
+        """The application server connected back: second reply, then relay."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.aux = None
+        conn.setblocking(False)
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        except OSError:
+            pass
+        self.r = conn
+        self.rfd = conn.fileno()
+        self.peer = peer_ip
+        if self.version == 4:
+            try:
+                ip = socket.inet_aton(peer_ip)
+            except OSError:
+                ip = P.ZERO4
+            reply = P.reply4(P.S4_GRANTED, peer_port, ip)
+        else:
+            reply = P.reply5(P.REP_SUCCEEDED, peer_ip, peer_port)
+        self.ctx.stats["connected"] += 1
+        self.ctx.log.notice("connected -- %s: %s port %d connected" % (self.desc(), peer_ip, peer_port))
+        if not self.send_now(reply):
+            self.close()
+            return
+        self.cmask = 0
+        self.loop.modify(self.cfd, 0)
+        self.start_relay()
+
+    def watch_control(self, ev):
+        """BIND wait or UDP association: the TCP connection only carries
+        the client's hang-up; anything it sends is read and dropped."""
+        try:
+            data = self.c.recv(RECV_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+        elif self.state == BINDWAIT and len(self.early) < 65536:
+            self.early += data          # sent early: goes to the peer once it is there
+
+    # --- UDP ASSOCIATE -----------------------------------------------------------------------
+    def udp_request(self):
+        rs = self.ctx.ruleset
+        rule = rs.may_permit(self.src_key, self.user)
+        if rule is None:
+            self.refuse(None, "no permit line for this client")
+            return
+        from .udp import Association
+        assoc = Association(self, self.dst_port)
+        try:
+            addr, port = assoc.start()
+        except OSError as exc:
+            self.ctx.stats["failed"] += 1
+            self.ctx.log.notice("failed -- %s.  Error code: udp %s" % (self.desc(), exc.strerror))
+            self.fail_reply(P.REP_FAILURE)
+            return
+        self.aux = assoc
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if not self.send_now(P.reply5(P.REP_SUCCEEDED, addr, port)):
+            self.close()
+            return
+        self.ctx.stats["connected"] += 1
+        self.ctx.log.notice("connected -- %s: relay on %s port %d" % (self.desc(), addr, port))
+        self.state = UDP
+        self.cmask = EPOLLIN
+        self.loop.modify(self.cfd, EPOLLIN)
+        self.last = self.loop.now
+        idle = self.ctx.config.timeout_idle
+        if idle > 0:
+            self.timer = self.loop.call_later(idle, self.on_idle_check)
 
     def refuse(self, rule, why=None):
         ctx = self.ctx
@@ -480,6 +592,13 @@ class Session:
                 r.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             except OSError:
                 pass
+            table = self.ctx.config.route_table
+            if table is not None:
+                err = self.bind_source(r, table, ip)
+                if err:
+                    r.close()
+                    last_error = err
+                    continue
             err = r.connect_ex((ip, self.dst_port))
             if err == 0:
                 self.r = r
@@ -497,6 +616,23 @@ class Session:
             r.close()
             last_error = err
         self.connect_failed(last_error or errno.EHOSTUNREACH)
+
+    def bind_source(self, r, table, ip):
+        """The route file chooses the source address.  Bound without a port
+        (IP_BIND_ADDRESS_NO_PORT): the port is picked at connect time, so a
+        busy server cannot run out of ephemeral ports.  Returns an errno."""
+        route = table.lookup(*R.ip_key(ip), names=(self.dst_host,) if self.dst_host else ())
+        if route is None:
+            self.ctx.log.error("***Cannot find appropriate interface to communicate with %s" % addr_text(ip))
+            return errno.ENETUNREACH
+        try:
+            r.setsockopt(socket.IPPROTO_IP, I.IP_BIND_ADDRESS_NO_PORT, 1)
+            r.bind((route.if_addr, 0))
+        except OSError as exc:
+            self.ctx.log.error("route %s:%d: cannot use %s: %s" % (route.file, route.line, route.if_addr,
+                                                                 exc.strerror))
+            return exc.errno
+        return 0
 
     def on_remote(self, ev):
         st = self.state
@@ -750,7 +886,7 @@ class Session:
 
     def on_idle_check(self):
         self.timer = None
-        if self.state != RELAY:
+        if self.state not in (RELAY, UDP):
             return
         idle = self.ctx.config.timeout_idle
         due = self.last + idle
@@ -787,6 +923,9 @@ class Session:
         if self.identq is not None:
             self.identq.cancel()
             self.identq = None
+        aux, self.aux = self.aux, None
+        if aux is not None:
+            aux.close()
         loop.remove(self.cfd)
         self.c.close()
         if self.r is not None:
@@ -795,11 +934,15 @@ class Session:
             self.r = None
         self.pend_cr = self.pend_rc = None
         ctx.sessions.discard(self)
+        if aux is not None and self.command == P.CMD_UDP:
+            ctx.stats["bytes_in"] += aux.n_in
+            ctx.stats["bytes_out"] += aux.n_out
+            ctx.log.notice("terminated -- %s. %s" % (self.desc(), aux.summary()))
         if was_relay:
             ctx.stats["bytes_in"] += self.n_cr
             ctx.stats["bytes_out"] += self.n_rc
             ctx.log.notice("terminated -- %s. %d bytes from %s, %d bytes from %s" % (
-                self.desc(), self.n_cr, self.client_ip, self.n_rc, self.dst_host or self.dst_ip))
+                self.desc(), self.n_cr, self.client_ip, self.n_rc, self.peer or self.dst_host or self.dst_ip))
         if ctx.on_close is not None:
             ctx.on_close(self)
 
