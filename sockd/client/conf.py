@@ -277,6 +277,18 @@ def env_servers(env=None, port=None):
         raise ConfError([("SOCKS_SERVER", 0, msg)]) from None
 
 
+def env_version(env=None):
+    """SOCKS_VERSION: 4 or 5 to speak only that version, None (unset) to
+    try 5 and fall back to 4.  Raises ConfError naming the variable."""
+    env = os.environ if env is None else env
+    text = env.get("SOCKS_VERSION", "").strip()
+    if not text:
+        return None
+    if text not in ("4", "5"):
+        raise ConfError([("SOCKS_VERSION", 0, "expected 4 or 5 (near '%s')" % C.printable(text))])
+    return int(text)
+
+
 class Decision:
     """What to do with one connection: ``action`` (direct, deny or sockd),
     the ``servers`` to try in order, the deciding ``entry`` (None for the

@@ -226,9 +226,20 @@ def load_conf():
 
 
 def check_config():
-    """Load socks.conf and SOCKS_SERVER now; raise SocksConfigError."""
+    """Load socks.conf, SOCKS_SERVER and SOCKS_VERSION now; raise
+    SocksConfigError."""
     load_conf()
     _default_servers()
+    _versions()
+
+
+def _versions():
+    """The SOCKS versions to try with a server, in order."""
+    try:
+        v = K.env_version()
+    except K.ConfError as exc:
+        raise SocksConfigError(str(exc)) from None
+    return (v,) if v else (5, 4)
 
 
 def _default_servers():
@@ -498,18 +509,20 @@ def _server_addrs(servers, first=None):
     return out, failures
 
 
-def via(r, command, port=None, timeout=None, first=None, announce=None):
+def via(r, command, port=None, timeout=None, first=None, announce=None, source=None):
     """Open a SOCKS session for Route ``r``: try each server address in
     order until one answers.  Returns (conn, (version, bound address,
     bound port), server sockaddr).  ``announce(conn)`` gives the address
-    for a UDP ASSOCIATE once connected.  Raises SocksRefused (a server said
+    for a UDP ASSOCIATE once connected; ``source`` is the local address
+    the program bound (its address is kept).  Raises SocksRefused (a server said
     no: the next is not asked) or SocksServerError (none could be used)."""
     total = timeout if timeout else CONNECT_TIMEOUT
     deadline = time.monotonic() + total
     port = r.port if port is None else port
     addrs, failures = _server_addrs(r.decision.servers, first)
+    wanted = _versions()
     for srv, sa, fam in addrs:
-        versions = (4,) if sa in _state.v4_only else (5, 4)
+        versions = (4,) if wanted == (5, 4) and sa in _state.v4_only else wanted
         for v in versions:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -519,6 +532,8 @@ def via(r, command, port=None, timeout=None, first=None, announce=None):
             try:
                 conn.settimeout(min(left, SERVER_TIMEOUT))
                 try:
+                    if source and source[0] and (":" in source[0]) == (fam == socket.AF_INET6):
+                        conn.bind((source[0], 0))
                     conn.connect(sa)
                 except OSError as exc:
                     raise _Dead(exc.strerror or str(exc)) from None
@@ -529,15 +544,17 @@ def via(r, command, port=None, timeout=None, first=None, announce=None):
                     got = _socks5(conn, sa, command, dst_host, dst_port, deadline)
                 else:
                     if command == P.CMD_UDP:
-                        raise SocksServerError("SOCKS server %s speaks only SOCKS 4, which has no UDP"
-                                               % _fmt_sa(sa), server=_fmt_sa(sa), where=r.where)
+                        raise SocksServerError("SOCKS server %s: UDP needs SOCKS 5, and SOCKS 4 is what "
+                                               "is spoken here" % _fmt_sa(sa), server=_fmt_sa(sa), where=r.where)
                     got = _socks4(conn, sa, command, r.host, r.ip, port, r.user, deadline)
                 return conn, got, sa
             except _NotSocks5:
                 conn.close()
-                with _state.lock:
-                    _state.v4_only.add(sa)
-                continue
+                if 4 in versions:
+                    with _state.lock:
+                        _state.v4_only.add(sa)
+                    continue
+                msg = "Failed to talk to sockd at %s: no SOCKS 5 answer (SOCKS_VERSION=5)" % _fmt_sa(sa)
             except SocksError as exc:
                 conn.close()
                 exc.where = exc.where or r.where
@@ -573,6 +590,9 @@ def _adopt(sock, conn):
     """Make ``sock``'s descriptor the connection ``conn`` holds (dup2), and
     give it back ``sock``'s own blocking mode and timeout."""
     timeout = sock.gettimeout()
+    # An IPv4 socket may now hold a connection to an IPv6 server (or the
+    # reverse); the object keeps its family, so keep the real local address.
+    sock._local = conn.getsockname() if conn.family != sock.family else None
     os.dup2(conn.fileno(), sock.fileno(), inheritable=False)
     conn.close()
     sock.settimeout(timeout)
@@ -600,6 +620,8 @@ class socksocket(_socket, metaclass=_Meta):
         self._udp = None                         # UDP ASSOCIATE: _Assoc
         self._udp_default = None                 # connect()ed datagram destination
         self._udp_route = None
+        self._local = None                       # local address when families differ
+        self._source = None                      # the local address the program bound
 
     # -- which sockets are ours --
     def _routed(self, kind):
@@ -621,6 +643,7 @@ class socksocket(_socket, metaclass=_Meta):
         if self._pending_bind is not None:
             local, self._pending_bind = self._pending_bind, None
             super().bind(local)
+            self._source = local
         r = route(address[0], address[1], "connect", self.family)
         return self._connect_route(r, address)
 
@@ -632,7 +655,7 @@ class socksocket(_socket, metaclass=_Meta):
             return None
         if r.action == K.DENY:
             refuse(r)
-        conn, (version, _, _), sa = via(r, P.CMD_CONNECT, timeout=self.gettimeout())
+        conn, (version, _, _), sa = via(r, P.CMD_CONNECT, timeout=self.gettimeout(), source=self._source)
         log.info("connect() from %s to %s using sockd at %s (SOCKS %d)", _who(r), r.dest, _fmt_sa(sa), version)
         _adopt(self, conn)
         self._peer = (r.ip or r.host, r.port)
@@ -665,6 +688,7 @@ class socksocket(_socket, metaclass=_Meta):
                 # an outgoing connect.
                 self._pending_bind = address
                 return None
+        self._source = address
         return super().bind(address)
 
     def _start_bind(self):
@@ -684,6 +708,8 @@ class socksocket(_socket, metaclass=_Meta):
             self._start_bind()
         if self._bind is not None:
             return self._sockaddr(*self._bind[0])
+        if self._local is not None:
+            return self._local
         return super().getsockname()
 
     def listen(self, backlog=socket.SOMAXCONN):
@@ -850,6 +876,7 @@ def create_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_ad
             sock.settimeout(timeout)
         if source_address:
             _socket.bind(sock, source_address)
+            sock._source = source_address
         sock._connect_route(r, (host, port))
         return sock
     except BaseException:

@@ -377,17 +377,6 @@ def test_create_connection_through_sockd(start_sockd, socksconf, target_echo):
     s.wait_log(r"connected -- Connect from .* to 127\.0\.0\.2 \(%d\)" % target_echo.port)
 
 
-def sockd_has_bind_and_udp():
-    """The server side of BIND and UDP ASSOCIATE arrives with issue 4."""
-    with open(os.path.join(ROOT, "sockd", "session.py")) as f:
-        text = f.read()
-    return "BIND is not supported yet" not in text
-
-
-needs_server_bind = pytest.mark.xfail(not sockd_has_bind_and_udp(),
-                                      reason="server BIND/UDP lands with issue 4", strict=False)
-
-
 def bind_roundtrip(control_port, peer_host=TARGET):
     """The classic call order: connect, then bind -> getsockname -> listen
     -> accept; the application server (peer_host) connects to the address
@@ -425,7 +414,6 @@ def bind_roundtrip(control_port, peer_host=TARGET):
     return addr
 
 
-@needs_server_bind
 def test_bind_through_sockd(start_sockd, socksconf, target_echo):
     s = start_sockd(PERMIT_LOCAL)
     socksconf("sockd @=127.0.0.1:%d 127.0.0.0/8\n" % s.port)
@@ -458,7 +446,6 @@ def udp_roundtrip(server_kind="connectionless"):
         srv.close()
 
 
-@needs_server_bind
 def test_udp_through_sockd(start_sockd, socksconf):
     s = start_sockd(PERMIT_LOCAL)
     socksconf("sockd @=127.0.0.1:%d 127.0.0.0/8\n" % s.port)
@@ -588,3 +575,60 @@ def test_socksify_patches_and_unpatches():
     r = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
     assert C.socksocket is core.socksocket
+
+
+# --- SOCKS 4 with real servers (SOCKS_VERSION=4), an IPv6 server ------------------------------
+
+def test_socks4_connect_and_bind_through_sockd(start_sockd, socksconf, target_echo, monkeypatch):
+    monkeypatch.setenv("SOCKS_VERSION", "4")
+    s = start_sockd(PERMIT_LOCAL)
+    socksconf("sockd @=127.0.0.1:%d 127.0.0.0/8\n" % s.port)
+    bind_roundtrip(target_echo.port)
+    s.wait_log(r"connected -- Connect from root\(unknown\)@127\.0\.0\.1 to 127\.0\.0\.2 \(%d\)" % target_echo.port)
+    s.wait_log(r"Bind from root\(unknown\)@127\.0\.0\.1 for 127\.0\.0\.2")
+
+
+def test_sockd_strict_identd_refusal_reads_92(start_sockd, socksconf, target_echo, monkeypatch):
+    # A client on 127.0.0.3, where no identd listens: sockd -I answers 92.
+    monkeypatch.setenv("SOCKS_VERSION", "4")
+    s = start_sockd("timeout ident 3\n" + PERMIT_LOCAL, args=("-I",))
+    socksconf("sockd @=127.0.0.1:%d 127.0.0.0/8\n" % s.port)
+    c = socksocket()
+    c.settimeout(20)
+    c.bind(("127.0.0.3", 0))
+    with pytest.raises(SocksRefused) as ei:
+        c.connect((TARGET, target_echo.port))
+    assert str(ei.value) == ("SOCKS server 127.0.0.1:%d refused connect to 127.0.0.2 port %d: reply 92, "
+                             "the server cannot reach identd on your machine" % (s.port, target_echo.port))
+    c.close()
+
+
+def test_socks4_bind_through_dante_and_version_5_only(danted, socksconf, target_echo, monkeypatch):
+    d = danted()
+    socksconf("sockd @=127.0.0.1:%d 127.0.0.0/8\n" % d.port)
+    monkeypatch.setenv("SOCKS_VERSION", "4")
+    bind_roundtrip(target_echo.port)
+    srv = Socks4Only((TARGET, target_echo.port))
+    try:
+        socksconf("sockd @=127.0.0.1:%d ALL\n" % srv.addr[1])
+        monkeypatch.setenv("SOCKS_VERSION", "5")
+        with pytest.raises(SocksServerError, match="no SOCKS 5 answer"):
+            socksocket().connect((TARGET, target_echo.port))
+        assert srv.requests == []
+        monkeypatch.setenv("SOCKS_VERSION", "6")
+        with pytest.raises(core.SocksConfigError, match="SOCKS_VERSION: expected 4 or 5"):
+            core.check_config()
+    finally:
+        srv.close()
+
+
+def test_ipv6_server_for_an_ipv4_destination(start_sockd, socksconf, target_echo):
+    s = start_sockd("listen [::1]:0\n" + PERMIT_LOCAL + "permit ::1/128\n")
+    socksconf("sockd @=[::1]:%d ALL\n" % s.port)
+    c = socksocket(socket.AF_INET, socket.SOCK_STREAM)
+    c.settimeout(10)
+    c.connect((TARGET, target_echo.port))
+    echo_roundtrip(c)
+    assert c.getsockname()[0] == "::1"              # the real local end, not garbage
+    assert c.getpeername() == (TARGET, target_echo.port)
+    c.close()

@@ -88,7 +88,7 @@ def test_socks_conf_errors(tmp_path):
 
 import helpers  # noqa: E402
 from helpers import IN_CI, kill_pid  # noqa: E402
-from test_client import TARGET, PERMIT_LOCAL, needs_server_bind, wait_listening  # noqa: E402
+from test_client import TARGET, PERMIT_LOCAL, wait_listening  # noqa: E402
 from test_client import danted  # noqa: E402,F401 (a fixture)
 
 
@@ -273,7 +273,6 @@ def check_transfer(r, work, ftpd, active):
 COMMANDS = "tbuser\ntbpass\nget remote.bin\nput up.txt\nls\nquit\n"
 
 
-@needs_server_bind
 def test_rftp_active_mode_through_sockd_bind(start_sockd, ftpd, tmp_path):
     s = start_sockd(PERMIT_LOCAL)
     env = client_env(tmp_path, "sockd @=127.0.0.1:%d 127.0.0.0/8\n" % s.port)
