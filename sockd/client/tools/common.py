@@ -92,3 +92,18 @@ def query(host, port, line, out=None):
             out.write(printable(pending))
     finally:
         s.close()
+
+
+def run_query(prog, host, port_text, line, heading=""):
+    """The whole of rfinger and rwhois once their arguments are read: start,
+    print ``heading``, ask, show the answer.  Returns the exit status."""
+    start(prog)
+    try:
+        port = port_of(port_text)
+        sys.stdout.write(heading)
+        query(host, port, line)
+    except Fail as exc:
+        sys.stdout.flush()
+        sys.stderr.write("%s: %s\n" % (prog, exc))
+        return 1
+    return 0

@@ -31,16 +31,7 @@ def main(argv=None):
     if not host:
         sys.stderr.write("rfinger: missing host after '@'\n")
         return 2
-    common.start("rfinger")
-    try:
-        port = common.port_of(a.port)
-        sys.stdout.write("[%s]\n" % host)
-        common.query(host, port, ("/W " if a.long else "") + user)
-    except common.Fail as exc:
-        sys.stdout.flush()
-        sys.stderr.write("rfinger: %s\n" % exc)
-        return 1
-    return 0
+    return common.run_query("rfinger", host, a.port, ("/W " if a.long else "") + user, "[%s]\n" % host)
 
 
 if __name__ == "__main__":

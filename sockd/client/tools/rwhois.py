@@ -24,14 +24,7 @@ def main(argv=None):
     p.add_argument("query", nargs="+")
     a = p.parse_args(argv)
     host = a.host or os.environ.get("WHOIS_SERVER") or DEFAULT_SERVER
-    common.start("rwhois")
-    try:
-        common.query(host, common.port_of(a.port), " ".join(a.query))
-    except common.Fail as exc:
-        sys.stdout.flush()
-        sys.stderr.write("rwhois: %s\n" % exc)
-        return 1
-    return 0
+    return common.run_query("rwhois", host, a.port, " ".join(a.query))
 
 
 if __name__ == "__main__":
