@@ -632,3 +632,50 @@ def test_ipv6_server_for_an_ipv4_destination(start_sockd, socksconf, target_echo
     assert c.getsockname()[0] == "::1"              # the real local end, not garbage
     assert c.getpeername() == (TARGET, target_echo.port)
     c.close()
+
+
+@pytest.fixture(scope="module")
+def plain_user():
+    """An unprivileged user, made with useradd when missing."""
+    import pwd
+    need("useradd")
+    runuser = need("runuser")
+    name, created = "sockdclient", False
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                       check=True)
+        created = True
+    yield name, runuser
+    if created:
+        subprocess.run(["userdel", name], check=False)
+
+
+def test_user_lists_match_the_effective_user(plain_user, target_www):
+    """*= lines see the user of the effective uid: the same program is sent
+    direct as root and refused as another user."""
+    import shutil
+    import tempfile
+    plain_user, runuser = plain_user
+    d = tempfile.mkdtemp(prefix="sockd-client-")
+    try:
+        os.chmod(d, 0o755)
+        conf = os.path.join(d, "socks.conf")
+        with open(conf, "w") as f:
+            f.write("deny *=%s 127.0.0.2/32\ndirect ALL\n" % plain_user)
+        script = os.path.join(d, "fetch.py")
+        with open(script, "w") as f:
+            f.write(FETCH)
+        for path in (conf, script):
+            os.chmod(path, 0o644)
+        env = {"SOCKS_CONF": conf, "SOCKS_LOG": "none", "PATH": "/usr/bin:/bin", "HOME": d}
+        cmd = ["/usr/bin/python3", os.path.join(BIN, "runsocks"), script, target_www.url("hello.txt")]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+        assert r.returncode == 0 and r.stdout == "hello through the client library\n", r.stderr
+        r = subprocess.run([runuser, "-u", plain_user, "--"] + cmd, capture_output=True, text=True,
+                           timeout=60, env=env)
+        assert r.returncode == 3, r.stdout + r.stderr
+        assert "%s:1: denied by 'deny *=%s 127.0.0.2/32'" % (conf, plain_user) in r.stdout
+    finally:
+        shutil.rmtree(d)
