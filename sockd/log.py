@@ -23,6 +23,8 @@ _SAFE = bytes(c if 32 <= c < 127 else ord("?") for c in range(256))
 
 def clean(text, limit=2048):
     """Printable ASCII only (no newline can ever split a log line)."""
+    if isinstance(text, str) and len(text) <= limit and text.isascii() and text.isprintable():
+        return text
     if not isinstance(text, bytes):
         text = text.encode("utf-8", "replace")
     return text[:limit].translate(_SAFE).decode("ascii")
@@ -40,6 +42,17 @@ class Logger:
         self._retry_at = 0.0
         self._lock = threading.Lock()
         self.pid = os.getpid()
+        self._stamp_at = -1
+        self._stamp = ""
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self):
+        """A new process: its own pid, and its own syslog socket."""
+        self.pid = os.getpid()
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = None
+        self._retry_at = 0.0
 
     def configure(self, facility=None, socket_path=None):
         if facility is not None:
@@ -75,9 +88,11 @@ class Logger:
         if level == DEBUG and not self.debug_level:
             return
         msg = clean(message)
-        pid = os.getpid()
-        stamp = time.strftime("%b %e %H:%M:%S")
-        line = "%s %s[%d]: %s" % (stamp, self.ident, pid, msg)
+        now = int(time.time())
+        if now != self._stamp_at:
+            self._stamp_at = now
+            self._stamp = time.strftime("%b %e %H:%M:%S", time.localtime(now))
+        line = "%s %s[%d]: %s" % (self._stamp, self.ident, self.pid, msg)
         if self.stderr:
             try:
                 os.write(2, (line + "\n").encode())
@@ -85,10 +100,6 @@ class Logger:
                 pass
         data = ("<%d>%s" % (self.facility * 8 + level, line)).encode()
         with self._lock:
-            if self.pid != pid:            # forked since: the socket is shared with the parent
-                if self._sock is not None:
-                    self._sock.close()
-                self._sock, self._retry_at, self.pid = None, 0.0, pid
             s = self._sock or self._connect()
             if s is None:
                 return

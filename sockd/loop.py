@@ -3,7 +3,10 @@ of helper threads for the steps that block.
 
 One loop per process, on epoll (never select.select, which fails past
 descriptor 1023).  Handlers are plain callables taking the event mask.
-Timers are a heap with lazy cancellation.  Work that would block the loop
+Timers of a second or more (the negotiate, connect, identd and idle
+timeouts: one or more per client) go to a wheel of one-second buckets, so
+that setting and cancelling one is a set operation and a cancelled timer
+costs nothing afterwards; shorter ones go to a heap.  Work that would block the loop
 (name resolution, identd, password hashing) runs in a bounded pool of
 threads whose results come back through ``call_soon_threadsafe`` and an
 eventfd; in a fork-model child or under inetd there is only one client, so
@@ -26,14 +29,18 @@ EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 1 << 28)
 
 
 class Timer:
-    __slots__ = ("when", "callback", "cancelled")
+    __slots__ = ("when", "callback", "cancelled", "bucket")
 
-    def __init__(self, when, callback):
-        self.when, self.callback, self.cancelled = when, callback, False
+    def __init__(self, when, callback, bucket=None):
+        self.when, self.callback, self.cancelled, self.bucket = when, callback, False, bucket
 
     def cancel(self):
         self.cancelled = True
         self.callback = None
+        b = self.bucket
+        if b is not None:
+            b.discard(self)
+            self.bucket = None
 
     def __lt__(self, other):
         return self.when < other.when
@@ -43,7 +50,9 @@ class Loop:
     def __init__(self):
         self.ep = select.epoll()
         self.handlers = {}
-        self.timers = []
+        self.timers = []          # heap of short Timers
+        self.wheel = {}           # whole second -> set of Timers due then
+        self.wheel_keys = []      # heap of the seconds in ``wheel``
         self.now = time.monotonic()
         self.running = False
         self._calls = []
@@ -72,11 +81,18 @@ class Loop:
 
     # --- timers ---
     def call_later(self, delay, callback):
-        t = Timer(self.now + delay, callback)
-        heapq.heappush(self.timers, t)
-        return t
+        return self.call_at(self.now + delay, callback)
 
     def call_at(self, when, callback):
+        if when - self.now >= 1.0:
+            key = int(when) + 1          # at most a second late
+            b = self.wheel.get(key)
+            if b is None:
+                b = self.wheel[key] = set()
+                heapq.heappush(self.wheel_keys, key)
+            t = Timer(key, callback, b)
+            b.add(t)
+            return t
         t = Timer(when, callback)
         heapq.heappush(self.timers, t)
         return t
@@ -115,15 +131,18 @@ class Loop:
         self.running = True
         handlers = self.handlers
         timers = self.timers
+        wheel, wheel_keys = self.wheel, self.wheel_keys
         poll = self.ep.poll
         monotonic = time.monotonic
         while self.running:
-            if timers:
-                timeout = max(0.0, timers[0].when - monotonic())
-                if timeout > 3600:
-                    timeout = 3600
-            else:
+            nxt = timers[0].when if timers else 1e18
+            if wheel_keys and wheel_keys[0] < nxt:
+                nxt = wheel_keys[0]
+            timeout = nxt - monotonic()
+            if timeout > 3600:
                 timeout = 3600
+            elif timeout < 0:
+                timeout = 0
             try:
                 events = poll(timeout)
             except InterruptedError:
@@ -145,9 +164,16 @@ class Loop:
                         cb()
                     except Exception:
                         self.handle_error(cb)
-            if len(timers) > 64 and len(timers) > 4 * self._live_timers():
-                self.timers[:] = [t for t in timers if not t.cancelled]
-                heapq.heapify(self.timers)
+            while wheel_keys and wheel_keys[0] <= now:
+                for t in list(wheel.pop(heapq.heappop(wheel_keys))):
+                    t.bucket = None
+                    cb = t.callback
+                    if cb is not None:
+                        t.callback = None
+                        try:
+                            cb()
+                        except Exception:
+                            self.handle_error(cb)
             for hook in self.idle_hooks:
                 hook()
             if until is not None and until():
@@ -168,9 +194,6 @@ class Loop:
                 close()
             except Exception:
                 log.error("internal error while closing: %s" % traceback.format_exc().splitlines()[-1])
-
-    def _live_timers(self):
-        return sum(1 for t in self.timers if not t.cancelled)
 
     def close(self):
         for hook in self.close_hooks:

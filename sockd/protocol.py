@@ -14,7 +14,12 @@ NUL-terminated and could otherwise grow without end).
 """
 
 import ipaddress
+import socket as _socket
 import struct
+
+# address conversions in C: the hot path of every request
+_inet_pton, _inet_ntop = _socket.inet_pton, _socket.inet_ntop
+_AF_INET, _AF_INET6 = _socket.AF_INET, _socket.AF_INET6
 
 # --- SOCKS 4 -------------------------------------------------------------
 S4_GRANTED = 90
@@ -176,16 +181,21 @@ def userpass_reply(ok):
 
 def encode_address(address):
     """ATYP + address bytes for a literal IPv4/IPv6 address or a domain name."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        name = address.encode("idna") if not isinstance(address, bytes) else address
-        if not 0 < len(name) < 256:
-            raise ValueError("domain name length %d out of range" % len(name))
-        return bytes((ATYP_DOMAIN, len(name))) + name
-    if ip.version == 4:
-        return b"\x01" + ip.packed
-    return b"\x04" + ip.packed
+    if not isinstance(address, bytes):
+        try:
+            return b"\x01" + _inet_pton(_AF_INET, address)
+        except OSError:
+            pass
+        try:
+            return b"\x04" + _inet_pton(_AF_INET6, address.split("%", 1)[0])
+        except OSError:
+            pass
+        except ValueError:
+            pass
+    name = address.encode("idna") if not isinstance(address, bytes) else address
+    if not 0 < len(name) < 256:
+        raise ValueError("domain name length %d out of range" % len(name))
+    return bytes((ATYP_DOMAIN, len(name))) + name
 
 
 def _decode_name(raw):
@@ -276,12 +286,12 @@ def _parse_address(buf, off, failure):
         end = off + 1 + 4 + 2
         if len(buf) < end:
             return None
-        addr = ipaddress.IPv4Address(bytes(buf[off + 1:off + 5])).compressed
+        addr = _inet_ntop(_AF_INET, bytes(buf[off + 1:off + 5]))
     elif atyp == ATYP_IPV6:
         end = off + 1 + 16 + 2
         if len(buf) < end:
             return None
-        addr = ipaddress.IPv6Address(bytes(buf[off + 1:off + 17])).compressed
+        addr = _inet_ntop(_AF_INET6, bytes(buf[off + 1:off + 17]))
     elif atyp == ATYP_DOMAIN:
         if len(buf) < off + 2:
             return None

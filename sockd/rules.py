@@ -15,6 +15,11 @@ nothing for the clients and destinations that come back.
 """
 
 import ipaddress
+import socket as _socket
+
+_inet_pton = _socket.inet_pton
+_AF_INET, _AF_INET6 = _socket.AF_INET, _socket.AF_INET6
+_from_bytes = int.from_bytes
 
 PERMIT, DENY = "permit", "deny"
 
@@ -33,13 +38,17 @@ V4_MAPPED = 0xFFFF << 32
 def ip_key(text):
     """(family, int) for an address literal, with IPv4-mapped IPv6 folded to
     IPv4 so that one rule covers both spellings.  Raises ValueError."""
-    ip = ipaddress.ip_address(text.split("%", 1)[0])
-    if ip.version == 6:
-        n = int(ip)
-        if n >> 32 == 0xFFFF:
-            return 4, n & 0xFFFFFFFF
-        return 6, n
-    return 4, int(ip)
+    try:
+        return 4, _from_bytes(_inet_pton(_AF_INET, text), "big")
+    except OSError:
+        pass
+    try:
+        n = _from_bytes(_inet_pton(_AF_INET6, text.split("%", 1)[0]), "big")
+    except (OSError, ValueError):
+        raise ValueError("not an IP address: %r" % text) from None
+    if n >> 32 == 0xFFFF:
+        return 4, n & 0xFFFFFFFF
+    return 6, n
 
 
 class AddrSpec:

@@ -92,10 +92,13 @@ class Session:
         "src_key", "state", "hs", "version", "command", "user", "realuser", "dst_host", "dst_ip",
         "dst_port", "candidates", "rule", "timer", "cmask", "rmask", "pend_cr", "pend_rc",
         "eof_c", "eof_r", "shut_c", "shut_r", "n_cr", "n_rc", "last", "early", "__weakref__",
-        "ident", "identq", "authenticated", "names", "aux", "peer",
+        "ident", "identq", "authenticated", "names", "aux", "peer", "logdesc",
     )
 
-    def __init__(self, ctx, sock, peer, local):
+    def __init__(self, ctx, sock, peer, local, inherited=False):
+        """``inherited``: the socket comes from a listener that already set
+        TCP_NODELAY, SO_OOBINLINE and SO_KEEPALIVE (accepted sockets inherit
+        them), so they need not be set again."""
         self.ctx = ctx
         loop = self.loop = ctx.loop
         self.c = sock
@@ -129,15 +132,12 @@ class Session:
         self.names = ((), ())
         self.aux = None             # the BindWait or UDP Association
         self.peer = None            # BIND: who connected back
+        self.logdesc = None         # desc(), once the request is granted
         ctx.sessions.add(self)
         ctx.stats["accepted"] += 1
         sock.setblocking(False)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        except OSError:
-            pass
+        if not inherited:
+            set_socket_options(sock)
         self.cmask = EPOLLIN
         loop.add(self.cfd, EPOLLIN, self.on_client)
         t = ctx.config.timeout_negotiate
@@ -167,6 +167,9 @@ class Session:
         if st in (BINDWAIT, UDP):
             self.watch_control(ev)
             return
+        if st == WAIT and self.hs is None:
+            self.read_early()
+            return
         if st != NEG:
             if ev & (EPOLLERR | EPOLLHUP):
                 self.close()
@@ -195,6 +198,23 @@ class Session:
                 self.on_message(msg)
         except P.ProtocolError as exc:
             self.protocol_error(exc)
+
+    def read_early(self):
+        """The request is in and sockd is still deciding or connecting: what
+        the client sends meanwhile is kept for the destination (up to 64 KB;
+        then, or at its EOF, reading pauses until the relay starts)."""
+        try:
+            data = self.c.recv(RECV_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if data:
+            self.early += data
+        if not data or len(self.early) >= 65536:
+            self.cmask = 0
+            self.loop.modify(self.cfd, 0)
 
     def protocol_error(self, exc):
         self.ctx.stats["errors"] += 1
@@ -296,9 +316,6 @@ class Session:
         self.state = WAIT
         self.early = self.hs.rest()
         self.hs = None
-        if self.cmask:
-            self.cmask = 0
-            self.loop.modify(self.cfd, 0)
         # from here on one deadline covers resolving, identd and connecting
         if self.timer is not None:
             self.timer.cancel()
@@ -466,8 +483,9 @@ class Session:
             return
         self.state = BINDWAIT
         # the client may only hang up now; watch for that
-        self.cmask = EPOLLIN
-        self.loop.modify(self.cfd, EPOLLIN)
+        if self.cmask != EPOLLIN:
+            self.cmask = EPOLLIN
+            self.loop.modify(self.cfd, EPOLLIN)
         if self.timer is not None:
             self.timer.cancel()
         t = self.ctx.config.timeout_connect
@@ -488,12 +506,7 @@ class Session:
             self.timer = None
         self.aux = None
         conn.setblocking(False)
-        try:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        except OSError:
-            pass
+        set_socket_options(conn)
         self.r = conn
         self.rfd = conn.fileno()
         self.peer = peer_ip
@@ -510,8 +523,6 @@ class Session:
         if not self.send_now(reply):
             self.close()
             return
-        self.cmask = 0
-        self.loop.modify(self.cfd, 0)
         self.start_relay()
 
     def watch_control(self, ev):
@@ -554,8 +565,9 @@ class Session:
         self.ctx.stats["connected"] += 1
         self.ctx.log.notice("connected -- %s: relay on %s port %d" % (self.desc(), addr, port))
         self.state = UDP
-        self.cmask = EPOLLIN
-        self.loop.modify(self.cfd, EPOLLIN)
+        if self.cmask != EPOLLIN:
+            self.cmask = EPOLLIN
+            self.loop.modify(self.cfd, EPOLLIN)
         self.last = self.loop.now
         idle = self.ctx.config.timeout_idle
         if idle > 0:
@@ -586,12 +598,7 @@ class Session:
             except OSError as exc:
                 last_error = exc.errno
                 continue
-            try:
-                r.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                r.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
-                r.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            except OSError:
-                pass
+            set_socket_options(r)
             table = self.ctx.config.route_table
             if table is not None:
                 err = self.bind_source(r, table, ip)
@@ -697,7 +704,8 @@ class Session:
         else:
             reply = P.reply5(P.REP_SUCCEEDED, addr_text(bnd[0]), bnd[1])
         ctx.stats["connected"] += 1
-        ctx.log.notice("connected -- %s" % self.desc())
+        self.logdesc = desc = self.desc()
+        ctx.log.notice("connected -- " + desc)
         if not self.send_now(reply):
             self.close()
             return
@@ -726,11 +734,8 @@ class Session:
         idle = self.ctx.config.timeout_idle
         if idle > 0:
             self.timer = loop.call_later(idle, self.on_idle_check)
-        self.pump(0)
-        if self.state == RELAY:
-            self.pump(1)
-        if self.state == RELAY:
-            self.update()
+        # No reads here: the poll loop reports whatever is already waiting.
+        self.update()
 
     def relay_event(self, side, ev):
         """An event on the client (side 0) or remote (side 1) socket."""
@@ -942,7 +947,7 @@ class Session:
             ctx.stats["bytes_in"] += self.n_cr
             ctx.stats["bytes_out"] += self.n_rc
             ctx.log.notice("terminated -- %s. %d bytes from %s, %d bytes from %s" % (
-                self.desc(), self.n_cr, self.client_ip, self.n_rc, self.peer or self.dst_host or self.dst_ip))
+                self.logdesc or self.desc(), self.n_cr, self.client_ip, self.n_rc, self.peer or self.dst_host or self.dst_ip))
         if ctx.on_close is not None:
             ctx.on_close(self)
 
@@ -955,6 +960,18 @@ class Snapshot:
     def __init__(self, s):
         for k in self.__slots__:
             setattr(self, k, getattr(s, k))
+
+
+def set_socket_options(sock):
+    """What every relayed TCP socket gets: no Nagle delay (replies and
+    interactive traffic go out at once), urgent data inline (the classic
+    SO_OOBINLINE), keep-alives (a dead peer is noticed)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    except OSError:
+        pass
 
 
 def errno_text(err):
