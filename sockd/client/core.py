@@ -600,16 +600,25 @@ def _adopt(sock, conn):
 
 class _Meta(type):
     # After socksify(), socket.socket is socksocket: every socket made by
-    # the real class (ssl's, ones made before) must still pass isinstance.
+    # the real class (ssl's, ones made before) must still pass
+    # isinstance(s, socket.socket).  Only socksocket itself is that broad: a
+    # class derived from it later (a module imported after socksify) keeps
+    # the ordinary test, or isinstance(s, ssl.SSLSocket) would hold for all.
     def __instancecheck__(cls, obj):
-        return isinstance(obj, _socket)
+        if cls.__dict__.get("_broad", False):
+            return isinstance(obj, _socket)
+        return type.__instancecheck__(cls, obj)
 
     def __subclasscheck__(cls, sub):
-        return issubclass(sub, _socket)
+        if cls.__dict__.get("_broad", False):
+            return issubclass(sub, _socket)
+        return type.__subclasscheck__(cls, sub)
 
 
 class socksocket(_socket, metaclass=_Meta):
     """socket.socket, routed by socks.conf (see the module's text)."""
+
+    _broad = True
 
     def __init__(self, family=-1, type=-1, proto=-1, fileno=None):
         super().__init__(family, type, proto, fileno)

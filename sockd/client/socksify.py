@@ -9,6 +9,7 @@ class before the call (``from socket import socket``) are not affected.
 """
 
 import socket
+import ssl  # noqa: F401  (before the patch: ssl.SSLSocket must derive from the real class)
 
 from . import core
 

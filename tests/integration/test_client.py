@@ -568,6 +568,9 @@ def test_socksify_patches_and_unpatches():
             "assert socket.socket is C.socksocket and C.socksified()\n"
             "import ssl\n"
             "assert isinstance(real(), socket.socket)\n"
+            "assert not isinstance(socket.socket(), ssl.SSLSocket)\n"
+            "class Later(socket.socket): pass\n"
+            "assert isinstance(Later(), socket.socket) and not isinstance(socket.socket(), Later)\n"
             "C.unsocksify()\n"
             "assert socket.socket is real and not C.socksified()\n"
             "print('ok')\n")
@@ -679,3 +682,25 @@ def test_user_lists_match_the_effective_user(plain_user, target_www):
         assert "%s:1: denied by 'deny *=%s 127.0.0.2/32'" % (conf, plain_user) in r.stdout
     finally:
         shutil.rmtree(d)
+
+
+ASYNCIO = """\
+import asyncio, sys
+async def main(port):
+    r, w = await asyncio.open_connection("127.0.0.2", port)
+    w.write(b"asyncio through SOCKS")
+    await w.drain()
+    print((await r.readexactly(21)).decode())
+    w.close()
+asyncio.run(main(int(sys.argv[1])))
+"""
+
+
+def test_asyncio_program_through_sockd(start_sockd, socksconf, target_echo, tmp_path):
+    s = start_sockd(PERMIT_LOCAL)
+    socksconf("sockd @=127.0.0.1:%d ALL\n" % s.port)
+    script = tmp_path / "aio.py"
+    script.write_text(ASYNCIO)
+    r = runsocks([str(script), str(target_echo.port)])
+    assert r.returncode == 0 and r.stdout == "asyncio through SOCKS\n", r.stderr
+    s.wait_log(r"connected -- Connect from .* to 127\.0\.0\.2 \(%d\)" % target_echo.port)
