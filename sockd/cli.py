@@ -3,6 +3,10 @@
     sockd [-f FILE] [-F] [-D] [-p PIDFILE] [-N WORKERS] [-m fork|threads]
           [-i|-I] [-d LEVEL] [-V] [-ver|--version] [--inetd]
 
+Without -F, the server becomes a daemon (daemonize.py) after binding its
+ports, so that a port that is taken or a live pid file is reported to the
+shell that started it.
+
 A user's mistake (a bad flag, a bad configuration) ends with a message and a
 non-zero status, never a traceback.
 """
@@ -28,8 +32,10 @@ def build_parser():
                    help="configuration file (default %s)" % DEFAULT_CONFIG)
     p.add_argument("-F", dest="foreground", action="store_true",
                    help="stay in the foreground and copy log lines to stderr")
-    p.add_argument("-D", dest="detach", action="store_true", help="detach and run as a daemon")
-    p.add_argument("-p", dest="pidfile", metavar="PIDFILE", help="write the master's pid to PIDFILE")
+    p.add_argument("-D", dest="detach", action="store_true",
+                   help="detach and run as a daemon, even when started by init or inetd")
+    p.add_argument("-p", dest="pidfile", metavar="PIDFILE",
+                   help="write the master's pid to PIDFILE (overrides 'pidfile' in the file)")
     p.add_argument("-N", dest="workers", metavar="WORKERS", type=int,
                    help="worker processes (default: the number of CPUs)")
     p.add_argument("-m", dest="model", metavar="MODEL", choices=("fork", "threads"),
@@ -88,12 +94,20 @@ def main(argv=None):
         print("sockd: -N: expected 0 to 256 workers", file=sys.stderr)
         return EXIT_USAGE
 
+    if args.foreground and args.detach:
+        print("sockd: -F and -D contradict each other", file=sys.stderr)
+        return EXIT_USAGE
+
     from . import server
-    inetd = args.inetd or (not args.foreground and server.stdin_is_socket())
-    log.stderr = args.foreground and not inetd
+    inetd = args.inetd or (not args.foreground and not args.detach and server.stdin_is_socket())
+    log.stderr = args.foreground and not inetd and not stderr_is_journal()
     log.debug_level = args.debug
+    # absolute: a daemon works from /, and SIGHUP reads the file again
+    config_path = os.path.abspath(args.config)
+    if inetd:
+        return run_inetd(args, config_path)
     try:
-        cfg = C.load(args.config)
+        cfg = C.load(config_path)
     except C.ConfigError as exc:
         for line in exc.lines():
             log.error(line)
@@ -101,20 +115,134 @@ def main(argv=None):
                 print(line, file=sys.stderr)
         return EXIT_ERROR
     log.configure(facility=cfg.log_facility, socket_path=cfg.log_socket)
-    if args.workers is not None:
-        cfg.set("workers", args.workers)
-    if args.model is not None:
-        cfg.set("model", args.model)
     for f, line, msg in cfg.warnings:
         log.warning("%s:%d: warning: %s" % (f, line, msg))
-    if inetd:
+    return serve(args, cfg, config_path)
+
+
+def stderr_is_journal():
+    """systemd's JOURNAL_STREAM names our standard error: the journal gets
+    the syslog lines already, so -F does not copy them there twice."""
+    js = os.environ.get("JOURNAL_STREAM")
+    if not js:
+        return False
+    try:
+        dev, ino = (int(x) for x in js.split(":"))
+        st = os.fstat(2)
+    except (ValueError, OSError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+def fail(message):
+    """A start that ends: the message in the log, and on the terminal."""
+    log.error(message)
+    if not log.stderr:
+        print("sockd: %s" % message, file=sys.stderr)
+    return EXIT_ERROR
+
+
+def serve(args, cfg, config_path):
+    """The stand-alone server: bind, become a daemon, write the pid file,
+    serve until stopped.  Returns the exit status."""
+    from . import daemonize, pidfile, privileges, server
+    limit = privileges.raise_nofile()
+    pid_path = os.path.abspath(args.pidfile) if args.pidfile else cfg.pidfile
+    overrides = {}
+    if args.workers is not None:
+        overrides["workers"] = args.workers
+    if args.model is not None:
+        overrides["model"] = args.model
+    try:
+        if pid_path:
+            pidfile.check(pid_path)      # before detaching: the shell hears about it
+        master = server.Master(cfg, args.ident, config_path, overrides)
+        master.bind()
+    except (server.Halt, pidfile.PidfileError) as exc:
+        return fail(str(exc))
+    ready = None
+    if not args.foreground:
+        detach = daemonize.should_detach(args.foreground, args.detach)
+        log.reopen()                     # no syslog socket across the fd clean-up
+        ready = daemonize.daemonize(detach, master.listener_fds())
+        log.reopen()
+    log.notice("sockd %s starting (pid %d); open files limit %s" % (
+        __version__, os.getpid(), "unlimited" if limit < 0 else limit))
+    if pid_path:
         try:
-            return server.serve_inetd(cfg, args.ident)
-        except server.Halt as exc:
-            log.error(str(exc))
-            return exc.status
-    log.notice("sockd %s starting (pid %d)" % (__version__, os.getpid()))
-    return server.main_server(cfg, args.ident)
+            pidfile.write(pid_path)
+        except pidfile.PidfileError as exc:
+            if ready is not None:
+                ready.fail(str(exc))
+            return fail(str(exc))
+    try:
+        return master.run(ready)
+    except Exception as exc:            # a bug: say so in the log, not only on a closed stderr
+        import traceback
+        log.error("internal error: %s: %s" % (type(exc).__name__, exc))
+        for line in traceback.format_exc().splitlines():
+            log.error(line)
+        if ready is not None:
+            ready.fail("internal error: %s" % exc)
+        return EXIT_ERROR
+    finally:
+        if pid_path:
+            pidfile.remove(pid_path)
+
+
+def run_inetd(args, config_path):
+    """inetd mode: one client on standard input, with the configuration
+    from the cache when it is still valid (see cache.py)."""
+    from . import cache, server
+    cfg = cache.load(config_path)
+    files = None
+    if cfg is None:
+        try:
+            with cache.Recording() as files:
+                cfg = C.load(config_path)
+        except C.ConfigError as exc:
+            for line in exc.lines():
+                log.error(line)
+            return EXIT_ERROR
+    else:
+        log.debug("configuration from the cache for %s" % config_path)
+    log.configure(facility=cfg.log_facility, socket_path=cfg.log_socket)
+    if args.workers is not None:
+        cfg.set("workers", args.workers)
+    for f, line, msg in cfg.warnings:
+        log.warning("%s:%d: warning: %s" % (f, line, msg))
+    if files is not None and cache.can_store(config_path):
+        write_cache_aside(config_path, cfg, files)
+    try:
+        return server.serve_inetd(cfg, args.ident)
+    except server.Halt as exc:
+        log.error(str(exc))
+        return exc.status
+
+
+def write_cache_aside(config_path, cfg, files):
+    """Write the cache in a child, so that the client is not kept waiting;
+    the child lets go of the client's socket (fds 0-2) at once."""
+    from . import cache
+    try:
+        pid = os.fork()
+    except OSError:
+        return
+    if pid:
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+        try:
+            os.nice(10)
+        except OSError:
+            pass
+        if cache.store(config_path, cfg, files):
+            log.debug("cached the configuration of %s" % config_path)
+    finally:
+        os._exit(0)
 
 
 if __name__ == "__main__":

@@ -7,18 +7,41 @@ shared listeners (EPOLLEXCLUSIVE wakes one worker per connection) and
 serves all its clients from one poll loop, with a bounded pool of helper
 threads for the steps that block.  In the fork model the master accepts and
 forks one child per client, like the classic stand-alone sockd, up to a cap.
+Workers and children give up root (user, group, chroot) before serving.
 
-Signal handlers only record: the C-level wakeup fd carries the signal
-number into the poll loop, which acts on it.  Children leave with os._exit.
+Signals: handlers only record (the C-level wakeup fd carries the signal
+number into a poll loop, which acts on it).  In the master:
+
+* SIGHUP re-reads the configuration.  On any problem the old one stays.
+  Otherwise listeners the new file adds are opened and those it drops
+  closed (the others stay open throughout, so no client is refused), and a
+  new generation of workers starts with the new rules while the old ones
+  stop accepting and finish their live connections (classic behaviour:
+  they are kept).  With ``reload recheck yes`` the master first hands the
+  new configuration to every older process through an inherited memory
+  file (``Channel``), and each closes the connections it no longer permits.
+* SIGTERM: stop accepting, let live connections finish for up to
+  ``timeout shutdown``, close the rest, exit 0.  SIGINT: stop at once.
+* SIGUSR1: the state of the master and of every worker or child, to the log.
+
+A worker that dies is replaced; one that cannot start exits with
+WORKER_BOOT_ERROR and the master stops instead of restarting it forever.
+Children and workers leave with os._exit, and stop by themselves when the
+master has gone (the read end of a pipe only the master can write to).
 """
 
 import errno
+import hashlib
+import json
 import os
+import select
 import signal
 import socket
+import stat
 import sys
 import time
 
+from . import cache, privileges, recheck
 from . import config as C
 from .log import log
 from .loop import Loop, ThreadExecutor, EPOLLIN, EPOLLEXCLUSIVE
@@ -32,6 +55,10 @@ except ImportError:                      # titles are a convenience, not a need
 
 WORKER_BOOT_ERROR = 3
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
+SIGNAL_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT", signal.SIGHUP: "SIGHUP",
+                signal.SIGUSR1: "SIGUSR1", signal.SIGCHLD: "SIGCHLD"}
+BOOT_WAIT = 10.0          # seconds the master waits for its first workers to start
+KILL_GRACE = 5.0          # after timeout shutdown, before SIGKILL
 
 
 class Halt(Exception):
@@ -62,20 +89,42 @@ def open_listener(host, port, backlog=4096):
     return s
 
 
-def open_listeners(cfg):
-    out = []
+def open_listeners(cfg, keep=None):
+    """The listeners ``cfg`` asks for, keyed by (host, port, n) as written
+    (the n-th line for that address), re-using the open sockets of ``keep`` for the same keys.
+    Returns (listeners, added keys, dropped sockets); raises Halt, having
+    closed what it opened, when one cannot be opened."""
+    keep = keep or {}
+    out, added = {}, []
+    seen = {}
     for host, port in cfg.listen:
+        # the n-th "listen HOST:PORT" line: port 0 twice is two listeners
+        n = seen[(host, port)] = seen.get((host, port), -1) + 1
+        spec = (host, port, n)
+        if spec in keep:
+            out[spec] = keep[spec]
+            continue
         try:
-            out.append(open_listener(host, port))
-        except OSError as exc:
-            for s in out:
-                s.close()
-            raise Halt("cannot listen on %s: %s" % (fmt_hostport(host, port), exc.strerror or exc))
-    return out
+            out[spec] = open_listener(host, port)
+            added.append(spec)
+        except (OSError, UnicodeError) as exc:
+            for k in added:
+                out[k].close()
+            raise Halt("cannot listen on %s: %s" % (fmt_hostport(host, port), getattr(exc, "strerror", None) or exc))
+    dropped = [s for spec, s in keep.items() if spec not in out]
+    return out, added, dropped
 
 
 def fmt_hostport(host, port):
     return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+
+def sock_name(s):
+    try:
+        a = s.getsockname()
+        return fmt_hostport(a[0], a[1])
+    except OSError:
+        return "?"
 
 
 # --- signals --------------------------------------------------------------------------------
@@ -116,53 +165,149 @@ def reset_child_signals():
         signal.signal(sig, signal.SIG_DFL)
 
 
+# --- handing a configuration to processes forked earlier --------------------------------------
+
+class Channel:
+    """An anonymous memory file every worker and child inherits.  The master
+    writes a header line (generation, what to do, SHA-256 of the body) and
+    the configuration as cache.encode() JSON; a reader that finds a body
+    that does not match its header (a write in progress) ignores it, and the
+    signal that follows the write brings it back."""
+
+    def __init__(self):
+        self.fd = os.memfd_create("sockd-config", os.MFD_CLOEXEC)
+
+    def publish(self, generation, cfg, recheck_on):
+        try:
+            body, error = cache.encode(cfg), None
+        except Exception as exc:         # reported by the readers, who fall back
+            body, error = b"", "%s: %s" % (type(exc).__name__, exc)
+        head = json.dumps({"generation": generation, "recheck": bool(recheck_on), "error": error,
+                           "sha256": hashlib.sha256(body).hexdigest()}).encode() + b"\n"
+        data = head + body
+        os.ftruncate(self.fd, 0)
+        off = 0
+        while off < len(data):
+            off += os.pwrite(self.fd, data[off:off + (1 << 20)], off)
+
+    def fetch(self):
+        """(generation, recheck, Config) or None.  Raises ValueError when
+        the master could not encode the configuration."""
+        size = os.fstat(self.fd).st_size
+        if not size:
+            return None
+        chunks, off = [], 0
+        while off < size:
+            chunk = os.pread(self.fd, min(1 << 20, size - off), off)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            off += len(chunk)
+        data = b"".join(chunks)
+        head, _, body = data.partition(b"\n")
+        h = json.loads(head)
+        if hashlib.sha256(body).hexdigest() != h["sha256"]:
+            return None
+        if h.get("error"):
+            raise ValueError(h["error"])
+        return h["generation"], h["recheck"], cache.decode(body)
+
+    def close(self):
+        os.close(self.fd)
+
+
+def connect_log():
+    """Connect the syslog socket now (before a chroot hides its path)."""
+    log.reopen()
+    with log._lock:
+        if log._sock is None:
+            log._connect()
+
+
+def describe_exc(exc):
+    return str(exc) if isinstance(exc, (Halt, privileges.PrivilegeError)) else "%s: %s" % (
+        type(exc).__name__, getattr(exc, "strerror", None) or exc)
+
+
 # --- the threads model: one worker --------------------------------------------------------
 
 class Worker:
-    """A pre-forked worker: accepts and serves clients from one poll loop."""
+    """A pre-forked worker: accepts and serves clients from one poll loop.
+    Built in the master; run() runs after the fork and never returns."""
 
-    def __init__(self, number, cfg, listeners, ident_mode, sigmask=()):
-        self.sigmask = sigmask
+    def __init__(self, number, generation, cfg, listeners, ident_mode, sigmask=(), identity=None,
+                 channel=None, alive_fd=-1, boot_fd=-1):
         self.number = number
+        self.generation = generation
+        self.seen_generation = generation
         self.cfg = cfg
         self.listeners = listeners
         self.ident_mode = ident_mode
+        self.sigmask = sigmask
+        self.identity = identity
+        self.channel = channel
+        self.alive_fd = alive_fd
+        self.boot_fd = boot_fd
         self.accepting = False
         self.stopping = False
-        self.deadline = None
+        self.retiring = False
+        self.deadline_timer = None
         self.paused_until = 0.0
         self.title_at = 0.0
+        self.title_timer = None
+        self.started = time.time()
 
     def run(self):
-        """Runs after the fork; never returns."""
+        try:
+            self.boot()
+        except BaseException as exc:
+            try:
+                log.error("worker %d could not start: %s" % (self.number, describe_exc(exc)))
+            finally:
+                os._exit(WORKER_BOOT_ERROR)
         status = 0
         try:
-            reset_child_signals()
-            self.loop = loop = Loop()
-            self.signals = Signals()
-            signal.pthread_sigmask(signal.SIG_SETMASK, self.sigmask)
-            loop.add(self.signals.r, EPOLLIN, self.on_signal)
-            loop.executor = ThreadExecutor(loop, self.cfg.threads)
-            self.ctx = Context(self.cfg, loop, log, self.ident_mode)
-            limit = self.cfg.limit_clients
-            workers = max(1, self.cfg.workers or 1)
-            self.cap = -(-limit // workers) if limit else 0
-            self.ctx.on_close = self.on_session_closed
-            self.start_accepting()
-            self.set_title()
-            loop.idle_hooks.append(self.housekeeping)
-            loop.run()
-        except Exception as exc:            # a worker must never die silently
-            log.error("worker %d: %s: %s" % (self.number, type(exc).__name__, exc))
+            self.loop.run()
+        except BaseException as exc:            # a worker must never die silently
+            log.error("worker %d: %s" % (self.number, describe_exc(exc)))
             status = 1
             import traceback
             for line in traceback.format_exc().splitlines():
                 log.error(line)
         finally:
+            try:
+                self.loop.close()
+            except BaseException:
+                pass
             os._exit(status)
 
+    def boot(self):
+        reset_child_signals()
+        self.loop = loop = Loop()
+        self.signals = Signals()
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.sigmask)
+        loop.add(self.signals.r, EPOLLIN, self.on_signal)
+        if self.alive_fd >= 0:
+            loop.add(self.alive_fd, EPOLLIN, self.on_master_gone)
+        become(self.identity)
+        loop.executor = ThreadExecutor(loop, self.cfg.threads)
+        self.ctx = Context(self.cfg, loop, log, self.ident_mode)
+        limit = self.cfg.limit_clients
+        workers = max(1, self.cfg.workers or 1)
+        self.cap = -(-limit // workers) if limit else 0
+        self.ctx.on_close = self.on_session_closed
+        self.start_accepting()
+        self.set_title()
+        if self.boot_fd >= 0:
+            try:
+                os.write(self.boot_fd, b"%d\n" % self.number)
+            except OSError:
+                pass
+            os.close(self.boot_fd)
+            self.boot_fd = -1
+
     def start_accepting(self):
-        if self.accepting or self.stopping:
+        if self.accepting or self.stopping or self.retiring:
             return
         for s in self.listeners:
             self.loop.add(s.fileno(), EPOLLIN | EPOLLEXCLUSIVE, self.make_acceptor(s))
@@ -175,6 +320,12 @@ class Worker:
             self.loop.remove(s.fileno())
         self.accepting = False
 
+    def close_listeners(self):
+        self.stop_accepting()
+        for s in self.listeners:
+            s.close()
+        self.listeners = []
+
     def make_acceptor(self, lsock):
         ctx = self.ctx
 
@@ -183,11 +334,11 @@ class Worker:
                 try:
                     sock, peer = lsock.accept()
                 except (BlockingIOError, InterruptedError):
-                    return
+                    break
                 except OSError as exc:
                     if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                         self.pause_accepting(exc)
-                    return
+                    break
                 try:
                     Session(ctx, sock, peer, sock.getsockname())
                 except OSError:
@@ -195,7 +346,9 @@ class Worker:
                     continue
                 if self.cap and len(ctx.sessions) >= self.cap:
                     self.stop_accepting()
-                    return
+                    break
+            if self.title_timer is None:
+                self.title_stale()
         return on_accept
 
     def pause_accepting(self, exc):
@@ -208,25 +361,32 @@ class Worker:
         self.loop.call_later(0.25, self.resume_accepting)
 
     def resume_accepting(self):
-        if not self.stopping and (not self.cap or len(self.ctx.sessions) < self.cap):
+        if not (self.stopping or self.retiring) and (not self.cap or len(self.ctx.sessions) < self.cap):
             self.start_accepting()
 
     def on_session_closed(self, session):
-        if not self.accepting and not self.stopping and self.loop.now >= self.paused_until:
-            if not self.cap or len(self.ctx.sessions) < self.cap:
+        ctx = self.ctx
+        if self.stopping or self.retiring:
+            if not ctx.sessions:
+                self.loop.stop()
+        elif not self.accepting and self.loop.now >= self.paused_until:
+            if not self.cap or len(ctx.sessions) < self.cap:
                 self.start_accepting()
+        if self.title_timer is None:
+            self.title_stale()
 
-    def housekeeping(self):
-        now = self.loop.now
-        if now >= self.title_at:
-            self.set_title()
-        if self.stopping and (not self.ctx.sessions or now >= self.deadline):
-            self.loop.stop()
+    # --- the process title: at most once a second, and only when it changes
+    def title_stale(self):
+        self.title_timer = self.loop.call_at(max(self.loop.now, self.title_at), self.set_title)
 
     def set_title(self):
+        self.title_timer = None
         self.title_at = self.loop.now + 1.0
-        setproctitle("sockd: worker %d (%d clients)" % (self.number, len(self.ctx.sessions)))
+        setproctitle("sockd: worker %d (%d clients)%s" % (
+            self.number, len(self.ctx.sessions),
+            " stopping" if self.stopping else " finishing" if self.retiring else ""))
 
+    # --- signals
     def on_signal(self, ev):
         for sig in self.signals.read():
             if sig == signal.SIGTERM:
@@ -235,88 +395,394 @@ class Worker:
                 self.loop.stop()
             elif sig == signal.SIGUSR1:
                 self.report()
+            elif sig == signal.SIGHUP:
+                self.retire()
+
+    def on_master_gone(self, ev):
+        self.loop.remove(self.alive_fd)
+        log.error("worker %d: the master has gone; stopping" % self.number)
+        self.graceful_stop()
+
+    def graceful_stop(self):
+        """SIGTERM: no new clients; live ones have ``timeout shutdown``."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.close_listeners()
+        self.set_title()
+        if not self.ctx.sessions:
+            self.loop.stop()
+            return
+        t = self.ctx.config.timeout_shutdown
+        self.deadline_timer = self.loop.call_later(t, self.shutdown_deadline)
+
+    def shutdown_deadline(self):
+        live = list(self.ctx.sessions)
+        if live:
+            log.notice("worker %d: closing %d connection%s still open after %gs (timeout shutdown)" % (
+                self.number, len(live), "" if len(live) == 1 else "s", self.ctx.config.timeout_shutdown))
+        for s in live:
+            s.close()
+        self.loop.stop()
+
+    def retire(self):
+        """SIGHUP from the master: a newer generation of workers serves new
+        clients; this one finishes its own, re-checked against the new rules
+        when the master published them for that."""
+        if not self.retiring and not self.stopping:
+            self.retiring = True
+            self.close_listeners()
+            self.set_title()
+        self.maybe_recheck()
+        if not self.ctx.sessions:
+            self.loop.stop()
+
+    def maybe_recheck(self):
+        cfg = fetch_recheck(self.channel, self.seen_generation, "worker %d" % self.number)
+        if cfg is None:
+            return
+        self.seen_generation = cfg[0]
+        self.ctx.config = cfg[1]       # negotiations still under way decide with the new rules
+        recheck.recheck(self.ctx.sessions, cfg[1], log)
+
+    def report(self):
+        st = self.ctx.stats
+        log.info("worker %d (pid %d, generation %d%s): %d clients; since start %ds ago: %s" % (
+            self.number, os.getpid(), self.generation,
+            ", stopping" if self.stopping else ", finishing" if self.retiring else "",
+            len(self.ctx.sessions), time.time() - self.started,
+            ", ".join("%s %d" % kv for kv in st.items())))
+
+
+def fetch_recheck(channel, seen, who):
+    """The (generation, Config) the master published for a recheck after
+    generation ``seen``, or None."""
+    if channel is None:
+        return None
+    try:
+        got = channel.fetch()
+    except Exception as exc:
+        log.error("%s: cannot re-check live connections: %s" % (who, exc))
+        return None
+    if got is None:
+        return None
+    generation, recheck_on, cfg = got
+    if generation <= seen or not recheck_on:
+        return None
+    return generation, cfg
+
+
+# --- the fork model and inetd: one client per process -----------------------------------------
+
+class OneClient:
+    """A process that serves exactly one client: a fork-model child (with
+    signals, a title, the master's channel) or an inetd-mode sockd."""
+
+    def __init__(self, cfg, sock, ident_mode=None, generation=0, channel=None, alive_fd=-1):
+        self.cfg = cfg
+        self.sock = sock
+        self.ident_mode = ident_mode
+        self.generation = generation
+        self.channel = channel
+        self.alive_fd = alive_fd
+        self.signals = None
+        self.session = None
+        self.stopping = False
+
+    def run(self, title=False, signals=None):
+        """Serve until the client has gone.  ``signals``: a Signals made
+        by the caller (fork-model children), or None (inetd mode keeps the
+        default dispositions)."""
+        loop = self.loop = Loop()
+        ctx = self.ctx = Context(self.cfg, loop, log, self.ident_mode)
+        ctx.buf = bytearray(1 << 18)
+        ctx.mv = memoryview(ctx.buf)
+        try:
+            peer = self.sock.getpeername()
+            local = self.sock.getsockname()
+        except OSError:
+            log.error("error -- unable to get client address.")
+            self.sock.close()
+            return
+        if signals is not None:
+            self.signals = signals
+            loop.add(signals.r, EPOLLIN, self.on_signal)
+        if self.alive_fd >= 0:
+            loop.add(self.alive_fd, EPOLLIN, self.on_master_gone)
+        session = self.session = Session(ctx, self.sock, peer, local)
+        if title:
+            def retitle():
+                if session.state >= 2:
+                    setproctitle("sockd: %s@%s -> %s:%d" % (
+                        session.user or "unknown", session.client_ip,
+                        session.dst_host or session.dst_ip, session.dst_port))
+                    loop.idle_hooks.remove(retitle)
+            setproctitle("sockd: client %s" % session.client_ip)
+            loop.idle_hooks.append(retitle)
+        loop.run(until=lambda: not ctx.sessions)
+        loop.close()
+
+    def on_signal(self, ev):
+        for sig in self.signals.read():
+            if sig == signal.SIGTERM:
+                self.graceful_stop()
+            elif sig == signal.SIGINT:
+                self.close_all()
+            elif sig == signal.SIGUSR1:
+                s = self.session
+                log.info("child (pid %d, generation %d): %s; %d bytes from the client, %d to it" % (
+                    os.getpid(), self.generation, s.desc() if s.state != 3 else "finished", s.n_cr, s.n_rc))
+            elif sig == signal.SIGHUP:
+                got = fetch_recheck(self.channel, self.generation, "child %d" % os.getpid())
+                if got is not None:
+                    self.generation = got[0]
+                    self.ctx.config = got[1]
+                    recheck.recheck(self.ctx.sessions, got[1], log)
+
+    def on_master_gone(self, ev):
+        self.loop.remove(self.alive_fd)
+        self.graceful_stop()
 
     def graceful_stop(self):
         if self.stopping:
             return
-        self.stop_accepting()
         self.stopping = True
-        self.deadline = self.loop.now + 30.0
-        for s in self.listeners:
-            s.close()
-        self.loop.call_later(0, lambda: None)
+        t = self.cfg.timeout_shutdown
+        self.loop.call_later(t, self.close_all)
 
-    def report(self):
-        st = self.ctx.stats
-        log.info("worker %d: %d clients; %s" % (self.number, len(self.ctx.sessions),
-                                                 ", ".join("%s %d" % kv for kv in st.items())))
+    def close_all(self):
+        for s in list(self.ctx.sessions):
+            s.close()
+
+
+def serve_one(cfg, sock, ident_mode=None, title=False):
+    """Serve exactly one client on ``sock`` (inetd mode, tests)."""
+    OneClient(cfg, sock, ident_mode).run(title=title)
 
 
 # --- the master --------------------------------------------------------------------------------
 
+class Proc:
+    """A process the master started: a worker or a fork-model child."""
+
+    __slots__ = ("kind", "number", "started", "generation")
+
+    def __init__(self, kind, number, generation):
+        self.kind = kind                  # "worker" or "child"
+        self.number = number              # worker number, or the client's address
+        self.started = time.monotonic()
+        self.generation = generation
+
+
 class Master:
-    def __init__(self, cfg, ident_mode=None, config_path=None):
-        self.cfg = cfg
+    def __init__(self, cfg, ident_mode=None, config_path=None, overrides=None):
+        self.overrides = dict(overrides or {})
+        self.cfg = self.apply_overrides(cfg)
         self.ident_mode = ident_mode
         self.config_path = config_path or cfg.path
-        self.listeners = []
-        self.workers = {}          # pid -> worker number (threads) or client peer (fork)
-        self.stopping = False
+        self.listeners = {}        # (host, port, n) as written -> socket
+        self.workers = {}          # pid -> Proc
+        self.generation = 1
+        self.stopping = None       # None, or the signal that stops us
+        self.kill_at = None
         self.exit_status = 0
         self.boot_failures = []
-
-    def run(self):
-        cfg = self.cfg
-        self.listeners = open_listeners(cfg)
-        for s in self.listeners:
-            a = s.getsockname()
-            log.notice("listening on %s (%s model)" % (fmt_hostport(a[0], a[1]), cfg.model))
-        setproctitle("sockd: master -f %s" % self.config_path)
-        self.signals = Signals()
+        self.signals = None
+        self.channel = None
+        self.ready = None
+        self.alive_r = self.alive_w = -1
+        self.boot_w = -1
+        self.started = time.time()
+        self.counts = {"workers started": 0, "workers died": 0, "clients": 0, "reloads": 0,
+                       "failed reloads": 0}
         try:
-            if cfg.model == "fork":
-                self.run_fork()
-            else:
-                self.run_threads()
+            self.identity = privileges.resolve(self.cfg)
+        except privileges.PrivilegeError as exc:
+            raise Halt(str(exc)) from None
+
+    def apply_overrides(self, cfg):
+        for key, value in self.overrides.items():
+            cfg.set(key, value)
+        return cfg
+
+    @property
+    def fork_model(self):
+        return self.cfg.model == "fork"
+
+    def bind(self):
+        """Open the listening sockets (before detaching: a port that is
+        taken is reported to whoever started us)."""
+        self.listeners, added, _ = open_listeners(self.cfg)
+        for spec in added:
+            log.notice("listening on %s (%s model)" % (sock_name(self.listeners[spec]), self.cfg.model))
+
+    def listener_fds(self):
+        return [s.fileno() for s in self.listeners.values()]
+
+    def run(self, ready=None):
+        """Serve until stopped; returns the exit status.  ``ready`` (from
+        daemonize) is told when the first workers are up, or why not."""
+        if not self.listeners:
+            self.bind()
+        self.ready = ready
+        self.signals = Signals()
+        self.channel = Channel()
+        self.alive_r, self.alive_w = os.pipe2(os.O_CLOEXEC)
+        setproctitle("sockd: master -f %s" % self.config_path)
+        try:
+            try:
+                if self.fork_model:
+                    self.probe_identity()
+                else:
+                    self.start_generation(wait=True)
+            except Halt as exc:
+                log.error(str(exc))
+                if ready is not None:
+                    ready.fail(str(exc))
+                    ready = None
+                self.exit_status = exc.status
+                self.stop(signal.SIGINT)
+            if ready is not None:
+                ready.ok()
+            self.ready = None
+            self.serve()
         finally:
-            for s in self.listeners:
+            for s in self.listeners.values():
                 s.close()
+            self.listeners = {}
             self.signals.close()
+            self.channel.close()
+            os.close(self.alive_r)
+            os.close(self.alive_w)
+        if self.stopping is not None and self.exit_status == 0:
+            log.notice("stopped")
         return self.exit_status
 
-    # threads model
+    # --- starting workers
     def nworkers(self):
         return self.cfg.workers or os.cpu_count() or 1
+
+    def start_generation(self, wait=False):
+        """Start the workers of the current generation.  With ``wait``, wait
+        until each has given up its privileges and started accepting: a
+        worker that cannot start stops everything (Halt)."""
+        n = self.nworkers()
+        boot_r = -1
+        if wait:
+            boot_r, self.boot_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            for number in range(1, n + 1):
+                self.spawn_worker(number)
+            if wait:
+                self.wait_booted(boot_r, n)
+        finally:
+            if wait:
+                os.close(boot_r)
+                os.close(self.boot_w)
+                self.boot_w = -1
+
+    def wait_booted(self, boot_r, n):
+        """Each worker writes its number to the boot pipe once it serves.  A
+        worker that dies otherwise meanwhile is replaced (and the
+        replacement reports in its place)."""
+        end = time.monotonic() + BOOT_WAIT
+        booted, buf = set(), b""
+        poller = select.poll()
+        poller.register(boot_r, select.POLLIN)
+        while len(booted) < n:
+            left = end - time.monotonic()
+            if left <= 0:
+                log.warning("%d of %d workers started within %gs; going on" % (len(booted), n, BOOT_WAIT))
+                return
+            if poller.poll(min(left, 0.2) * 1000):
+                buf += os.read(boot_r, 512)
+                *done, buf = buf.split(b"\n")
+                booted.update(done)
+            for pid, code in self.reap_codes():
+                proc = self.workers.pop(pid, None)
+                if proc is None:
+                    continue
+                if code == WORKER_BOOT_ERROR:
+                    raise Halt("worker %d could not start; stopping (the reason is logged above)" % proc.number)
+                self.on_worker_exit(pid, proc, code)
+                if self.stopping is not None:
+                    raise Halt("workers keep dying as they start; stopping")
+
+    def forget_master_fds(self):
+        """In a new worker or child: close what only the master uses."""
+        self.signals.close()
+        os.close(self.alive_w)
+        if self.ready is not None and self.ready.fd >= 0:
+            os.close(self.ready.fd)
+            self.ready.fd = -1
 
     def spawn_worker(self, number):
         # Signals stay blocked across the fork until the child has its own
         # handlers: a SIGTERM sent to a worker that has just been born must
         # not land in the master's wakeup pipe and be lost.
         old = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            raise Halt("cannot start worker %d: %s" % (number, exc.strerror)) from None
         if pid == 0:
-            self.signals.close()
-            Worker(number, self.cfg, self.listeners, self.ident_mode, old).run()
+            try:
+                self.forget_master_fds()
+                w = Worker(number, self.generation, self.cfg, list(self.listeners.values()), self.ident_mode,
+                           old, self.identity, self.channel, self.alive_r, self.boot_w)
+            except BaseException:
+                os._exit(WORKER_BOOT_ERROR)
+            w.run()
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        self.workers[pid] = (number, time.monotonic())
+        self.workers[pid] = Proc("worker", number, self.generation)
+        self.counts["workers started"] += 1
         return pid
 
-    def run_threads(self):
-        for n in range(1, self.nworkers() + 1):
-            self.spawn_worker(n)
-        import select
+    # --- the loop
+    def serve(self):
         poller = select.poll()
         poller.register(self.signals.r, select.POLLIN)
-        while self.workers:
+        polled = {}
+        while not (self.stopping is not None and not self.workers):
+            want = {}
+            if self.fork_model and self.stopping is None:
+                cap = self.cfg.limit_clients or 512
+                if self.count("child") < cap:
+                    want = {s.fileno(): s for s in self.listeners.values()}
+            for fd in list(polled):
+                if fd not in want or polled[fd] is not want[fd]:
+                    try:
+                        poller.unregister(fd)
+                    except KeyError:
+                        pass
+                    del polled[fd]
+            for fd, s in want.items():
+                if fd not in polled:
+                    poller.register(fd, select.POLLIN)
+                    polled[fd] = s
             try:
-                poller.poll(1000)
+                events = poller.poll(1000)
             except InterruptedError:
-                pass
-            for sig in self.signals.read():
-                self.on_signal(sig)
-            self.reap(respawn=True)
+                events = ()
+            for fd, ev in events:
+                if fd == self.signals.r:
+                    for sig in self.signals.read():
+                        self.on_signal(sig)
+                elif fd in polled and self.stopping is None and polled[fd] in self.listeners.values():
+                    self.fork_clients(polled[fd])
+            self.reap()
+            if self.kill_at is not None and time.monotonic() >= self.kill_at and self.workers:
+                log.error("%d process%s still running %gs after the stop; killing them" % (
+                    len(self.workers), "" if len(self.workers) == 1 else "es", KILL_GRACE))
+                self.kill_all(signal.SIGKILL)
+                self.kill_at = None
 
-    def reap(self, respawn):
+    def count(self, kind, generation=None):
+        return sum(1 for p in self.workers.values()
+                   if p.kind == kind and (generation is None or p.generation == generation))
+
+    def reap_codes(self):
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -324,30 +790,36 @@ class Master:
                 return
             if pid == 0:
                 return
-            info = self.workers.pop(pid, None)
-            if info is None:
-                continue
-            self.on_child_exit(pid, info, status, respawn)
+            yield pid, os.waitstatus_to_exitcode(status)
 
-    def on_child_exit(self, pid, info, status, respawn):
-        if self.cfg.model == "fork":
-            return
-        number, started = info
-        code = os.waitstatus_to_exitcode(status)
-        if self.stopping:
-            return
-        log.error("worker %d (pid %d) exited with %s; starting another" % (
-            number, pid, "signal %d" % -code if code < 0 else "status %d" % code))
-        now = time.monotonic()
+    def reap(self):
+        for pid, code in self.reap_codes():
+            proc = self.workers.pop(pid, None)
+            if proc is None:
+                continue
+            if proc.kind == "worker":
+                self.on_worker_exit(pid, proc, code)
+            elif code == WORKER_BOOT_ERROR and self.stopping is None:
+                self.halt("a child could not start; stopping (the reason is logged above)")
+
+    def on_worker_exit(self, pid, proc, code):
+        if self.stopping is not None or proc.generation != self.generation or self.fork_model:
+            return                      # stopping, or an older generation that has finished
+        self.counts["workers died"] += 1
         if code == WORKER_BOOT_ERROR:
-            self.halt("worker %d could not start" % number)
+            self.halt("worker %d could not start; stopping (the reason is logged above)" % proc.number)
             return
+        log.error("worker %d (pid %d) exited with %s; starting another" % (proc.number, pid, exit_text(code)))
+        now = time.monotonic()
         self.boot_failures = [t for t in self.boot_failures if now - t < 10] + (
-            [now] if now - started < 1.0 else [])
+            [now] if now - proc.started < 1.0 else [])
         if len(self.boot_failures) >= 5:
-            self.halt("workers keep dying at start; stopping")
+            self.halt("workers keep dying as they start; stopping")
             return
-        self.spawn_worker(number)
+        try:
+            self.spawn_worker(proc.number)
+        except Halt as exc:
+            self.halt(str(exc))
 
     def halt(self, why):
         log.error(why)
@@ -357,67 +829,114 @@ class Master:
     def on_signal(self, sig):
         if sig in (signal.SIGTERM, signal.SIGINT):
             self.stop(sig)
+        elif sig == signal.SIGHUP:
+            self.reload()
         elif sig == signal.SIGUSR1:
-            log.info("master: %d %s" % (len(self.workers), "children" if self.cfg.model == "fork" else "workers"))
-            self.kill_all(signal.SIGUSR1)
-        elif sig == signal.SIGCHLD:
-            pass
+            self.report()
 
     def stop(self, sig):
-        if not self.stopping:
-            log.notice("stopping (%s)" % ("SIGTERM" if sig == signal.SIGTERM else "SIGINT"))
-        self.stopping = True
-        for s in self.listeners:
+        if self.stopping == signal.SIGINT or self.stopping == sig:
+            return
+        self.stopping = sig
+        if sig == signal.SIGTERM:
+            live = len(self.workers)
+            log.notice("stopping (SIGTERM): no new clients; live connections have up to %gs" %
+                       self.cfg.timeout_shutdown if live else "stopping (SIGTERM)")
+            grace = self.cfg.timeout_shutdown + KILL_GRACE
+        else:
+            log.notice("stopping now (SIGINT)")
+            grace = KILL_GRACE
+        for s in self.listeners.values():
             s.close()
-        self.listeners = []
+        self.listeners = {}
         self.kill_all(sig)
+        self.kill_at = time.monotonic() + grace
 
-    def kill_all(self, sig):
-        for pid in list(self.workers):
+    def kill_all(self, sig, pids=None):
+        for pid in list(self.workers if pids is None else pids):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
 
-    # fork model
-    def run_fork(self):
-        import select
-        cap = self.cfg.limit_clients or 512
-        poller = select.poll()
-        poller.register(self.signals.r, select.POLLIN)
-        listening = False
-        by_fd = {s.fileno(): s for s in self.listeners}
-        while not (self.stopping and not self.workers):
-            want = not self.stopping and len(self.workers) < cap
-            if want and not listening:
-                for fd in by_fd:
-                    poller.register(fd, select.POLLIN)
-                listening = True
-            elif not want and listening:
-                for fd in by_fd:
-                    try:
-                        poller.unregister(fd)
-                    except KeyError:
-                        pass
-                listening = False
+    # --- SIGHUP
+    def reload(self):
+        if self.stopping is not None:
+            return
+        path = self.config_path
+        log.notice("reloading %s (SIGHUP)" % path)
+        try:
+            new = self.apply_overrides(C.load(path))
+            identity = privileges.resolve(new)
+            listeners, added, dropped = open_listeners(new, self.listeners)
+        except C.ConfigError as exc:
+            for line in exc.lines():
+                log.error(line)
+            self.reload_failed("%d problem%s in %s" % (len(exc.problems), "" if len(exc.problems) == 1 else "s",
+                                                       path))
+            return
+        except (Halt, privileges.PrivilegeError) as exc:
+            self.reload_failed(str(exc))
+            return
+        for s in dropped:
+            log.notice("no longer listening on %s" % sock_name(s))
+            s.close()
+        for spec in added:
+            log.notice("listening on %s (%s model)" % (sock_name(listeners[spec]), new.model))
+        old_cfg = self.cfg
+        self.listeners = listeners
+        self.cfg = new
+        self.identity = identity
+        if (new.log_facility, new.log_socket) != (old_cfg.log_facility, old_cfg.log_socket):
+            log.configure(facility=new.log_facility, socket_path=new.log_socket)
+        for f, line, msg in new.warnings:
+            log.warning("%s:%d: warning: %s" % (f, line, msg))
+        if new.pidfile != old_cfg.pidfile:
+            log.notice("pidfile: the new value takes effect at the next start")
+        self.generation += 1
+        self.counts["reloads"] += 1
+        if new.reload_recheck:
+            self.channel.publish(self.generation, new, True)
+        older = [pid for pid, p in self.workers.items() if p.generation < self.generation]
+        self.kill_all(signal.SIGHUP, older)
+        started = ""
+        if not self.fork_model:
             try:
-                events = poller.poll(1000)
-            except InterruptedError:
-                events = ()
-            for fd, ev in events:
-                if fd == self.signals.r:
-                    for sig in self.signals.read():
-                        self.on_signal(sig)
-                        if self.stopping:
-                            by_fd = {}
-                            listening = False
-                elif fd in by_fd and not self.stopping:
-                    self.fork_client(by_fd[fd], cap)
-            self.reap(respawn=False)
+                self.start_generation()
+            except Halt as exc:
+                self.halt(str(exc))
+                return
+            started = "; %d workers started, %d older ones finish their clients" % (
+                self.count("worker", self.generation), self.count("worker") - self.count("worker", self.generation))
+        log.notice("reloaded %s: %d rules, listening on %s%s%s" % (
+            path, len(new.ruleset.rules), ", ".join(sock_name(s) for s in self.listeners.values()),
+            started, "; live connections re-checked" if new.reload_recheck else ""))
 
-    def fork_client(self, lsock, cap):
+    def reload_failed(self, why):
+        self.counts["failed reloads"] += 1
+        log.error("reload failed: %s; still running with the previous configuration" % why)
+
+    # --- SIGUSR1
+    def report(self):
+        up = time.time() - self.started
+        c = self.counts
+        if self.fork_model:
+            what = "%d children (limit %d); since start: %d clients, %d reloads (%d failed)" % (
+                self.count("child"), self.cfg.limit_clients or 512, c["clients"], c["reloads"], c["failed reloads"])
+        else:
+            cur = self.count("worker", self.generation)
+            what = "%d workers, %d finishing; since start: %d workers started, %d died, %d reloads (%d failed)" % (
+                cur, self.count("worker") - cur, c["workers started"], c["workers died"], c["reloads"],
+                c["failed reloads"])
+        log.info("master (pid %d, %s model, generation %d, up %ds, %s: %d rules): %s" % (
+            os.getpid(), self.cfg.model, self.generation, up, self.config_path, len(self.cfg.ruleset.rules), what))
+        self.kill_all(signal.SIGUSR1)
+
+    # --- the fork model
+    def fork_clients(self, lsock):
+        cap = self.cfg.limit_clients or 512
         for _ in range(16):
-            if len(self.workers) >= cap:
+            if self.count("child") >= cap:
                 return
             try:
                 sock, peer = lsock.accept()
@@ -429,50 +948,81 @@ class Master:
                     time.sleep(0.1)
                 return
             old = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+                log.error("cannot fork for a client: %s" % exc.strerror)
+                sock.close()
+                return
             if pid == 0:
-                code = 0
-                try:
-                    self.signals.close()
-                    reset_child_signals()
-                    signal.pthread_sigmask(signal.SIG_SETMASK, old)
-                    for s in self.listeners:
-                        s.close()
-                    serve_one(self.cfg, sock, self.ident_mode, title=True)
-                except BaseException:
-                    code = 1
-                finally:
-                    os._exit(code)
+                self.child(sock, old)
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
             sock.close()
-            self.workers[pid] = (peer, time.monotonic())
+            self.workers[pid] = Proc("child", peer, self.generation)
+            self.counts["clients"] += 1
+
+    def child(self, sock, sigmask):
+        """A fork-model child; never returns."""
+        code = 0
+        try:
+            self.forget_master_fds()
+            reset_child_signals()
+            for s in self.listeners.values():
+                s.close()
+            sigs = Signals()
+            signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
+            become(self.identity)
+            OneClient(self.cfg, sock, self.ident_mode, self.generation, self.channel, self.alive_r).run(
+                title=True, signals=sigs)
+        except privileges.PrivilegeError as exc:
+            log.error("child %d could not start: %s" % (os.getpid(), exc))
+            code = WORKER_BOOT_ERROR
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+
+    def probe_identity(self):
+        """Fork model: try the privilege drop once at start, in a child,
+        so that a bad one stops the start instead of every client."""
+        ident = self.identity
+        if ident is None or not ident.changes_anything:
+            return
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                reset_child_signals()
+                become(ident)
+            except privileges.PrivilegeError as exc:
+                log.error("a child could not start: %s" % exc)
+                code = WORKER_BOOT_ERROR
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise Halt("children could not start; stopping (the reason is logged above)")
 
 
-def serve_one(cfg, sock, ident_mode=None, title=False):
-    """Serve exactly one client on ``sock`` (a fork-model child, or inetd)."""
-    loop = Loop()
-    ctx = Context(cfg, loop, log, ident_mode)
-    ctx.buf = bytearray(1 << 18)
-    ctx.mv = memoryview(ctx.buf)
-    try:
-        peer = sock.getpeername()
-        local = sock.getsockname()
-    except OSError:
-        log.error("error -- unable to get client address.")
-        sock.close()
+def become(ident):
+    """In a worker or child: give up what ``ident`` says, having first
+    loaded what a chroot would hide.  Raises PrivilegeError."""
+    if ident is None or not ident.changes_anything:
         return
-    session = Session(ctx, sock, peer, local)
-    if title:
-        def retitle():
-            if session.state >= 2:
-                setproctitle("sockd: %s@%s -> %s:%d" % (session.user or "unknown", session.client_ip,
-                                                        session.dst_host or session.dst_ip, session.dst_port))
-                loop.idle_hooks.remove(retitle)
-        setproctitle("sockd: client %s" % session.client_ip)
-        loop.idle_hooks.append(retitle)
-    loop.run(until=lambda: not ctx.sessions)
-    loop.close()
+    if ident.chroot:
+        privileges.prepare_chroot()
+    connect_log()
+    privileges.enter(ident)
 
+
+def exit_text(code):
+    return "signal %d" % -code if code < 0 else "status %d" % code
+
+
+# --- inetd mode ---------------------------------------------------------------------------------
 
 def serve_inetd(cfg, ident_mode=None):
     """inetd mode: the client is on standard input."""
@@ -484,22 +1034,18 @@ def serve_inetd(cfg, ident_mode=None):
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
     os.close(devnull)
+    if os.geteuid() == 0:
+        try:
+            become(privileges.resolve(cfg))
+        except privileges.PrivilegeError as exc:
+            sock.close()
+            raise Halt(str(exc)) from None
     serve_one(cfg, sock, ident_mode)
     return 0
 
 
 def stdin_is_socket():
     try:
-        import stat
         return stat.S_ISSOCK(os.fstat(0).st_mode)
     except OSError:
         return False
-
-
-def main_server(cfg, ident_mode=None):
-    try:
-        return Master(cfg, ident_mode).run()
-    except Halt as exc:
-        log.error(str(exc))
-        print("sockd: %s" % exc, file=sys.stderr)
-        return exc.status
