@@ -116,9 +116,13 @@ def prepare_chroot():
     import encodings.idna      # noqa: F401  getaddrinfo() of a non-ASCII name
     import traceback           # noqa: F401  error reports
     import sockd
-    for m in pkgutil.walk_packages(sockd.__path__, "sockd."):
+    # the server's own modules (not the client library, the command-line
+    # tools or __main__, which would run a sockd when imported)
+    for m in pkgutil.iter_modules(sockd.__path__):
+        if m.ispkg or m.name in ("__main__", "cli", "tools", "daemonize"):
+            continue
         try:
-            importlib.import_module(m.name)
+            importlib.import_module("sockd." + m.name)
         except Exception:      # an optional module (e.g. a missing library): not needed then
             pass
     for probe in (lambda: socket.getaddrinfo("localhost", 0, 0, socket.SOCK_STREAM),
