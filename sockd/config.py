@@ -229,6 +229,9 @@ SETTINGS = [
     Setting("reload recheck", "yes|no", False,
             "after SIGHUP, close the live connections that the new rules refuse", to_bool),
     # -- limits and hardening --
+    Setting("deny-private-destinations", "yes|no|auto", "auto",
+            "refuse loopback, link-local and this host's addresses unless a rule names them "
+            "(auto: for clients not on loopback)", to_choice("yes", "no", "auto")),
 ]
 BY_KEY = {s.key: s for s in SETTINGS}
 GROUPS = {k.split(" ", 1)[0] for k in BY_KEY if " " in k}
@@ -244,6 +247,7 @@ class Config:
         self.ruleset = R.Ruleset([])
         self.passwd_db = None
         self.route_table = None
+        self.listen_proxy = {}    # (host, port) -> trusted balancer AddrSpecs
         self.warnings = []
         self.explicit = set()
         for s in SETTINGS:
@@ -483,6 +487,7 @@ def parse_text(text, path="-", config=None):
     cfg.ruleset = R.Ruleset(rules, no_identd, bad_id, userfiles)
     if not cfg.ruleset.has_permit:
         cfg.warnings.append((path, 0, "no permit line: every request will be refused"))
+    open_proxy_warnings(cfg)
     return cfg
 
 
@@ -515,6 +520,35 @@ def check_methods(cfg, seen, problems, path):
                 problems[-1] = (path, seen.get("passwd", 0), "passwd %s: %s" % (cfg.passwd, exc.args[0][0][2]))
 
 
+def parse_listen_proxy(cfg, args, seen, lineno):
+    """``listen ADDRESS:PORT proxy-protocol CIDR...``: this listener takes
+    clients from load balancers at those addresses only, each connection
+    opening with a PROXY protocol header."""
+    if args[1].lower() != "proxy-protocol":
+        raise Bad("after the address, expected 'proxy-protocol CIDR...'", args[1])
+    if len(args) < 3:
+        raise Bad("'proxy-protocol' needs the addresses of the load balancers", args[1])
+    trusted = []
+    for tok in args[2:]:
+        for part in tok.split(","):
+            if not part:
+                continue
+            try:
+                spec = R.parse_addr_spec(part) if "/" in part else R.parse_addr_spec(
+                    part, "255.255.255.255" if ":" not in part else "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")
+            except ValueError as exc:
+                raise Bad("bad load balancer address: %s" % exc, part) from None
+            if spec.kind != "net":
+                raise Bad("load balancers are given by address or CIDR", part)
+            trusted.append(spec)
+    hostport = to_listen(args[0])
+    if "listen" not in seen:
+        cfg.set("listen", [])
+    cfg.listen.append(hostport)
+    cfg.listen_proxy[hostport] = tuple(trusted)
+    seen.setdefault("listen", lineno)
+
+
 def parse_directive(cfg, tokens, seen, lineno):
     word = tokens[0].lower()
     if word in GROUPS:
@@ -530,6 +564,9 @@ def parse_directive(cfg, tokens, seen, lineno):
         if key not in BY_KEY:
             raise Bad("unknown directive (rules start with permit or deny)", tokens[0])
     s = BY_KEY[key]
+    if key == "listen" and len(args) > 1:
+        parse_listen_proxy(cfg, args, seen, lineno)
+        return
     if s.many:
         if not args:
             raise Bad("'%s' needs at least one argument: %s %s" % (key, key, s.args), tokens[0])
@@ -549,6 +586,20 @@ def parse_directive(cfg, tokens, seen, lineno):
             raise Bad("'%s' given twice (first on line %d)" % (key, seen[key]), tokens[0])
         cfg.set(key, value)
     seen.setdefault(key, lineno)
+
+
+def open_proxy_warnings(cfg):
+    """A permit line for any client on a listener other than loopback makes
+    an open proxy: say so loudly (people look for those to abuse)."""
+    public = [hp for hp in cfg.listen
+              if hp not in cfg.listen_proxy and not hp[0].startswith("127.") and hp[0] not in ("::1", "localhost")]
+    if not public:
+        return
+    for r in cfg.ruleset.rules:
+        if r.action == R.PERMIT and r.src.is_any and r.users is None:
+            cfg.warnings.append((r.file, r.line, "this line permits any client on %s: an open proxy "
+                                 "(anyone who can reach the port can use it)" % ", ".join(
+                                     "%s:%d" % hp for hp in public)))
 
 
 def load(path):

@@ -17,7 +17,9 @@ import ipaddress
 import socket
 
 from . import ident as I
+from . import netinfo
 from . import protocol as P
+from . import proxyproto as PP
 from . import rules as R
 from . import shell
 from .log import clean
@@ -58,7 +60,7 @@ def addr_text(ip):
     return ip.split("%", 1)[0]
 
 
-NEG, WAIT, RELAY, CLOSED, BINDWAIT, UDP = range(6)
+NEG, WAIT, RELAY, CLOSED, BINDWAIT, UDP, PROXYHDR = range(7)
 RECV_CHUNK = 4096
 
 
@@ -78,6 +80,11 @@ class Context:
                       "bytes_in": 0, "bytes_out": 0}
         self.on_close = None
         self.runner = shell.Runner(log, config.limit_commands)
+        # admit(session) -> bool: the limits, for a client known only after
+        # its PROXY protocol header (set by the worker; None: no limits)
+        self.admit = None
+        self.own_addresses = (netinfo.local_addresses()
+                              if config.deny_private_destinations != "no" else frozenset())
         # a process that exits after its one client waits for its commands
         loop.close_hooks.append(lambda: self.runner.drain(10))
 
@@ -95,10 +102,11 @@ class Session:
         "ident", "identq", "authenticated", "names", "aux", "peer", "logdesc",
     )
 
-    def __init__(self, ctx, sock, peer, local, inherited=False):
+    def __init__(self, ctx, sock, peer, local, inherited=False, proxy=None):
         """``inherited``: the socket comes from a listener that already set
         TCP_NODELAY, SO_OOBINLINE and SO_KEEPALIVE (accepted sockets inherit
-        them), so they need not be set again."""
+        them), so they need not be set again.  ``proxy``: the listener takes
+        PROXY protocol headers from these balancer addresses (AddrSpecs)."""
         self.ctx = ctx
         loop = self.loop = ctx.loop
         self.c = sock
@@ -139,6 +147,19 @@ class Session:
         if not inherited:
             set_socket_options(sock)
         self.cmask = EPOLLIN
+        if proxy is not None:
+            fam, n = self.src_key
+            if not any(spec.match(fam, n) for spec in proxy):
+                ctx.stats["refused"] += 1
+                ctx.log.notice("refused -- connection from %s: not a trusted PROXY protocol source" % self.client_ip)
+                self.state = CLOSED
+                ctx.sessions.discard(self)
+                sock.close()
+                if ctx.on_close is not None:
+                    ctx.on_close(self)
+                return
+            self.state = PROXYHDR
+            self.hs = None
         loop.add(self.cfd, EPOLLIN, self.on_client)
         t = ctx.config.timeout_negotiate
         self.timer = loop.call_later(t, self.on_negotiate_timeout) if t > 0 else None
@@ -170,6 +191,9 @@ class Session:
         if st == WAIT and self.hs is None:
             self.read_early()
             return
+        if st == PROXYHDR:
+            self.read_proxy_header()
+            return
         if st != NEG:
             if ev & (EPOLLERR | EPOLLHUP):
                 self.close()
@@ -198,6 +222,51 @@ class Session:
                 self.on_message(msg)
         except P.ProtocolError as exc:
             self.protocol_error(exc)
+
+    def read_proxy_header(self):
+        """A load balancer's connection: first the PROXY protocol header that
+        names the real client, who then drives the rules, identd, limits and
+        the log."""
+        try:
+            data = self.c.recv(RECV_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:
+            self.close()
+            return
+        self.early += data
+        try:
+            got = PP.parse(self.early)
+        except P.ProtocolError as exc:
+            self.ctx.stats["errors"] += 1
+            self.ctx.log.notice("error -- %s from host %s." % (exc, self.client_ip))
+            self.close()
+            return
+        if got is None:
+            return
+        header, used = got
+        rest, self.early = self.early[used:], b""
+        if isinstance(header, PP.Local):
+            self.ctx.log.debug("PROXY protocol LOCAL connection from %s (health check)" % self.client_ip)
+            self.hs = P.ServerHandshake()
+            self.state = NEG
+            if rest:
+                self.hs.feed(rest)
+                self.process_handshake()
+            return
+        self.client_ip, self.client_port = addr_text(header.src_ip), header.src_port
+        self.local_ip, self.local_port = addr_text(header.dst_ip), header.dst_port
+        self.src_key = R.ip_key(self.client_ip)
+        self.hs = P.ServerHandshake()
+        self.state = NEG
+        if self.ctx.admit is not None and not self.ctx.admit(self):
+            return
+        if rest:
+            self.hs.feed(rest)
+            self.process_handshake()
 
     def read_early(self):
         """The request is in and sockd is still deciding or connecting: what
@@ -383,12 +452,19 @@ class Session:
         user = self.user if user_of is None else None
         first = None
         allowed = []
+        guard = self.private_guard()
         for fam, ip in self.candidates:
-            req = R.Request(self.src_key, R.ip_key(ip), self.dst_port, user, src_names, dst_names)
+            key = R.ip_key(ip)
+            req = R.Request(self.src_key, key, self.dst_port, user, src_names, dst_names)
             rule = rs.match(req, user_of=user_of)
             if isinstance(rule, R.NEED_USER):
                 self.ask_ident(self.redecide)
                 return
+            if guard and rule is not None and rule.action == R.PERMIT and rule.dst.is_any \
+                    and netinfo.is_private(key, self.ctx.own_addresses):
+                if first is None:
+                    first = (rule, "%s is private to this host (deny-private-destinations)" % addr_text(ip))
+                continue
             if first is None:
                 first = (rule,)
             if rule is not None and rule.action == R.PERMIT:
@@ -396,7 +472,10 @@ class Session:
                 if len(allowed) == 1:
                     self.rule = rule
         if not allowed:
-            self.refuse(first[0] if first else None)
+            if first and len(first) == 2:
+                self.refuse(first[0], first[1])
+            else:
+                self.refuse(first[0] if first else None)
             return
         if len(allowed) != len(self.candidates):
             self.dst_ip = addr_text(allowed[0][1])
@@ -409,6 +488,13 @@ class Session:
             return
         self.run_command(self.rule.command, self.rule.where)
         self.permitted()
+
+    def private_guard(self):
+        """Does deny-private-destinations apply to this client?"""
+        mode = self.ctx.config.deny_private_destinations
+        if mode == "auto":
+            return not netinfo.is_loopback(self.src_key)
+        return mode == "yes"
 
     def redecide(self):
         self.decide_with(*self.names)
@@ -578,6 +664,7 @@ class Session:
         ctx.stats["refused"] += 1
         if why:
             ctx.log.notice("refused -- %s: %s" % (self.desc(), why))
+            rule = None
         elif rule is None:
             ctx.log.notice("refused -- %s: no matching rule in %s" % (self.desc(), ctx.config.path))
         else:

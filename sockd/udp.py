@@ -18,6 +18,7 @@ only from hosts the rules would let the client reach.
 
 import socket
 
+from . import netinfo
 from . import protocol as P
 from . import rules as R
 from .loop import EPOLLIN
@@ -144,8 +145,12 @@ class Association:
             s = self.session
             rs = self.ctx.ruleset
             dst_names = (name,) if name and rs.needs_dst_names else ()
-            rule = rs.match(R.Request(s.src_key, R.ip_key(ip), port, s.user, dst_names=dst_names))
-            got = (rule is not None and rule.action == R.PERMIT, rule)
+            key = R.ip_key(ip)
+            rule = rs.match(R.Request(s.src_key, key, port, s.user, dst_names=dst_names))
+            ok = rule is not None and rule.action == R.PERMIT
+            if ok and rule.dst.is_any and s.private_guard() and netinfo.is_private(key, self.ctx.own_addresses):
+                ok = False
+            got = (ok, rule)
             if len(self.memo) >= MAX_MEMO:
                 self.memo.clear()
             self.memo[key] = got
