@@ -40,6 +40,12 @@ debs:
 test: test-deps
 	$(VPY) -m pytest -q -ra tests
 
+# sockd side by side with direct loopback, Dante and microsocks: one table and
+# the performance targets, in a few minutes.  `make bench BENCH_ARGS=--quick`
+# for a smoke run; bench/bench.py --help for the rest.
+bench: venv
+	$(VPY) bench/bench.py $(BENCH_ARGS)
+
 # Lint the manual pages.
 man:
 	mandoc -T lint -W warning $(MANPAGES)
