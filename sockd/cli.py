@@ -204,9 +204,9 @@ def run_inetd(args, config_path):
             for line in exc.lines():
                 log.error(line)
             return EXIT_ERROR
-    else:
-        log.debug("configuration from the cache for %s" % config_path)
     log.configure(facility=cfg.log_facility, socket_path=cfg.log_socket)
+    if files is None:
+        log.debug("configuration from the cache for %s" % config_path)
     if args.workers is not None:
         cfg.set("workers", args.workers)
     for f, line, msg in cfg.warnings:

@@ -109,8 +109,19 @@ def resolve(cfg):
     return ident
 
 
-def prepare_chroot():
-    """Load now what a process in a chroot could not load later."""
+_preloaded = False
+
+
+def preload():
+    """Load now what a process could not load once it is in a chroot or
+    no longer root (the Python library itself may be unreadable to the
+    user): the server's modules, the codecs name resolution uses, the C
+    library's name-service modules.  Done once, in the master, before it
+    forks anything, and in inetd mode before the drop."""
+    global _preloaded
+    if _preloaded:
+        return
+    _preloaded = True
     import importlib
     import pkgutil
     import encodings.idna      # noqa: F401  getaddrinfo() of a non-ASCII name

@@ -519,7 +519,10 @@ class OneClient:
                     loop.idle_hooks.remove(retitle)
             setproctitle("sockd: client %s" % session.client_ip)
             loop.idle_hooks.append(retitle)
-        loop.run(until=lambda: not ctx.sessions)
+        # the session may be over already: a refusal, say, decided while
+        # the constructor read the request that came with the connection
+        if ctx.sessions:
+            loop.run(until=lambda: not ctx.sessions)
         loop.close()
 
     def on_signal(self, ev):
@@ -599,6 +602,10 @@ class Master:
             self.identity = privileges.resolve(self.cfg)
         except privileges.PrivilegeError as exc:
             raise Halt(str(exc)) from None
+        # whatever a worker could not load once it is no longer root is
+        # loaded here, once, for every process forked later
+        if self.identity.changes_anything:
+            privileges.preload()
 
     def apply_overrides(self, cfg):
         for key, value in self.overrides.items():
@@ -1012,8 +1019,7 @@ def become(ident):
     loaded what a chroot would hide.  Raises PrivilegeError."""
     if ident is None or not ident.changes_anything:
         return
-    if ident.chroot:
-        privileges.prepare_chroot()
+    privileges.preload()            # a no-op after the first time
     connect_log()
     privileges.enter(ident)
 
@@ -1030,9 +1036,16 @@ def serve_inetd(cfg, ident_mode=None):
         sock = socket.socket(fileno=os.dup(0))
     except OSError as exc:
         raise Halt("--inetd: standard input is not a socket (%s)" % exc.strerror)
+    # inetd hands the client on 0, 1 and 2 alike: none of them may keep the
+    # connection open (or receive an error message) once the session is over
+    try:
+        st0, st2 = os.fstat(0), os.fstat(2)
+        same2 = (st0.st_dev, st0.st_ino) == (st2.st_dev, st2.st_ino)
+    except OSError:
+        same2 = False
     devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-    os.dup2(devnull, 1)
+    for fd in (0, 1, 2) if same2 else (0, 1):
+        os.dup2(devnull, fd)
     os.close(devnull)
     if os.geteuid() == 0:
         try:

@@ -1,0 +1,216 @@
+"""The parsed-configuration cache (JSON, never pickle; trusted files only;
+invalidated by any change to what the parse read) and the pid file."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sockd import cache as K
+from sockd import config as C
+from sockd import pidfile as PF
+from sockd import rules as R
+
+CONF = """# every form the parser knows
+listen 127.0.0.1:0
+listen [::1]:0
+timeout idle 1h
+log facility local4
+reload recheck yes
+permit *=fred,/{users} 10.0.0.0 255.0.0.0 192.168.1.0 255.255.255.0 eq telnet : echo %u
+deny ?=I 10.1.0.0/16 ALL lt 1024
+permit ?=n 2001:db8::/32 ::/0 ge 8000
+permit .example.org 0.0.0.0
+permit 10.2.0.0 255.255.0.0 www.example.com 0.0.0.0 neq 25
+#NO_IDENTD: mail -s 'no identd on %A' root
+#BAD_ID: mail -s '%U is not %u' root
+"""
+
+
+def requests():
+    def req(src, dst, port, user=None, dn=()):
+        return R.Request(R.ip_key(src), R.ip_key(dst), port, user, (), dn)
+    return [req("10.3.3.3", "192.168.1.9", 23, "fred"), req("10.3.3.3", "192.168.1.9", 23, "wilma"),
+            req("10.3.3.3", "192.168.1.9", 23, "barney"), req("10.1.2.3", "8.8.8.8", 53),
+            req("2001:db8::1", "2001:db8::2", 8080), req("10.2.1.1", "1.2.3.4", 80, dn=("www.example.com",)),
+            req("10.2.1.1", "1.2.3.4", 25, dn=("www.example.com",)), req("127.0.0.1", "127.0.0.1", 80)]
+
+
+@pytest.fixture
+def conf(tmp_path):
+    users = tmp_path / "users"
+    users.write_text("wilma, barney\n")
+    path = tmp_path / "sockd.conf"
+    path.write_text(CONF.replace("{users}", str(users).lstrip("/")))
+    return path
+
+
+def same(a, b):
+    assert type(a) is type(b)
+    assert K.encode(a) == K.encode(b)
+
+
+def test_round_trip_keeps_every_setting_and_decision(conf):
+    cfg = C.load(str(conf))
+    back = K.decode(K.encode_checked(cfg))
+    same(cfg, back)
+    for s in C.SETTINGS:
+        assert back.get(s.key) == cfg.get(s.key), s.key
+    assert back.ruleset.no_identd == cfg.ruleset.no_identd and back.ruleset.bad_id == cfg.ruleset.bad_id
+    assert back.ruleset.userfiles == cfg.ruleset.userfiles
+    assert [r.where for r in back.ruleset.rules] == [r.where for r in cfg.ruleset.rules]
+    for req in requests():
+        a, b = cfg.ruleset.match(req), back.ruleset.match(req)
+        assert (a and a.where) == (b and b.where)
+
+
+def test_only_sockd_classes_and_no_code(conf):
+    with pytest.raises(K.Uncacheable):
+        K.encode({"x": open(os.devnull)})
+    with pytest.raises(K.Uncacheable):
+        K.encode(lambda: 0)
+    blob = K.encode(C.load(str(conf))).decode()
+    classes, data = blob.split("\n", 1)
+    for evil in ([["os", "system", [], None]], [["posixpath", "join", [], None]],
+                 [["sockd.cli", "main", [], None]], [["sockd.rules", "AddrSpec", ["__class__"], None]],
+                 [["sockd.rules", "AddrSpec", ["kind"], ["kind"]]]):
+        with pytest.raises((ValueError, TypeError, AttributeError, KeyError)):
+            K.decode(json.dumps(evil) + "\n" + json.dumps({"o": [0, "x"]}))
+    with pytest.raises(ValueError):
+        K.decode(classes + "\n" + '{"q": 1}')
+
+
+def test_cache_file_used_only_while_valid_and_trusted(conf, tmp_path):
+    d = tmp_path / "cache"
+    with K.Recording() as files:
+        cfg = C.load(str(conf))
+    users = str(tmp_path / "users")
+    assert str(conf) in files and users in files
+    assert K.load(str(conf), str(d)) is None                # nothing yet
+    path = K.store(str(conf), cfg, files, str(d))
+    assert path and os.stat(path).st_mode & 0o777 == 0o600
+    assert os.stat(d).st_mode & 0o777 == 0o700
+    hit = K.load(str(conf), str(d))
+    assert hit is not None
+    same(cfg, hit)
+    # a userfile that changes (the configuration does not) is a miss
+    with open(users, "a") as f:
+        f.write("pebbles\n")
+    assert K.load(str(conf), str(d)) is None
+    with open(users, "w") as f:
+        f.write("wilma, barney\n")
+    assert K.load(str(conf), str(d)) is not None
+    # so is an edit of the file itself, even keeping size and time
+    st = os.stat(conf)
+    text = conf.read_text()
+    conf.write_text(text.replace("eq telnet", "eq 000023"))         # same size, same meaning
+    os.utime(conf, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert K.load(str(conf), str(d)) is None
+    conf.write_text(text)
+    assert K.load(str(conf), str(d)) is not None
+    # a cache file others could have written is ignored
+    os.chmod(path, 0o620)
+    assert K.load(str(conf), str(d)) is None
+    os.chmod(path, 0o600)
+    os.chown(path, 65534, 65534)
+    assert K.load(str(conf), str(d)) is None
+    os.chown(path, 0, 0)
+    os.chmod(d, 0o777)
+    assert K.load(str(conf), str(d)) is None
+    os.chmod(d, 0o700)
+    # tampering with the body is a miss, not a different configuration
+    raw = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(raw.replace(b'"permit"', b'"deny"', 1))
+    assert K.load(str(conf), str(d)) is None
+    # a symbolic link is not followed
+    os.unlink(path)
+    other = tmp_path / "elsewhere.json"
+    other.write_bytes(raw)
+    os.chmod(other, 0o600)
+    os.symlink(other, path)
+    assert K.load(str(conf), str(d)) is None
+
+
+def test_cache_directory_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SOCKD_CACHE_DIR", "")
+    assert K.cache_path("/etc/sockd.conf") is None
+    monkeypatch.setenv("SOCKD_CACHE_DIR", str(tmp_path))
+    assert os.path.dirname(K.cache_path("/etc/sockd.conf")) == str(tmp_path)
+    monkeypatch.delenv("SOCKD_CACHE_DIR")
+    assert K.cache_path("/etc/sockd.conf").startswith("/var/cache/sockd/")
+
+
+# --- the pid file -------------------------------------------------------------------------------
+
+def test_pidfile_written_atomically_and_removed_only_when_ours(tmp_path):
+    p = str(tmp_path / "s.pid")
+    PF.write(p)
+    assert open(p).read() == "%d\n" % os.getpid()
+    assert os.listdir(tmp_path) == ["s.pid"]                 # no temporary file left
+    PF.remove(p, pid=os.getpid() + 1)                         # somebody else's: kept
+    assert os.path.exists(p)
+    PF.remove(p)
+    assert not os.path.exists(p)
+    PF.remove(p)                                              # already gone: fine
+
+
+def test_pidfile_stale_replaced_live_refused(tmp_path):
+    p = str(tmp_path / "s.pid")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with open(p, "w") as f:
+        f.write("%d\n" % dead.pid)
+    PF.check(p)
+    PF.write(p)
+    assert PF.read_pid(p) == os.getpid()
+    # a live process that is not a sockd (a reused number) does not count
+    other = subprocess.Popen(["sleep", "30"])
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "sockd-lookalike"])
+    try:
+        with open(p, "w") as f:
+            f.write("%d\n" % other.pid)
+        PF.check(p)
+        with open(p, "w") as f:
+            f.write("%d\n" % live.pid)
+        with pytest.raises(PF.PidfileError, match="already running as pid %d" % live.pid):
+            PF.check(p)
+        with pytest.raises(PF.PidfileError, match="already running"):
+            PF.write(p, pid=os.getpid())
+        assert PF.read_pid(p) == live.pid
+    finally:
+        other.kill()
+        live.kill()
+        other.wait()
+        live.wait()
+    # garbage is no pid
+    with open(p, "w") as f:
+        f.write("hello\n")
+    assert PF.read_pid(p) is None
+    PF.write(p)
+    assert PF.read_pid(p) == os.getpid()
+
+
+def test_pidfile_in_a_missing_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(PF.PidfileError, match="cannot write pid file .*No such file or directory"):
+        PF.write(str(tmp_path / "no" / "such" / "s.pid"))
+
+
+def test_directives_parse_and_refuse_mistakes():
+    cfg = C.parse_text("user nobody\ngroup nogroup\nchroot /\npidfile /run/x.pid\ntimeout shutdown 2m\n"
+                       "reload recheck yes\npermit 0/0\n")
+    assert (cfg.user, cfg.group, cfg.chroot, cfg.pidfile, cfg.timeout_shutdown, cfg.reload_recheck) == \
+        ("nobody", "nogroup", "/", "/run/x.pid", 120.0, True)
+    with pytest.raises(C.ConfigError) as e:
+        C.parse_text("user no-such-user-xyz\ngroup no-such-group-xyz\nchroot relative\nchroot /no/such/dir\n"
+                     "pidfile x.pid\nreload recheck maybe\ntimeout shutdown soon\n")
+    lines = e.value.lines()
+    assert lines == ["-:1: unknown user (near 'no-such-user-xyz')", "-:2: unknown group (near 'no-such-group-xyz')",
+                     "-:3: the chroot directory must be an absolute path (near 'relative')",
+                     "-:4: no such directory (near '/no/such/dir')",
+                     "-:5: the pid file must be an absolute path (near 'x.pid')",
+                     "-:6: expected yes or no (near 'maybe')",
+                     "-:7: not a duration (seconds, or a number with s, m, h or d) (near 'soon')"]
