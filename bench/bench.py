@@ -275,7 +275,7 @@ def loadgen(opts, *args, timeout=300):
 def rate(opts, proxy, count=0):
     f = loadgen(opts, "rate", proxy, opts.target_port, opts.conc, opts.secs, count,
                 timeout=opts.secs + 60 + count / 200)
-    return f.get("conn_per_s", 0.0), f.get("p99_us", 0.0), f.get("errors", 0.0)
+    return f.get("conn_per_s", 0.0), f.get("p99_us", 0.0), int(f.get("errors", 0))
 
 
 def bulk(opts, proxy, streams, mib, direction):
@@ -376,7 +376,7 @@ def cell(v):
     if v is None:
         return "-"
     if isinstance(v, float):
-        return "%.0f" % v if abs(v) >= 100 or v == int(v) else "%.1f" % v
+        return "%.0f" % v if abs(v) >= 100 else "%.1f" % v
     return str(v)
 
 
