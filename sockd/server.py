@@ -12,14 +12,17 @@ Workers and children give up root (user, group, chroot) before serving.
 Signals: handlers only record (the C-level wakeup fd carries the signal
 number into a poll loop, which acts on it).  In the master:
 
-* SIGHUP re-reads the configuration.  On any problem the old one stays.
-  Otherwise listeners the new file adds are opened and those it drops
-  closed (the others stay open throughout, so no client is refused), and a
-  new generation of workers starts with the new rules while the old ones
+* SIGHUP re-reads the configuration.  The new ports are opened and a new
+  generation of workers is started beside the old ones; only when all of
+  that worked are the dropped ports closed and the old workers told to
   stop accepting and finish their live connections (classic behaviour:
-  they are kept).  With ``reload recheck yes`` the master first hands the
-  new configuration to every older process through an inherited memory
-  file (``Channel``), and each closes the connections it no longer permits.
+  they are kept).  On any problem (the file, a port, a worker that cannot
+  start) the old configuration, ports and workers simply go on.  The
+  ports that stay are never closed, so no client is refused.  "reloaded"
+  is logged once every old worker has said (status pipe) that it stopped
+  accepting.  With ``reload recheck yes`` the master first hands the new
+  configuration to every older process through an inherited memory file
+  (``Channel``), and each closes the connections it no longer permits.
 * SIGTERM: stop accepting, let live connections finish for up to
   ``timeout shutdown``, close the rest, exit 0.  SIGINT: stop at once.
 * SIGUSR1: the state of the master and of every worker or child, to the log.
@@ -236,7 +239,7 @@ class Worker:
     Built in the master; run() runs after the fork and never returns."""
 
     def __init__(self, number, generation, cfg, listeners, ident_mode, sigmask=(), identity=None,
-                 channel=None, alive_fd=-1, boot_fd=-1):
+                 channel=None, alive_fd=-1, status_fd=-1):
         self.number = number
         self.generation = generation
         self.seen_generation = generation
@@ -247,7 +250,7 @@ class Worker:
         self.identity = identity
         self.channel = channel
         self.alive_fd = alive_fd
-        self.boot_fd = boot_fd
+        self.status_fd = status_fd
         self.accepting = False
         self.stopping = False
         self.retiring = False
@@ -298,13 +301,17 @@ class Worker:
         self.ctx.on_close = self.on_session_closed
         self.start_accepting()
         self.set_title()
-        if self.boot_fd >= 0:
+        self.tell_master(b"B %d %d\n" % (self.generation, self.number))
+
+    def tell_master(self, line):
+        """A line on the master's status pipe (atomic: shorter than
+        PIPE_BUF): "B generation number" when serving, "R pid" when
+        retired."""
+        if self.status_fd >= 0:
             try:
-                os.write(self.boot_fd, b"%d\n" % self.number)
+                os.write(self.status_fd, line)
             except OSError:
                 pass
-            os.close(self.boot_fd)
-            self.boot_fd = -1
 
     def start_accepting(self):
         if self.accepting or self.stopping or self.retiring:
@@ -434,6 +441,7 @@ class Worker:
             self.close_listeners()
             self.set_title()
         self.maybe_recheck()
+        self.tell_master(b"R %d\n" % os.getpid())
         if not self.ctx.sessions:
             self.loop.stop()
 
@@ -585,7 +593,8 @@ class Master:
         self.config_path = config_path or cfg.path
         self.listeners = {}        # (host, port, n) as written -> socket
         self.workers = {}          # pid -> Proc
-        self.generation = 1
+        self.generation = 1        # the configuration new clients get
+        self.generations = 1       # generations numbered so far
         self.stopping = None       # None, or the signal that stops us
         self.kill_at = None
         self.exit_status = 0
@@ -594,7 +603,10 @@ class Master:
         self.channel = None
         self.ready = None
         self.alive_r = self.alive_w = -1
-        self.boot_w = -1
+        self.status_r = self.status_w = -1
+        self.pending_drop = []     # listeners a reload drops, until it is done
+        self.booted = set()        # (generation, worker number) reported serving
+        self.retired = set()       # pids that reported retiring since the last reload
         self.started = time.time()
         self.counts = {"workers started": 0, "workers died": 0, "clients": 0, "reloads": 0,
                        "failed reloads": 0}
@@ -635,6 +647,8 @@ class Master:
         self.signals = Signals()
         self.channel = Channel()
         self.alive_r, self.alive_w = os.pipe2(os.O_CLOEXEC)
+        self.status_r, self.status_w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self.status_r, False)
         setproctitle("sockd: master -f %s" % self.config_path)
         try:
             try:
@@ -643,7 +657,7 @@ class Master:
                 else:
                     self.start_generation(wait=True)
             except Halt as exc:
-                log.error(str(exc))
+                log.error("%s; stopping" % exc)
                 if ready is not None:
                     ready.fail(str(exc))
                     ready = None
@@ -659,8 +673,8 @@ class Master:
             self.listeners = {}
             self.signals.close()
             self.channel.close()
-            os.close(self.alive_r)
-            os.close(self.alive_w)
+            for fd in (self.alive_r, self.alive_w, self.status_r, self.status_w):
+                os.close(fd)
         if self.stopping is not None and self.exit_status == 0:
             log.notice("stopped")
         return self.exit_status
@@ -672,53 +686,63 @@ class Master:
     def start_generation(self, wait=False):
         """Start the workers of the current generation.  With ``wait``, wait
         until each has given up its privileges and started accepting: a
-        worker that cannot start stops everything (Halt)."""
+        worker that cannot start raises Halt."""
         n = self.nworkers()
-        boot_r = -1
+        gen = self.generation
+        for number in range(1, n + 1):
+            self.spawn_worker(number)
         if wait:
-            boot_r, self.boot_w = os.pipe2(os.O_CLOEXEC)
-        try:
-            for number in range(1, n + 1):
-                self.spawn_worker(number)
-            if wait:
-                self.wait_booted(boot_r, n)
-        finally:
-            if wait:
-                os.close(boot_r)
-                os.close(self.boot_w)
-                self.boot_w = -1
+            self.wait_status(lambda: all((gen, i) in self.booted for i in range(1, n + 1)), BOOT_WAIT,
+                             "workers of generation %d to start" % gen, gen)
 
-    def wait_booted(self, boot_r, n):
-        """Each worker writes its number to the boot pipe once it serves.  A
-        worker that dies otherwise meanwhile is replaced (and the
-        replacement reports in its place)."""
-        end = time.monotonic() + BOOT_WAIT
-        booted, buf = set(), b""
+    def read_status(self):
+        try:
+            data = os.read(self.status_r, 65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        for line in data.split(b"\n"):
+            f = line.split()
+            try:
+                if len(f) == 3 and f[0] == b"B":
+                    self.booted.add((int(f[1]), int(f[2])))
+                elif len(f) == 2 and f[0] == b"R":
+                    self.retired.add(int(f[1]))
+            except ValueError:
+                continue
+
+    def wait_status(self, done, timeout, what, generation):
+        """Wait (bounded) until ``done()``, reading the status pipe and
+        reaping meanwhile.  A worker of ``generation`` that could not start
+        raises Halt; other deaths are handled as usual (replacement)."""
+        end = time.monotonic() + timeout
         poller = select.poll()
-        poller.register(boot_r, select.POLLIN)
-        while len(booted) < n:
+        poller.register(self.status_r, select.POLLIN)
+        while not done():
             left = end - time.monotonic()
             if left <= 0:
-                log.warning("%d of %d workers started within %gs; going on" % (len(booted), n, BOOT_WAIT))
+                log.warning("still waiting for %s after %gs; going on" % (what, timeout))
                 return
-            if poller.poll(min(left, 0.2) * 1000):
-                buf += os.read(boot_r, 512)
-                *done, buf = buf.split(b"\n")
-                booted.update(done)
+            if poller.poll(min(left, 0.1) * 1000):
+                self.read_status()
             for pid, code in self.reap_codes():
                 proc = self.workers.pop(pid, None)
                 if proc is None:
                     continue
-                if code == WORKER_BOOT_ERROR:
-                    raise Halt("worker %d could not start; stopping (the reason is logged above)" % proc.number)
-                self.on_worker_exit(pid, proc, code)
-                if self.stopping is not None:
-                    raise Halt("workers keep dying as they start; stopping")
+                if code == WORKER_BOOT_ERROR and proc.kind == "worker" and proc.generation == generation:
+                    raise Halt("worker %d could not start (the reason is logged above)" % proc.number)
+                if proc.kind == "worker":
+                    self.on_worker_exit(pid, proc, code)
+                    if self.stopping is not None:
+                        raise Halt("workers keep dying as they start")
+                elif code == WORKER_BOOT_ERROR and self.stopping is None:
+                    self.halt("a child could not start (the reason is logged above); stopping")
+                    raise Halt("children could not start")
 
     def forget_master_fds(self):
         """In a new worker or child: close what only the master uses."""
         self.signals.close()
         os.close(self.alive_w)
+        os.close(self.status_r)
         if self.ready is not None and self.ready.fd >= 0:
             os.close(self.ready.fd)
             self.ready.fd = -1
@@ -736,8 +760,10 @@ class Master:
         if pid == 0:
             try:
                 self.forget_master_fds()
+                for s in self.pending_drop:     # or the port would stay open in this worker
+                    s.close()
                 w = Worker(number, self.generation, self.cfg, list(self.listeners.values()), self.ident_mode,
-                           old, self.identity, self.channel, self.alive_r, self.boot_w)
+                           old, self.identity, self.channel, self.alive_r, self.status_w)
             except BaseException:
                 os._exit(WORKER_BOOT_ERROR)
             w.run()
@@ -750,6 +776,7 @@ class Master:
     def serve(self):
         poller = select.poll()
         poller.register(self.signals.r, select.POLLIN)
+        poller.register(self.status_r, select.POLLIN)
         polled = {}
         while not (self.stopping is not None and not self.workers):
             want = {}
@@ -776,6 +803,8 @@ class Master:
                 if fd == self.signals.r:
                     for sig in self.signals.read():
                         self.on_signal(sig)
+                elif fd == self.status_r:
+                    self.read_status()
                 elif fd in polled and self.stopping is None and polled[fd] in self.listeners.values():
                     self.fork_clients(polled[fd])
             self.reap()
@@ -807,14 +836,14 @@ class Master:
             if proc.kind == "worker":
                 self.on_worker_exit(pid, proc, code)
             elif code == WORKER_BOOT_ERROR and self.stopping is None:
-                self.halt("a child could not start; stopping (the reason is logged above)")
+                self.halt("a child could not start (the reason is logged above); stopping")
 
     def on_worker_exit(self, pid, proc, code):
         if self.stopping is not None or proc.generation != self.generation or self.fork_model:
             return                      # stopping, or an older generation that has finished
         self.counts["workers died"] += 1
         if code == WORKER_BOOT_ERROR:
-            self.halt("worker %d could not start; stopping (the reason is logged above)" % proc.number)
+            self.halt("worker %d could not start (the reason is logged above); stopping" % proc.number)
             return
         log.error("worker %d (pid %d) exited with %s; starting another" % (proc.number, pid, exit_text(code)))
         now = time.monotonic()
@@ -868,6 +897,9 @@ class Master:
 
     # --- SIGHUP
     def reload(self):
+        """SIGHUP.  Nothing changes until the new configuration has been
+        read, its new ports opened and its workers have started; on any
+        failure the old configuration, ports and workers go on."""
         if self.stopping is not None:
             return
         path = self.config_path
@@ -885,36 +917,64 @@ class Master:
         except (Halt, privileges.PrivilegeError) as exc:
             self.reload_failed(str(exc))
             return
+        old = (self.cfg, self.identity, self.listeners, self.generation)
+        self.cfg, self.identity, self.listeners = new, identity, listeners
+        self.pending_drop = dropped
+        self.generations += 1
+        self.generation = self.generations
+        try:
+            if identity.changes_anything:
+                privileges.preload()
+            # the new workers start beside the old ones, which go on
+            # accepting meanwhile: there is no moment without a server
+            if self.fork_model:
+                self.probe_identity()
+            else:
+                self.start_generation(wait=True)
+        except Halt as exc:
+            failed = [pid for pid, p in self.workers.items() if p.generation == self.generation]
+            self.kill_all(signal.SIGINT, failed)
+            for spec in added:
+                listeners[spec].close()
+            self.cfg, self.identity, self.listeners, self.generation = old
+            self.pending_drop = []
+            self.reload_failed(str(exc))
+            return
+        self.pending_drop = []
+        old_cfg = old[0]
         for s in dropped:
             log.notice("no longer listening on %s" % sock_name(s))
             s.close()
         for spec in added:
             log.notice("listening on %s (%s model)" % (sock_name(listeners[spec]), new.model))
-        old_cfg = self.cfg
-        self.listeners = listeners
-        self.cfg = new
-        self.identity = identity
         if (new.log_facility, new.log_socket) != (old_cfg.log_facility, old_cfg.log_socket):
             log.configure(facility=new.log_facility, socket_path=new.log_socket)
         for f, line, msg in new.warnings:
             log.warning("%s:%d: warning: %s" % (f, line, msg))
         if new.pidfile != old_cfg.pidfile:
             log.notice("pidfile: the new value takes effect at the next start")
-        self.generation += 1
         self.counts["reloads"] += 1
         if new.reload_recheck:
             self.channel.publish(self.generation, new, True)
+        # the older processes stop accepting (workers) and re-check their
+        # clients when asked; "reloaded" is logged once every older worker
+        # has said it no longer accepts, so a client that connects after it
+        # gets the new rules
         older = [pid for pid, p in self.workers.items() if p.generation < self.generation]
+        self.retired.clear()
         self.kill_all(signal.SIGHUP, older)
+        older_workers = [pid for pid in older if self.workers[pid].kind == "worker"]
+        try:
+            self.wait_status(lambda: all(pid in self.retired or pid not in self.workers for pid in older_workers),
+                             BOOT_WAIT, "older workers to stop accepting", None)
+        except Halt:
+            return                      # on_worker_exit has begun the stop
+
         started = ""
         if not self.fork_model:
-            try:
-                self.start_generation()
-            except Halt as exc:
-                self.halt(str(exc))
-                return
+            cur = self.count("worker", self.generation)
             started = "; %d workers started, %d older ones finish their clients" % (
-                self.count("worker", self.generation), self.count("worker") - self.count("worker", self.generation))
+                cur, self.count("worker") - cur)
         log.notice("reloaded %s: %d rules, listening on %s%s%s" % (
             path, len(new.ruleset.rules), ", ".join(sock_name(s) for s in self.listeners.values()),
             started, "; live connections re-checked" if new.reload_recheck else ""))
@@ -974,6 +1034,7 @@ class Master:
         code = 0
         try:
             self.forget_master_fds()
+            os.close(self.status_w)
             reset_child_signals()
             for s in self.listeners.values():
                 s.close()
@@ -1011,7 +1072,7 @@ class Master:
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
         if os.waitstatus_to_exitcode(status) != 0:
-            raise Halt("children could not start; stopping (the reason is logged above)")
+            raise Halt("children could not start (the reason is logged above)")
 
 
 def become(ident):

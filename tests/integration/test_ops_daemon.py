@@ -160,7 +160,7 @@ def test_worker_that_cannot_start_stops_the_master(tmp_path, sink, model, ops_us
     assert time.monotonic() - t0 < 15
     assert re.search(r"(worker \d|a child) could not start: cannot set the groups of %s: Operation not permitted"
                      % ops_user.pw_name, r.stderr), r.stderr
-    assert re.search(r"could not start; stopping", r.stderr)
+    assert re.search(r"could not start \(the reason is logged above\); stopping", r.stderr)
     assert r.stderr.count("could not start:") <= 2        # no restart loop
     assert "Traceback" not in r.stderr
 
@@ -170,7 +170,7 @@ def test_worker_that_dies_is_replaced(start_sockd, echo_server):
     workers = wait_for(lambda: (lambda w: w if len(w) == 2 and all("worker" in cmdline(p) for p in w) else None)(
         children_of(s.proc.pid)), 10, what="two workers")
     victim = workers[0]
-    number = re.search(r"worker (\d+)", cmdline(victim)).group(1)
+    number = wait_for(lambda: re.search(r"worker (\d+)", cmdline(victim)), 5, what="a title").group(1)
     os.kill(victim, signal.SIGKILL)
     s.wait_log(r"worker %s \(pid %d\) exited with signal 9; starting another" % (number, victim))
     new = wait_for(lambda: (lambda w: w if len(w) == 2 and victim not in w else None)(children_of(s.proc.pid)), 10,
@@ -284,3 +284,16 @@ def test_journal_stream_suppresses_the_stderr_copy(tmp_path):
         helpers.kill_pid(p)
         errf.close()
         sink.close()
+
+
+def test_workers_stop_by_themselves_when_the_master_is_killed(start_sockd, echo_server, model):
+    s = start_sockd("timeout shutdown 1\n" + PERMIT_LOCAL, model=model, workers=2)
+    live = echo_through(s.addr, echo_server.port)
+    handler = server_pid_of(live)
+    others = children_of(s.proc.pid)
+    os.kill(s.proc.pid, signal.SIGKILL)
+    s.proc.wait(5)
+    # its processes notice, let the live client finish within timeout shutdown, and go
+    wait_for(lambda: not any(alive(p) for p in others + [handler]), 10, what="the orphans to leave")
+    live.settimeout(5)
+    assert helpers.recv_all(live) == b""

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import threading
 import time
 
@@ -15,7 +16,7 @@ import pytest
 
 import helpers
 from helpers import wait_for
-from opshelp import children_of, cmdline
+from opshelp import children_of, cmdline, ops_user  # noqa: F401
 
 PERMIT_LOCAL = "permit 127.0.0.0 255.0.0.0\n"
 
@@ -235,6 +236,7 @@ def test_sigusr1_writes_the_state_to_the_log(start_sockd, echo_server, model):
     assert rep == 90
     c, rep = connect4(s, echo_server.port)
     c.close()
+    s.wait_log(r"terminated -- Connect from fred")
     os.kill(s.proc.pid, signal.SIGUSR1)
     if model == "threads":
         s.wait_log(r"master \(pid %d, threads model, generation 1, up \d+s, .*: 1 rules\): 2 workers, 0 finishing; "
@@ -250,3 +252,41 @@ def test_sigusr1_writes_the_state_to_the_log(start_sockd, echo_server, model):
                    r"since start: 2 clients, 0 reloads \(0 failed\)" % s.proc.pid)
         s.wait_log(r"child \(pid \d+, generation 1\): Connect from fred\(unknown\)@127\.0\.0\.1 to 127\.0\.0\.1")
     live.close()
+
+
+def test_reload_whose_workers_cannot_start_keeps_the_old_ones(tmp_path, echo_server, ops_user):
+    """The new workers start beside the old ones: when they cannot (here the
+    new file names a user, and sockd runs without CAP_SETUID/CAP_SETGID),
+    the old configuration, ports and workers go on."""
+    setpriv = helpers.need("setpriv")
+    conf = tmp_path / "s.conf"
+    conf.write_text("listen 127.0.0.1:0\nworkers 2\n" + PERMIT_LOCAL)
+    logp = tmp_path / "log"
+    logf = open(logp, "wb")
+    p = subprocess.Popen([setpriv, "--bounding-set", "-setuid,-setgid", "--", helpers.SOCKD, "-F", "-f", str(conf)],
+                         stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        port = int(wait_for(lambda: re.search(r"listening on 127\.0\.0\.1:(\d+)", logp.read_text()), 15,
+                            what="the start").group(1))
+        master = wait_for(lambda: (lambda c: c[0] if c else None)(children_of(p.pid)), 5, what="the master")
+        master = p.pid if cmdline(p.pid).startswith("sockd: master") else master
+        wait_for(lambda: len(children_of(master)) == 2, 10, what="two workers")
+        before = sorted(children_of(master))
+        live, rep = helpers.socks4_connect(("127.0.0.1", port), "127.0.0.1", echo_server.port, "fred")
+        assert rep == 90
+        conf.write_text("listen 127.0.0.1:0\nworkers 2\nuser %s\ndeny 0/0\n" % ops_user.pw_name)
+        os.kill(master, signal.SIGHUP)
+        wait_for(lambda: "reload failed" in logp.read_text(), 15, what="the reload to fail")
+        text = logp.read_text()
+        assert re.search(r"worker \d could not start: cannot set the groups of %s" % ops_user.pw_name, text)
+        assert re.search(r"reload failed: worker \d could not start \(the reason is logged above\); still running "
+                         r"with the previous configuration", text)
+        wait_for(lambda: sorted(children_of(master)) == before, 10, what="only the old workers")
+        c, rep = helpers.socks4_connect(("127.0.0.1", port), "127.0.0.1", echo_server.port, "fred")
+        assert rep == 90                                      # the old rules
+        c.close()
+        assert_echoes(live)
+        live.close()
+    finally:
+        helpers.kill_pid(p)
+        logf.close()
