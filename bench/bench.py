@@ -384,7 +384,7 @@ def num(v):
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def machine():
+def machine(load):
     cpu = "?"
     try:
         with open("/proc/cpuinfo") as f:
@@ -392,9 +392,8 @@ def machine():
             cpu = m.group(1) if m else cpu
     except OSError:
         pass
-    load = ", ".join("%.2f" % x for x in os.getloadavg())
     return "nproc %d, kernel %s, CPU %s, load average at start %s" % (
-        os.cpu_count(), platform.release(), cpu, load)
+        os.cpu_count(), platform.release(), cpu, ", ".join("%.2f" % x for x in load))
 
 
 def version(cmd):
@@ -467,7 +466,7 @@ def targets(rows, extra, opts):
 
 def report(rows, extra, errors, opts, started_at, secs):
     print("sockd bench, %s (%.0f s)" % (started_at.strftime("%Y-%m-%d %H:%M:%S %Z").strip(), secs))
-    print("machine: %s" % machine())
+    print("machine: %s" % machine(opts.load_at_start))
     print("sockd: %s; danted: %s; microsocks: %s" % (
         version([opts.sockd, "--version"]),
         version(["danted", "-v"]) if shutil.which("danted") else "not installed",
@@ -552,6 +551,7 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     started_at, t0 = datetime.datetime.now().astimezone(), time.monotonic()
+    opts.load_at_start = os.getloadavg()
     workdir = tempfile.mkdtemp(prefix="sockd-bench-")
     rows, extra, errors = {}, {}, {}
     status = 0
