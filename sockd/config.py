@@ -248,6 +248,7 @@ class Config:
         self.passwd_db = None
         self.route_table = None
         self.listen_proxy = {}    # (host, port) -> trusted balancer AddrSpecs
+        self.own_addresses = frozenset()   # this host's addresses, for deny-private
         self.warnings = []
         self.explicit = set()
         for s in SETTINGS:
@@ -488,6 +489,9 @@ def parse_text(text, path="-", config=None):
     if not cfg.ruleset.has_permit:
         cfg.warnings.append((path, 0, "no permit line: every request will be refused"))
     open_proxy_warnings(cfg)
+    if cfg.deny_private_destinations != "no":
+        from . import netinfo
+        cfg.own_addresses = netinfo.local_addresses()
     return cfg
 
 

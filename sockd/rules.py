@@ -240,6 +240,9 @@ class Ruleset:
         self.userfiles = userfiles or {}
         self.needs_src_names = any(r.src.uses_names for r in self.rules)
         self.needs_dst_names = any(r.dst.uses_names for r in self.rules)
+        # Without any *= list no line ever looks at the user, so callers
+        # need not supply one (and the decision memo applies).
+        self.has_users = any(r.users is not None for r in self.rules)
         self._memo = {}
         self._compiled = [self._compile(r) for r in self.rules]
 
