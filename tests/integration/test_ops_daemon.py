@@ -203,8 +203,8 @@ def test_privileges_are_dropped_where_clients_are_served(start_sockd, echo_serve
                      what="the child's title, got %r" % cmdline(handler))
         c.close()
     if model == "threads":
-        for w in children_of(s.proc.pid):
-            assert uid_of(w) == ops_user.pw_uid
+        wait_for(lambda: (lambda ws: len(ws) == 2 and all(uid_of(w) == ops_user.pw_uid for w in ws))(
+            children_of(s.proc.pid)), 10, what="both workers to run as %s" % ops_user.pw_name)
 
 
 def test_chroot(start_sockd, echo_server, ops_user, tmp_path, model):

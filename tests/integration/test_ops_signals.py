@@ -81,6 +81,8 @@ def test_hup_new_rules_for_new_clients_live_connection_kept(start_sockd, echo_se
 
 def test_hup_with_a_broken_file_keeps_the_old_rules(start_sockd, echo_server, model):
     s = start_sockd("listen 127.0.0.1:0\n" + PERMIT_LOCAL, model=model, workers=2)
+    if model == "threads":
+        wait_workers_settled(s, 2)
     before = children_of(s.proc.pid)
     rewrite(s, "listen 127.0.0.1:0\ndeny 0/0\nfrobnicate on\npermit 10.0.0.0 255.0.0.0 eq 99999\n" + PERMIT_LOCAL)
     hup(s, 1)
