@@ -153,6 +153,15 @@ def to_listen(tok):
     return host, port
 
 
+def to_rate(tok):
+    """N/SECONDS, e.g. 20/10: twenty new clients per ten seconds."""
+    from .limits import parse_rate
+    try:
+        return parse_rate(tok)
+    except ValueError as exc:
+        raise Bad("expected N/SECONDS (%s)" % exc, tok) from None
+
+
 def to_address(tok):
     """An IPv4 or IPv6 address literal."""
     try:
@@ -229,6 +238,9 @@ SETTINGS = [
     Setting("reload recheck", "yes|no", False,
             "after SIGHUP, close the live connections that the new rules refuse", to_bool),
     # -- limits and hardening --
+    Setting("limit per-address", "N", 0, "most clients at once from one address (0: no limit)",
+            to_int(0, 10 ** 6)),
+    Setting("limit rate", "N/SECONDS", None, "most new clients from one address in SECONDS", lambda tok: to_rate(tok)),
     Setting("deny-private-destinations", "yes|no|auto", "auto",
             "refuse loopback, link-local and this host's addresses unless a rule names them "
             "(auto: for clients not on loopback)", to_choice("yes", "no", "auto")),

@@ -48,7 +48,8 @@ from . import cache, privileges, recheck
 from . import config as C
 from .log import log
 from .loop import Loop, ThreadExecutor, EPOLLIN, EPOLLEXCLUSIVE
-from .session import Context, Session
+from .rules import ip_key
+from .session import Context, Session, set_socket_options
 
 try:
     from setproctitle import setproctitle
@@ -62,6 +63,20 @@ SIGNAL_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT", signal.SIGHU
                 signal.SIGUSR1: "SIGUSR1", signal.SIGCHLD: "SIGCHLD"}
 BOOT_WAIT = 10.0          # seconds the master waits for its first workers to start
 KILL_GRACE = 5.0          # after timeout shutdown, before SIGKILL
+
+
+def make_limits(cfg, previous=None):
+    """The shared client counts, when any limit is set (None otherwise: no
+    cost at all).  The fork model caps its children by ``limit clients``
+    itself; the threads model counts them here."""
+    total = cfg.limit_clients if cfg.model == "threads" else 0
+    if not (total or cfg.limit_per_address or cfg.limit_rate):
+        return None
+    from .limits import Limits
+    if previous is not None:
+        previous.total, previous.per_address, previous.rate = total, cfg.limit_per_address, cfg.limit_rate
+        return previous
+    return Limits(total, cfg.limit_per_address, cfg.limit_rate)
 
 
 class Halt(Exception):
@@ -83,6 +98,8 @@ def open_listener(host, port, backlog=4096):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if fam == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        # accepted sockets inherit these: three system calls fewer per client
+        set_socket_options(s)
         s.bind(sa)
         s.listen(backlog)
         s.setblocking(False)
@@ -239,7 +256,9 @@ class Worker:
     Built in the master; run() runs after the fork and never returns."""
 
     def __init__(self, number, generation, cfg, listeners, ident_mode, sigmask=(), identity=None,
-                 channel=None, alive_fd=-1, status_fd=-1):
+                 channel=None, alive_fd=-1, status_fd=-1, proxy_trust=None, limits=None):
+        self.proxy_trust = proxy_trust or {}    # listener fd -> trusted PROXY protocol sources
+        self.limits = limits                    # shared Limits, this worker's column set
         self.number = number
         self.generation = generation
         self.seen_generation = generation
@@ -295,9 +314,7 @@ class Worker:
         become(self.identity)
         loop.executor = ThreadExecutor(loop, self.cfg.threads)
         self.ctx = Context(self.cfg, loop, log, self.ident_mode)
-        limit = self.cfg.limit_clients
-        workers = max(1, self.cfg.workers or 1)
-        self.cap = -(-limit // workers) if limit else 0
+        self.ctx.limits = self.limits
         self.ctx.on_close = self.on_session_closed
         self.start_accepting()
         self.set_title()
@@ -335,6 +352,10 @@ class Worker:
 
     def make_acceptor(self, lsock):
         ctx = self.ctx
+        trust = self.proxy_trust.get(lsock.fileno())
+        here = lsock.getsockname()
+        # a listener on one address: every client reached that address
+        fixed = None if here[0] in ("0.0.0.0", "::") else here
 
         def on_accept(ev):
             for _ in range(32):
@@ -347,13 +368,10 @@ class Worker:
                         self.pause_accepting(exc)
                     break
                 try:
-                    Session(ctx, sock, peer, sock.getsockname())
+                    Session(ctx, sock, peer, fixed or sock.getsockname(), True, trust)
                 except OSError:
                     sock.close()
                     continue
-                if self.cap and len(ctx.sessions) >= self.cap:
-                    self.stop_accepting()
-                    break
             if self.title_timer is None:
                 self.title_stale()
         return on_accept
@@ -368,7 +386,7 @@ class Worker:
         self.loop.call_later(0.25, self.resume_accepting)
 
     def resume_accepting(self):
-        if not (self.stopping or self.retiring) and (not self.cap or len(self.ctx.sessions) < self.cap):
+        if not (self.stopping or self.retiring):
             self.start_accepting()
 
     def on_session_closed(self, session):
@@ -377,8 +395,7 @@ class Worker:
             if not ctx.sessions:
                 self.loop.stop()
         elif not self.accepting and self.loop.now >= self.paused_until:
-            if not self.cap or len(ctx.sessions) < self.cap:
-                self.start_accepting()
+            self.start_accepting()
         if self.title_timer is None:
             self.title_stale()
 
@@ -486,7 +503,11 @@ class OneClient:
     """A process that serves exactly one client: a fork-model child (with
     signals, a title, the master's channel) or an inetd-mode sockd."""
 
-    def __init__(self, cfg, sock, ident_mode=None, generation=0, channel=None, alive_fd=-1):
+    def __init__(self, cfg, sock, ident_mode=None, generation=0, channel=None, alive_fd=-1,
+                 inherited=False, proxy=None, refusal=None):
+        self.inherited = inherited      # accepted from one of our listeners: options set
+        self.proxy = proxy              # PROXY protocol sources this listener trusts
+        self.refusal = refusal          # over a limit (the master counted): refuse politely
         self.cfg = cfg
         self.sock = sock
         self.ident_mode = ident_mode
@@ -502,9 +523,7 @@ class OneClient:
         by the caller (fork-model children), or None (inetd mode keeps the
         default dispositions)."""
         loop = self.loop = Loop()
-        ctx = self.ctx = Context(self.cfg, loop, log, self.ident_mode)
-        ctx.buf = bytearray(1 << 18)
-        ctx.mv = memoryview(ctx.buf)
+        ctx = self.ctx = Context(self.cfg, loop, log, self.ident_mode, bufsize=1 << 18)
         try:
             peer = self.sock.getpeername()
             local = self.sock.getsockname()
@@ -517,7 +536,9 @@ class OneClient:
             loop.add(signals.r, EPOLLIN, self.on_signal)
         if self.alive_fd >= 0:
             loop.add(self.alive_fd, EPOLLIN, self.on_master_gone)
-        session = self.session = Session(ctx, self.sock, peer, local)
+        session = self.session = Session(ctx, self.sock, peer, local, self.inherited, self.proxy)
+        if self.refusal is not None and session.refusal is None:
+            session.refusal = self.refusal
         if title:
             def retitle():
                 if session.state >= 2:
@@ -610,6 +631,8 @@ class Master:
         self.started = time.time()
         self.counts = {"workers started": 0, "workers died": 0, "clients": 0, "reloads": 0,
                        "failed reloads": 0}
+        self.limits = make_limits(self.cfg)
+        self.limit_held = {}       # pid -> ("column", n) for a worker, ("slot", n) for a child
         try:
             self.identity = privileges.resolve(self.cfg)
         except privileges.PrivilegeError as exc:
@@ -747,7 +770,13 @@ class Master:
             os.close(self.ready.fd)
             self.ready.fd = -1
 
+    def proxy_trust(self):
+        """Listener fd -> the balancers it takes PROXY protocol headers from."""
+        lp = self.cfg.listen_proxy
+        return {sock.fileno(): lp[spec[:2]] for spec, sock in self.listeners.items() if spec[:2] in lp}
+
     def spawn_worker(self, number):
+        column = self.limits.take_column() if self.limits is not None else -1
         # Signals stay blocked across the fork until the child has its own
         # handlers: a SIGTERM sent to a worker that has just been born must
         # not land in the master's wakeup pipe and be lost.
@@ -756,19 +785,26 @@ class Master:
             pid = os.fork()
         except OSError as exc:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            if column >= 0:
+                self.limits.give_back(column)
             raise Halt("cannot start worker %d: %s" % (number, exc.strerror)) from None
         if pid == 0:
             try:
                 self.forget_master_fds()
                 for s in self.pending_drop:     # or the port would stay open in this worker
                     s.close()
+                if self.limits is not None:
+                    self.limits.column = column
                 w = Worker(number, self.generation, self.cfg, list(self.listeners.values()), self.ident_mode,
-                           old, self.identity, self.channel, self.alive_r, self.status_w)
+                           old, self.identity, self.channel, self.alive_r, self.status_w,
+                           self.proxy_trust(), self.limits)
             except BaseException:
                 os._exit(WORKER_BOOT_ERROR)
             w.run()
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
         self.workers[pid] = Proc("worker", number, self.generation)
+        if column >= 0:
+            self.limit_held[pid] = ("column", column)
         self.counts["workers started"] += 1
         return pid
 
@@ -826,7 +862,21 @@ class Master:
                 return
             if pid == 0:
                 return
+            self.released(pid)
             yield pid, os.waitstatus_to_exitcode(status)
+
+    def released(self, pid):
+        """A worker or child has ended: what it counted in the limits goes."""
+        if self.limits is None:
+            return
+        held = self.limit_held.pop(pid, None)
+        if held is None:
+            return
+        kind, value = held
+        if kind == "column":
+            self.limits.give_back(value)
+        else:
+            self.limits.release(value)
 
     def reap(self):
         for pid, code in self.reap_codes():
@@ -919,6 +969,8 @@ class Master:
             return
         old = (self.cfg, self.identity, self.listeners, self.generation)
         self.cfg, self.identity, self.listeners = new, identity, listeners
+        # new limits for the new workers; counts are shared with the old ones
+        self.limits = make_limits(new, self.limits)
         self.pending_drop = dropped
         self.generations += 1
         self.generation = self.generations
@@ -1002,6 +1054,7 @@ class Master:
     # --- the fork model
     def fork_clients(self, lsock):
         cap = self.cfg.limit_clients or 512
+        trusts = self.proxy_trust()
         for _ in range(16):
             if self.count("child") >= cap:
                 return
@@ -1014,6 +1067,13 @@ class Master:
                     log.error("accept: %s" % exc.strerror)
                     time.sleep(0.1)
                 return
+            trust = trusts.get(lsock.fileno())
+            refusal, slot = None, None
+            if self.limits is not None and trust is None:
+                from .limits import OK, REASONS
+                verdict, slot = self.limits.admit(ip_key(peer[0]))
+                if verdict != OK:
+                    refusal, slot = REASONS[verdict], None
             old = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
             try:
                 pid = os.fork()
@@ -1021,15 +1081,19 @@ class Master:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old)
                 log.error("cannot fork for a client: %s" % exc.strerror)
                 sock.close()
+                if slot is not None:
+                    self.limits.release(slot)
                 return
             if pid == 0:
-                self.child(sock, old)
+                self.child(sock, old, trust, refusal)
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
             sock.close()
             self.workers[pid] = Proc("child", peer, self.generation)
+            if slot is not None:
+                self.limit_held[pid] = ("slot", slot)
             self.counts["clients"] += 1
 
-    def child(self, sock, sigmask):
+    def child(self, sock, sigmask, trust=None, refusal=None):
         """A fork-model child; never returns."""
         code = 0
         try:
@@ -1041,8 +1105,8 @@ class Master:
             sigs = Signals()
             signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
             become(self.identity)
-            OneClient(self.cfg, sock, self.ident_mode, self.generation, self.channel, self.alive_r).run(
-                title=True, signals=sigs)
+            OneClient(self.cfg, sock, self.ident_mode, self.generation, self.channel, self.alive_r,
+                      inherited=True, proxy=trust, refusal=refusal).run(title=True, signals=sigs)
         except privileges.PrivilegeError as exc:
             log.error("child %d could not start: %s" % (os.getpid(), exc))
             code = WORKER_BOOT_ERROR

@@ -82,9 +82,8 @@ class Context:
                       "bytes_in": 0, "bytes_out": 0}
         self.on_close = None
         self.runner = shell.Runner(log, config.limit_commands)
-        # admit(session) -> bool: the limits, for a client known only after
-        # its PROXY protocol header (set by the worker; None: no limits)
-        self.admit = None
+        self.limits = None        # a limits.Limits when any limit is set
+        self.limit_logged = {}    # client address -> when its refusal was last logged
         self.own_addresses = config.own_addresses
         # a process that exits after its one client waits for its commands
         loop.close_hooks.append(lambda: self.runner.drain(10))
@@ -100,7 +99,7 @@ class Session:
         "src_key", "state", "hs", "version", "command", "user", "realuser", "dst_host", "dst_ip",
         "dst_port", "candidates", "rule", "timer", "cmask", "rmask", "pend_cr", "pend_rc",
         "eof_c", "eof_r", "shut_c", "shut_r", "n_cr", "n_rc", "last", "early", "__weakref__",
-        "ident", "identq", "authenticated", "names", "aux", "peer", "logdesc",
+        "ident", "identq", "authenticated", "names", "aux", "peer", "logdesc", "lslot", "refusal",
     )
 
     def __init__(self, ctx, sock, peer, local, inherited=False, proxy=None):
@@ -142,6 +141,8 @@ class Session:
         self.aux = None             # the BindWait or UDP Association
         self.peer = None            # BIND: who connected back
         self.logdesc = None         # desc(), once the request is granted
+        self.lslot = None           # counted by the limits (release at close)
+        self.refusal = None         # over a limit: which one (refused at the request)
         ctx.sessions.add(self)
         ctx.stats["accepted"] += 1
         sock.setblocking(False)
@@ -164,6 +165,8 @@ class Session:
         loop.add(self.cfd, EPOLLIN, self.on_client)
         t = ctx.config.timeout_negotiate
         self.timer = loop.call_later(t, self.on_negotiate_timeout) if t > 0 else None
+        if ctx.limits is not None and proxy is None:
+            self.apply_limits()
         self.last = loop.now
         # The greeting has usually arrived with the connection: read it now.
         self.on_client(EPOLLIN)
@@ -263,11 +266,43 @@ class Session:
         self.src_key = R.ip_key(self.client_ip)
         self.hs = P.ServerHandshake()
         self.state = NEG
-        if self.ctx.admit is not None and not self.ctx.admit(self):
-            return
+        if self.ctx.limits is not None:
+            self.apply_limits()
         if rest:
             self.hs.feed(rest)
             self.process_handshake()
+
+    def apply_limits(self):
+        """Count this client, or note which limit it is over: it is then
+        answered politely (a SOCKS failure reply) once it has asked, and given
+        little time to ask."""
+        from .limits import OK, REASONS
+        verdict, slot = self.ctx.limits.admit(self.src_key)
+        if verdict == OK:
+            self.lslot = slot
+            return
+        self.refusal = REASONS[verdict]
+        if self.timer is not None and self.ctx.config.timeout_negotiate > 5:
+            self.timer.cancel()
+            self.timer = self.loop.call_later(5, self.on_negotiate_timeout)
+
+    def refuse_over_limit(self):
+        ctx = self.ctx
+        ctx.stats["refused"] += 1
+        seen = ctx.limit_logged
+        now = self.loop.now
+        if now - seen.get(self.client_ip, -1e9) >= 5:
+            if len(seen) > 4096:
+                seen.clear()
+            seen[self.client_ip] = now
+            what = {"limit clients": "too many clients", "limit per-address": "too many clients from %s",
+                    "limit rate": "too many new clients from %s"}[self.refusal]
+            ctx.log.notice("refused -- %s: %s (%s; logged once every 5 seconds)" % (
+                self.desc(), what.replace("%s", self.client_ip), self.refusal))
+        if self.version == 4:
+            self.finish_reply(P.reply4(P.S4_REJECTED))
+        else:
+            self.finish_reply(P.reply5(P.REP_FAILURE))
 
     def read_early(self):
         """The request is in and sockd is still deciding or connecting: what
@@ -386,6 +421,9 @@ class Session:
         self.state = WAIT
         self.early = self.hs.rest()
         self.hs = None
+        if self.refusal is not None:
+            self.refuse_over_limit()
+            return
         # from here on one deadline covers resolving, identd and connecting
         if self.timer is not None:
             self.timer.cancel()
@@ -1027,6 +1065,9 @@ class Session:
             self.r = None
         self.pend_cr = self.pend_rc = None
         ctx.sessions.discard(self)
+        if self.lslot is not None:
+            ctx.limits.release(self.lslot)
+            self.lslot = None
         if aux is not None and self.command == P.CMD_UDP:
             ctx.stats["bytes_in"] += aux.n_in
             ctx.stats["bytes_out"] += aux.n_out

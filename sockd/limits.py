@@ -1,0 +1,195 @@
+"""Client limits shared by every worker: ``limit clients N`` (in all),
+``limit per-address N`` and ``limit rate N/SECONDS`` (per client address).
+
+The counts live in an anonymous shared mapping made by the master before
+it forks, guarded by one process-shared lock.  Each worker counts its own
+clients in a column of its own, so when a worker dies the master zeroes
+that column and nothing leaks; an address's count is the sum of the
+columns.  The rate is a fixed window per address.  Addresses sit in an
+open-addressing table with bounded probing; when it is full, clients are
+admitted (and it is logged): a limit must never lock everyone out.
+
+Costs nothing when no limit is set: the server does not make one.
+"""
+
+import mmap
+import multiprocessing
+import struct
+import time
+import zlib
+
+SLOTS = 8192
+PROBE = 32
+COLUMNS = 64              # processes counting at once (workers of two generations)
+KEY = struct.Struct("=B16s")                # family (0: empty), address
+RATE = struct.Struct("=dI")                 # window start, clients in it
+COUNT = struct.Struct("=i")
+
+OK, TOO_MANY, PER_ADDRESS, RATE_LIMITED = range(4)
+REASONS = {TOO_MANY: "limit clients", PER_ADDRESS: "limit per-address", RATE_LIMITED: "limit rate"}
+
+
+def key_bytes(key):
+    fam, n = key
+    return KEY.pack(fam, n.to_bytes(16, "big"))
+
+
+class Limits:
+    def __init__(self, total=0, per_address=0, rate=None, clock=time.monotonic):
+        self.total = total
+        self.per_address = per_address
+        self.rate = rate                      # (clients, seconds) or None
+        self.columns = columns = COLUMNS
+        self.clock = clock
+        self.lock = multiprocessing.Lock()
+        self.keys_off = 0
+        self.rate_off = SLOTS * KEY.size
+        self.count_off = self.rate_off + SLOTS * RATE.size
+        self.totals_off = self.count_off + columns * SLOTS * COUNT.size
+        self.used_off = self.totals_off + columns * COUNT.size
+        size = self.used_off + COUNT.size
+        self.mem = mmap.mmap(-1, size)        # anonymous and shared across fork
+        self.column = 0                       # this process's column
+        self.full_logged = 0.0
+        self.free = list(range(columns))      # the master's bookkeeping
+
+    # --- columns (the master hands them out) ---------------------------------------------
+    def take_column(self):
+        """A free column for a new worker, or -1 (then it does not count)."""
+        if not self.free:
+            return -1
+        c = self.free.pop(0)
+        with self.lock:
+            used = COUNT.unpack_from(self.mem, self.used_off)[0]
+            if c + 1 > used:
+                COUNT.pack_into(self.mem, self.used_off, c + 1)
+        return c
+
+    def give_back(self, column):
+        """The worker of ``column`` has ended: its clients are gone."""
+        if column < 0:
+            return
+        self.clear_column(column)
+        self.free.append(column)
+        self.free.sort()
+
+    def _used(self):
+        return COUNT.unpack_from(self.mem, self.used_off)[0] or 1
+
+    @property
+    def per_address_on(self):
+        return bool(self.per_address or self.rate)
+
+    # --- the table ----------------------------------------------------------------------
+    def _slot(self, kb, insert):
+        """The slot of key bytes ``kb``, or -1.  Lock held."""
+        h = zlib.crc32(kb) % SLOTS
+        reuse = -1
+        mem = self.mem
+        for i in range(PROBE):
+            s = (h + i) % SLOTS
+            off = self.keys_off + s * KEY.size
+            cur = mem[off:off + KEY.size]
+            if cur == kb:
+                return s
+            if cur[0] == 0:
+                if reuse < 0:
+                    reuse = s
+                break
+            if reuse < 0 and self._dead(s):
+                reuse = s
+        if insert and reuse >= 0:
+            off = self.keys_off + reuse * KEY.size
+            mem[off:off + KEY.size] = kb
+            roff = self.rate_off + reuse * RATE.size
+            mem[roff:roff + RATE.size] = RATE.pack(0.0, 0)
+            return reuse
+        return -1
+
+    def _dead(self, s):
+        """No client of this address is connected and its rate window is over."""
+        if self._address_count(s):
+            return False
+        start, _n = RATE.unpack_from(self.mem, self.rate_off + s * RATE.size)
+        return not self.rate or self.clock() - start >= self.rate[1]
+
+    def _address_count(self, s):
+        total = 0
+        for c in range(self._used()):
+            total += COUNT.unpack_from(self.mem, self.count_off + (c * SLOTS + s) * COUNT.size)[0]
+        return total
+
+    def _add(self, off, delta):
+        v = COUNT.unpack_from(self.mem, off)[0] + delta
+        COUNT.pack_into(self.mem, off, max(0, v))
+
+    def _total(self):
+        return sum(COUNT.unpack_from(self.mem, self.totals_off + c * COUNT.size)[0] for c in range(self._used()))
+
+    # --- what the server calls ----------------------------------------------------------
+    def admit(self, key):
+        """Count a new client from ``key`` (family, int).  Returns (verdict,
+        slot): OK and a slot to pass to release(), or a refusal reason and
+        -1 (nothing was counted).  A process without a column (-1) counts
+        nothing and refuses nothing."""
+        if self.column < 0:
+            return OK, -2
+        with self.lock:
+            if self.total and self._total() >= self.total:
+                return TOO_MANY, -1
+            slot = -1
+            if self.per_address_on:
+                slot = self._slot(key_bytes(key), insert=True)
+                if slot < 0:
+                    now = self.clock()
+                    if now - self.full_logged > 5:
+                        self.full_logged = now
+                        from .log import log
+                        log.error("limits: the address table is full; admitting without per-address limits")
+                else:
+                    if self.per_address and self._address_count(slot) >= self.per_address:
+                        return PER_ADDRESS, -1
+                    if self.rate:
+                        n, secs = self.rate
+                        roff = self.rate_off + slot * RATE.size
+                        start, seen = RATE.unpack_from(self.mem, roff)
+                        now = self.clock()
+                        if now - start >= secs:
+                            start, seen = now, 0
+                        if seen >= n:
+                            return RATE_LIMITED, -1
+                        RATE.pack_into(self.mem, roff, start, seen + 1)
+                    self._add(self.count_off + (self.column * SLOTS + slot) * COUNT.size, 1)
+            self._add(self.totals_off + self.column * COUNT.size, 1)
+            return OK, slot
+
+    def release(self, slot):
+        if slot == -2:
+            return
+        with self.lock:
+            if slot >= 0:
+                self._add(self.count_off + (self.column * SLOTS + slot) * COUNT.size, -1)
+            self._add(self.totals_off + self.column * COUNT.size, -1)
+
+    def clear_column(self, column):
+        """A worker died: forget its clients (the master calls this)."""
+        with self.lock:
+            start = self.count_off + column * SLOTS * COUNT.size
+            self.mem[start:start + SLOTS * COUNT.size] = bytes(SLOTS * COUNT.size)
+            COUNT.pack_into(self.mem, self.totals_off + column * COUNT.size, 0)
+
+    def clients(self):
+        with self.lock:
+            return self._total()
+
+
+def parse_rate(tok):
+    """N/SECONDS -> (N, seconds); raises ValueError."""
+    n, sep, secs = tok.partition("/")
+    if not sep:
+        raise ValueError("expected N/SECONDS")
+    n = int(n)
+    secs = float(secs)
+    if n < 1 or secs <= 0 or secs > 86400:
+        raise ValueError("out of range")
+    return n, secs
