@@ -262,7 +262,13 @@ class Session:
                 self.process_handshake()
             return
         self.client_ip, self.client_port = addr_text(header.src_ip), header.src_port
-        self.local_ip, self.local_port = addr_text(header.dst_ip), header.dst_port
+        # The port the client reached is what its identd knows.  The address
+        # it reached is the balancer's, usually not on this host: sockd binds
+        # local_ip (identd queries, UDP relays, BIND), so it stays our own,
+        # or the wildcard when the real client is of the other family.
+        self.local_port = header.dst_port
+        if (":" in self.client_ip) != (":" in self.local_ip):
+            self.local_ip = "::" if ":" in self.client_ip else "0.0.0.0"
         self.src_key = R.ip_key(self.client_ip)
         self.hs = P.ServerHandshake()
         self.state = NEG
