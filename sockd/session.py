@@ -262,14 +262,21 @@ class Session:
                 self.process_handshake()
             return
         self.client_ip, self.client_port = addr_text(header.src_ip), header.src_port
-        # The port the client reached is what its identd knows.  The address
-        # it reached is the balancer's, usually not on this host: sockd binds
-        # local_ip (identd queries, UDP relays, BIND), so it stays our own,
-        # or the wildcard when the real client is of the other family.
-        self.local_port = header.dst_port
-        if (":" in self.client_ip) != (":" in self.local_ip):
-            self.local_ip = "::" if ":" in self.client_ip else "0.0.0.0"
         self.src_key = R.ip_key(self.client_ip)
+        # The client reached the balancer's address and port.  Its identd
+        # knows that port; the address sockd binds for identd queries, UDP
+        # relays and BIND (local_ip) must be one of this host's: the
+        # balancer's when it is (a balancer on this host), else our end of
+        # the balancer's connection, else the wildcard (the kernel picks)
+        # when that is of the other family, or loopback and the client not.
+        self.local_port = header.dst_port
+        dst = addr_text(header.dst_ip)
+        dkey = R.ip_key(dst)
+        if dkey in self.ctx.own_addresses or netinfo.is_loopback(dkey):
+            self.local_ip = dst
+        elif (":" in self.client_ip) != (":" in self.local_ip) or (
+                netinfo.is_loopback(R.ip_key(self.local_ip)) and not netinfo.is_loopback(self.src_key)):
+            self.local_ip = "::" if ":" in self.client_ip else "0.0.0.0"
         self.hs = P.ServerHandshake()
         self.state = NEG
         if self.ctx.limits is not None:
