@@ -59,6 +59,11 @@ frontend socks
     default_backend sockd
 backend sockd
     balance roundrobin
+    # the check speaks SOCKS 5 after its PROXY header (v2 LOCAL): a node
+    # whose kernel still accepts but whose workers do not answer is down
+    option tcp-check
+    tcp-check send-binary 050100
+    tcp-check expect binary 0500
     default-server send-proxy-v2 check check-send-proxy inter 200ms fall 1 rise 2
 %(servers)s
 """
@@ -69,20 +74,20 @@ class HAProxy:
     a listening socket opened here on a free port.  ``-p`` does nothing in
     -db mode: the Popen is the PID."""
 
-    def __init__(self, exe, tmp_path, ports):
+    def __init__(self, exe, tmp_path, ports, name="haproxy"):
         self.ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.ls.bind(("127.0.0.1", 0))
         self.ls.listen(128)
         self.addr = self.ls.getsockname()
-        self.stats = str(tmp_path / "haproxy.stats")
+        self.stats = str(tmp_path / (name + ".stats"))
         self.names = ["s%d" % (i + 1) for i in range(len(ports))]
         servers = "\n".join("    server %s 127.0.0.1:%d" % (n, p) for n, p in zip(self.names, ports))
-        self.conf = tmp_path / "haproxy.cfg"
+        self.conf = tmp_path / (name + ".cfg")
         self.conf.write_text(HAPROXY_CONF % {"stats": self.stats, "fd": self.ls.fileno(), "servers": servers})
         check = subprocess.run([exe, "-c", "-q", "-f", str(self.conf)], pass_fds=(self.ls.fileno(),),
                                capture_output=True, text=True, timeout=30)
         assert check.returncode == 0, check.stdout + check.stderr
-        self.log_path = tmp_path / "haproxy.log"
+        self.log_path = tmp_path / (name + ".log")
         self.logf = open(self.log_path, "wb")
         self.proc = subprocess.Popen([exe, "-db", "-f", str(self.conf)], pass_fds=(self.ls.fileno(),),
                                      stdout=self.logf, stderr=subprocess.STDOUT, start_new_session=True)
@@ -119,12 +124,12 @@ class HAProxy:
                 for r in rows[1:] if r[0] == "sockd" and r[col["svname"]] in self.names}
 
     def wait_servers(self, want, timeout=20):
-        """Wait until the servers' states are ``want`` ({name: "UP"|"DOWN"})
-        as the health checks found them (L4OK: the check connected and sent
-        its PROXY header)."""
+        """Wait until the servers' states are ``want`` ({name: "UP"|"DOWN"|
+        "DRAIN"}) as the health checks found them (L7OK: the check sent its
+        PROXY header and its SOCKS 5 greeting, and sockd answered)."""
         def ok():
             st = self.servers()
-            return all(n in st and st[n][0] == w and (w == "DOWN" or st[n][1] == "L4OK")
+            return all(n in st and st[n][0] == w and (w == "DOWN" or st[n][1] == "L7OK")
                        for n, w in want.items()) and st
         return wait_for(ok, timeout, 0.05, what="haproxy servers %s (now %s)" % (want, self.servers()))
 
@@ -140,7 +145,7 @@ def haproxy(tmp_path):
     started = []
 
     def start(ports):
-        h = HAProxy(exe, tmp_path, ports)
+        h = HAProxy(exe, tmp_path, ports, name="haproxy%d" % len(started))
         started.append(h)
         h.wait_servers({n: "UP" for n in h.names})
         return h
@@ -246,13 +251,9 @@ def test_rules_see_the_real_client_through_haproxy(start_sockd, haproxy, echo_se
         node.wait_log(r"refused -- Connect from \S+@%s to 127\.0\.0\.1 .*node\d\.conf:5" % re.escape(DENIED))
         log = node.log()
         # the balancer is never taken for the client, and its health checks
-        # (PROXY v2 LOCAL) are served quietly -- but in the fork model each
-        # check that has gone before its child starts logs "error -- unable
-        # to get client address." (OneClient.run), tolerated here
+        # (PROXY v2 LOCAL, then a SOCKS 5 greeting) are served quietly
         assert not re.search(r"(from|@)127\.0\.0\.1\b", log), log
-        errors = [ln for ln in log.splitlines() if re.search(r"error -- |Traceback", ln)
-                  and not (model == "fork" and "unable to get client address" in ln)]
-        assert not errors, log
+        assert not re.search(r"error -- |Traceback", log), log
     # HAProxy's log names the same clients
     assert re.search(r"%s:\d+ .* socks sockd/s[12] " % re.escape(ALLOWED), lb.log()), lb.log()
 
@@ -364,6 +365,82 @@ def test_drain_on_the_balancer_then_stop_fork_model(start_sockd, haproxy, echo_s
     assert "still open after" not in s1.log()
 
 
+def test_a_node_whose_worker_stops_answering_is_taken_out(start_sockd, haproxy, echo_server):
+    """What the SOCKS-level check is for: node1's kernel still completes
+    connections to its listener, but its worker is stopped (SIGSTOP), so
+    the check gets no SOCKS answer: HAProxy takes node1 out and every client
+    is served by node2; node1 comes back once it answers again."""
+    s1, s2, lb = two_nodes(start_sockd, haproxy)
+    stopped = wait_for(s1.worker_pids, 10, what="node1's worker")
+    try:
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        lb.wait_servers({"s1": "DOWN", "s2": "UP"})
+        for _ in range(6):
+            s, rep = via(lb.addr, ALLOWED, echo_server.addr)
+            with s:
+                assert rep == 0
+                echo_once(s, b"served by node2")
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+    lb.wait_servers({"s1": "UP", "s2": "UP"})
+    assert connects(s1.log()) == [] and len(connects(s2.log())) == 6
+    assert not re.search(r"error -- |Traceback", s1.log() + s2.log())
+
+
+@pytest.fixture
+def socks_conf(tmp_path, monkeypatch):
+    """socks_conf(text): the client library of this process reads it."""
+    from sockd.client import core
+    path = tmp_path / "socks.conf"
+    for var in ("SOCKS_SERVER", "SOCKS_USERNAME", "SOCKS_PASSWORD", "SOCKS_BANNER", "SOCKS_DNAME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SOCKS_CONF", str(path))
+
+    def write(text):
+        path.write_text(text)
+        core.reset()
+    yield write
+    core.reset()
+
+
+def test_clients_fail_over_between_two_balancers(start_sockd, haproxy, socks_conf, caplog):
+    """Client-side failover for the balancers themselves: a socks.conf
+    server list naming two HAProxy instances in front of the same nodes.
+    With the first one gone, the client library goes on to the second."""
+    from sockd.client import socksocket
+    target = helpers.TCPServer(helpers.echo_handler, host="127.0.0.2")    # 127.0.0.1 is always direct
+    try:
+        conf = SOCKD_CONF + "permit %s 255.255.255.255 127.0.0.2 255.255.255.255\n" % ALLOWED
+        s1, s2, lb1 = two_nodes(start_sockd, haproxy, conf=conf)
+        lb2 = haproxy([s1.port, s2.port])
+        socks_conf("sockd @=127.0.0.1:%d,127.0.0.1:%d ALL\n" % (lb1.addr[1], lb2.addr[1]))
+
+        def client(text):
+            c = socksocket()
+            c.settimeout(10)
+            c.bind((ALLOWED, 0))          # the connection to the server is made from there
+            try:
+                c.connect(target.addr)
+                echo_once(c, text)
+            finally:
+                c.close()
+        client(b"through the first balancer")
+        wait_for(lambda: re.search(r"%s:\d+ .* socks sockd/s1 " % re.escape(ALLOWED), lb1.log()), 10,
+                 what="lb1's log line")
+        lb1.stop()
+        for _ in range(4):
+            client(b"through the second balancer")
+        assert "Failed to connect to sockd at 127.0.0.1:%d" % lb1.addr[1] in caplog.text
+        wait_for(lambda: len(re.findall(r"%s:\d+ .* socks sockd/s[12] " % re.escape(ALLOWED), lb2.log())) == 4,
+                 10, what="lb2's log lines")
+        both = connects(s1.log()) + connects(s2.log())
+        assert both == [ALLOWED] * 5, both
+    finally:
+        target.close()
+
+
 # --- reload and identd through the balancer -------------------------------------------------------
 
 def test_reload_applies_new_rules_to_the_real_client(start_sockd, haproxy, echo_server):
@@ -384,9 +461,15 @@ def test_reload_applies_new_rules_to_the_real_client(start_sockd, haproxy, echo_
     node.wait_log(r"connected -- Connect from \S+@%s " % re.escape(DENIED))
 
 
+# the identd client's address: one per test process, so that two runs at
+# once do not compete for its port 113
+IDENT_CLIENT = "127.113.%d.%d" % ((os.getpid() >> 8) & 255, os.getpid() & 255)
+
+
 @pytest.fixture
 def oidentd():
-    """oidentd on 127.0.0.5:113 (the clients' address), stopped by its PID."""
+    """oidentd on IDENT_CLIENT:113, the identd of that client's host,
+    stopped by its PID."""
     exe = need("oidentd")
     d = tempfile.mkdtemp(prefix="sockd-lb-oidentd-")
     os.chmod(d, 0o755)
@@ -396,19 +479,19 @@ def oidentd():
                 "        deny random\n        deny numeric\n    }\n}\n")
     os.chmod(conf, 0o644)
     logf = open(os.path.join(d, "oidentd.log"), "wb")
-    proc = subprocess.Popen([exe, "-i", "-S", "-a", ALLOWED, "-p", "113", "-C", conf],
+    proc = subprocess.Popen([exe, "-i", "-S", "-a", IDENT_CLIENT, "-p", "113", "-C", conf],
                             stdout=logf, stderr=subprocess.STDOUT)
 
     def up():
         if proc.poll() is not None:
             raise AssertionError("oidentd exited: " + open(logf.name).read())
         try:
-            socket.create_connection((ALLOWED, 113), 0.5).close()
+            socket.create_connection((IDENT_CLIENT, 113), 0.5).close()
             return True
         except OSError:
             return False
     try:
-        wait_for(up, 10, what="oidentd on %s:113" % ALLOWED)
+        wait_for(up, 10, what="oidentd on %s:113" % IDENT_CLIENT)
         yield logf.name
     finally:
         helpers.kill_pid(proc)
@@ -418,18 +501,18 @@ def oidentd():
 
 def test_identd_is_asked_at_the_real_client(start_sockd, haproxy, echo_server, oidentd):
     """Strict identd through HAProxy: sockd asks the identd of the real
-    client (127.0.0.5) about the client's port and the port the client
+    client about the client's port and the port the client
     reached on HAProxy, from the address the client reached (HAProxy runs on
     this host), so oidentd finds the connection: this test's, as root."""
     node = start_sockd("listen 127.0.0.1:0 proxy-protocol 127.0.0.1/32\ntimeout ident 5\n"
-                       "permit ?=I %s 255.255.255.255 127.0.0.1 255.255.255.255\n" % ALLOWED,
+                       "permit ?=I %s 255.255.255.255 127.0.0.1 255.255.255.255\n" % IDENT_CLIENT,
                        workers=1, name="node1")
     lb = haproxy([node.port])
-    s, rep = via(lb.addr, ALLOWED, echo_server.addr)
+    s, rep = via(lb.addr, IDENT_CLIENT, echo_server.addr)
     with s:
         assert rep == 0, open(oidentd).read() + node.log()
         echo_once(s, b"who am I")
-    node.wait_log(r"connected -- Connect from root\(root\)@%s " % re.escape(ALLOWED))
+    node.wait_log(r"connected -- Connect from root\(root\)@%s " % re.escape(IDENT_CLIENT))
     assert re.search(r"Successful lookup: \d+ , %d : root" % lb.addr[1], open(oidentd).read())
 
 
