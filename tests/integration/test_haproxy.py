@@ -581,3 +581,20 @@ def test_silent_connection_to_proxy_listener_times_out(start_sockd):
             assert closed_without_answer(s)
         except socket.timeout:
             pytest.fail("still open after 4 s with timeout negotiate 1")
+
+
+def test_private_destinations_are_judged_by_the_real_client(start_sockd, echo_server):
+    """deny-private-destinations auto: a real client that is not on loopback
+    (here named by a header written by hand, as a balancer would) reaches
+    this host's loopback only through a rule that names it."""
+    node = start_sockd("listen 127.0.0.1:0 proxy-protocol 127.0.0.1/32\n"
+                       "permit 192.0.2.7 255.255.255.255 127.0.0.1 255.255.255.255\n"
+                       "permit 192.0.2.0/24 0/0\n", workers=1, name="node1")
+    request = b"\x05\x01\x00\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack("!H", echo_server.port)
+    replies = {}
+    for src in ("192.0.2.7", "192.0.2.8"):
+        with socket.create_connection(node.addr, 5) as s:
+            s.sendall(v2_header(src, 40000, "198.51.100.1", 1080) + request)
+            replies[src] = recv_exact(s, 12)[3]
+    assert replies == {"192.0.2.7": 0, "192.0.2.8": 2}, replies
+    node.wait_log(r"refused -- Connect from \S+@192\.0\.2\.8 to 127\.0\.0\.1 .*deny-private-destinations")
