@@ -259,7 +259,7 @@ class Config:
         self.ruleset = R.Ruleset([])
         self.passwd_db = None
         self.route_table = None
-        self.listen_proxy = {}    # (host, port) -> trusted balancer AddrSpecs
+        self.listen_proxy = {}    # (host, port, n-th such line) -> trusted balancer AddrSpecs
         self.own_addresses = frozenset()   # this host's addresses, for deny-private
         self.warnings = []
         self.explicit = set()
@@ -560,8 +560,9 @@ def parse_listen_proxy(cfg, args, seen, lineno):
     hostport = to_listen(args[0])
     if "listen" not in seen:
         cfg.set("listen", [])
+    nth = cfg.listen.count(hostport)       # "listen X:0" twice is two listeners
     cfg.listen.append(hostport)
-    cfg.listen_proxy[hostport] = tuple(trusted)
+    cfg.listen_proxy[hostport + (nth,)] = tuple(trusted)
     seen.setdefault("listen", lineno)
 
 
@@ -607,8 +608,9 @@ def parse_directive(cfg, tokens, seen, lineno):
 def open_proxy_warnings(cfg):
     """A permit line for any client on a listener other than loopback makes
     an open proxy: say so loudly (people look for those to abuse)."""
+    proxied = {k[:2] for k in cfg.listen_proxy}
     public = [hp for hp in cfg.listen
-              if hp not in cfg.listen_proxy and not hp[0].startswith("127.") and hp[0] not in ("::1", "localhost")]
+              if hp not in proxied and not hp[0].startswith("127.") and hp[0] not in ("::1", "localhost")]
     if not public:
         return
     for r in cfg.ruleset.rules:

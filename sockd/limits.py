@@ -22,7 +22,8 @@ SLOTS = 8192
 PROBE = 32
 COLUMNS = 64              # processes counting at once (workers of two generations)
 KEY = struct.Struct("=B16s")                # family (0: empty), address
-RATE = struct.Struct("=dI")                 # window start, clients in it
+RATE = struct.Struct("=ddI")                # window start, refusal last logged, clients in window
+LOG_EVERY = 5.0                             # seconds between log lines about one address
 COUNT = struct.Struct("=i")
 
 OK, TOO_MANY, PER_ADDRESS, RATE_LIMITED = range(4)
@@ -102,7 +103,7 @@ class Limits:
             off = self.keys_off + reuse * KEY.size
             mem[off:off + KEY.size] = kb
             roff = self.rate_off + reuse * RATE.size
-            mem[roff:roff + RATE.size] = RATE.pack(0.0, 0)
+            mem[roff:roff + RATE.size] = RATE.pack(0.0, -1e18, 0)
             return reuse
         return -1
 
@@ -110,7 +111,7 @@ class Limits:
         """No client of this address is connected and its rate window is over."""
         if self._address_count(s):
             return False
-        start, _n = RATE.unpack_from(self.mem, self.rate_off + s * RATE.size)
+        start, _logged, _n = RATE.unpack_from(self.mem, self.rate_off + s * RATE.size)
         return not self.rate or self.clock() - start >= self.rate[1]
 
     def _address_count(self, s):
@@ -129,39 +130,54 @@ class Limits:
     # --- what the server calls ----------------------------------------------------------
     def admit(self, key):
         """Count a new client from ``key`` (family, int).  Returns (verdict,
-        slot): OK and a slot to pass to release(), or a refusal reason and
-        -1 (nothing was counted).  A process without a column (-1) counts
-        nothing and refuses nothing."""
+        slot, log): OK and a slot to pass to release(); or a refusal reason,
+        -1 (nothing was counted) and whether this refusal should be logged
+        (at most one line every LOG_EVERY seconds per address, across all
+        processes).  A process without a column (-1) counts nothing and
+        refuses nothing."""
         if self.column < 0:
-            return OK, -2
+            return OK, -2, False
         with self.lock:
-            if self.total and self._total() >= self.total:
-                return TOO_MANY, -1
+            now = self.clock()
             slot = -1
             if self.per_address_on:
                 slot = self._slot(key_bytes(key), insert=True)
-                if slot < 0:
-                    now = self.clock()
-                    if now - self.full_logged > 5:
-                        self.full_logged = now
-                        from .log import log
-                        log.error("limits: the address table is full; admitting without per-address limits")
-                else:
-                    if self.per_address and self._address_count(slot) >= self.per_address:
-                        return PER_ADDRESS, -1
-                    if self.rate:
-                        n, secs = self.rate
-                        roff = self.rate_off + slot * RATE.size
-                        start, seen = RATE.unpack_from(self.mem, roff)
-                        now = self.clock()
-                        if now - start >= secs:
-                            start, seen = now, 0
-                        if seen >= n:
-                            return RATE_LIMITED, -1
-                        RATE.pack_into(self.mem, roff, start, seen + 1)
-                    self._add(self.count_off + (self.column * SLOTS + slot) * COUNT.size, 1)
+                if slot < 0 and now - self.full_logged > LOG_EVERY:
+                    self.full_logged = now
+                    from .log import log
+                    log.error("limits: the address table is full; admitting without per-address limits")
+            roff = self.rate_off + slot * RATE.size
+            if self.total and self._total() >= self.total:
+                return self._refuse(TOO_MANY, slot, now)
+            if slot >= 0:
+                if self.per_address and self._address_count(slot) >= self.per_address:
+                    return self._refuse(PER_ADDRESS, slot, now)
+                if self.rate:
+                    n, secs = self.rate
+                    start, logged, seen = RATE.unpack_from(self.mem, roff)
+                    if now - start >= secs:
+                        start, seen = now, 0
+                    if seen >= n:
+                        return self._refuse(RATE_LIMITED, slot, now)
+                    RATE.pack_into(self.mem, roff, start, logged, seen + 1)
+                self._add(self.count_off + (self.column * SLOTS + slot) * COUNT.size, 1)
             self._add(self.totals_off + self.column * COUNT.size, 1)
-            return OK, slot
+            return OK, slot, False
+
+    def _refuse(self, verdict, slot, now):
+        """A refusal; log it only if this address's last line is old enough.
+        Lock held."""
+        if slot < 0:
+            log_it = now - self.full_logged > LOG_EVERY
+            if log_it:
+                self.full_logged = now
+            return verdict, -1, log_it
+        roff = self.rate_off + slot * RATE.size
+        start, logged, seen = RATE.unpack_from(self.mem, roff)
+        log_it = now - logged >= LOG_EVERY
+        if log_it:
+            RATE.pack_into(self.mem, roff, start, now, seen)
+        return verdict, -1, log_it
 
     def release(self, slot):
         if slot == -2:

@@ -74,7 +74,12 @@ class Logger:
         now = time.monotonic()
         if now < self._retry_at:
             return None
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            # may fail too: out of descriptors is exactly when logging matters
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        except OSError:
+            self._retry_at = now + 1.0
+            return None
         try:
             s.connect(self.socket_path)
         except OSError:

@@ -180,20 +180,24 @@ class Loop:
                 break
 
     def handle_error(self, callback):
-        """A bug met one client: log it, close that client, keep serving."""
-        import traceback
-        from .log import log
-        lines = traceback.format_exc().splitlines()
-        log.error("internal error: %s" % (lines[-1] if lines else "?"))
-        for line in lines:
-            log.debug(line)
-        owner = getattr(callback, "__self__", None)
-        close = getattr(owner, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception:
-                log.error("internal error while closing: %s" % traceback.format_exc().splitlines()[-1])
+        """A bug met one client: log it, close that client, keep serving.
+        Never raises: the loop must outlive whatever went wrong."""
+        try:
+            import traceback
+            from .log import log
+            lines = traceback.format_exc().splitlines()
+            log.error("internal error: %s" % (lines[-1] if lines else "?"))
+            for line in lines:
+                log.debug(line)
+            owner = getattr(callback, "__self__", None)
+            close = getattr(owner, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.error("internal error while closing: %s" % traceback.format_exc().splitlines()[-1])
+        except Exception:
+            pass
 
     def close(self):
         for hook in self.close_hooks:

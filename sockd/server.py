@@ -33,6 +33,7 @@ Children and workers leave with os._exit, and stop by themselves when the
 master has gone (the read end of a pipe only the master can write to).
 """
 
+import collections
 import errno
 import hashlib
 import json
@@ -357,8 +358,8 @@ class Worker:
         # a listener on one address: every client reached that address
         fixed = None if here[0] in ("0.0.0.0", "::") else here
 
-        def on_accept(ev):
-            for _ in range(32):
+        def on_accept(ev, most=32):
+            for _ in range(most):
                 try:
                     sock, peer = lsock.accept()
                 except (BlockingIOError, InterruptedError):
@@ -432,6 +433,10 @@ class Worker:
         if self.stopping:
             return
         self.stopping = True
+        if self.accepting:
+            # clients already in the kernel's queue are served, not reset
+            for lsock in self.listeners:
+                self.make_acceptor(lsock)(EPOLLIN, most=4096)
         self.close_listeners()
         self.set_title()
         if not self.ctx.sessions:
@@ -499,12 +504,43 @@ def fetch_recheck(channel, seen, who):
 
 # --- the fork model and inetd: one client per process -----------------------------------------
 
+_MASTER_LIMITS = [None]     # the fork-model master's Limits, for its children
+
+
+class ChildLimits:
+    """A fork-model child's view of the master's Limits: it counts its one
+    (PROXY protocol) client in the master's column and says so on the status
+    pipe, so that the master releases the count if the child dies first."""
+
+    def __init__(self, limits, status_fd):
+        self.limits = limits
+        self.status_fd = status_fd
+
+    def admit(self, key):
+        got = self.limits.admit(key)
+        if got[1] >= 0:
+            self.tell(b"L %d %d\n" % (os.getpid(), got[1]))
+        return got
+
+    def release(self, slot):
+        self.limits.release(slot)
+        self.tell(b"U %d\n" % os.getpid())
+
+    def tell(self, line):
+        try:
+            os.write(self.status_fd, line)
+        except OSError:
+            pass
+
+
 class OneClient:
     """A process that serves exactly one client: a fork-model child (with
     signals, a title, the master's channel) or an inetd-mode sockd."""
 
     def __init__(self, cfg, sock, ident_mode=None, generation=0, channel=None, alive_fd=-1,
-                 inherited=False, proxy=None, refusal=None):
+                 inherited=False, proxy=None, refusal=None, peer=None, status_fd=-1):
+        self.peer = peer                # from the master's accept, when it has it
+        self.status_fd = status_fd      # fork model: the master's status pipe (limits)
         self.inherited = inherited      # accepted from one of our listeners: options set
         self.proxy = proxy              # PROXY protocol sources this listener trusts
         self.refusal = refusal          # over a limit (the master counted): refuse politely
@@ -524,11 +560,16 @@ class OneClient:
         default dispositions)."""
         loop = self.loop = Loop()
         ctx = self.ctx = Context(self.cfg, loop, log, self.ident_mode, bufsize=1 << 18)
+        if self.status_fd >= 0:
+            ctx.limits = ChildLimits(self.limits_of_master(), self.status_fd)
         try:
-            peer = self.sock.getpeername()
+            # a fork-model child knows its peer from the master's accept: a
+            # balancer's health check that has already gone is not an error
+            peer = self.peer or self.sock.getpeername()
             local = self.sock.getsockname()
         except OSError:
-            log.error("error -- unable to get client address.")
+            if self.peer is None:
+                log.error("error -- unable to get client address.")
             self.sock.close()
             return
         if signals is not None:
@@ -536,9 +577,7 @@ class OneClient:
             loop.add(signals.r, EPOLLIN, self.on_signal)
         if self.alive_fd >= 0:
             loop.add(self.alive_fd, EPOLLIN, self.on_master_gone)
-        session = self.session = Session(ctx, self.sock, peer, local, self.inherited, self.proxy)
-        if self.refusal is not None and session.refusal is None:
-            session.refusal = self.refusal
+        session = self.session = Session(ctx, self.sock, peer, local, self.inherited, self.proxy, self.refusal)
         if title:
             def retitle():
                 if session.state >= 2:
@@ -553,6 +592,10 @@ class OneClient:
         if ctx.sessions:
             loop.run(until=lambda: not ctx.sessions)
         loop.close()
+
+    @staticmethod
+    def limits_of_master():
+        return _MASTER_LIMITS[0]
 
     def on_signal(self, ev):
         for sig in self.signals.read():
@@ -631,7 +674,8 @@ class Master:
         self.started = time.time()
         self.counts = {"workers started": 0, "workers died": 0, "clients": 0, "reloads": 0,
                        "failed reloads": 0}
-        self.limits = make_limits(self.cfg)
+        self.limits = _MASTER_LIMITS[0] = make_limits(self.cfg)
+        self.gone = collections.deque(maxlen=1024)   # pids reaped lately (limits bookkeeping)
         self.limit_held = {}       # pid -> ("column", n) for a worker, ("slot", n) for a child
         try:
             self.identity = privileges.resolve(self.cfg)
@@ -728,6 +772,14 @@ class Master:
             try:
                 if len(f) == 3 and f[0] == b"B":
                     self.booted.add((int(f[1]), int(f[2])))
+                elif len(f) == 3 and f[0] == b"L":          # a child counted its client
+                    pid, slot = int(f[1]), int(f[2])
+                    if pid in self.workers:
+                        self.limit_held[pid] = ("slot", slot)
+                    elif pid in self.gone and self.limits is not None:
+                        self.limits.release(slot)           # it died before we read this
+                elif len(f) == 2 and f[0] == b"U":          # ... and released it
+                    self.limit_held.pop(int(f[1]), None)
                 elif len(f) == 2 and f[0] == b"R":
                     self.retired.add(int(f[1]))
             except ValueError:
@@ -773,7 +825,7 @@ class Master:
     def proxy_trust(self):
         """Listener fd -> the balancers it takes PROXY protocol headers from."""
         lp = self.cfg.listen_proxy
-        return {sock.fileno(): lp[spec[:2]] for spec, sock in self.listeners.items() if spec[:2] in lp}
+        return {sock.fileno(): lp[spec] for spec, sock in self.listeners.items() if spec in lp}
 
     def spawn_worker(self, number):
         column = self.limits.take_column() if self.limits is not None else -1
@@ -869,6 +921,7 @@ class Master:
         """A worker or child has ended: what it counted in the limits goes."""
         if self.limits is None:
             return
+        self.gone.append(pid)
         held = self.limit_held.pop(pid, None)
         if held is None:
             return
@@ -879,6 +932,7 @@ class Master:
             self.limits.release(value)
 
     def reap(self):
+        self.read_status()
         for pid, code in self.reap_codes():
             proc = self.workers.pop(pid, None)
             if proc is None:
@@ -932,6 +986,10 @@ class Master:
         else:
             log.notice("stopping now (SIGINT)")
             grace = KILL_GRACE
+        if self.fork_model and sig == signal.SIGTERM:
+            # clients already in the kernel's queue are served, not reset
+            for lsock in list(self.listeners.values()):
+                self.fork_clients(lsock, drain=True)
         for s in self.listeners.values():
             s.close()
         self.listeners = {}
@@ -970,7 +1028,7 @@ class Master:
         old = (self.cfg, self.identity, self.listeners, self.generation)
         self.cfg, self.identity, self.listeners = new, identity, listeners
         # new limits for the new workers; counts are shared with the old ones
-        self.limits = make_limits(new, self.limits)
+        self.limits = _MASTER_LIMITS[0] = make_limits(new, self.limits)
         self.pending_drop = dropped
         self.generations += 1
         self.generation = self.generations
@@ -1052,10 +1110,10 @@ class Master:
         self.kill_all(signal.SIGUSR1)
 
     # --- the fork model
-    def fork_clients(self, lsock):
+    def fork_clients(self, lsock, drain=False):
         cap = self.cfg.limit_clients or 512
         trusts = self.proxy_trust()
-        for _ in range(16):
+        for _ in range(1 << 16 if drain else 16):
             if self.count("child") >= cap:
                 return
             try:
@@ -1071,9 +1129,9 @@ class Master:
             refusal, slot = None, None
             if self.limits is not None and trust is None:
                 from .limits import OK, REASONS
-                verdict, slot = self.limits.admit(ip_key(peer[0]))
+                verdict, slot, log_it = self.limits.admit(ip_key(peer[0]))
                 if verdict != OK:
-                    refusal, slot = REASONS[verdict], None
+                    refusal, slot = (REASONS[verdict], log_it), None
             old = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
             try:
                 pid = os.fork()
@@ -1085,7 +1143,7 @@ class Master:
                     self.limits.release(slot)
                 return
             if pid == 0:
-                self.child(sock, old, trust, refusal)
+                self.child(sock, old, trust, refusal, peer)
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
             sock.close()
             self.workers[pid] = Proc("child", peer, self.generation)
@@ -1093,12 +1151,16 @@ class Master:
                 self.limit_held[pid] = ("slot", slot)
             self.counts["clients"] += 1
 
-    def child(self, sock, sigmask, trust=None, refusal=None):
+    def child(self, sock, sigmask, trust=None, refusal=None, peer=None):
         """A fork-model child; never returns."""
         code = 0
         try:
             self.forget_master_fds()
-            os.close(self.status_w)
+            # a child behind a balancer counts its real client itself and
+            # tells the master, who releases the count if the child dies
+            counting = trust is not None and self.limits is not None
+            if not counting:
+                os.close(self.status_w)
             reset_child_signals()
             for s in self.listeners.values():
                 s.close()
@@ -1106,7 +1168,8 @@ class Master:
             signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
             become(self.identity)
             OneClient(self.cfg, sock, self.ident_mode, self.generation, self.channel, self.alive_r,
-                      inherited=True, proxy=trust, refusal=refusal).run(title=True, signals=sigs)
+                      inherited=True, proxy=trust, refusal=refusal, peer=peer,
+                      status_fd=self.status_w if counting else -1).run(title=True, signals=sigs)
         except privileges.PrivilegeError as exc:
             log.error("child %d could not start: %s" % (os.getpid(), exc))
             code = WORKER_BOOT_ERROR

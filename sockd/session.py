@@ -83,7 +83,6 @@ class Context:
         self.on_close = None
         self.runner = shell.Runner(log, config.limit_commands)
         self.limits = None        # a limits.Limits when any limit is set
-        self.limit_logged = {}    # client address -> when its refusal was last logged
         self.own_addresses = config.own_addresses
         # a process that exits after its one client waits for its commands
         loop.close_hooks.append(lambda: self.runner.drain(10))
@@ -102,7 +101,7 @@ class Session:
         "ident", "identq", "authenticated", "names", "aux", "peer", "logdesc", "lslot", "refusal",
     )
 
-    def __init__(self, ctx, sock, peer, local, inherited=False, proxy=None):
+    def __init__(self, ctx, sock, peer, local, inherited=False, proxy=None, refusal=None):
         """``inherited``: the socket comes from a listener that already set
         TCP_NODELAY, SO_OOBINLINE and SO_KEEPALIVE (accepted sockets inherit
         them), so they need not be set again.  ``proxy``: the listener takes
@@ -142,7 +141,7 @@ class Session:
         self.peer = None            # BIND: who connected back
         self.logdesc = None         # desc(), once the request is granted
         self.lslot = None           # counted by the limits (release at close)
-        self.refusal = None         # over a limit: which one (refused at the request)
+        self.refusal = refusal      # over a limit: (which one, log it?); refused at the request
         ctx.sessions.add(self)
         ctx.stats["accepted"] += 1
         sock.setblocking(False)
@@ -290,11 +289,11 @@ class Session:
         answered politely (a SOCKS failure reply) once it has asked, and given
         little time to ask."""
         from .limits import OK, REASONS
-        verdict, slot = self.ctx.limits.admit(self.src_key)
+        verdict, slot, log_it = self.ctx.limits.admit(self.src_key)
         if verdict == OK:
             self.lslot = slot
             return
-        self.refusal = REASONS[verdict]
+        self.refusal = (REASONS[verdict], log_it)
         if self.timer is not None and self.ctx.config.timeout_negotiate > 5:
             self.timer.cancel()
             self.timer = self.loop.call_later(5, self.on_negotiate_timeout)
@@ -302,16 +301,12 @@ class Session:
     def refuse_over_limit(self):
         ctx = self.ctx
         ctx.stats["refused"] += 1
-        seen = ctx.limit_logged
-        now = self.loop.now
-        if now - seen.get(self.client_ip, -1e9) >= 5:
-            if len(seen) > 4096:
-                seen.clear()
-            seen[self.client_ip] = now
+        reason, log_it = self.refusal
+        if log_it:
             what = {"limit clients": "too many clients", "limit per-address": "too many clients from %s",
-                    "limit rate": "too many new clients from %s"}[self.refusal]
-            ctx.log.notice("refused -- %s: %s (%s; logged once every 5 seconds)" % (
-                self.desc(), what.replace("%s", self.client_ip), self.refusal))
+                    "limit rate": "too many new clients from %s"}[reason]
+            ctx.log.notice("refused -- %s: %s (%s; logged at most once every 5 seconds)" % (
+                self.desc(), what.replace("%s", self.client_ip), reason))
         if self.version == 4:
             self.finish_reply(P.reply4(P.S4_REJECTED))
         else:
@@ -422,9 +417,9 @@ class Session:
 
     def on_negotiate_timeout(self):
         self.timer = None
-        if self.state in (NEG, WAIT):
-            self.ctx.log.notice("timed-out -- negotiation with %s took longer than %gs" % (
-                self.client_ip, self.ctx.config.timeout_negotiate))
+        if self.state in (NEG, WAIT, PROXYHDR):
+            self.ctx.log.notice("timed-out -- negotiation with %s took too long (timeout negotiate)" % (
+                self.client_ip))
             self.close()
 
     # --- decision -----------------------------------------------------------------------

@@ -69,7 +69,7 @@ class Sockd:
     """A sockd process started on a configuration text.  The listen port is
     learnt from its own log line, so configurations may say port 0."""
 
-    def __init__(self, tmp_path, conf, args=(), model=None, workers=None, env=None, name="sockd"):
+    def __init__(self, tmp_path, conf, args=(), model=None, workers=None, env=None, name="sockd", prefix=()):
         self.dir = tmp_path
         self.conf_path = os.path.join(str(tmp_path), name + ".conf")
         self.log_path = os.path.join(str(tmp_path), name + ".log")
@@ -77,7 +77,7 @@ class Sockd:
             conf = "listen 127.0.0.1:0\n" + conf
         with open(self.conf_path, "w") as f:
             f.write(conf)
-        cmd = [SOCKD, "-F", "-f", self.conf_path] + list(args)
+        cmd = list(prefix) + [SOCKD, "-F", "-f", self.conf_path] + list(args)
         if model:
             cmd += ["-m", model]
         if workers is not None:
@@ -261,10 +261,11 @@ def socks4_connect(proxy, host, port, user="", timeout=10, hostname=None):
     return s, rep[1]
 
 
-def socks5_connect(proxy, host, port, timeout=10, atyp=None, early=b""):
-    """SOCKS 5 CONNECT without authentication.  Returns (sock, REP, bound)."""
+def socks5_connect(proxy, host, port, timeout=10, atyp=None, early=b"", source=None):
+    """SOCKS 5 CONNECT without authentication (from ``source``, an address,
+    when given).  Returns (sock, REP, bound)."""
     import ipaddress
-    s = socket.create_connection(proxy, timeout)
+    s = socket.create_connection(proxy, timeout, source_address=(source, 0) if source else None)
     try:
         ip = ipaddress.ip_address(host)
         addr = (b"\x01" + ip.packed) if ip.version == 4 else (b"\x04" + ip.packed)

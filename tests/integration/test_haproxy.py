@@ -260,9 +260,7 @@ def test_rules_see_the_real_client_through_haproxy(start_sockd, haproxy, echo_se
 
 @pytest.mark.parametrize("model", [
     "threads",
-    pytest.param("fork", marks=pytest.mark.xfail(
-        strict=True, reason="fork model: per-address limits are not applied on a PROXY protocol listener "
-        "(Master.fork_clients skips them there, the child's Context has no limits)"))])
+    "fork"])
 def test_per_address_limit_counts_the_real_client(start_sockd, haproxy, echo_server, model):
     node = start_sockd(SOCKD_CONF + "limit per-address 1\n", workers=1, model=model, name="node1")
     lb = haproxy([node.port])
@@ -571,8 +569,6 @@ def test_direct_connections_without_the_balancer_are_refused(start_sockd, haprox
     assert not re.search(r"connected -- .*@(%s|127\.0\.0\.1) " % re.escape(UNTRUSTED), log), log
 
 
-@pytest.mark.xfail(strict=True, reason="a connection that sends no PROXY header is never closed: "
-                   "Session.on_negotiate_timeout ignores the PROXYHDR state")
 def test_silent_connection_to_proxy_listener_times_out(start_sockd):
     node = start_sockd(SOCKD_CONF + "timeout negotiate 1\n", workers=1, name="node1")
     with socket.create_connection(node.addr, 5) as s:
