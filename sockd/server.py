@@ -33,8 +33,10 @@ Children and workers leave with os._exit, and stop by themselves when the
 master has gone (the read end of a pipe only the master can write to).
 """
 
+import _signal
 import collections
 import errno
+import gc
 import hashlib
 import json
 import os
@@ -50,7 +52,7 @@ from . import config as C
 from .log import log
 from .loop import Loop, ThreadExecutor, EPOLLIN, EPOLLEXCLUSIVE
 from .rules import ip_key
-from .session import Context, Session, set_socket_options
+from .session import Context, Session, load_services, set_socket_options
 
 try:
     from setproctitle import setproctitle
@@ -59,6 +61,9 @@ except ImportError:                      # titles are a convenience, not a need
         pass
 
 WORKER_BOOT_ERROR = 3
+# the C function: signal.pthread_sigmask wraps its result in Enum members,
+# which costs more than the system call on the fork model's per-client path
+_sigmask = _signal.pthread_sigmask
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
 SIGNAL_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT", signal.SIGHUP: "SIGHUP",
                 signal.SIGUSR1: "SIGUSR1", signal.SIGCHLD: "SIGCHLD"}
@@ -308,7 +313,7 @@ class Worker:
         reset_child_signals()
         self.loop = loop = Loop()
         self.signals = Signals()
-        signal.pthread_sigmask(signal.SIG_SETMASK, self.sigmask)
+        _sigmask(signal.SIG_SETMASK, self.sigmask)
         loop.add(self.signals.r, EPOLLIN, self.on_signal)
         if self.alive_fd >= 0:
             loop.add(self.alive_fd, EPOLLIN, self.on_master_gone)
@@ -559,7 +564,7 @@ class OneClient:
         by the caller (fork-model children), or None (inetd mode keeps the
         default dispositions)."""
         loop = self.loop = Loop()
-        ctx = self.ctx = Context(self.cfg, loop, log, self.ident_mode, bufsize=1 << 18)
+        ctx = self.ctx = Context(self.cfg, loop, log, self.ident_mode, bufsize=1 << 20)
         if self.status_fd >= 0:
             ctx.limits = ChildLimits(self.limits_of_master(), self.status_fd)
         try:
@@ -733,6 +738,12 @@ class Master:
             if ready is not None:
                 ready.ok()
             self.ready = None
+            load_services()
+            if self.fork_model:
+                # what exists now lives as long as the master: keep the
+                # collector off it, so children do not copy it by collecting
+                gc.collect()
+                gc.freeze()
             self.serve()
         finally:
             for s in self.listeners.values():
@@ -832,11 +843,11 @@ class Master:
         # Signals stay blocked across the fork until the child has its own
         # handlers: a SIGTERM sent to a worker that has just been born must
         # not land in the master's wakeup pipe and be lost.
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        old = _sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
             pid = os.fork()
         except OSError as exc:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            _sigmask(signal.SIG_SETMASK, old)
             if column >= 0:
                 self.limits.give_back(column)
             raise Halt("cannot start worker %d: %s" % (number, exc.strerror)) from None
@@ -853,7 +864,7 @@ class Master:
             except BaseException:
                 os._exit(WORKER_BOOT_ERROR)
             w.run()
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        _sigmask(signal.SIG_SETMASK, old)
         self.workers[pid] = Proc("worker", number, self.generation)
         if column >= 0:
             self.limit_held[pid] = ("column", column)
@@ -1132,11 +1143,11 @@ class Master:
                 verdict, slot, log_it = self.limits.admit(ip_key(peer[0]))
                 if verdict != OK:
                     refusal, slot = (REASONS[verdict], log_it), None
-            old = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+            old = _sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
             try:
                 pid = os.fork()
             except OSError as exc:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+                _sigmask(signal.SIG_SETMASK, old)
                 log.error("cannot fork for a client: %s" % exc.strerror)
                 sock.close()
                 if slot is not None:
@@ -1144,7 +1155,7 @@ class Master:
                 return
             if pid == 0:
                 self.child(sock, old, trust, refusal, peer)
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            _sigmask(signal.SIG_SETMASK, old)
             sock.close()
             self.workers[pid] = Proc("child", peer, self.generation)
             if slot is not None:
@@ -1154,6 +1165,9 @@ class Master:
     def child(self, sock, sigmask, trust=None, refusal=None, peer=None):
         """A fork-model child; never returns."""
         code = 0
+        # a short life: no garbage collection passes (they would touch, and
+        # so copy, the master's pages)
+        gc.disable()
         try:
             self.forget_master_fds()
             # a child behind a balancer counts its real client itself and
@@ -1165,7 +1179,7 @@ class Master:
             for s in self.listeners.values():
                 s.close()
             sigs = Signals()
-            signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
+            _sigmask(signal.SIG_SETMASK, sigmask)
             become(self.identity)
             OneClient(self.cfg, sock, self.ident_mode, self.generation, self.channel, self.alive_r,
                       inherited=True, proxy=trust, refusal=refusal, peer=peer,

@@ -103,7 +103,7 @@ class Runner:
     def __init__(self, log, limit=4):
         self.log = log
         self.limit = max(1, limit)
-        self.queue = queue.Queue(MAX_QUEUED)
+        self.queue = None           # made at the first command: most processes never run one
         self.threads = []
         self.lock = threading.Lock()
         self.busy = 0
@@ -111,6 +111,8 @@ class Runner:
     def submit(self, template, make_values, where=""):
         """Queue ``template`` to run with the values ``make_values()`` gives
         (called on the runner's thread).  Never blocks."""
+        if self.queue is None:
+            self.queue = queue.Queue(MAX_QUEUED)
         try:
             self.queue.put_nowait((template, make_values, where))
         except queue.Full:
@@ -163,7 +165,7 @@ class Runner:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             with self.lock:
-                if not self.busy and self.queue.empty():
+                if not self.busy and (self.queue is None or self.queue.empty()):
                     return True
             time.sleep(0.02)
         return False
