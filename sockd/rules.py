@@ -245,6 +245,45 @@ class Ruleset:
         self.has_users = any(r.users is not None for r in self.rules)
         self._memo = {}
         self._compiled = [self._compile(r) for r in self.rules]
+        self._build_index()
+
+    INDEX_FROM = 16     # rules; below this a plain scan is cheaper
+
+    def _build_index(self):
+        """An index on the source address, so that a request looks only at
+        the lines whose source could match it, still in file order: rules
+        with an address and mask are filed under (family, mask, address);
+        the others (names, ALL, a zero mask) are looked at for everyone.
+        Matters for long rule files (each line costs the scan ~60 ns), and
+        in the fork model, where every child would otherwise walk -- and so
+        copy -- all of the master's rule objects."""
+        self._always, self._index, self._masks = [], {}, []
+        if len(self.rules) < self.INDEX_FROM:
+            return
+        for i, r in enumerate(self.rules):
+            src = r.src
+            if src.kind == "net" and src.mask:
+                self._index.setdefault((src.family, src.mask, src.addr), []).append(i)
+                if (src.family, src.mask) not in self._masks:
+                    self._masks.append((src.family, src.mask))
+            else:
+                self._always.append(i)
+
+    def _candidates(self, fam, addr):
+        """The positions of the rules whose source may match, ascending; or
+        None when there is no index (scan everything)."""
+        if not self._masks:
+            return None
+        lists = [self._always] if self._always else []
+        index = self._index
+        for f, m in self._masks:
+            if f == fam:
+                hit = index.get((f, m, addr & m))
+                if hit:
+                    lists.append(hit)
+        if len(lists) == 1:
+            return lists[0]
+        return sorted(i for lst in lists for i in lst)
 
     @property
     def has_permit(self):
@@ -322,7 +361,12 @@ class Ruleset:
         sf, sa, df, da, port, user = (req.src_family, req.src_addr, req.dst_family, req.dst_addr,
                                       req.port, req.user)
         sn, dn = req.src_names, req.dst_names
-        for rule, src, dst, users, op, rport in self._compiled:
+        compiled = self._compiled
+        if trace is None:
+            picks = self._candidates(sf, sa)
+            if picks is not None:
+                compiled = [compiled[i] for i in picks]
+        for rule, src, dst, users, op, rport in compiled:
             if trace is not None:
                 trace.append(rule)
             if src.kind == "net":
