@@ -126,11 +126,13 @@ def test_source_index_gives_the_same_answers_as_a_full_scan():
             m = rng.choice(["255.255.255.255", "255.255.255.0", "255.255.0.0", "255.0.0.0", "0.0.0.0"])
             src = ("%s %s" % (a, m) if kind < 3 else "ALL" if kind == 3 else "10.0.0.0/8" if kind == 4
                    else "::1/128")
-            dst = "" if rng.random() < 0.5 else "10.%d.0.0 255.255.0.0" % rng.randrange(3)
-            port = "" if rng.random() < 0.5 else "eq %d" % rng.randrange(1, 4)
+            dst = "" if rng.random() < 0.5 else rng.choice(["10.%d.0.0 255.255.0.0" % rng.randrange(3),
+                                                             "10.1.1.1/32", "ALL", ".zone.example"])
+            port = "" if rng.random() < 0.5 else "%s %d" % (rng.choice(["eq", "eq", "neq", "lt", "ge"]),
+                                                            rng.randrange(1, 4))
             lines.append("%s %s %s %s" % (rng.choice(["permit", "deny"]), src, dst, port))
         rs = C.parse_text("\n".join(lines) + "\n").ruleset
-        assert rs._masks                                   # the index is in use
+        assert rs._indexed                                 # the index is in use
         for _ in range(30):
             src = rng.choice(["10.%d.%d.%d" % (rng.randrange(3), rng.randrange(3), rng.randrange(3)), "::1"])
             req = R.Request(R.ip_key(src), R.ip_key("10.%d.1.1" % rng.randrange(3)), rng.randrange(1, 4), None)
