@@ -87,15 +87,7 @@ class BindWait:
         self.lsock = ls
         self.fd = ls.fileno()
         addr, port = ls.getsockname()[:2]
-        if s.version == 4:
-            try:
-                ip = socket.inet_aton(addr)
-            except OSError:
-                ip = P.ZERO4
-            reply = P.reply4(P.S4_GRANTED, port, ip)
-        else:
-            reply = P.reply5(P.REP_SUCCEEDED, addr, port)
-        if not s.send_now(reply):
+        if not s.send_now(s.granted(addr, port)):
             self.close()
             s.close()
             return False

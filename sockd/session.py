@@ -220,19 +220,25 @@ class Session:
             if ev & (EPOLLERR | EPOLLHUP):
                 self.close()
             return
+        data = self.recv_or_close()
+        if data:
+            self.last = self.loop.now
+            self.hs.feed(data)
+            self.process_handshake()
+
+    def recv_or_close(self):
+        """What the client sent, or None: nothing yet, or it has gone (then
+        the session is closed)."""
         try:
             data = self.c.recv(RECV_CHUNK)
         except (BlockingIOError, InterruptedError):
-            return
+            return None
         except OSError:
-            self.close()
-            return
+            data = b""
         if not data:
             self.close()
-            return
-        self.last = self.loop.now
-        self.hs.feed(data)
-        self.process_handshake()
+            return None
+        return data
 
     def process_handshake(self):
         hs = self.hs
@@ -249,15 +255,8 @@ class Session:
         """A load balancer's connection: first the PROXY protocol header that
         names the real client, who then drives the rules, identd, limits and
         the log."""
-        try:
-            data = self.c.recv(RECV_CHUNK)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self.close()
-            return
+        data = self.recv_or_close()
         if not data:
-            self.close()
             return
         self.early += data
         try:
@@ -662,14 +661,7 @@ class Session:
         self.r = conn
         self.rfd = conn.fileno()
         self.peer = peer_ip
-        if self.version == 4:
-            try:
-                ip = socket.inet_aton(peer_ip)
-            except OSError:
-                ip = P.ZERO4
-            reply = P.reply4(P.S4_GRANTED, peer_port, ip)
-        else:
-            reply = P.reply5(P.REP_SUCCEEDED, peer_ip, peer_port)
+        reply = self.granted(peer_ip, peer_port)
         self.ctx.stats["connected"] += 1
         self.ctx.log.notice("connected -- %s: %s port %d connected" % (self.desc(), peer_ip, peer_port))
         if not self.send_now(reply):
@@ -833,6 +825,17 @@ class Session:
         self.ctx.log.notice("failed -- %s.  Error code: connect %s" % (self.desc(), errno_text(err)))
         self.fail_reply(ERRNO_REPLY.get(err, P.REP_FAILURE))
 
+    def granted(self, addr, port):
+        """The success reply of the client's version for an address and port
+        (SOCKS 4 has room for IPv4 only; an IPv6 address is sent as zeros)."""
+        if self.version == 4:
+            try:
+                ip = socket.inet_aton(addr)
+            except OSError:
+                ip = P.ZERO4
+            return P.reply4(P.S4_GRANTED, port, ip)
+        return P.reply5(P.REP_SUCCEEDED, addr, port)
+
     def fail_reply(self, rep):
         if self.version == 4:
             self.finish_reply(P.reply4(P.S4_REJECTED))
@@ -848,14 +851,7 @@ class Session:
             bnd = self.r.getsockname()
         except OSError:
             bnd = ("0.0.0.0", 0)
-        if self.version == 4:
-            try:
-                ip = socket.inet_aton(bnd[0])
-            except OSError:
-                ip = P.ZERO4
-            reply = P.reply4(P.S4_GRANTED, bnd[1], ip)
-        else:
-            reply = P.reply5(P.REP_SUCCEEDED, addr_text(bnd[0]), bnd[1])
+        reply = self.granted(addr_text(bnd[0]), bnd[1])
         ctx.stats["connected"] += 1
         self.logdesc = desc = self.desc()
         ctx.log.notice("connected -- " + desc)
