@@ -19,7 +19,10 @@ all: venv
 # A virtual environment with sockd installed in it (editable: edits apply at once).
 venv: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml
-	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV) || { \
+		echo "python3 -m venv failed; installing Debian's python3-venv"; rm -rf $(VENV); \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv \
+		&& $(PYTHON) -m venv $(VENV); }
 	$(PIP) install -e .
 	touch $@
 

@@ -3,7 +3,7 @@
 # started by their postinst scripts: the tests start what they need on
 # loopback themselves, by PID.
 set -eu
-PKGS="curl netcat-openbsd socat mandoc iproute2 procps dante-server dante-client microsocks oidentd openbsd-inetd rsyslog systemd util-linux passwd haproxy"
+PKGS="curl netcat-openbsd socat mandoc iproute2 procps dante-server dante-client microsocks oidentd openbsd-inetd rsyslog systemd util-linux passwd haproxy gcc libc6-dev"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
