@@ -209,7 +209,7 @@ class Request:
 
 
 class _NeedUser:
-    """match() stops here: the user of the rule at ``index`` is not known yet
+    """match() stops here: the user of the rule ``rule`` is not known yet
     (SOCKS 5 without authentication: it is identd's answer)."""
 
     def __init__(self, rule):
