@@ -454,3 +454,48 @@ def test_connection_churn(start_sockd, tmp_path):
         no_bugs_logged(s)
     finally:
         helpers.kill_pid(target)
+
+
+# --- safe defaults ------------------------------------------------------------------------------
+
+def test_private_destinations_need_a_rule_that_names_them(start_sockd, echo_server):
+    s = start_sockd("deny-private-destinations yes\npermit 127.0.0.0/8 127.0.0.2/32\npermit 127.0.0.0/8\n")
+    # a destination of 0/0 (the last line) does not reach this host's loopback...
+    c, rep, _ = helpers.socks5_connect(s.addr, "127.0.0.1", echo_server.port)
+    assert rep == 2
+    # ... nor does a name that resolves there
+    c, rep, _ = helpers.socks5_connect(s.addr, "localhost", echo_server.port)
+    assert rep == 2
+    s.wait_log(r"refused -- Connect from .* to localhost \(\d+\): 127.0.0.1 is private to this host "
+               r"\(deny-private-destinations\)")
+    # a rule that names the address lets it through
+    named = helpers.TCPServer(helpers.echo_handler, host="127.0.0.2")
+    try:
+        c, rep, _ = helpers.socks5_connect(s.addr, "127.0.0.2", named.port)
+        assert rep == 0
+        # and datagrams follow the same rule
+        c = socket.create_connection(s.addr, 5)
+        c.sendall(b"\x05\x01\x00\x05\x03\x00\x01" + bytes(6))
+        helpers.recv_exact(c, 2)
+        head = helpers.recv_exact(c, 10)
+        relay = (socket.inet_ntoa(head[4:8]), struct.unpack("!H", head[8:10])[0])
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.settimeout(1)
+        u.sendto(b"\x00\x00\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack("!H", 9) + b"x", relay)
+        s.wait_log(r"refused -- UDP associate .*: datagram to 127.0.0.1 \(9\) .*dropped")
+    finally:
+        named.close()
+
+
+def test_verify_warns_about_open_proxies_and_files_that_permit_nothing(tmp_path):
+    conf = tmp_path / "open.conf"
+    conf.write_text("listen 0.0.0.0:1080\npermit 0.0.0.0 0.0.0.0\n")
+    r = subprocess.run([helpers.SOCKD, "-V", "-f", str(conf)], capture_output=True, text=True)
+    assert r.returncode == 0 and "open.conf:2: warning: this line permits any client on 0.0.0.0:1080: " \
+                                 "an open proxy" in r.stderr
+    conf.write_text("listen 127.0.0.1:1080\ndeny 0.0.0.0 0.0.0.0\n")
+    r = subprocess.run([helpers.SOCKD, "-V", "-f", str(conf)], capture_output=True, text=True)
+    assert "warning: no permit line: every request will be refused" in r.stderr
+    shipped = os.path.join(helpers.ROOT, "etc", "sockd.conf")
+    r = subprocess.run([helpers.SOCKD, "-V", "-f", shipped], capture_output=True, text=True)
+    assert r.returncode == 0 and "warning" not in r.stderr       # loopback only: nothing to warn about
