@@ -228,6 +228,15 @@ def hash_handler(conn):
     conn.sendall(h.hexdigest().encode())
 
 
+def closed_port():
+    """A port on 127.0.0.1 where nothing listens (connections are refused)."""
+    t = socket.socket()
+    t.bind(("127.0.0.1", 0))
+    port = t.getsockname()[1]
+    t.close()
+    return port
+
+
 def recv_exact(sock, n):
     data = b""
     while len(data) < n:

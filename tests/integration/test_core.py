@@ -128,17 +128,10 @@ def test_early_data_and_ipv6_destination(start_sockd):
         v6.close()
 
 
-def closed_port():
-    t = socket.socket()
-    t.bind(("127.0.0.1", 0))
-    port = t.getsockname()[1]
-    t.close()
-    return port
-
 
 def test_failure_replies_name_the_cause(start_sockd, model):
     s = start_sockd(PERMIT_LOCAL, model=model)
-    port = closed_port()
+    port = helpers.closed_port()
     c, rep, _ = helpers.socks5_connect(s.addr, "127.0.0.1", port)
     assert rep == 5                                   # connection refused
     c, code = helpers.socks4_connect(s.addr, "127.0.0.1", port)

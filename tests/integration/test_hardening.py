@@ -158,17 +158,10 @@ def owner_of(listen_port, client_port):
     return int(m.group(1)) if m else None
 
 
-def closed_port():
-    t = socket.socket()
-    t.bind(("127.0.0.1", 0))
-    port = t.getsockname()[1]
-    t.close()
-    return port
-
 
 def test_refused_and_slow_destinations(start_sockd, model):
     s = start_sockd("timeout connect 1\n" + LOCAL, model=model)
-    c, rep, _ = helpers.socks5_connect(s.addr, "127.0.0.1", closed_port())
+    c, rep, _ = helpers.socks5_connect(s.addr, "127.0.0.1", helpers.closed_port())
     assert rep == 5
     # a destination that never answers: its accept queue is full, SYNs go unanswered
     full = socket.socket()
