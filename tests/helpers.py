@@ -217,15 +217,19 @@ def echo_handler(conn):
         conn.sendall(data)
 
 
-def hash_handler(conn):
-    """Read until EOF, answer the SHA-256 of what came, then close."""
+def sha256_until_eof(conn):
+    """The SHA-256 (hex) of everything ``conn`` sends until its EOF."""
     h = hashlib.sha256()
     while True:
         data = conn.recv(65536)
         if not data:
-            break
+            return h.hexdigest()
         h.update(data)
-    conn.sendall(h.hexdigest().encode())
+
+
+def hash_handler(conn):
+    """Read until EOF, answer the SHA-256 of what came, then close."""
+    conn.sendall(sha256_until_eof(conn).encode())
 
 
 def closed_port():

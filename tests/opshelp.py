@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from helpers import SOCKD, need, wait_for
+from helpers import SOCKD, children_of, need, wait_for  # noqa: F401 (children_of: for the ops tests)
 
 OPS_USER = "sockdops"
 
@@ -132,18 +132,6 @@ def uid_of(pid):
 def ppid_of(pid):
     with open("/proc/%d/stat" % pid) as f:
         return int(f.read().rsplit(")", 1)[1].split()[1])
-
-
-def children_of(pid):
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                if ppid_of(int(d)) == pid:
-                    out.append(int(d))
-            except (OSError, IndexError, ValueError):
-                continue
-    return out
 
 
 def server_pid_of(client_sock):

@@ -360,13 +360,7 @@ def transfer_handler(conn):
     SHA-256 and that many bytes of data seeded by the size, then close."""
     head = helpers.recv_exact(conn, 8)
     down = struct.unpack("!Q", head)[0]
-    h = hashlib.sha256()
-    while True:
-        d = conn.recv(65536)
-        if not d:
-            break
-        h.update(d)
-    conn.sendall(h.hexdigest().encode() + random.Random(down).randbytes(down))
+    conn.sendall(helpers.sha256_until_eof(conn).encode() + random.Random(down).randbytes(down))
 
 
 def test_concurrent_transfers_arrive_intact(start_sockd, model):
