@@ -16,6 +16,7 @@ import errno
 import socket
 
 from . import protocol as P
+from .addresses import addr_text
 from .loop import EPOLLIN
 
 
@@ -108,7 +109,6 @@ class BindWait:
             s.connect_failed(exc.errno)
             return
         self.close()
-        from .session import addr_text
         peer_ip = addr_text(peer[0])
         ctx = s.ctx
         expect = s.dst_ip

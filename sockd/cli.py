@@ -17,11 +17,11 @@ import sys
 
 from . import __version__
 from . import config as C
+from .errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Halt, PidfileError
 from .log import log
 
 DEFAULT_CONFIG = "/etc/sockd.conf"
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
 def build_parser():
@@ -158,7 +158,7 @@ def serve(args, cfg, config_path):
             pidfile.check(pid_path)      # before detaching: the shell hears about it
         master = server.Master(cfg, args.ident, config_path, overrides)
         master.bind()
-    except (server.Halt, pidfile.PidfileError) as exc:
+    except (Halt, PidfileError) as exc:
         return fail(str(exc))
     ready = None
     if not args.foreground:
@@ -171,7 +171,7 @@ def serve(args, cfg, config_path):
     if pid_path:
         try:
             pidfile.write(pid_path)
-        except pidfile.PidfileError as exc:
+        except PidfileError as exc:
             if ready is not None:
                 ready.fail(str(exc))
             return fail(str(exc))
@@ -215,7 +215,7 @@ def run_inetd(args, config_path):
         write_cache_aside(config_path, cfg, files)
     try:
         return server.serve_inetd(cfg, args.ident)
-    except server.Halt as exc:
+    except Halt as exc:
         log.error(str(exc))
         return exc.status
 

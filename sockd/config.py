@@ -13,11 +13,11 @@ mistake.  The only I/O here is reading the file and the userfiles it names.
 """
 
 import ipaddress
-import os
 import re
 import socket
 
 from . import rules as R
+from .errors import Bad, ConfigError
 from .pidfile import to_pidfile
 from .privileges import to_chroot, to_group, to_user
 
@@ -31,26 +31,6 @@ FACILITIES = {
 }
 
 DEFAULT_PORT = 1080
-
-
-class ConfigError(Exception):
-    """Every problem of one configuration file: ``problems`` is a list of
-    (file, line, message) tuples, already formatted for the user."""
-
-    def __init__(self, problems):
-        self.problems = problems
-        super().__init__("\n".join(self.lines()))
-
-    def lines(self):
-        return ["%s:%d: %s" % p for p in self.problems]
-
-
-class Bad(Exception):
-    """Raised inside the parser for one problem on one line."""
-
-    def __init__(self, message, token=None):
-        super().__init__(message)
-        self.token = token
 
 
 # --- value converters (pure) -------------------------------------------------------

@@ -9,9 +9,7 @@ number may belong to some other program, which must not keep sockd down.
 import errno
 import os
 
-
-class PidfileError(Exception):
-    """A pid file that stops the start, with the message for the user."""
+from .errors import Bad, PidfileError
 
 
 def read_pid(path):
@@ -112,7 +110,6 @@ def remove(path, pid=None):
 
 def to_pidfile(tok):
     """The ``pidfile`` directive's converter: an absolute path."""
-    from .config import Bad
     if not tok.startswith("/"):
         raise Bad("the pid file must be an absolute path", tok)
     return tok

@@ -20,14 +20,7 @@ import pwd
 import resource
 import socket
 
-
-class PrivilegeError(Exception):
-    pass
-
-
-def _bad(message, tok):
-    from .config import Bad
-    return Bad(message, tok)
+from .errors import Bad, PrivilegeError
 
 
 def to_user(tok):
@@ -38,7 +31,7 @@ def to_user(tok):
         else:
             pwd.getpwnam(tok)
     except (KeyError, OverflowError):
-        raise _bad("unknown user", tok) from None
+        raise Bad("unknown user", tok) from None
     return tok
 
 
@@ -49,15 +42,15 @@ def to_group(tok):
         else:
             grp.getgrnam(tok)
     except (KeyError, OverflowError):
-        raise _bad("unknown group", tok) from None
+        raise Bad("unknown group", tok) from None
     return tok
 
 
 def to_chroot(tok):
     if not tok.startswith("/"):
-        raise _bad("the chroot directory must be an absolute path", tok)
+        raise Bad("the chroot directory must be an absolute path", tok)
     if not os.path.isdir(tok):
-        raise _bad("no such directory", tok)
+        raise Bad("no such directory", tok)
     return os.path.normpath(tok)
 
 

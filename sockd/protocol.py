@@ -17,6 +17,8 @@ import ipaddress
 import socket as _socket
 import struct
 
+from .errors import ProtocolError  # noqa: F401  (raised here, caught as P.ProtocolError)
+
 # address conversions in C: the hot path of every request
 _inet_pton, _inet_ntop = _socket.inet_pton, _socket.inet_ntop
 _AF_INET, _AF_INET6 = _socket.AF_INET, _socket.AF_INET6
@@ -74,16 +76,6 @@ MAX_USERID = 255
 MAX_HOSTNAME = 255
 
 ZERO4 = b"\0\0\0\0"
-
-
-class ProtocolError(Exception):
-    """Malformed input.  ``reply`` is the failure reply to send before
-    closing (bytes), or ``None`` when the protocol offers none (an unknown
-    version: we cannot know which language the peer speaks)."""
-
-    def __init__(self, message, reply=None):
-        super().__init__(message)
-        self.reply = reply
 
 
 class Socks4Request:

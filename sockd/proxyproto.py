@@ -11,7 +11,7 @@ MAX_V2 bytes of addresses and TLVs (which are skipped).
 
 import socket
 
-from .protocol import ProtocolError
+from .errors import ProtocolError
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_PREFIX = b"PROXY "

@@ -10,9 +10,10 @@ still negotiating are left alone: they decide with the new rules anyway.
 """
 
 from . import rules as R
-from . import session as S
+from .addresses import reverse_names
+from .session import State
 
-CHECKED_STATES = tuple(getattr(S, name) for name in ("RELAY", "BINDWAIT") if hasattr(S, name))
+CHECKED_STATES = (State.RELAY, State.BINDWAIT)
 
 
 def verdict(sess, ruleset, names):
@@ -38,7 +39,7 @@ def verdict(sess, ruleset, names):
 
 def lookup(names, ip):
     if ip not in names:
-        names[ip] = S.reverse_names(ip)
+        names[ip] = reverse_names(ip)
     return names[ip]
 
 

@@ -44,15 +44,16 @@ import select
 import signal
 import socket
 import stat
-import sys
 import time
 
 from . import cache, privileges, recheck
 from . import config as C
+from .errors import Halt, PrivilegeError, WORKER_BOOT_ERROR
 from .log import log
 from .loop import Loop, ThreadExecutor, EPOLLIN, EPOLLEXCLUSIVE
 from .rules import ip_key
-from .session import Context, Session, load_services, set_socket_options
+from .addresses import load_services
+from .session import Context, Session, State, set_socket_options
 
 try:
     from setproctitle import setproctitle
@@ -60,7 +61,6 @@ except ImportError:                      # titles are a convenience, not a need
     def setproctitle(title):
         pass
 
-WORKER_BOOT_ERROR = 3
 # the C function: signal.pthread_sigmask wraps its result in Enum members,
 # which costs more than the system call on the fork model's per-client path
 _sigmask = _signal.pthread_sigmask
@@ -83,14 +83,6 @@ def make_limits(cfg, previous=None):
         previous.total, previous.per_address, previous.rate = total, cfg.limit_per_address, cfg.limit_rate
         return previous
     return Limits(total, cfg.limit_per_address, cfg.limit_rate)
-
-
-class Halt(Exception):
-    """Stop the server with a message and an exit status."""
-
-    def __init__(self, message, status=1):
-        super().__init__(message)
-        self.status = status
 
 
 # --- listeners ------------------------------------------------------------------------------
@@ -251,7 +243,7 @@ def connect_log():
 
 
 def describe_exc(exc):
-    return str(exc) if isinstance(exc, (Halt, privileges.PrivilegeError)) else "%s: %s" % (
+    return str(exc) if isinstance(exc, (Halt, PrivilegeError)) else "%s: %s" % (
         type(exc).__name__, getattr(exc, "strerror", None) or exc)
 
 
@@ -585,7 +577,8 @@ class OneClient:
         session = self.session = Session(ctx, self.sock, peer, local, self.inherited, self.proxy, self.refusal)
         if title:
             def retitle():
-                if session.state >= 2:
+                # past the PROXY header, the greeting and the decision
+                if session.state >= State.BINDWAIT:
                     setproctitle("sockd: %s@%s -> %s:%d" % (
                         session.user or "unknown", session.client_ip,
                         session.dst_host or session.dst_ip, session.dst_port))
@@ -611,7 +604,7 @@ class OneClient:
             elif sig == signal.SIGUSR1:
                 s = self.session
                 log.info("child (pid %d, generation %d): %s; %d bytes from the client, %d to it" % (
-                    os.getpid(), self.generation, s.desc() if s.state != 3 else "finished", s.n_cr, s.n_rc))
+                    os.getpid(), self.generation, s.desc() if s.state != State.CLOSED else "finished", s.n_cr, s.n_rc))
             elif sig == signal.SIGHUP:
                 got = fetch_recheck(self.channel, self.generation, "child %d" % os.getpid())
                 if got is not None:
@@ -684,7 +677,7 @@ class Master:
         self.limit_held = {}       # pid -> ("column", n) for a worker, ("slot", n) for a child
         try:
             self.identity = privileges.resolve(self.cfg)
-        except privileges.PrivilegeError as exc:
+        except PrivilegeError as exc:
             raise Halt(str(exc)) from None
         # whatever a worker could not load once it is no longer root is
         # loaded here, once, for every process forked later
@@ -1033,7 +1026,7 @@ class Master:
             self.reload_failed("%d problem%s in %s" % (len(exc.problems), "" if len(exc.problems) == 1 else "s",
                                                        path))
             return
-        except (Halt, privileges.PrivilegeError) as exc:
+        except (Halt, PrivilegeError) as exc:
             self.reload_failed(str(exc))
             return
         old = (self.cfg, self.identity, self.listeners, self.generation)
@@ -1184,7 +1177,7 @@ class Master:
             OneClient(self.cfg, sock, self.ident_mode, self.generation, self.channel, self.alive_r,
                       inherited=True, proxy=trust, refusal=refusal, peer=peer,
                       status_fd=self.status_w if counting else -1).run(title=True, signals=sigs)
-        except privileges.PrivilegeError as exc:
+        except PrivilegeError as exc:
             log.error("child %d could not start: %s" % (os.getpid(), exc))
             code = WORKER_BOOT_ERROR
         except BaseException:
@@ -1204,7 +1197,7 @@ class Master:
             try:
                 reset_child_signals()
                 become(ident)
-            except privileges.PrivilegeError as exc:
+            except PrivilegeError as exc:
                 log.error("a child could not start: %s" % exc)
                 code = WORKER_BOOT_ERROR
             except BaseException:
@@ -1252,7 +1245,7 @@ def serve_inetd(cfg, ident_mode=None):
     if os.geteuid() == 0:
         try:
             become(privileges.resolve(cfg))
-        except privileges.PrivilegeError as exc:
+        except PrivilegeError as exc:
             sock.close()
             raise Halt(str(exc)) from None
     serve_one(cfg, sock, ident_mode)

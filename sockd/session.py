@@ -12,12 +12,13 @@ through one receive buffer shared by the whole worker, and only bytes that a
 slow receiver could not take yet are kept per session.
 """
 
+import enum
 import errno
-import ipaddress
 import mmap
 import socket
 
 from . import ident as I
+from .addresses import addr_text, errno_text, lookup_names, resolve, service_name
 from . import netinfo
 from . import protocol as P
 from . import proxyproto as PP
@@ -39,45 +40,20 @@ ERRNO_REPLY = {
     errno.EADDRNOTAVAIL: P.REP_HOST_UNREACHABLE,
 }
 
-_SERVICES = {}
 
 
-def load_services(path="/etc/services"):
-    """Read the tcp service names once (in the master, before forking: a
-    fork-model child would otherwise read the file for every client)."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                fields = line.split("#", 1)[0].split()
-                if len(fields) >= 2 and fields[1].endswith("/tcp"):
-                    port = fields[1][:-4]
-                    if port.isdigit():
-                        _SERVICES.setdefault(int(port), fields[0])
-    except OSError:
-        pass
+class State(enum.IntEnum):
+    """Where a session is, from accept to close."""
+    PROXYHDR = 1      # waiting for the PROXY protocol header of a balancer
+    NEG = 2           # greeting, authentication and request
+    WAIT = 3          # the request is in: names, rules, identd, connect
+    BINDWAIT = 4      # BIND: waiting for the application server
+    UDP = 5           # UDP ASSOCIATE: the control connection of a relay
+    RELAY = 6         # relaying both ways
+    CLOSED = 7
 
 
-def service_name(port):
-    """'telnet' for 23, the number as text when /etc/services has no name."""
-    name = _SERVICES.get(port)
-    if name is None:
-        try:
-            name = socket.getservbyport(port, "tcp")
-        except (OSError, OverflowError):
-            name = str(port)
-        if len(_SERVICES) < 70000:
-            _SERVICES[port] = name
-    return name
-
-
-def addr_text(ip):
-    """An address as logs show it: IPv4-mapped IPv6 as plain IPv4."""
-    if ip.startswith("::ffff:") and "." in ip:
-        return ip[7:]
-    return ip.split("%", 1)[0]
-
-
-NEG, WAIT, RELAY, CLOSED, BINDWAIT, UDP, PROXYHDR = range(7)
+PROXYHDR, NEG, WAIT, BINDWAIT, UDP, RELAY, CLOSED = State
 RECV_CHUNK = 4096
 
 
@@ -1124,56 +1100,3 @@ def set_socket_options(sock):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     except OSError:
         pass
-
-
-def errno_text(err):
-    import os
-    try:
-        return os.strerror(err)
-    except (ValueError, OverflowError):
-        return "error %s" % err
-
-
-def resolve(host, port):
-    """Blocking: the addresses of ``host`` as [(family, address text)], at
-    most eight, in the order the resolver prefers."""
-    infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    out = []
-    for fam, _, _, _, sa in infos:
-        if fam in (socket.AF_INET, socket.AF_INET6) and (fam, sa[0]) not in out:
-            out.append((fam, sa[0]))
-        if len(out) >= 8:
-            break
-    return out
-
-
-def reverse_names(ip):
-    """Blocking: the host names of ``ip``, double-checked forward (a name
-    counts only when it resolves back to ``ip``), lower-case."""
-    try:
-        name, aliases, _ = socket.gethostbyaddr(ip)
-    except OSError:
-        return ()
-    out = []
-    for n in [name] + list(aliases):
-        n = n.lower().rstrip(".")
-        try:
-            addrs = {addr_text(sa[0]) for *_, sa in socket.getaddrinfo(n, None)}
-        except OSError:
-            continue
-        if ip in addrs and n not in out:
-            out.append(n)
-    return tuple(out)
-
-
-def lookup_names(client_ip, dst_ip, want_src, want_dst):
-    return (reverse_names(client_ip) if want_src else (),
-            reverse_names(dst_ip) if want_dst and dst_ip else ())
-
-
-def is_ip(text):
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        return False

@@ -19,6 +19,9 @@ import socket
 import subprocess
 import threading
 
+from .addresses import service_name
+from .protocol import CMD_BIND
+
 SAFE = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!@%-_=+\\:,./")
 MAX_COMMAND = 8192        # the classic BUFSIZ
 MAX_QUEUED = 64
@@ -68,14 +71,11 @@ def values_for(session_like, pid=None):
     client_ip = session_like.client_ip
     dst_ip = session_like.dst_ip or ""
     port = session_like.dst_port
-    try:
-        service = socket.getservbyport(port, "tcp")
-    except (OSError, OverflowError):
-        service = str(port)
+    service = service_name(port)
     return {
         "A": lookup_name(client_ip) or client_ip,
         "a": client_ip,
-        "c": "bind" if session_like.command == 2 else "connect",
+        "c": "bind" if session_like.command == CMD_BIND else "connect",
         "p": str(pid or os.getpid()),
         "S": service,
         "s": str(port),

@@ -19,8 +19,9 @@ import tempfile
 from . import config as C
 from . import rules as R
 from . import shell
+from .addresses import service_name
+from .errors import EXIT_TOOL_USAGE as EXIT_USAGE
 
-EXIT_USAGE = 255
 
 
 def _address(text):
@@ -36,16 +37,9 @@ def _address(text):
 
 def _expand(template, user, src, dst, port, realuser):
     """A shell command as sockd would run it, with addresses for names."""
-    values = {"A": src, "a": src, "c": "connect", "p": str(os.getpid()), "S": _service(port),
+    values = {"A": src, "a": src, "c": "connect", "p": str(os.getpid()), "S": service_name(port),
               "s": str(port), "U": realuser, "u": user, "Z": dst, "z": dst}
     return shell.expand(template, values)
-
-
-def _service(port):
-    try:
-        return socket.getservbyport(port, "tcp")
-    except (OSError, OverflowError):
-        return str(port)
 
 
 def test_sockd_conf(argv=None):

@@ -21,6 +21,7 @@ import socket
 from . import netinfo
 from . import protocol as P
 from . import rules as R
+from .addresses import addr_text, resolve
 from .loop import EPOLLIN
 
 MAX_MEMO = 256
@@ -76,7 +77,6 @@ class Association:
                 return
             except OSError:
                 return
-            from .session import addr_text
             if addr_text(peer[0]) != self.client_ip:
                 self.dropped += 1
                 continue
@@ -117,7 +117,6 @@ class Association:
                 self.dropped += 1
             return
         self.pending[name] = [(port, payload)]
-        from .session import resolve
 
         def done(result, error):
             waiting = self.pending.pop(name, [])
@@ -157,7 +156,6 @@ class Association:
         return got
 
     def to_address(self, ip, port, payload, name):
-        from .session import addr_text
         ip = addr_text(ip)
         ok, rule = self.permitted(ip, port, name)
         if not ok:
@@ -198,7 +196,6 @@ class Association:
 
     # --- remote -> client ------------------------------------------------------------------
     def on_remote(self, sock):
-        from .session import addr_text
         ctx = self.ctx
         buf, mv = ctx.buf, ctx.mv
         for _ in range(64):

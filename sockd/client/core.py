@@ -42,6 +42,7 @@ import time
 from .. import __version__
 from .. import protocol as P
 from .. import rules as R
+from ..addresses import service_name
 from . import conf as K
 from . import shell
 
@@ -280,14 +281,9 @@ class Route:
     @property
     def dest(self):
         """Where to, as the user wrote it (name or address) and port."""
-        return "%s (%s)" % (self.host, service(self.port))
+        return "%s (%s)" % (self.host, service_name(self.port))
 
 
-def service(port):
-    try:
-        return socket.getservbyport(port, "tcp")
-    except (OSError, OverflowError):
-        return str(port)
 
 
 def _is_ip(host):
@@ -382,7 +378,7 @@ def run_line_command(r):
         local_ip = socket.gethostbyname(local)
     except OSError:
         local_ip = "127.0.0.1"
-    values = {"A": local, "a": local_ip, "c": r.kind, "p": str(os.getpid()), "S": service(r.port),
+    values = {"A": local, "a": local_ip, "c": r.kind, "p": str(os.getpid()), "S": service_name(r.port),
               "s": str(r.port), "U": r.login, "u": r.user, "Z": r.host, "z": r.ip or "0.0.0.0"}
     shell.submit(r.decision.entry.command, values, r.where)
 
