@@ -53,7 +53,7 @@ from .log import log
 from .loop import Loop, ThreadExecutor, EPOLLIN, EPOLLEXCLUSIVE
 from .rules import ip_key
 from .addresses import load_services
-from .session import Context, Session, State, set_socket_options
+from .session import Context, Session, set_socket_options
 
 try:
     from setproctitle import setproctitle
@@ -577,11 +577,9 @@ class OneClient:
         session = self.session = Session(ctx, self.sock, peer, local, self.inherited, self.proxy, self.refusal)
         if title:
             def retitle():
-                # past the PROXY header, the greeting and the decision
-                if session.state >= State.BINDWAIT:
-                    setproctitle("sockd: %s@%s -> %s:%d" % (
-                        session.user or "unknown", session.client_ip,
-                        session.dst_host or session.dst_ip, session.dst_port))
+                text = session.title()
+                if text is not None:
+                    setproctitle("sockd: " + text)
                     loop.idle_hooks.remove(retitle)
             setproctitle("sockd: client %s" % session.client_ip)
             loop.idle_hooks.append(retitle)
@@ -603,8 +601,7 @@ class OneClient:
                 self.close_all()
             elif sig == signal.SIGUSR1:
                 s = self.session
-                log.info("child (pid %d, generation %d): %s; %d bytes from the client, %d to it" % (
-                    os.getpid(), self.generation, s.desc() if s.state != State.CLOSED else "finished", s.n_cr, s.n_rc))
+                log.info("child (pid %d, generation %d): %s" % (os.getpid(), self.generation, s.status()))
             elif sig == signal.SIGHUP:
                 got = fetch_recheck(self.channel, self.generation, "child %d" % os.getpid())
                 if got is not None:

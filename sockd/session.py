@@ -177,6 +177,19 @@ class Session:
             return "UDP associate from %s" % who
         return "Connect from %s to %s (%s)" % (who, host, service_name(self.dst_port))
 
+    def title(self):
+        """What a process that serves only this client shows as its title,
+        once the request has been decided; None before."""
+        if self.state < BINDWAIT:
+            return None
+        return "%s@%s -> %s:%d" % (self.user or "unknown", self.client_ip, self.dst_host or self.dst_ip,
+                                   self.dst_port)
+
+    def status(self):
+        """One line for SIGUSR1."""
+        return "%s; %d bytes from the client, %d to it" % (
+            self.desc() if self.state != CLOSED else "finished", self.n_cr, self.n_rc)
+
     # --- negotiation ------------------------------------------------------------------
     def on_client(self, ev):
         st = self.state
