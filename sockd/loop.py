@@ -2,7 +2,10 @@
 of helper threads for the steps that block.
 
 One loop per process, on epoll (never select.select, which fails past
-descriptor 1023).  Handlers are plain callables taking the event mask.
+descriptor 1023).  Handlers are bound methods taking the event mask; when
+one raises, the loop logs it and calls ``close()`` on the handler's object,
+which must end whatever that object serves (a session, a lookup, a
+relay), so that nothing stays registered after a bug.
 Timers of a second or more (the negotiate, connect, identd and idle
 timeouts: one or more per client) go to a wheel of one-second buckets, so
 that setting and cancelling one is a set operation and a cancelled timer
@@ -19,6 +22,9 @@ import queue
 import select
 import threading
 import time
+import traceback
+
+from .log import log
 
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
@@ -71,6 +77,11 @@ class Loop:
 
     def modify(self, fd, mask):
         self.ep.modify(fd, mask)
+
+    def rebind(self, fd, handler):
+        """Hand a registered descriptor's events to another handler (no
+        system call)."""
+        self.handlers[fd] = handler
 
     def remove(self, fd):
         if self.handlers.pop(fd, None) is not None:
@@ -180,11 +191,10 @@ class Loop:
                 break
 
     def handle_error(self, callback):
-        """A bug met one client: log it, close that client, keep serving.
-        Never raises: the loop must outlive whatever went wrong."""
+        """A bug met one client: log it, close the object the callback
+        belongs to (its ``__self__``), keep serving.  Never raises: the
+        loop must outlive whatever went wrong."""
         try:
-            import traceback
-            from .log import log
             lines = traceback.format_exc().splitlines()
             log.error("internal error: %s" % (lines[-1] if lines else "?"))
             for line in lines:

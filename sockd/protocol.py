@@ -13,6 +13,7 @@ byte) or by the limits below (SOCKS 4 USERID and 4A host name, which are
 NUL-terminated and could otherwise grow without end).
 """
 
+import errno as _errno
 import ipaddress
 import socket as _socket
 import struct
@@ -161,6 +162,29 @@ def reply4(code, port=0, ip=ZERO4):
 def reply5(rep, address="0.0.0.0", port=0):
     """A SOCKS 5 reply; ``address`` is an IPv4/IPv6 literal or a name."""
     return b"\x05" + bytes((rep, 0)) + encode_address(address) + struct.pack("!H", port)
+
+
+def failure_reply(version, rep, code4=S4_REJECTED):
+    """The failure reply for a client of SOCKS ``version`` (4 or 5): SOCKS 4
+    has only its few codes (``code4``), SOCKS 5 the reply code ``rep``."""
+    return reply4(code4) if version == 4 else reply5(rep)
+
+
+ERRNO_REPLY = {
+    _errno.ECONNREFUSED: REP_REFUSED,
+    _errno.ENETUNREACH: REP_NET_UNREACHABLE,
+    _errno.ENETDOWN: REP_NET_UNREACHABLE,
+    _errno.EHOSTUNREACH: REP_HOST_UNREACHABLE,
+    _errno.EHOSTDOWN: REP_HOST_UNREACHABLE,
+    _errno.ETIMEDOUT: REP_TTL_EXPIRED,
+    _errno.EAFNOSUPPORT: REP_ATYP_UNSUPPORTED,
+    _errno.EADDRNOTAVAIL: REP_HOST_UNREACHABLE,
+}
+
+
+def rep_for_errno(err):
+    """The SOCKS 5 reply code for a connect that failed with ``err``."""
+    return ERRNO_REPLY.get(err, REP_FAILURE)
 
 
 def method_reply(method):

@@ -1,40 +1,34 @@
 """``reload recheck yes``: after a reload, close the live connections that
-the new rules no longer permit.
+the new configuration no longer permits.
 
 Runs in a worker (or fork-model child) that was started under an older
-configuration, once per reload, when the master asks: it reads what each
-Session knows (client, user, destination) and asks the new configuration's
-rules as a new request would.  Host names are looked up here, blocking,
-only when a rule of the new file names hosts, once per address.  Sessions
-still negotiating are left alone: they decide with the new rules anyway.
+configuration, once per reload, when the master asks: each relaying or
+BIND-waiting session is judged by decision.decide as a new request would
+be, private-destination guard included, without the identd checks (the
+answer identd gave is the session's real user).  Host names are looked up
+here, blocking, only when a rule of the new file names hosts, once per
+address.  Sessions still negotiating are left alone: they decide with the
+new rules anyway; UDP associations have no fixed destination (each
+datagram is judged as it comes).
 """
 
-from . import rules as R
+from . import decision as D
 from .addresses import reverse_names
 from .session import State
 
 CHECKED_STATES = (State.RELAY, State.BINDWAIT)
 
 
-def verdict(sess, ruleset, names):
-    """The rule that decides ``sess`` under ``ruleset`` (None: no rule
-    matches), or False when the session cannot be judged (no fixed
-    destination, e.g. a UDP association)."""
-    dst_ip = getattr(sess, "dst_ip", None)
-    if not dst_ip:
-        return False
-    try:
-        src = getattr(sess, "src_key", None) or R.ip_key(sess.client_ip)
-        dst = R.ip_key(dst_ip)
-    except ValueError:
-        return False
-    src_names = dst_names = ()
-    if ruleset.needs_src_names:
-        src_names = lookup(names, sess.client_ip)
-    if ruleset.needs_dst_names:
-        dst_names = ((sess.dst_host,) if sess.dst_host else ()) + lookup(names, dst_ip)
-    user = sess.user if sess.user is not None else getattr(sess, "realuser", None)
-    return ruleset.match(R.Request(src, dst, sess.dst_port, user, src_names, dst_names))
+def ask_for(sess, ruleset, names):
+    """The decision.Ask for a live session, or None when it cannot be
+    judged (no fixed destination)."""
+    if not sess.dst_ip:
+        return None
+    src_names = lookup(names, sess.client_ip) if ruleset.needs_src_names else ()
+    dst_names = lookup(names, sess.dst_ip) if ruleset.needs_dst_names else ()
+    user = sess.user if sess.user is not None else sess.realuser
+    return D.Ask(sess.src_key, [sess.dst_ip], sess.dst_port, sess.command, user=user, ident_checks=False,
+                 dst_host=sess.dst_host, src_names=src_names, dst_names=dst_names)
 
 
 def lookup(names, ip):
@@ -44,23 +38,27 @@ def lookup(names, ip):
 
 
 def recheck(sessions, cfg, log):
-    """Close each session of ``sessions`` the rules of ``cfg`` refuse.
-    Returns how many were closed."""
-    ruleset = cfg.ruleset
+    """Close each session of ``sessions`` that ``cfg`` refuses.  Returns
+    how many were closed.  May block (reverse lookups, when rules name
+    hosts)."""
     names = {}
     closed = 0
     for sess in list(sessions):
         if sess.state not in CHECKED_STATES:
             continue
-        rule = verdict(sess, ruleset, names)
-        if rule is False or (rule and rule.action == R.PERMIT):
+        ask = ask_for(sess, cfg.ruleset, names)
+        if ask is None:
             continue
-        why = ("denied by %s" % rule.where) if rule else ("no matching rule in %s" % cfg.path)
-        try:
-            what = sess.desc()
-        except Exception:
-            what = "connection from %s" % sess.client_ip
-        log.notice("refused -- %s: no longer permitted after reload (%s)" % (what, why))
+        verdict = D.decide(ask, cfg)
+        if verdict.allowed:
+            continue
+        if verdict.why:
+            why = verdict.why
+        elif verdict.rule is not None:
+            why = "denied by %s" % verdict.rule.where
+        else:
+            why = "no matching rule in %s" % cfg.path
+        log.notice("refused -- %s: no longer permitted after reload (%s)" % (sess.desc(), why))
         sess.close()
         closed += 1
     return closed

@@ -9,23 +9,36 @@ lives exactly as long as its TCP control connection, and no longer than
 Client datagrams are accepted only from the client's address, and from the
 port it announced when that is not 0 (``udp strict no`` learns a changed
 port instead of dropping); an announced port of 0 is learnt from the first
-datagram.  Fragments (FRAG != 0) are dropped.  Every destination is checked
-against the rules, with a small per-association memo; a denied one is
-dropped and logged once.  Names are resolved by sockd.  Datagrams from
-remote hosts go back to the client only, wrapped in the SOCKS 5 header, and
-only from hosts the rules would let the client reach.
+datagram.  Fragments (FRAG != 0) are dropped.  Every destination is judged
+by decision.decide, as a request would be, with a small per-association
+memo; a denied one is dropped and logged once.  Names are resolved by
+sockd.  Datagrams from remote hosts go back to the client only, wrapped in
+the SOCKS 5 header, and only from hosts the rules would let the client
+reach.
+
+What it asks of its owner (the session), and nothing more: ``ctx`` (the
+worker's configuration, loop, log and buffer), ``client_ip``,
+``local_ip``, ``src_key`` and ``user``; ``desc()`` for log lines;
+``touch()`` on traffic (the idle timeout); ``close()`` to end it all.
 """
 
 import socket
 
-from . import netinfo
+from . import decision as D
 from . import protocol as P
-from . import rules as R
 from .addresses import addr_text, resolve
 from .loop import EPOLLIN
 
 MAX_MEMO = 256
 MAX_PENDING = 16          # datagrams waiting for one name to resolve
+
+
+def resolve_named(name, port):
+    """Blocking (a helper thread): (name, addresses, error)."""
+    try:
+        return name, resolve(name, port), None
+    except Exception as exc:       # handed to the association, which drops and logs
+        return name, None, exc
 
 
 class Association:
@@ -36,7 +49,7 @@ class Association:
     def __init__(self, session, announced_port):
         self.session = session
         self.ctx = session.ctx
-        self.loop = session.loop
+        self.loop = session.ctx.loop
         self.csock = None
         self.rsocks = {}
         self.client_ip = session.client_ip
@@ -87,7 +100,7 @@ class Association:
                     self.dropped += 1
                     continue
                 self.client_port = peer[1]
-            self.session.last = self.loop.now
+            self.session.touch()
             data = bytes(mv[:n])
             try:
                 frag, req, off = P.parse_udp_header(data)
@@ -117,55 +130,53 @@ class Association:
                 self.dropped += 1
             return
         self.pending[name] = [(port, payload)]
+        self.loop.executor.submit(resolve_named, (name, port), self.on_resolved)
 
-        def done(result, error):
-            waiting = self.pending.pop(name, [])
-            if self.csock is None:
-                return
-            if error is not None or not result:
-                self.dropped += len(waiting)
-                if name not in self.denied_logged:
-                    self.denied_logged.add(name)
-                    self.ctx.log.notice("failed -- %s: cannot resolve %s" % (self.session.desc(), name))
-                return
-            if len(self.names) >= MAX_MEMO:
-                self.names.clear()
-            self.names[name] = result[0][1]
-            for p, data in waiting:
-                self.to_address(result[0][1], p, data, name)
-        self.loop.executor.submit(resolve, (name, port), done)
+    def on_resolved(self, result, error):
+        name, addresses, error = result if error is None else (None, None, error)
+        waiting = self.pending.pop(name, [])
+        if self.csock is None:
+            return
+        if error is not None or not addresses:
+            self.dropped += len(waiting)
+            if name not in self.denied_logged and len(self.denied_logged) < MAX_MEMO:
+                self.denied_logged.add(name)
+                self.ctx.log.notice("failed -- %s: cannot resolve %s" % (self.session.desc(), name))
+            return
+        if len(self.names) >= MAX_MEMO:
+            self.names.clear()
+        ip = addresses[0][1]
+        self.names[name] = ip
+        for p, data in waiting:
+            self.to_address(ip, p, data, name)
 
     def permitted(self, ip, port, name=None):
-        """(allowed, deciding rule) for one destination, memoised per
-        association."""
+        """The Verdict for one destination, memoised per association (the
+        configuration a reload re-checks with may change: the memo is
+        keyed by it too)."""
+        cfg = self.ctx.config
         key = (ip, port, name)
         got = self.memo.get(key)
-        if got is None:
+        if got is None or got[0] is not cfg:
             s = self.session
-            rs = self.ctx.ruleset
-            dst_names = (name,) if name and rs.needs_dst_names else ()
-            key = R.ip_key(ip)
-            rule = rs.match(R.Request(s.src_key, key, port, s.user, dst_names=dst_names))
-            ok = rule is not None and rule.action == R.PERMIT
-            if ok and rule.dst.is_any and s.private_guard() and netinfo.is_private(key, self.ctx.own_addresses):
-                ok = False
-            got = (ok, rule)
+            verdict = D.decide(D.Ask(s.src_key, [ip], port, D.UDP, user=s.user, ident_checks=False,
+                                     dst_host=name), cfg)
             if len(self.memo) >= MAX_MEMO:
                 self.memo.clear()
-            self.memo[key] = got
-        return got
+            self.memo[key] = (cfg, verdict)
+            return verdict
+        return got[1]
 
     def to_address(self, ip, port, payload, name):
         ip = addr_text(ip)
-        ok, rule = self.permitted(ip, port, name)
-        if not ok:
+        verdict = self.permitted(ip, port, name)
+        if not verdict.allowed:
             self.dropped += 1
             key = (ip, port)
             if key not in self.denied_logged and len(self.denied_logged) < MAX_MEMO:
                 self.denied_logged.add(key)
-                where = "by %s" % rule.where if rule is not None else "no matching rule"
-                self.ctx.log.notice("refused -- %s: datagram to %s (%d) %s; dropped" % (
-                    self.session.desc(), name or ip, port, where))
+                self.ctx.log.notice("refused -- %s: datagram to %s (%d)%s; dropped" % (
+                    self.session.desc(), name or ip, port, datagram_reason(verdict)))
             return
         fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
         rs = self.rsocks.get(fam)
@@ -191,11 +202,17 @@ class Association:
             s.close()
             return None
         self.rsocks[fam] = s
-        self.loop.add(s.fileno(), EPOLLIN, lambda ev, s=s: self.on_remote(s))
+        self.loop.add(s.fileno(), EPOLLIN, self.on_remote4 if fam == socket.AF_INET else self.on_remote6)
         return s
 
     # --- remote -> client ------------------------------------------------------------------
-    def on_remote(self, sock):
+    def on_remote4(self, ev):
+        self.from_remote(self.rsocks[socket.AF_INET])
+
+    def on_remote6(self, ev):
+        self.from_remote(self.rsocks[socket.AF_INET6])
+
+    def from_remote(self, sock):
         ctx = self.ctx
         buf, mv = ctx.buf, ctx.mv
         for _ in range(64):
@@ -206,10 +223,10 @@ class Association:
             except OSError:
                 return
             ip = addr_text(peer[0])
-            if self.client_port is None or not self.permitted(ip, peer[1])[0]:
+            if self.client_port is None or not self.permitted(ip, peer[1]).allowed:
                 self.dropped += 1
                 continue
-            self.session.last = self.loop.now
+            self.session.touch()
             self.d_out += 1
             self.n_out += n
             try:
@@ -218,6 +235,12 @@ class Association:
                 self.dropped += 1
 
     def close(self):
+        """The loop's error handler, or the end: the association ends with
+        its session."""
+        self.session.close()
+
+    def release(self):
+        """Close the relay's sockets (the session is closing)."""
         if self.csock is not None:
             self.loop.remove(self.cfd)
             self.csock.close()
@@ -230,3 +253,14 @@ class Association:
     def summary(self):
         return "%d bytes in %d datagrams from %s, %d bytes in %d datagrams to it, %d dropped" % (
             self.n_in, self.d_in, self.client_ip, self.n_out, self.d_out, self.dropped)
+
+
+def datagram_reason(verdict):
+    """Why a datagram was dropped, for its log line."""
+    if verdict.rule is not None:
+        if verdict.why:
+            return " by %s (%s)" % (verdict.rule.where, verdict.why)
+        return " by %s" % verdict.rule.where
+    if verdict.why:
+        return " (%s)" % verdict.why
+    return " no matching rule"

@@ -1,0 +1,37 @@
+"""SOCKS 5 authentication: which method a client gets, and the checks the
+methods run.
+
+``choose`` picks, in the order the configuration's ``methods`` line gives,
+the first method the client offers (RFC 1928 section 3).  The checks that
+block (bcrypt, on purpose slow) run on the loop's helper pool and report
+back with ``done(ok, error)`` on the loop.
+
+A new method (GSS-API, RFC 1961) is a new entry in METHODS and a check of
+its own here; the session only routes its sub-negotiation messages.
+"""
+
+from . import protocol as P
+
+METHODS = {"none": P.METHOD_NONE, "username": P.METHOD_USERPASS}
+
+
+def choose(preferred, offered):
+    """The method code to answer a greeting with, or None: ``preferred`` is
+    the configuration's list of method names, ``offered`` the client's
+    method codes."""
+    for name in preferred:
+        code = METHODS[name]
+        if code in offered:
+            return code
+    return None
+
+
+def check_password(ctx, user, password, done):
+    """RFC 1929: is ``password`` (bytes) ``user``'s in the passwd file?
+    ``done(ok, error)`` runs on the loop, later; with no passwd file
+    configured, at once and refusing."""
+    db = ctx.config.passwd_db
+    if db is None:
+        done(False, None)
+        return
+    ctx.loop.executor.submit(db.verify, (user, password), done)

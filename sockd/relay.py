@@ -1,0 +1,253 @@
+"""The relay: bytes both ways between a client and its destination, with
+half-close, byte counts and bounded buffers.
+
+Driven by the worker's poll loop: once a session has connected (CONNECT)
+or been connected to (BIND), its two sockets' events come straight here.
+Data moves through one receive buffer shared by every relay of the process
+(``Context.buf``); only what a slow receiver could not take yet is kept, at
+most one buffer's worth per direction, and the sender is not read again
+until that is gone, so TCP back-pressure reaches it.  An EOF from one side
+is passed on as shutdown(SHUT_WR) once its data has been delivered; when
+both directions are done, the relay ends its session.
+
+What it asks of its owner (the session): ``owner.close()`` when the relay
+is over, and nothing else.  It knows nothing of SOCKS or rules.
+"""
+
+import socket
+
+from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
+
+READS_PER_EVENT = 8          # full buffers moved per event before yielding to others
+
+
+def set_socket_options(sock):
+    """What every relayed TCP socket gets: no Nagle delay (replies and
+    interactive traffic go out at once), urgent data inline (the classic
+    SO_OOBINLINE), keep-alives (a dead peer is noticed).  Listeners get them
+    too: accepted sockets inherit them."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    except OSError:
+        pass
+
+
+class Relay:
+    """Both directions between ``c`` (the client) and ``r`` (the remote).
+
+    ``n_cr``/``n_rc`` count the bytes from the client and from the remote;
+    ``last`` is the loop time of the latest traffic (the idle timeout)."""
+
+    __slots__ = ("owner", "loop", "buf", "mv", "c", "r", "cfd", "rfd", "cmask", "rmask",
+                 "pend_cr", "pend_rc", "eof_c", "eof_r", "shut_c", "shut_r", "n_cr", "n_rc", "last")
+
+    def __init__(self, owner, loop, buf, mv, c, r):
+        self.owner = owner
+        self.loop = loop
+        self.buf, self.mv = buf, mv
+        self.c, self.r = c, r
+        self.cfd, self.rfd = c.fileno(), r.fileno()
+        self.cmask = self.rmask = 0
+        self.pend_cr = self.pend_rc = None
+        self.eof_c = self.eof_r = self.shut_c = self.shut_r = False
+        self.n_cr = self.n_rc = 0
+        self.last = loop.now
+
+    def start(self, cmask, rmask, early=b""):
+        """Take over both sockets' events.  ``cmask``/``rmask``: what each
+        is registered for now (-1: not registered); ``early``: what the
+        client sent before the relay began, for the remote."""
+        loop = self.loop
+        for fd, mask, handler in ((self.cfd, cmask, self.on_client), (self.rfd, rmask, self.on_remote)):
+            if mask < 0:
+                loop.add(fd, 0, handler)
+                mask = 0
+            else:
+                loop.rebind(fd, handler)
+            if fd == self.cfd:
+                self.cmask = mask
+            else:
+                self.rmask = mask
+        if early:
+            self.n_cr += len(early)
+            try:
+                sent = self.r.send(early)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.owner.close()
+                return
+            if sent < len(early):
+                self.pend_cr = early[sent:]
+        # No reads here: the poll loop reports whatever is already waiting.
+        self.update()
+
+    def on_client(self, ev):
+        self.event(0, ev)
+
+    def on_remote(self, ev):
+        self.event(1, ev)
+
+    def event(self, side, ev):
+        """An event on the client (side 0) or remote (side 1) socket."""
+        if ev & EPOLLOUT:
+            if not self.flush(1 - side):
+                return
+        if ev & (EPOLLIN | EPOLLERR | EPOLLHUP):
+            if (self.cmask if side == 0 else self.rmask) & EPOLLIN:
+                if not self.pump(side):
+                    return
+            elif ev & EPOLLERR or (ev & EPOLLHUP and (self.pend_rc if side == 0 else self.pend_cr) is not None):
+                self.owner.close()
+                return
+            elif ev & EPOLLHUP:
+                # Hang-up on a socket we are not reading now (its data waits
+                # for the other side to drain): stop hearing about it until
+                # there is room again; update() registers it anew then.
+                if side == 0:
+                    self.loop.remove(self.cfd)
+                    self.cmask = -1
+                else:
+                    self.loop.remove(self.rfd)
+                    self.rmask = -1
+        self.update()
+
+    def pump(self, side):
+        """Move what the socket on ``side`` has to the other one.  Returns
+        False when the relay has ended (its owner closed)."""
+        if side == 0:
+            src, dst = self.c, self.r
+            if self.pend_cr is not None:
+                return True
+        else:
+            src, dst = self.r, self.c
+            if self.pend_rc is not None:
+                return True
+        buf, mv = self.buf, self.mv
+        size = len(buf)
+        for _ in range(READS_PER_EVENT):
+            try:
+                n = src.recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError:
+                self.owner.close()
+                return False
+            if n == 0:
+                if side == 0:
+                    self.eof_c = True
+                else:
+                    self.eof_r = True
+                return True
+            self.last = self.loop.now
+            if side == 0:
+                self.n_cr += n
+            else:
+                self.n_rc += n
+            try:
+                m = dst.send(mv[:n])
+            except (BlockingIOError, InterruptedError):
+                m = 0
+            except OSError:
+                self.owner.close()
+                return False
+            if m < n:
+                if side == 0:
+                    self.pend_cr = bytes(mv[m:n])
+                else:
+                    self.pend_rc = bytes(mv[m:n])
+                return True
+            if n < size:
+                return True
+        return True
+
+    def flush(self, direction):
+        """Send what is waiting for the receiver of ``direction`` (0:
+        client->remote, 1: remote->client).  Returns False when the relay
+        has ended."""
+        if direction == 0:
+            data, dst = self.pend_cr, self.r
+        else:
+            data, dst = self.pend_rc, self.c
+        if data is None:
+            return True
+        try:
+            m = dst.send(data)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            self.owner.close()
+            return False
+        rest = data[m:] if m < len(data) else None
+        if direction == 0:
+            self.pend_cr = rest
+        else:
+            self.pend_rc = rest
+        if rest is None:
+            self.last = self.loop.now
+            # the sender may have more: read it now instead of waiting a round
+            return self.pump(direction)
+        return True
+
+    def update(self):
+        """Recompute what each socket waits for; pass half-closes on; end
+        the session when both directions are done."""
+        if self.eof_c and self.pend_cr is None and not self.shut_r:
+            self.shut_r = True
+            try:
+                self.r.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        if self.eof_r and self.pend_rc is None and not self.shut_c:
+            self.shut_c = True
+            try:
+                self.c.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        if self.shut_c and self.shut_r:
+            self.owner.close()
+            return
+        m = 0
+        if not self.eof_c and self.pend_cr is None:
+            m = EPOLLIN
+        if self.pend_rc is not None:
+            m |= EPOLLOUT
+        if m != self.cmask:
+            self.set_mask(0, m)
+        m = 0
+        if not self.eof_r and self.pend_rc is None:
+            m = EPOLLIN
+        if self.pend_cr is not None:
+            m |= EPOLLOUT
+        if m != self.rmask:
+            self.set_mask(1, m)
+
+    def set_mask(self, side, m):
+        loop = self.loop
+        if side == 0:
+            fd, cur, handler = self.cfd, self.cmask, self.on_client
+        else:
+            fd, cur, handler = self.rfd, self.rmask, self.on_remote
+        if cur == -1:
+            if m == 0:
+                return
+            loop.add(fd, m, handler)
+        elif (self.eof_c and self.shut_c) if side == 0 else (self.eof_r and self.shut_r):
+            # both directions of this socket are done: nothing more to hear
+            loop.remove(fd)
+            m = -1
+        else:
+            loop.modify(fd, m)
+        if side == 0:
+            self.cmask = m
+        else:
+            self.rmask = m
+
+    def close(self):
+        """Stop hearing both sockets and drop what waits; the owner closes
+        the sockets themselves."""
+        self.loop.remove(self.cfd)
+        self.loop.remove(self.rfd)
+        self.pend_cr = self.pend_rc = None
