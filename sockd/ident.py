@@ -145,6 +145,11 @@ class IdentQuery:
         self.cancel()
         done(kind, value)
 
+    def close(self):
+        """The loop's error handler: a bug met this lookup; the session goes
+        on as if identd could not be reached."""
+        self.finish(UNREACHABLE, "internal error")
+
     def cancel(self):
         """Forget the lookup (the client went away): no callback."""
         self.done = None

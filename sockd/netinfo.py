@@ -6,6 +6,8 @@ The parsers of /proc/net/fib_trie and /proc/net/if_inet6 are pure; only
 ``local_addresses`` reads the files.
 """
 
+import ipaddress
+
 from . import rules as R
 
 LOOPBACK4 = (0x7F000000, 0xFF000000)               # 127.0.0.0/8
@@ -29,7 +31,6 @@ def parse_fib_trie(text):
 
 def parse_if_inet6(text):
     """The host's IPv6 addresses from /proc/net/if_inet6."""
-    import ipaddress
     out = set()
     for line in text.splitlines():
         f = line.split()

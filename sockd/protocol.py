@@ -436,6 +436,8 @@ class ServerHandshake:
         buf = self.buf
         if not buf:
             return None
+        if len(buf) > self.MAX_BUFFER:
+            raise ProtocolError("more than %d bytes before the request was complete" % self.MAX_BUFFER)
         state = self.state
         if state == START:
             first = buf[0]

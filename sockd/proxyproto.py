@@ -10,6 +10,7 @@ MAX_V2 bytes of addresses and TLVs (which are skipped).
 """
 
 import socket
+import struct
 
 from .errors import ProtocolError
 
@@ -128,15 +129,8 @@ def _parse_v2(buf):
     return Proxied(src, sport, dst, dport), end
 
 
-def header_v1(src, sport, dst, dport):
-    """Encode a v1 header (tests and tools)."""
-    proto = "TCP6" if ":" in src else "TCP4"
-    return ("PROXY %s %s %s %d %d\r\n" % (proto, src, dst, sport, dport)).encode()
-
-
 def header_v2(src, sport, dst, dport, local=False):
     """Encode a v2 header (tests and tools)."""
-    import struct
     if local:
         return V2_SIGNATURE + b"\x20\x00\x00\x00"
     if ":" in src:

@@ -18,6 +18,7 @@ import queue
 import socket
 import subprocess
 import threading
+import time
 
 from .addresses import service_name
 from .protocol import CMD_BIND
@@ -161,7 +162,6 @@ class Runner:
     def drain(self, timeout):
         """Wait (at most ``timeout`` seconds) for queued commands: used by a
         process that is about to exit."""
-        import time
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             with self.lock:
