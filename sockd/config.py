@@ -14,140 +14,13 @@ mistake.  The only I/O here is reading the file and the userfiles it names.
 
 import ipaddress
 import re
-import socket
 
 from . import rules as R
 from .errors import Bad, ConfigError
-from .pidfile import to_pidfile
-from .privileges import to_chroot, to_group, to_user
+from .validators import (DEFAULT_PORT, to_address, to_bool, to_chroot, to_choice, to_facility, to_group,
+                         to_int, to_listen, to_pidfile, to_port, to_rate, to_seconds, to_user)
 
 MAX_LINE = 1023
-
-FACILITIES = {
-    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
-    "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11,
-    "local0": 16, "local1": 17, "local2": 18, "local3": 19,
-    "local4": 20, "local5": 21, "local6": 22, "local7": 23,
-}
-
-DEFAULT_PORT = 1080
-
-
-# --- value converters (pure) -------------------------------------------------------
-
-def to_int(lo, hi):
-    def conv(tok):
-        try:
-            v = int(tok, 10)
-        except ValueError:
-            raise Bad("not a number", tok) from None
-        if not lo <= v <= hi:
-            raise Bad("out of range %d-%d" % (lo, hi), tok)
-        return v
-    return conv
-
-
-def to_seconds(tok):
-    """Seconds, with an optional unit: 30, 30s, 2m, 2h, 1d."""
-    mult = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    t = tok.lower()
-    m = 1
-    if t and t[-1] in mult:
-        m, t = mult[t[-1]], t[:-1]
-    try:
-        v = float(t)
-    except ValueError:
-        raise Bad("not a duration (seconds, or a number with s, m, h or d)", tok) from None
-    if v < 0 or v * m > 10 * 365 * 86400:
-        raise Bad("duration out of range", tok)
-    return v * m
-
-
-def to_choice(*choices):
-    def conv(tok):
-        if tok.lower() not in choices:
-            raise Bad("expected one of: %s" % ", ".join(choices), tok)
-        return tok.lower()
-    return conv
-
-
-def to_bool(tok):
-    t = tok.lower()
-    if t in ("yes", "on", "true", "1"):
-        return True
-    if t in ("no", "off", "false", "0"):
-        return False
-    raise Bad("expected yes or no", tok)
-
-
-def to_facility(tok):
-    if tok.lower() not in FACILITIES:
-        raise Bad("unknown syslog facility", tok)
-    return tok.lower()
-
-
-def to_port(tok, proto="tcp"):
-    if tok.isdigit():
-        v = int(tok)
-        if v > 65535:
-            raise Bad("port number out of range", tok)
-        return v
-    try:
-        return socket.getservbyname(tok, proto)
-    except OSError:
-        raise Bad("unknown service name", tok) from None
-
-
-def to_listen(tok):
-    """ADDRESS:PORT, [IPV6]:PORT, *:PORT or a bare PORT.  Returns (host, port)."""
-    if tok.startswith("["):
-        end = tok.find("]")
-        if end < 0:
-            raise Bad("missing ']' in IPv6 address", tok)
-        host, rest = tok[1:end], tok[end + 1:]
-        try:
-            ipaddress.IPv6Address(host.split("%", 1)[0])
-        except ValueError:
-            raise Bad("bad IPv6 address", tok) from None
-        if not rest:
-            return host, DEFAULT_PORT
-        if not rest.startswith(":"):
-            raise Bad("expected ':PORT' after ']'", tok)
-        return host, to_port(rest[1:])
-    if tok.count(":") > 1:
-        raise Bad("write IPv6 addresses in brackets: [ADDRESS]:PORT", tok)
-    if ":" in tok:
-        host, port = tok.rsplit(":", 1)
-        port = to_port(port)
-    elif tok.isdigit():
-        host, port = "0.0.0.0", to_port(tok)
-    else:
-        host, port = tok, DEFAULT_PORT
-    if host in ("", "*"):
-        host = "0.0.0.0"
-    try:
-        ipaddress.IPv4Address(host)
-    except ValueError:
-        if not R.valid_hostname(host):
-            raise Bad("bad listen address", tok) from None
-    return host, port
-
-
-def to_rate(tok):
-    """N/SECONDS, e.g. 20/10: twenty new clients per ten seconds."""
-    from .limits import parse_rate
-    try:
-        return parse_rate(tok)
-    except ValueError as exc:
-        raise Bad("expected N/SECONDS (%s)" % exc, tok) from None
-
-
-def to_address(tok):
-    """An IPv4 or IPv6 address literal."""
-    try:
-        return ipaddress.ip_address(tok.strip("[]")).compressed
-    except ValueError:
-        raise Bad("not an IP address", tok) from None
 
 
 class Setting:
@@ -204,7 +77,7 @@ SETTINGS = [
             "UDP: drop datagrams from a client port other than the one announced (no: learn it)", to_bool),
     Setting("udp advertise", "ADDRESS", None,
             "UDP: the address to give clients for the relay (behind NAT); default: the one they reached",
-            lambda tok: to_address(tok)),
+            to_address),
     Setting("route", "FILE", None, "the multi-homed route file: local address per destination", str),
     # -- operations: daemon, privileges, reload --
     Setting("pidfile", "PATH", None, "write the master's pid to this file (-p overrides it)", to_pidfile, cli="-p"),
@@ -220,7 +93,7 @@ SETTINGS = [
     # -- limits and hardening --
     Setting("limit per-address", "N", 0, "most clients at once from one address (0: no limit)",
             to_int(0, 10 ** 6)),
-    Setting("limit rate", "N/SECONDS", None, "most new clients from one address in SECONDS", lambda tok: to_rate(tok)),
+    Setting("limit rate", "N/SECONDS", None, "most new clients from one address in SECONDS", to_rate),
     Setting("deny-private-destinations", "yes|no|auto", "auto",
             "refuse loopback, link-local and this host's addresses unless a rule names them "
             "(auto: for clients not on loopback)", to_choice("yes", "no", "auto")),

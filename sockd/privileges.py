@@ -12,6 +12,9 @@ Before a chroot everything that would be loaded from the file system later
 is loaded now: every sockd module, the codecs that name resolution may
 need, and the C library's name-service modules (by asking it once).  What
 must exist inside the directory is documented in sockd.conf(5).
+
+Imports only ``errors`` of sockd at load time (``preload`` imports the rest
+on purpose).  The directives' converters are in ``validators``.
 """
 
 import grp
@@ -20,38 +23,7 @@ import pwd
 import resource
 import socket
 
-from .errors import Bad, PrivilegeError
-
-
-def to_user(tok):
-    """``user NAME`` (or a number): a user that exists now."""
-    try:
-        if tok.isdigit():
-            pwd.getpwuid(int(tok))
-        else:
-            pwd.getpwnam(tok)
-    except (KeyError, OverflowError):
-        raise Bad("unknown user", tok) from None
-    return tok
-
-
-def to_group(tok):
-    try:
-        if tok.isdigit():
-            grp.getgrgid(int(tok))
-        else:
-            grp.getgrnam(tok)
-    except (KeyError, OverflowError):
-        raise Bad("unknown group", tok) from None
-    return tok
-
-
-def to_chroot(tok):
-    if not tok.startswith("/"):
-        raise Bad("the chroot directory must be an absolute path", tok)
-    if not os.path.isdir(tok):
-        raise Bad("no such directory", tok)
-    return os.path.normpath(tok)
+from .errors import PrivilegeError
 
 
 class Identity:
