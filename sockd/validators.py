@@ -57,7 +57,8 @@ def to_seconds(tok):
         v = float(t)
     except ValueError:
         raise Bad("not a duration (seconds, or a number with s, m, h or d)", tok) from None
-    if v < 0 or v * m > 10 * 365 * 86400:
+    # written so that nan, which compares false with everything, is refused too
+    if not 0 <= v * m <= 10 * 365 * 86400:
         raise Bad("duration out of range", tok)
     return v * m
 
@@ -99,7 +100,8 @@ def to_port(tok, proto="tcp"):
         return v
     try:
         return socket.getservbyname(tok, proto)
-    except OSError:
+    except (OSError, ValueError):
+        # ValueError: a NUL in the name, which the C library cannot be asked about
         raise Bad("unknown service name", tok) from None
 
 
@@ -147,7 +149,7 @@ def parse_rate(tok):
         raise ValueError("expected N/SECONDS")
     n = int(n)
     secs = float(secs)
-    if n < 1 or secs <= 0 or secs > 86400:
+    if n < 1 or not 0 < secs <= 86400:         # "not": nan is refused too
         raise ValueError("out of range")
     return n, secs
 
@@ -185,7 +187,8 @@ def to_user(tok):
             pwd.getpwuid(int(tok))
         else:
             pwd.getpwnam(tok)
-    except (KeyError, OverflowError):
+    except (KeyError, OverflowError, ValueError):
+        # ValueError: a NUL in the name, which no user has
         raise Bad("unknown user", tok) from None
     return tok
 
@@ -198,7 +201,7 @@ def to_group(tok):
             grp.getgrgid(int(tok))
         else:
             grp.getgrnam(tok)
-    except (KeyError, OverflowError):
+    except (KeyError, OverflowError, ValueError):
         raise Bad("unknown group", tok) from None
     return tok
 

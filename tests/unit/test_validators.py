@@ -36,6 +36,8 @@ def test_seconds_with_units():
     assert bad(V.to_seconds, "-1") == "duration out of range"
     assert bad(V.to_seconds, "3651d") == "duration out of range"
     assert bad(V.to_seconds, "inf") == "duration out of range"
+    assert bad(V.to_seconds, "nan") == "duration out of range"
+    assert bad(V.to_seconds, "-0.5m") == "duration out of range"
 
 
 def test_choice_bool_facility():
@@ -53,6 +55,7 @@ def test_port_numbers_and_names():
     assert V.to_port("telnet") == 23
     assert bad(V.to_port, "65536") == "port number out of range"
     assert bad(V.to_port, "nosuchservice") == "unknown service name"
+    assert bad(V.to_port, "tel\0net") == "unknown service name"
 
 
 @pytest.mark.parametrize("tok,want", [
@@ -82,7 +85,7 @@ def test_listen_port_mistake_is_near_the_port():
 def test_rate_address_pidfile():
     assert V.parse_rate("20/10") == (20, 10.0)
     assert V.to_rate("1/0.5") == (1, 0.5)
-    for tok in ("20", "0/10", "5/0", "5/86401", "x/1"):
+    for tok in ("20", "0/10", "5/0", "5/86401", "x/1", "5/nan", "5/inf"):
         assert bad(V.to_rate, tok).startswith("expected N/SECONDS (")
     with pytest.raises(ValueError):
         V.parse_rate("20")
@@ -95,8 +98,10 @@ def test_rate_address_pidfile():
 # --- properties -------------------------------------------------------------------------------
 
 CONVERTERS = [V.to_int(0, 256), V.to_seconds, V.to_choice("a", "b"), V.to_bool, V.to_facility, V.to_port,
-              V.to_listen, V.to_rate, V.to_address, V.to_pidfile]
-token = st.text(st.characters(blacklist_categories=("Cs", "Zs", "Cc")), min_size=1, max_size=40)
+              V.to_listen, V.to_rate, V.to_address, V.to_pidfile, V.to_user, V.to_group, V.to_chroot]
+# what a token of a sockd.conf line can be: anything but blanks (NULs included)
+token = st.text(st.characters(blacklist_categories=("Cs", "Zs"), blacklist_characters=" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85"),
+                min_size=1, max_size=40)
 
 
 @FAST
