@@ -1,7 +1,11 @@
 """The sockd command line.
 
-    sockd [-f FILE] [-F] [-D] [-p PIDFILE] [-N WORKERS] [-m fork|threads]
+    sockd [-f FILE] [-F] [-D] [-N N] [-m fork|threads] [-p PATH]
           [-i|-I] [-d LEVEL] [-V] [-ver|--version] [--inetd]
+
+-N, -m and -p are the flags of settings (settings.SETTINGS, ``cli``): the
+table gives their metavar, help and converter, and they override the
+configuration file.
 
 Without -F, the server becomes a daemon (daemonize.py) after binding its
 ports, so that a port that is taken or a live pid file is reported to the
@@ -17,14 +21,20 @@ import sys
 
 from . import __version__
 from . import config as C
-from .errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Halt, PidfileError
+from .config import printable
+from .errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Bad, Halt, PidfileError
 from .log import log
+from .settings import SETTINGS
 
 DEFAULT_CONFIG = "/etc/sockd.conf"
 
 
 
 def build_parser():
+    """The argument parser: the flags of the settings table (a setting's
+    ``cli``), each checked by the setting's own converter, and the flags
+    that are no setting.  Returns an argparse.ArgumentParser; its errors
+    exit with status 2 (EXIT_USAGE)."""
     p = argparse.ArgumentParser(
         prog="sockd", add_help=True,
         description="SOCKS 4, 4A and 5 proxy server in the classic sockd tradition.")
@@ -34,12 +44,10 @@ def build_parser():
                    help="stay in the foreground and copy log lines to stderr")
     p.add_argument("-D", dest="detach", action="store_true",
                    help="detach and run as a daemon, even when started by init or inetd")
-    p.add_argument("-p", dest="pidfile", metavar="PIDFILE",
-                   help="write the master's pid to PIDFILE (overrides 'pidfile' in the file)")
-    p.add_argument("-N", dest="workers", metavar="WORKERS", type=int,
-                   help="worker processes (default: the number of CPUs)")
-    p.add_argument("-m", dest="model", metavar="MODEL", choices=("fork", "threads"),
-                   help="process model: threads (pre-forked workers) or fork (a child per client)")
+    for s in SETTINGS:
+        if s.cli:
+            p.add_argument(s.cli, dest=s.attr, metavar=s.args, type=flag_type(s),
+                           help="%s; overrides '%s' in the file" % (s.doc, s.key))
     g = p.add_mutually_exclusive_group()
     g.add_argument("-i", dest="ident", action="store_const", const="i",
                    help="identd checks, lenient: refuse only when identd names another user")
@@ -53,6 +61,23 @@ def build_parser():
     p.add_argument("--inetd", dest="inetd", action="store_true",
                    help="serve the one client on standard input (started by inetd)")
     return p
+
+
+def flag_type(setting):
+    """The argparse ``type`` of a setting's flag: the text through the
+    setting's ``cli_value`` (when it has one), then its converter.  The
+    returned function returns the value (None: as if not given) and turns
+    the converter's Bad into argparse's ArgumentTypeError, a usage error."""
+    def convert(text):
+        if setting.cli_value is not None:
+            text = setting.cli_value(text)
+            if text is None:
+                return None
+        try:
+            return setting.convert(text)
+        except Bad as exc:
+            raise argparse.ArgumentTypeError("%s (near '%s')" % (exc, printable(text))) from None
+    return convert
 
 
 def normalise_argv(argv):
@@ -90,9 +115,6 @@ def main(argv=None):
         return EXIT_OK
     if args.verify:
         return verify(args.config)
-    if args.workers is not None and not 0 <= args.workers <= 256:
-        print("sockd: -N: expected 0 to 256 workers", file=sys.stderr)
-        return EXIT_USAGE
 
     if args.foreground and args.detach:
         print("sockd: -F and -D contradict each other", file=sys.stderr)
@@ -147,7 +169,7 @@ def serve(args, cfg, config_path):
     serve until stopped.  Returns the exit status."""
     from . import daemonize, pidfile, privileges, server
     limit = privileges.raise_nofile()
-    pid_path = os.path.abspath(args.pidfile) if args.pidfile else cfg.pidfile
+    pid_path = args.pidfile or cfg.pidfile          # -p: made absolute as it was read
     overrides = {}
     if args.workers is not None:
         overrides["workers"] = args.workers

@@ -1,8 +1,6 @@
 """Reading sockd.conf: server directives and classic permit/deny rules.
 
-One table, SETTINGS, names every directive with its argument form, default
-and one line of documentation; the parser, the command-line overrides and the
-test that checks sockd.conf(5) all read it.  A line is a rule when its first
+The directives are those of the table in ``settings``.  A line is a rule when its first
 word is ``permit`` or ``deny`` (any case, as 4.3 allowed), a special hook
 when it starts with ``#NO_IDENTD:`` or ``#BAD_ID:`` in column 0, and a
 directive otherwise; no directive keyword can ever be read as a rule.
@@ -17,90 +15,10 @@ import re
 
 from . import rules as R
 from .errors import Bad, ConfigError
-from .validators import (DEFAULT_PORT, to_address, to_bool, to_chroot, to_choice, to_facility, to_group,
-                         to_int, to_listen, to_pidfile, to_port, to_rate, to_seconds, to_user)
+from .settings import BY_KEY, GROUPS, SETTINGS
+from .validators import DEFAULT_PORT, to_listen, to_port  # noqa: F401  DEFAULT_PORT: the client's C.DEFAULT_PORT
 
 MAX_LINE = 1023
-
-
-class Setting:
-    """One directive: its words, argument converters, default and doc."""
-
-    def __init__(self, key, args, default, doc, convert=None, repeat=False, cli=None, many=False):
-        self.key = key            # "timeout negotiate"
-        self.args = args          # "SECONDS", for the docs and messages
-        self.default = default
-        self.doc = doc
-        self.convert = convert    # token -> value (one argument)
-        self.repeat = repeat      # a list, one entry per line
-        self.cli = cli            # the command-line flag that overrides it
-        self.many = many          # one or more arguments: a tuple of values
-
-    @property
-    def attr(self):
-        return self.key.replace(" ", "_").replace("-", "_")
-
-
-SETTINGS = [
-    Setting("listen", "ADDRESS:PORT", [("0.0.0.0", DEFAULT_PORT)],
-            "address and port to accept clients on; repeatable; [ADDRESS]:PORT for IPv6",
-            to_listen, repeat=True),
-    Setting("workers", "N", 0, "worker processes in the threads model (0: one per CPU)",
-            to_int(0, 256), cli="-N"),
-    Setting("model", "fork|threads", "threads",
-            "threads: pre-forked workers; fork: one child process per client", to_choice("fork", "threads"),
-            cli="-m"),
-    Setting("threads", "N", 16, "helper threads per worker for the steps that block (names, identd, passwords)",
-            to_int(1, 1024)),
-    Setting("limit clients", "N", 0,
-            "most clients served at once (0: no limit; in the fork model, 0 means 512 children)",
-            to_int(0, 10 ** 6)),
-    Setting("timeout negotiate", "SECONDS", 30.0,
-            "time a client has to send its whole greeting and request", to_seconds),
-    Setting("timeout connect", "SECONDS", 120.0,
-            "time to reach the destination (CONNECT) or receive the connection (BIND)", to_seconds),
-    Setting("timeout idle", "SECONDS", 7200.0, "a relay with no traffic either way for this long is closed (0: never)",
-            to_seconds),
-    Setting("log facility", "NAME", "daemon", "syslog facility", to_facility),
-    Setting("log socket", "PATH", "/dev/log", "the syslog socket to send to", str),
-    # -- who is asking: identd, methods, passwords --
-    Setting("timeout ident", "SECONDS", 15.0, "time the client's identd has to answer", to_seconds),
-    Setting("methods", "METHOD...", ("none",),
-            "SOCKS 5 methods offered, in order of preference: none, username", to_choice("none", "username"),
-            many=True),
-    Setting("passwd", "FILE", None, "RFC 1929 users: an htpasswd file with bcrypt hashes", str),
-    Setting("limit commands", "N", 4, "shell commands running at once, per worker", to_int(1, 256)),
-    # -- BIND, UDP, routing --
-    Setting("bind check-peer", "yes|no", True,
-            "BIND: the incoming connection must come from the address the request named", to_bool),
-    Setting("udp strict", "yes|no", True,
-            "UDP: drop datagrams from a client port other than the one announced (no: learn it)", to_bool),
-    Setting("udp advertise", "ADDRESS", None,
-            "UDP: the address to give clients for the relay (behind NAT); default: the one they reached",
-            to_address),
-    Setting("route", "FILE", None, "the multi-homed route file: local address per destination", str),
-    # -- operations: daemon, privileges, reload --
-    Setting("pidfile", "PATH", None, "write the master's pid to this file (-p overrides it)", to_pidfile, cli="-p"),
-    Setting("user", "NAME", None, "user that workers and children run as; the master binds its ports first",
-            to_user),
-    Setting("group", "NAME", None, "group that workers and children run as (default: the user's groups)",
-            to_group),
-    Setting("chroot", "DIR", None, "directory that workers and children are shut in", to_chroot),
-    Setting("timeout shutdown", "SECONDS", 30.0,
-            "after SIGTERM, the time live connections have to finish before they are closed", to_seconds),
-    Setting("reload recheck", "yes|no", False,
-            "after SIGHUP, close the live connections that the new rules refuse", to_bool),
-    # -- limits and hardening --
-    Setting("limit per-address", "N", 0, "most clients at once from one address (0: no limit)",
-            to_int(0, 10 ** 6)),
-    Setting("limit rate", "N/SECONDS", None, "most new clients from one address in SECONDS", to_rate),
-    Setting("deny-private-destinations", "yes|no|auto", "auto",
-            "refuse loopback, link-local and this host's addresses unless a rule names them "
-            "(auto: for clients not on loopback)", to_choice("yes", "no", "auto")),
-]
-BY_KEY = {s.key: s for s in SETTINGS}
-GROUPS = {k.split(" ", 1)[0] for k in BY_KEY if " " in k}
-
 
 class Config:
     """A parsed configuration.  Settings are attributes named after their key
