@@ -20,9 +20,9 @@ import os
 import sys
 
 from . import __version__
-from . import config as C
+from . import configload
 from .config import printable
-from .errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Bad, Halt, PidfileError
+from .errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Bad, ConfigError, Halt, PidfileError
 from .log import log
 from .settings import SETTINGS
 
@@ -88,8 +88,8 @@ def normalise_argv(argv):
 def verify(path):
     """sockd -V: list every problem; exit 0 when there is none."""
     try:
-        cfg = C.load(path)
-    except C.ConfigError as exc:
+        cfg = configload.load(path)
+    except ConfigError as exc:
         for line in exc.lines():
             print(line, file=sys.stderr)
         print("sockd: %s: %d problem%s" % (path, len(exc.problems), "" if len(exc.problems) == 1 else "s"),
@@ -129,8 +129,8 @@ def main(argv=None):
     if inetd:
         return run_inetd(args, config_path)
     try:
-        cfg = C.load(config_path)
-    except C.ConfigError as exc:
+        cfg = configload.load(config_path)
+    except ConfigError as exc:
         for line in exc.lines():
             log.error(line)
             if not log.stderr:
@@ -221,8 +221,8 @@ def run_inetd(args, config_path):
     if cfg is None:
         try:
             with cache.Recording() as files:
-                cfg = C.load(config_path)
-        except C.ConfigError as exc:
+                cfg = configload.load(config_path)
+        except ConfigError as exc:
             for line in exc.lines():
                 log.error(line)
             return EXIT_ERROR

@@ -7,7 +7,16 @@ directive otherwise; no directive keyword can ever be read as a rule.
 
 The parser reports every problem it finds, each as ``FILE:LINE: message
 (near 'token')``, and never raises anything but ConfigError for a user's
-mistake.  The only I/O here is reading the file and the userfiles it names.
+mistake.  ``parse_text`` is pure, text in and Config out: it opens no file
+and asks the system nothing (but for service names, see validators).  The
+files a configuration names, the checks of ``user``, ``group`` and
+``chroot`` and the host's addresses are the edge's, configload.load, which
+runs the same steps -- read_lines, check_together, finish -- with its I/O
+between them.  The line grammar (split_line, parse_rule, read_userfile)
+is shared with the client library's socks.conf.
+
+Imports only errors, rules, settings and validators of sockd: the client
+library imports this module and must not pull in the server.
 """
 
 import ipaddress
@@ -34,6 +43,7 @@ class Config:
         self.own_addresses = frozenset()   # this host's addresses, for deny-private
         self.warnings = []
         self.explicit = set()
+        self.line_of = {}         # setting key -> the line it was (first) given on
         for s in SETTINGS:
             setattr(self, s.attr, list(s.default) if s.repeat else s.default)
 
@@ -199,37 +209,62 @@ def parse_fields(rest):
     raise first_error
 
 
-def read_userfile(path):
+def parse_userfile(text):
     """The names of a userfile: separated by blanks, tabs and commas, with #
-    comments.  Returns a frozenset, or None when it cannot be read."""
-    try:
-        with open(path, "r", encoding="utf-8", errors="replace") as f:
-            data = f.read(1 << 22)
-    except OSError:
-        return None
+    comments.  Returns a frozenset."""
     names = set()
-    for raw in data.splitlines():
+    for raw in text.splitlines():
         raw = raw.split("#", 1)[0]
         names.update(n for n in raw.replace(",", " ").split() if n)
     return frozenset(names)
 
 
-def parse_text(text, path="-", config=None):
-    """Parse configuration text.  Returns a Config, raises ConfigError."""
-    cfg = config or Config(path)
+def read_userfile(path):
+    """The names of the userfile at ``path``.  Returns a frozenset, or None
+    when it cannot be read.  Blocks on the file system: the one function
+    here that opens a file; parse_text never calls it (configload and the
+    client library's socks.conf loader do)."""
+    try:
+        with open(path, "r", encoding="utf-8", errors="replace") as f:
+            data = f.read(1 << 22)
+    except OSError:
+        return None
+    return parse_userfile(data)
+
+
+def located(path, lineno, message, token=None):
+    """A problem as ConfigError keeps it: (path, line, "message (near
+    'token')"), the token made printable."""
+    if token is not None:
+        message = "%s (near '%s')" % (message, printable(token))
+    return path, lineno, message
+
+
+def parse_text(text, path="-"):
+    """Parse configuration text, with no I/O at all: the files it names
+    (userfiles, passwd, route) are not read, ``user``, ``group`` and
+    ``chroot`` are not looked up, the host's addresses are not asked for --
+    configload.load does all that around the same three steps.  Returns a
+    Config; raises ConfigError with every problem."""
+    cfg, problems = read_lines(text, path)
+    if not problems:
+        problems = check_together(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return finish(cfg)
+
+
+def read_lines(text, path="-"):
+    """The first step: every line on its own.  Returns (Config, problems in
+    line order).  The Config has its settings, ``line_of`` (the line each
+    setting was given on) and, when there are no problems, its ruleset."""
+    cfg = Config(path)
     problems = []
     rules = []
     no_identd = bad_id = None
-    seen = {}
-
-    def problem(lineno, message, token=None):
-        if token is not None:
-            message = "%s (near '%s')" % (message, printable(token))
-        problems.append((path, lineno, message))
-
     for lineno, raw in enumerate(text.splitlines(), 1):
         if len(raw) > MAX_LINE:
-            problem(lineno, "line longer than %d characters" % MAX_LINE)
+            problems.append(located(path, lineno, "line longer than %d characters" % MAX_LINE))
             continue
         for prefix in ("#NO_IDENTD:", "#BAD_ID:"):
             if raw.startswith(prefix):
@@ -243,7 +278,7 @@ def parse_text(text, path="-", config=None):
             tokens, command = split_line(raw)
             if not tokens:
                 if command is not None:
-                    problem(lineno, "shell command without a rule")
+                    problems.append(located(path, lineno, "shell command without a rule"))
                 continue
             word = tokens[0]
             try:
@@ -253,61 +288,45 @@ def parse_text(text, path="-", config=None):
                     if command is not None:
                         # a directive has no ':' command; put it back (paths may hold ':')
                         tokens, command = raw.split("#", 1)[0].replace("\t", " ").split(), None
-                    parse_directive(cfg, tokens, seen, lineno)
+                    parse_directive(cfg, tokens, lineno)
             except Bad as exc:
-                problem(lineno, str(exc), exc.token)
+                problems.append(located(path, lineno, str(exc), exc.token))
     if not problems:
-        check_methods(cfg, seen, problems, path)
-        load_route(cfg, seen, problems, path)
-    if problems:
-        raise ConfigError(problems)
-    userfiles = {}
-    for r in rules:
-        for u in r.users or ():
-            if u.startswith("/") and u not in userfiles:
-                userfiles[u] = read_userfile(u)
-                if userfiles[u] is None:
-                    cfg.warnings.append((r.file, r.line, "Unable to open userfile (%s)" % u))
-    cfg.ruleset = R.Ruleset(rules, no_identd, bad_id, userfiles)
+        # the userfiles' names are filled in by whoever reads them (configload)
+        cfg.ruleset = R.Ruleset(rules, no_identd, bad_id)
+    return cfg, problems
+
+
+def check_together(cfg):
+    """The second step: what no line tells on its own -- ``methods
+    username`` needs a ``passwd`` line.  Returns the problems."""
+    if "username" in cfg.methods and not cfg.passwd:
+        return [(cfg.path, cfg.line_of.get("methods", 0), "'methods username' needs a 'passwd FILE' line")]
+    return []
+
+
+def finish(cfg):
+    """The last step: the warnings about the whole file (after any the edge
+    has added about the files it read).  Returns ``cfg``."""
     if not cfg.ruleset.has_permit:
-        cfg.warnings.append((path, 0, "no permit line: every request will be refused"))
+        cfg.warnings.append((cfg.path, 0, "no permit line: every request will be refused"))
     open_proxy_warnings(cfg)
-    if cfg.deny_private_destinations != "no":
-        from . import netinfo
-        cfg.own_addresses = netinfo.local_addresses()
     return cfg
 
 
-def load_route(cfg, seen, problems, path):
-    """Read the route file the configuration names (its problems are ours)."""
-    cfg.route_table = None
-    if not cfg.route:
-        return
-    from . import route
-    table, route_problems = route.load(cfg.route)
-    for f, line, msg in route_problems:
-        problems.append((path, seen.get("route", 0), msg) if line == 0 else (f, line, msg))
-    cfg.route_table = table
+def userfiles_named(cfg):
+    """Each /path that a *= list names, with the first rule naming it:
+    [(path, rule)] in file order."""
+    out, seen = [], set()
+    for r in cfg.ruleset.rules:
+        for u in r.users or ():
+            if u.startswith("/") and u not in seen:
+                seen.add(u)
+                out.append((u, r))
+    return out
 
 
-def check_methods(cfg, seen, problems, path):
-    """``methods username`` needs a ``passwd`` file, which is read now."""
-    cfg.passwd_db = None
-    if "username" in cfg.methods and not cfg.passwd:
-        problems.append((path, seen.get("methods", 0), "'methods username' needs a 'passwd FILE' line"))
-        return
-    if cfg.passwd:
-        from . import passwd as PW
-        try:
-            cfg.passwd_db = PW.PasswdFile.load(cfg.passwd)
-        except ValueError as exc:
-            for f, line, msg in exc.args[0]:
-                problems.append((f, line, msg))
-            if exc.args[0] and exc.args[0][0][1] == 0:
-                problems[-1] = (path, seen.get("passwd", 0), "passwd %s: %s" % (cfg.passwd, exc.args[0][0][2]))
-
-
-def parse_listen_proxy(cfg, args, seen, lineno):
+def parse_listen_proxy(cfg, args, lineno):
     """``listen ADDRESS:PORT proxy-protocol CIDR...``: this listener takes
     clients from load balancers at those addresses only, each connection
     opening with a PROXY protocol header."""
@@ -329,15 +348,16 @@ def parse_listen_proxy(cfg, args, seen, lineno):
                 raise Bad("load balancers are given by address or CIDR", part)
             trusted.append(spec)
     hostport = to_listen(args[0])
-    if "listen" not in seen:
+    if "listen" not in cfg.line_of:
         cfg.set("listen", [])
     nth = cfg.listen.count(hostport)       # "listen X:0" twice is two listeners
     cfg.listen.append(hostport)
     cfg.listen_proxy[hostport + (nth,)] = tuple(trusted)
-    seen.setdefault("listen", lineno)
+    cfg.line_of.setdefault("listen", lineno)
 
 
-def parse_directive(cfg, tokens, seen, lineno):
+def parse_directive(cfg, tokens, lineno):
+    """One directive line (already split) into ``cfg``.  Raises Bad."""
     word = tokens[0].lower()
     if word in GROUPS:
         if len(tokens) < 2:
@@ -353,7 +373,7 @@ def parse_directive(cfg, tokens, seen, lineno):
             raise Bad("unknown directive (rules start with permit or deny)", tokens[0])
     s = BY_KEY[key]
     if key == "listen" and len(args) > 1:
-        parse_listen_proxy(cfg, args, seen, lineno)
+        parse_listen_proxy(cfg, args, lineno)
         return
     if s.many:
         if not args:
@@ -366,14 +386,14 @@ def parse_directive(cfg, tokens, seen, lineno):
     else:
         value = s.convert(args[0])
     if s.repeat:
-        if key not in seen:
+        if key not in cfg.line_of:
             cfg.set(key, [])
         cfg.get(key).append(value)
     else:
-        if key in seen:
-            raise Bad("'%s' given twice (first on line %d)" % (key, seen[key]), tokens[0])
+        if key in cfg.line_of:
+            raise Bad("'%s' given twice (first on line %d)" % (key, cfg.line_of[key]), tokens[0])
         cfg.set(key, value)
-    seen.setdefault(key, lineno)
+    cfg.line_of.setdefault(key, lineno)
 
 
 def open_proxy_warnings(cfg):
@@ -391,14 +411,12 @@ def open_proxy_warnings(cfg):
                                      "%s:%d" % hp for hp in public)))
 
 
-def load(path):
-    """Read and parse a configuration file.  Raises ConfigError."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(1 << 24)
-    except OSError as exc:
-        raise ConfigError([(path, 0, "cannot read: %s" % exc.strerror)]) from None
-    return parse_text(data.decode("utf-8", "replace"), path)
+def load(path):  # TEMPORARY: server.py's reload, until the process split lands
+    """configload.load, for server.py alone; goes when server.py calls
+    configload itself.  The import is here, not at the top, only because
+    configload imports this module: it goes with the alias."""
+    from . import configload
+    return configload.load(path)
 
 
 def printable(text, limit=60):

@@ -11,7 +11,8 @@ Pure data; imports only ``validators`` of sockd.
 import os
 
 from .validators import (DEFAULT_PORT, to_address, to_bool, to_chroot, to_choice, to_facility, to_group,
-                         to_int, to_listen, to_pidfile, to_rate, to_seconds, to_user)
+                         to_int, to_listen, to_pidfile, to_rate, to_seconds, to_user, system_chroot, system_group,
+                         system_user)
 
 
 def shell_path(text):
@@ -27,7 +28,7 @@ class Setting:
     and the command-line flag that overrides it, if any."""
 
     def __init__(self, key, args, default, doc, convert=None, repeat=False, cli=None, many=False,
-                 cli_value=None):
+                 cli_value=None, check=None):
         self.key = key            # "timeout negotiate"
         self.args = args          # "SECONDS": the docs, the messages and the flag's metavar
         self.default = default
@@ -39,6 +40,9 @@ class Setting:
         # the flag's text before the converter sees it (None: as given); it
         # returns None for "as if the flag were not given"
         self.cli_value = cli_value
+        # value -> value, raises Bad: what only the running system can tell
+        # (does the user exist?); run by configload, never by the parser
+        self.check = check
 
     @property
     def attr(self):
@@ -87,10 +91,11 @@ SETTINGS = [
     Setting("pidfile", "PATH", None, "write the master's pid to PATH", to_pidfile,
             cli="-p", cli_value=shell_path),
     Setting("user", "NAME", None, "user that workers and children run as; the master binds its ports first",
-            to_user),
+            to_user, check=system_user),
     Setting("group", "NAME", None, "group that workers and children run as (default: the user's groups)",
-            to_group),
-    Setting("chroot", "DIR", None, "directory that workers and children are shut in", to_chroot),
+            to_group, check=system_group),
+    Setting("chroot", "DIR", None, "directory that workers and children are shut in", to_chroot,
+            check=system_chroot),
     Setting("timeout shutdown", "SECONDS", 30.0,
             "after SIGTERM, the time live connections have to finish before they are closed", to_seconds),
     Setting("reload recheck", "yes|no", False,

@@ -16,11 +16,13 @@ import socket
 import sys
 import tempfile
 
-from . import config as C
+from . import configload
 from . import rules as R
 from . import shell
 from .addresses import service_name
 from .errors import EXIT_TOOL_USAGE as EXIT_USAGE
+from .errors import Bad, ConfigError
+from .validators import to_port
 
 
 
@@ -63,14 +65,14 @@ def test_sockd_conf(argv=None):
     except SystemExit as exc:
         return 0 if exc.code == 0 else EXIT_USAGE
     try:
-        cfg = C.load(a.config)
-    except C.ConfigError as exc:
+        cfg = configload.load(a.config)
+    except ConfigError as exc:
         for line in exc.lines():
             print(line, file=sys.stderr)
         return EXIT_USAGE
     try:
-        port = C.to_port(a.port)
-    except C.Bad as exc:
+        port = to_port(a.port)
+    except Bad as exc:
         print("test_sockd_conf: %s: %s" % (a.port, exc), file=sys.stderr)
         return EXIT_USAGE
     try:

@@ -3,9 +3,13 @@ supervisor's ``datatypes``: each takes one token (a string) and returns the
 value, or raises ``errors.Bad`` with the message and the token it is near.
 The parser adds the file and the line.
 
-Pure, but for a service name (``eq telnet``), looked up in the C library's
-services table as the C sockd does, and for the user, group and chroot
-converters, which still ask the system whether what they name exists.
+Pure: no converter opens a file or asks the system whether something
+exists, but for a service name (``eq telnet``), looked up in the C
+library's services table as the C sockd does.  What only the running
+system can answer -- does this user or group exist, is this a directory --
+is asked by the ``system_*`` checks at the end, which the parser never
+calls: the edge (``configload``) runs them on the values the parser
+returned, as the table's ``check`` says.
 
 Imports only ``errors`` and ``rules`` (for the host-name grammar) of sockd:
 the client library uses these converters too, and must not pull in the
@@ -180,37 +184,58 @@ def to_pidfile(tok):
 
 
 def to_user(tok):
-    """``user NAME`` (or a number): a user that exists now.  Returns it,
-    raises Bad.  Reads the passwd database."""
-    try:
-        if tok.isdigit():
-            pwd.getpwuid(int(tok))
-        else:
-            pwd.getpwnam(tok)
-    except (KeyError, OverflowError, ValueError):
-        # ValueError: a NUL in the name, which no user has
-        raise Bad("unknown user", tok) from None
+    """``user NAME`` or a number.  Returns it as written; whether the user
+    exists is system_user's question, asked at the edge."""
     return tok
 
 
 def to_group(tok):
-    """``group NAME`` (or a number): a group that exists now.  Returns it,
-    raises Bad.  Reads the group database."""
-    try:
-        if tok.isdigit():
-            grp.getgrgid(int(tok))
-        else:
-            grp.getgrnam(tok)
-    except (KeyError, OverflowError, ValueError):
-        raise Bad("unknown group", tok) from None
+    """``group NAME`` or a number.  Returns it as written; whether the group
+    exists is system_group's question, asked at the edge."""
     return tok
 
 
 def to_chroot(tok):
-    """``chroot DIR``: an absolute path to a directory that exists.  Returns
-    it normalised, raises Bad.  Looks at the file system."""
+    """``chroot DIR``: an absolute path.  Returns it as written (system_chroot
+    checks and normalises it at the edge), raises Bad."""
     if not tok.startswith("/"):
         raise Bad("the chroot directory must be an absolute path", tok)
-    if not os.path.isdir(tok):
-        raise Bad("no such directory", tok)
-    return os.path.normpath(tok)
+    return tok
+
+
+# --- checks that consult the system: never called by the parser ---------------------------
+
+def system_user(value):
+    """The user of ``user`` exists now.  Returns it, raises Bad.  Reads the
+    passwd database."""
+    try:
+        if value.isdigit():
+            pwd.getpwuid(int(value))
+        else:
+            pwd.getpwnam(value)
+    except (KeyError, OverflowError, ValueError):
+        # ValueError: a NUL in the name, which no user has
+        raise Bad("unknown user", value) from None
+    return value
+
+
+def system_group(value):
+    """The group of ``group`` exists now.  Returns it, raises Bad.  Reads the
+    group database."""
+    try:
+        if value.isdigit():
+            grp.getgrgid(int(value))
+        else:
+            grp.getgrnam(value)
+    except (KeyError, OverflowError, ValueError):
+        raise Bad("unknown group", value) from None
+    return value
+
+
+def system_chroot(value):
+    """The directory of ``chroot`` exists.  Returns the path normalised
+    (checked as written, as before: ``/gone/../srv`` is no directory),
+    raises Bad.  Looks at the file system."""
+    if not os.path.isdir(value):
+        raise Bad("no such directory", value)
+    return os.path.normpath(value)

@@ -92,20 +92,6 @@ def test_passwd_verify_and_reload(tmp_path):
     assert db.verify("alice", b"new")
 
 
-def test_methods_username_needs_a_passwd_file(tmp_path):
-    with pytest.raises(C.ConfigError) as e:
-        C.parse_text("methods username none\npermit 0/0\n", "x.conf")
-    assert e.value.problems[0][:2] == ("x.conf", 1)
-    bad = tmp_path / "users"
-    bad.write_text("alice:plaintext\n")
-    with pytest.raises(C.ConfigError) as e:
-        C.parse_text("methods username\npasswd %s\npermit 0/0\n" % bad, "x.conf")
-    assert e.value.problems[0][:2] == (str(bad), 1)
-    with pytest.raises(C.ConfigError) as e:
-        C.parse_text("methods username gssapi\n", "x.conf")
-    assert "near 'gssapi'" in e.value.problems[0][2]
-
-
 # --- the rules engine stops for a user it does not know yet ----------------------------------------
 
 def test_need_user_for_lines_that_ask_identd():

@@ -11,6 +11,7 @@ import pytest
 
 from sockd import cache as K
 from sockd import config as C
+from sockd import configload as L
 from sockd import pidfile as PF
 from sockd import rules as R
 
@@ -54,7 +55,7 @@ def same(a, b):
 
 
 def test_round_trip_keeps_every_setting_and_decision(conf):
-    cfg = C.load(str(conf))
+    cfg = L.load(str(conf))
     back = K.decode(K.encode_checked(cfg))
     same(cfg, back)
     for s in C.SETTINGS:
@@ -72,7 +73,7 @@ def test_only_sockd_classes_and_no_code(conf):
         K.encode({"x": open(os.devnull)})
     with pytest.raises(K.Uncacheable):
         K.encode(lambda: 0)
-    blob = K.encode(C.load(str(conf))).decode()
+    blob = K.encode(L.load(str(conf))).decode()
     classes, data = blob.split("\n", 1)
     for evil in ([["os", "system", [], None]], [["posixpath", "join", [], None]],
                  [["sockd.cli", "main", [], None]], [["sockd.rules", "AddrSpec", ["__class__"], None]],
@@ -86,7 +87,7 @@ def test_only_sockd_classes_and_no_code(conf):
 def test_cache_file_used_only_while_valid_and_trusted(conf, tmp_path):
     d = tmp_path / "cache"
     with K.Recording() as files:
-        cfg = C.load(str(conf))
+        cfg = L.load(str(conf))
     users = str(tmp_path / "users")
     assert str(conf) in files and users in files
     assert K.load(str(conf), str(d)) is None                # nothing yet
@@ -198,19 +199,3 @@ def test_pidfile_in_a_missing_directory_is_a_clear_error(tmp_path):
     with pytest.raises(PF.PidfileError, match="cannot write pid file .*No such file or directory"):
         PF.write(str(tmp_path / "no" / "such" / "s.pid"))
 
-
-def test_directives_parse_and_refuse_mistakes():
-    cfg = C.parse_text("user nobody\ngroup nogroup\nchroot /\npidfile /run/x.pid\ntimeout shutdown 2m\n"
-                       "reload recheck yes\npermit 0/0\n")
-    assert (cfg.user, cfg.group, cfg.chroot, cfg.pidfile, cfg.timeout_shutdown, cfg.reload_recheck) == \
-        ("nobody", "nogroup", "/", "/run/x.pid", 120.0, True)
-    with pytest.raises(C.ConfigError) as e:
-        C.parse_text("user no-such-user-xyz\ngroup no-such-group-xyz\nchroot relative\nchroot /no/such/dir\n"
-                     "pidfile x.pid\nreload recheck maybe\ntimeout shutdown soon\n")
-    lines = e.value.lines()
-    assert lines == ["-:1: unknown user (near 'no-such-user-xyz')", "-:2: unknown group (near 'no-such-group-xyz')",
-                     "-:3: the chroot directory must be an absolute path (near 'relative')",
-                     "-:4: no such directory (near '/no/such/dir')",
-                     "-:5: the pid file must be an absolute path (near 'x.pid')",
-                     "-:6: expected yes or no (near 'maybe')",
-                     "-:7: not a duration (seconds, or a number with s, m, h or d) (near 'soon')"]
