@@ -22,7 +22,8 @@ import sys
 from . import __version__
 from . import configload
 from .config import printable
-from .errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Bad, ConfigError, Halt, PidfileError
+from .errors import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, Bad, ConfigError, Halt, PidfileError, report_config_error,
+                     to_stderr)
 from .log import log
 from .settings import SETTINGS
 
@@ -90,8 +91,7 @@ def verify(path):
     try:
         cfg = configload.load(path)
     except ConfigError as exc:
-        for line in exc.lines():
-            print(line, file=sys.stderr)
+        report_config_error(exc, to_stderr)
         print("sockd: %s: %d problem%s" % (path, len(exc.problems), "" if len(exc.problems) == 1 else "s"),
               file=sys.stderr)
         return EXIT_ERROR
@@ -131,10 +131,8 @@ def main(argv=None):
     try:
         cfg = configload.load(config_path)
     except ConfigError as exc:
-        for line in exc.lines():
-            log.error(line)
-            if not log.stderr:
-                print(line, file=sys.stderr)
+        # on the terminal too, unless -F copies the log lines there already
+        report_config_error(exc, *([log.error] if log.stderr else [log.error, to_stderr]))
         return EXIT_ERROR
     log.configure(facility=cfg.log_facility, socket_path=cfg.log_socket)
     for f, line, msg in cfg.warnings:
@@ -223,8 +221,7 @@ def run_inetd(args, config_path):
             with cache.Recording() as files:
                 cfg = configload.load(config_path)
         except ConfigError as exc:
-            for line in exc.lines():
-                log.error(line)
+            report_config_error(exc, log.error)
             return EXIT_ERROR
     log.configure(facility=cfg.log_facility, socket_path=cfg.log_socket)
     if files is None:

@@ -21,7 +21,7 @@ from . import rules as R
 from . import shell
 from .addresses import service_name
 from .errors import EXIT_TOOL_USAGE as EXIT_USAGE
-from .errors import Bad, ConfigError
+from .errors import Bad, ConfigError, report_config_error, to_stderr
 from .validators import to_port
 
 
@@ -67,8 +67,7 @@ def test_sockd_conf(argv=None):
     try:
         cfg = configload.load(a.config)
     except ConfigError as exc:
-        for line in exc.lines():
-            print(line, file=sys.stderr)
+        report_config_error(exc, to_stderr)
         return EXIT_USAGE
     try:
         port = to_port(a.port)

@@ -78,3 +78,20 @@ def test_verify_lists_problems_and_warnings(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert out == "%s: OK, 1 rule, listening on [::1]:1\n" % warn
     assert err == "%s:0: warning: no permit line: every request will be refused\n" % warn
+
+
+@pytest.mark.parametrize("foreground", [False, True])
+def test_a_broken_file_stops_the_start_with_its_lines(tmp_path, capsys, monkeypatch, foreground):
+    from sockd.log import log
+    logged = []
+    monkeypatch.setattr(log, "error", logged.append)
+    monkeypatch.setattr(log, "stderr", False)
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    bad = tmp_path / "bad.conf"
+    bad.write_text("workers many\nuser no-such-user-xyz\n")
+    argv = ["-f", str(bad)] + (["-F"] if foreground else ["-D"])
+    assert cli.main(argv) == 1
+    want = ["%s:1: not a number (near 'many')" % bad, "%s:2: unknown user (near 'no-such-user-xyz')" % bad]
+    assert logged == want
+    # -F copies every log line to stderr itself; otherwise the lines are printed there too
+    assert capsys.readouterr().err == ("" if foreground else "".join(w + "\n" for w in want))
