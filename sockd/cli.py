@@ -18,9 +18,10 @@ non-zero status, never a traceback.
 import argparse
 import os
 import sys
+import traceback
 
 from . import __version__
-from . import configload
+from . import cache, configload, daemonize, pidfile, privileges, server
 from .config import printable
 from .errors import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, Bad, ConfigError, Halt, PidfileError, report_config_error,
                      to_stderr)
@@ -120,7 +121,6 @@ def main(argv=None):
         print("sockd: -F and -D contradict each other", file=sys.stderr)
         return EXIT_USAGE
 
-    from . import server
     inetd = args.inetd or (not args.foreground and not args.detach and server.stdin_is_socket())
     log.stderr = args.foreground and not inetd and not stderr_is_journal()
     log.debug_level = args.debug
@@ -165,7 +165,6 @@ def fail(message):
 def serve(args, cfg, config_path):
     """The stand-alone server: bind, become a daemon, write the pid file,
     serve until stopped.  Returns the exit status."""
-    from . import daemonize, pidfile, privileges, server
     limit = privileges.raise_nofile()
     pid_path = args.pidfile or cfg.pidfile          # -p: made absolute as it was read
     overrides = {}
@@ -198,7 +197,6 @@ def serve(args, cfg, config_path):
     try:
         return master.run(ready)
     except Exception as exc:            # a bug: say so in the log, not only on a closed stderr
-        import traceback
         log.error("internal error: %s: %s" % (type(exc).__name__, exc))
         for line in traceback.format_exc().splitlines():
             log.error(line)
@@ -213,7 +211,6 @@ def serve(args, cfg, config_path):
 def run_inetd(args, config_path):
     """inetd mode: one client on standard input, with the configuration
     from the cache when it is still valid (see cache.py)."""
-    from . import cache, server
     cfg = cache.load(config_path)
     files = None
     if cfg is None:
@@ -242,7 +239,6 @@ def run_inetd(args, config_path):
 def write_cache_aside(config_path, cfg, files):
     """Write the cache in a child, so that the client is not kept waiting;
     the child lets go of the client's socket (fds 0-2) at once."""
-    from . import cache
     try:
         pid = os.fork()
     except OSError:

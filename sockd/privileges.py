@@ -18,11 +18,14 @@ on purpose).  The directives' converters are in ``validators``.
 """
 
 import grp
+import importlib
 import os
+import pkgutil
 import pwd
 import resource
 import socket
 
+import sockd
 from .errors import PrivilegeError
 
 
@@ -87,11 +90,9 @@ def preload():
     if _preloaded:
         return
     _preloaded = True
-    import importlib
-    import pkgutil
+    # loading these is this function's whole job, so they are imported here
     import encodings.idna      # noqa: F401  getaddrinfo() of a non-ASCII name
     import traceback           # noqa: F401  error reports
-    import sockd
     # the server's own modules (not the client library, the command-line
     # tools or __main__, which would run a sockd when imported)
     for m in pkgutil.iter_modules(sockd.__path__):

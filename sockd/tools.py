@@ -17,6 +17,7 @@ import sys
 import tempfile
 
 from . import configload
+from . import passwd as PW
 from . import rules as R
 from . import shell
 from .addresses import service_name
@@ -120,7 +121,6 @@ def test_sockd_conf(argv=None):
 
 def sockd_passwd(argv=None):
     """Add, change or delete a user of an htpasswd file (bcrypt only)."""
-    from . import passwd as PW
     p = argparse.ArgumentParser(prog="sockd-passwd",
                                 description="Add or change a user's password in a sockd passwd file.")
     p.add_argument("-c", dest="create", action="store_true", help="create FILE if it does not exist")
