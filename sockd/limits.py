@@ -196,8 +196,3 @@ class Limits:
             start = self.count_off + column * SLOTS * COUNT.size
             self.mem[start:start + SLOTS * COUNT.size] = bytes(SLOTS * COUNT.size)
             COUNT.pack_into(self.mem, self.totals_off + column * COUNT.size, 0)
-
-    def clients(self):
-        with self.lock:
-            return self._total()
-

@@ -42,16 +42,6 @@ class Identity:
     def changes_anything(self):
         return self.uid is not None or self.gid is not None or self.chroot is not None
 
-    def describe(self):
-        parts = []
-        if self.uid is not None:
-            parts.append("user %s (uid %d)" % (self.user, self.uid))
-        if self.gid is not None:
-            parts.append("gid %d" % self.gid)
-        if self.chroot:
-            parts.append("chroot %s" % self.chroot)
-        return ", ".join(parts) or "unchanged"
-
 
 def resolve(cfg):
     """The Identity a configuration asks for.  Raises PrivilegeError."""
