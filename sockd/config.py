@@ -1,9 +1,10 @@
 """Reading sockd.conf: server directives and classic permit/deny rules.
 
-The directives are those of the table in ``settings``.  A line is a rule when its first
-word is ``permit`` or ``deny`` (any case, as 4.3 allowed), a special hook
-when it starts with ``#NO_IDENTD:`` or ``#BAD_ID:`` in column 0, and a
-directive otherwise; no directive keyword can ever be read as a rule.
+The directives are those of the table in ``settings``.  A line is a rule
+when its first word is ``permit`` or ``deny`` (any case, as 4.3 allowed), a
+special hook when it starts with ``#NO_IDENTD:`` or ``#BAD_ID:`` in column
+0, and a directive otherwise; no directive keyword can ever be read as a
+rule.
 
 The parser reports every problem it finds, each as ``FILE:LINE: message
 (near 'token')``, and never raises anything but ConfigError for a user's
@@ -29,10 +30,15 @@ from .validators import DEFAULT_PORT, to_listen, to_port  # noqa: F401  DEFAULT_
 
 MAX_LINE = 1023
 
+
 class Config:
     """A parsed configuration.  Settings are attributes named after their key
     (``timeout negotiate`` -> ``timeout_negotiate``); ``ruleset`` holds the
-    rules; ``warnings`` the (file, line, message) notes that are not errors."""
+    rules; ``warnings`` the (file, line, message) notes that are not errors;
+    ``line_of`` the line each setting was given on, for the messages about
+    it that come later (configload's system checks).  ``passwd_db``,
+    ``route_table`` and ``own_addresses`` stay empty until configload fills
+    them."""
 
     def __init__(self, path):
         self.path = path
