@@ -31,7 +31,6 @@ from .settings import SETTINGS
 DEFAULT_CONFIG = "/etc/sockd.conf"
 
 
-
 def build_parser():
     """The argument parser: the flags of the settings table (a setting's
     ``cli``), each checked by the setting's own converter, and the flags
@@ -88,7 +87,9 @@ def normalise_argv(argv):
 
 
 def verify(path):
-    """sockd -V: list every problem; exit 0 when there is none."""
+    """sockd -V: every problem and warning of the file at ``path`` on
+    stderr, a summary on stdout when it is usable.  Returns EXIT_OK or
+    EXIT_ERROR; blocks on the files the configuration names."""
     try:
         cfg = configload.load(path)
     except ConfigError as exc:
@@ -105,6 +106,9 @@ def verify(path):
 
 
 def main(argv=None):
+    """The sockd command: ``argv`` (default sys.argv[1:]) read, then
+    --version, -V, inetd mode or the stand-alone server.  Returns the exit
+    status; a user's mistake never raises.  Serves until stopped."""
     argv = normalise_argv(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:

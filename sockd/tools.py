@@ -26,7 +26,6 @@ from .errors import Bad, ConfigError, report_config_error, to_stderr
 from .validators import to_port
 
 
-
 def _address(text):
     """An address literal, or the first address of a name: (ip, names)."""
     try:
