@@ -30,6 +30,7 @@ import inspect
 import json
 import math
 import os
+import stat as S
 import sys
 import tempfile
 
@@ -317,7 +318,6 @@ def fingerprint_file(path):
         return None
     try:
         st = os.fstat(fd)
-        import stat as S
         if S.S_ISDIR(st.st_mode):
             return "dir:" + hashlib.sha256("\0".join(sorted(os.listdir(path))).encode("utf-8", "replace")
                                            ).hexdigest()
@@ -388,7 +388,6 @@ def load(config_path, directory=None):
     if path is None:
         return None
     try:
-        import stat as S
         dst = os.lstat(os.path.dirname(path))
         if not S.S_ISDIR(dst.st_mode) or not _trusted(dst):
             return None

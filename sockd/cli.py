@@ -1,7 +1,11 @@
 """The sockd command line.
 
-    sockd [-f FILE] [-F] [-D] [-p PIDFILE] [-N WORKERS] [-m fork|threads]
+    sockd [-f FILE] [-F] [-D] [-N N] [-m fork|threads] [-p PATH]
           [-i|-I] [-d LEVEL] [-V] [-ver|--version] [--inetd]
+
+-N, -m and -p are the flags of settings (settings.SETTINGS, ``cli``): the
+table gives their metavar, help and converter, and they override the
+configuration file.
 
 Without -F, the server becomes a daemon (daemonize.py) after binding its
 ports, so that a port that is taken or a live pid file is reported to the
@@ -14,17 +18,24 @@ non-zero status, never a traceback.
 import argparse
 import os
 import sys
+import traceback
 
 from . import __version__
-from . import config as C
-from .errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Halt, PidfileError
+from . import cache, configload, daemonize, pidfile, privileges, server
+from .config import printable
+from .errors import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, Bad, ConfigError, Halt, PidfileError, report_config_error,
+                     to_stderr)
 from .log import log
+from .settings import SETTINGS
 
 DEFAULT_CONFIG = "/etc/sockd.conf"
 
 
-
 def build_parser():
+    """The argument parser: the flags of the settings table (a setting's
+    ``cli``), each checked by the setting's own converter, and the flags
+    that are no setting.  Returns an argparse.ArgumentParser; its errors
+    exit with status 2 (EXIT_USAGE)."""
     p = argparse.ArgumentParser(
         prog="sockd", add_help=True,
         description="SOCKS 4, 4A and 5 proxy server in the classic sockd tradition.")
@@ -34,12 +45,10 @@ def build_parser():
                    help="stay in the foreground and copy log lines to stderr")
     p.add_argument("-D", dest="detach", action="store_true",
                    help="detach and run as a daemon, even when started by init or inetd")
-    p.add_argument("-p", dest="pidfile", metavar="PIDFILE",
-                   help="write the master's pid to PIDFILE (overrides 'pidfile' in the file)")
-    p.add_argument("-N", dest="workers", metavar="WORKERS", type=int,
-                   help="worker processes (default: the number of CPUs)")
-    p.add_argument("-m", dest="model", metavar="MODEL", choices=("fork", "threads"),
-                   help="process model: threads (pre-forked workers) or fork (a child per client)")
+    for s in SETTINGS:
+        if s.cli:
+            p.add_argument(s.cli, dest=s.attr, metavar=s.args, type=flag_type(s),
+                           help="%s; overrides '%s' in the file" % (s.doc, s.key))
     g = p.add_mutually_exclusive_group()
     g.add_argument("-i", dest="ident", action="store_const", const="i",
                    help="identd checks, lenient: refuse only when identd names another user")
@@ -55,18 +64,36 @@ def build_parser():
     return p
 
 
+def flag_type(setting):
+    """The argparse ``type`` of a setting's flag: the text through the
+    setting's ``cli_value`` (when it has one), then its converter.  The
+    returned function returns the value (None: as if not given) and turns
+    the converter's Bad into argparse's ArgumentTypeError, a usage error."""
+    def convert(text):
+        if setting.cli_value is not None:
+            text = setting.cli_value(text)
+            if text is None:
+                return None
+        try:
+            return setting.convert(text)
+        except Bad as exc:
+            raise argparse.ArgumentTypeError("%s (near '%s')" % (exc, printable(text))) from None
+    return convert
+
+
 def normalise_argv(argv):
     """The classic '-ver' is one flag, not -v -e -r."""
     return ["--version" if a == "-ver" else a for a in argv]
 
 
 def verify(path):
-    """sockd -V: list every problem; exit 0 when there is none."""
+    """sockd -V: every problem and warning of the file at ``path`` on
+    stderr, a summary on stdout when it is usable.  Returns EXIT_OK or
+    EXIT_ERROR; blocks on the files the configuration names."""
     try:
-        cfg = C.load(path)
-    except C.ConfigError as exc:
-        for line in exc.lines():
-            print(line, file=sys.stderr)
+        cfg = configload.load(path)
+    except ConfigError as exc:
+        report_config_error(exc, to_stderr)
         print("sockd: %s: %d problem%s" % (path, len(exc.problems), "" if len(exc.problems) == 1 else "s"),
               file=sys.stderr)
         return EXIT_ERROR
@@ -79,6 +106,9 @@ def verify(path):
 
 
 def main(argv=None):
+    """The sockd command: ``argv`` (default sys.argv[1:]) read, then
+    --version, -V, inetd mode or the stand-alone server.  Returns the exit
+    status; a user's mistake never raises.  Serves until stopped."""
     argv = normalise_argv(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
@@ -90,15 +120,11 @@ def main(argv=None):
         return EXIT_OK
     if args.verify:
         return verify(args.config)
-    if args.workers is not None and not 0 <= args.workers <= 256:
-        print("sockd: -N: expected 0 to 256 workers", file=sys.stderr)
-        return EXIT_USAGE
 
     if args.foreground and args.detach:
         print("sockd: -F and -D contradict each other", file=sys.stderr)
         return EXIT_USAGE
 
-    from . import server
     inetd = args.inetd or (not args.foreground and not args.detach and server.stdin_is_socket())
     log.stderr = args.foreground and not inetd and not stderr_is_journal()
     log.debug_level = args.debug
@@ -107,12 +133,10 @@ def main(argv=None):
     if inetd:
         return run_inetd(args, config_path)
     try:
-        cfg = C.load(config_path)
-    except C.ConfigError as exc:
-        for line in exc.lines():
-            log.error(line)
-            if not log.stderr:
-                print(line, file=sys.stderr)
+        cfg = configload.load(config_path)
+    except ConfigError as exc:
+        # on the terminal too, unless -F copies the log lines there already
+        report_config_error(exc, *([log.error] if log.stderr else [log.error, to_stderr]))
         return EXIT_ERROR
     log.configure(facility=cfg.log_facility, socket_path=cfg.log_socket)
     for f, line, msg in cfg.warnings:
@@ -145,9 +169,8 @@ def fail(message):
 def serve(args, cfg, config_path):
     """The stand-alone server: bind, become a daemon, write the pid file,
     serve until stopped.  Returns the exit status."""
-    from . import daemonize, pidfile, privileges, server
     limit = privileges.raise_nofile()
-    pid_path = os.path.abspath(args.pidfile) if args.pidfile else cfg.pidfile
+    pid_path = args.pidfile or cfg.pidfile          # -p: made absolute as it was read
     overrides = {}
     if args.workers is not None:
         overrides["workers"] = args.workers
@@ -178,7 +201,6 @@ def serve(args, cfg, config_path):
     try:
         return master.run(ready)
     except Exception as exc:            # a bug: say so in the log, not only on a closed stderr
-        import traceback
         log.error("internal error: %s: %s" % (type(exc).__name__, exc))
         for line in traceback.format_exc().splitlines():
             log.error(line)
@@ -193,16 +215,14 @@ def serve(args, cfg, config_path):
 def run_inetd(args, config_path):
     """inetd mode: one client on standard input, with the configuration
     from the cache when it is still valid (see cache.py)."""
-    from . import cache, server
     cfg = cache.load(config_path)
     files = None
     if cfg is None:
         try:
             with cache.Recording() as files:
-                cfg = C.load(config_path)
-        except C.ConfigError as exc:
-            for line in exc.lines():
-                log.error(line)
+                cfg = configload.load(config_path)
+        except ConfigError as exc:
+            report_config_error(exc, log.error)
             return EXIT_ERROR
     log.configure(facility=cfg.log_facility, socket_path=cfg.log_socket)
     if files is None:
@@ -223,7 +243,6 @@ def run_inetd(args, config_path):
 def write_cache_aside(config_path, cfg, files):
     """Write the cache in a child, so that the client is not kept waiting;
     the child lets go of the client's socket (fds 0-2) at once."""
-    from . import cache
     try:
         pid = os.fork()
     except OSError:

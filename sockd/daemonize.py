@@ -14,8 +14,10 @@ and an init script learns about a failed start from the exit status.
 """
 
 import os
+import select
 import signal
 import sys
+import time
 
 READY_TIMEOUT = 60.0
 
@@ -51,6 +53,8 @@ def should_detach(foreground, detach):
         return False
     if detach:
         return True
+    # python-daemon is third-party and only a start without -F needs it:
+    # imported here so that -V, --inetd and -F never load it
     from daemon.daemon import is_detach_process_context_required
     return is_detach_process_context_required()
 
@@ -58,11 +62,9 @@ def should_detach(foreground, detach):
 def wait_for_daemon(fd):
     """In the process the shell started: the daemon's verdict as an exit
     status, its reason printed on standard error."""
-    import select
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     data = b""
-    import time
     end = time.monotonic() + READY_TIMEOUT
     while b"\n" not in data:
         left = end - time.monotonic()
@@ -89,7 +91,7 @@ def daemonize(detach, keep_fds=()):
     """Become a daemon.  Returns a Ready for the daemon to report on; when
     detaching, the calling process itself never returns (it exits with the
     daemon's verdict)."""
-    import daemon
+    import daemon          # third-party, for this one call (see should_detach)
     r = w = -1
     if detach:
         r, w = os.pipe()

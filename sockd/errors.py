@@ -13,7 +13,12 @@ each class means to the caller:
 * ``PrivilegeError``, ``PidfileError``: a start that cannot go on, with the
   message for the user.
 * ``Halt``: stop the whole server with a message and an exit status.
+
+``report_config_error`` is the one way a ConfigError reaches the user: its
+lines, each to every place the caller names (stderr, the log, both).
 """
+
+import sys
 
 EXIT_OK = 0
 EXIT_ERROR = 1              # a start that failed, a configuration with problems
@@ -44,6 +49,21 @@ class ConfigError(Exception):
     def summary(self, path):
         n = len(self.problems)
         return "%d problem%s in %s" % (n, "" if n == 1 else "s", path)
+
+
+def report_config_error(exc, *emits):
+    """Give every ``FILE:LINE: message`` line of ``exc`` (a ConfigError) to
+    each of ``emits`` in turn, line by line: callables taking one string,
+    such as ``log.error`` or ``to_stderr``.  Returns None; raises only what
+    an emit raises."""
+    for line in exc.lines():
+        for emit in emits:
+            emit(line)
+
+
+def to_stderr(line):
+    """Print ``line`` on standard error (an emit for report_config_error)."""
+    print(line, file=sys.stderr)
 
 
 class ProtocolError(Exception):

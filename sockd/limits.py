@@ -9,7 +9,9 @@ columns.  The rate is a fixed window per address.  Addresses sit in an
 open-addressing table with bounded probing; when it is full, clients are
 admitted (and it is logged): a limit must never lock everyone out.
 
-Costs nothing when no limit is set: the server does not make one.
+Costs nothing when no limit is set: the server does not make one.  The
+``limit rate`` value is read by ``validators.to_rate``.  Imports only
+``log`` of sockd.
 """
 
 import mmap
@@ -17,6 +19,8 @@ import multiprocessing
 import struct
 import time
 import zlib
+
+from .log import log
 
 SLOTS = 8192
 PROBE = 32
@@ -144,7 +148,6 @@ class Limits:
                 slot = self._slot(key_bytes(key), insert=True)
                 if slot < 0 and now - self.full_logged > LOG_EVERY:
                     self.full_logged = now
-                    from .log import log
                     log.error("limits: the address table is full; admitting without per-address limits")
             roff = self.rate_off + slot * RATE.size
             if self.total and self._total() >= self.total:
@@ -193,19 +196,3 @@ class Limits:
             start = self.count_off + column * SLOTS * COUNT.size
             self.mem[start:start + SLOTS * COUNT.size] = bytes(SLOTS * COUNT.size)
             COUNT.pack_into(self.mem, self.totals_off + column * COUNT.size, 0)
-
-    def clients(self):
-        with self.lock:
-            return self._total()
-
-
-def parse_rate(tok):
-    """N/SECONDS -> (N, seconds); raises ValueError."""
-    n, sep, secs = tok.partition("/")
-    if not sep:
-        raise ValueError("expected N/SECONDS")
-    n = int(n)
-    secs = float(secs)
-    if n < 1 or secs <= 0 or secs > 86400:
-        raise ValueError("out of range")
-    return n, secs

@@ -6,6 +6,9 @@ must be configurable (tests and chroots point it elsewhere) and because a
 slow syslog daemon must never stall a worker: datagrams are sent with
 MSG_DONTWAIT and counted as dropped when the socket is full.  Every message
 is cut to printable ASCII here, whatever the caller put in it.
+
+Imports only ``validators`` (the facility names) of sockd: every module may
+log, so this one must not import any that logs.
 """
 
 import os
@@ -13,7 +16,7 @@ import socket
 import threading
 import time
 
-from .config import FACILITIES
+from .validators import FACILITIES
 
 EMERG, ALERT, CRIT, ERR, WARNING, NOTICE, INFO, DEBUG = range(8)
 LEVEL_NAMES = {ERR: "error", WARNING: "warning", NOTICE: "notice", INFO: "info", DEBUG: "debug"}

@@ -4,12 +4,15 @@ refusing the start, removed on exit only while it still names us.
 A pid file is "live" when the process it names exists and looks like a
 sockd (its command line or title mentions sockd): after a reboot the
 number may belong to some other program, which must not keep sockd down.
+
+Imports only ``errors`` of sockd; the ``pidfile`` directive's converter is
+``validators.to_pidfile``.
 """
 
 import errno
 import os
 
-from .errors import Bad, PidfileError
+from .errors import PidfileError
 
 
 def read_pid(path):
@@ -107,9 +110,3 @@ def remove(path, pid=None):
             return False
     return True
 
-
-def to_pidfile(tok):
-    """The ``pidfile`` directive's converter: an absolute path."""
-    if not tok.startswith("/"):
-        raise Bad("the pid file must be an absolute path", tok)
-    return tok

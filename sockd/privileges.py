@@ -12,46 +12,21 @@ Before a chroot everything that would be loaded from the file system later
 is loaded now: every sockd module, the codecs that name resolution may
 need, and the C library's name-service modules (by asking it once).  What
 must exist inside the directory is documented in sockd.conf(5).
+
+Imports only ``errors`` of sockd at load time (``preload`` imports the rest
+on purpose).  The directives' converters are in ``validators``.
 """
 
 import grp
+import importlib
 import os
+import pkgutil
 import pwd
 import resource
 import socket
 
-from .errors import Bad, PrivilegeError
-
-
-def to_user(tok):
-    """``user NAME`` (or a number): a user that exists now."""
-    try:
-        if tok.isdigit():
-            pwd.getpwuid(int(tok))
-        else:
-            pwd.getpwnam(tok)
-    except (KeyError, OverflowError):
-        raise Bad("unknown user", tok) from None
-    return tok
-
-
-def to_group(tok):
-    try:
-        if tok.isdigit():
-            grp.getgrgid(int(tok))
-        else:
-            grp.getgrnam(tok)
-    except (KeyError, OverflowError):
-        raise Bad("unknown group", tok) from None
-    return tok
-
-
-def to_chroot(tok):
-    if not tok.startswith("/"):
-        raise Bad("the chroot directory must be an absolute path", tok)
-    if not os.path.isdir(tok):
-        raise Bad("no such directory", tok)
-    return os.path.normpath(tok)
+import sockd
+from .errors import PrivilegeError
 
 
 class Identity:
@@ -66,16 +41,6 @@ class Identity:
     @property
     def changes_anything(self):
         return self.uid is not None or self.gid is not None or self.chroot is not None
-
-    def describe(self):
-        parts = []
-        if self.uid is not None:
-            parts.append("user %s (uid %d)" % (self.user, self.uid))
-        if self.gid is not None:
-            parts.append("gid %d" % self.gid)
-        if self.chroot:
-            parts.append("chroot %s" % self.chroot)
-        return ", ".join(parts) or "unchanged"
 
 
 def resolve(cfg):
@@ -115,11 +80,9 @@ def preload():
     if _preloaded:
         return
     _preloaded = True
-    import importlib
-    import pkgutil
+    # loading these is this function's whole job, so they are imported here
     import encodings.idna      # noqa: F401  getaddrinfo() of a non-ASCII name
     import traceback           # noqa: F401  error reports
-    import sockd
     # the server's own modules (not the client library, the command-line
     # tools or __main__, which would run a sockd when imported)
     for m in pkgutil.iter_modules(sockd.__path__):

@@ -16,12 +16,14 @@ import socket
 import sys
 import tempfile
 
-from . import config as C
+from . import configload
+from . import passwd as PW
 from . import rules as R
 from . import shell
 from .addresses import service_name
 from .errors import EXIT_TOOL_USAGE as EXIT_USAGE
-
+from .errors import Bad, ConfigError, report_config_error, to_stderr
+from .validators import to_port
 
 
 def _address(text):
@@ -63,14 +65,13 @@ def test_sockd_conf(argv=None):
     except SystemExit as exc:
         return 0 if exc.code == 0 else EXIT_USAGE
     try:
-        cfg = C.load(a.config)
-    except C.ConfigError as exc:
-        for line in exc.lines():
-            print(line, file=sys.stderr)
+        cfg = configload.load(a.config)
+    except ConfigError as exc:
+        report_config_error(exc, to_stderr)
         return EXIT_USAGE
     try:
-        port = C.to_port(a.port)
-    except C.Bad as exc:
+        port = to_port(a.port)
+    except Bad as exc:
         print("test_sockd_conf: %s: %s" % (a.port, exc), file=sys.stderr)
         return EXIT_USAGE
     try:
@@ -119,7 +120,6 @@ def test_sockd_conf(argv=None):
 
 def sockd_passwd(argv=None):
     """Add, change or delete a user of an htpasswd file (bcrypt only)."""
-    from . import passwd as PW
     p = argparse.ArgumentParser(prog="sockd-passwd",
                                 description="Add or change a user's password in a sockd passwd file.")
     p.add_argument("-c", dest="create", action="store_true", help="create FILE if it does not exist")

@@ -5,7 +5,7 @@ import re
 import subprocess
 
 from helpers import ROOT, need
-from sockd import cli, config
+from sockd import cli, settings
 
 MAN = os.path.join(ROOT, "man")
 
@@ -40,7 +40,7 @@ def test_every_flag_is_documented():
 
 def test_every_directive_is_documented():
     text = plain(page("sockd.conf.5"))
-    for s in config.SETTINGS:
+    for s in settings.SETTINGS:
         words = s.key.split()
         # ".BI "timeout negotiate" ..." or ".BI listen ..."
         pattern = r"^\.(B|BI|BR)\s+\"?%s\b" % r"\s+".join(map(re.escape, words))

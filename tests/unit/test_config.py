@@ -1,26 +1,20 @@
-"""The sockd.conf parser: good files, and bad ones with every problem named
-by its line."""
+"""The sockd.conf parser, pure: good files, and bad ones with every problem
+named by its line.  (Reading files is test_configload's.)"""
 
-import os
+import string
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from sockd import cache
 from sockd import config as C
-
-ETC = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "etc", "sockd.conf")
 
 
 def problems(text):
     with pytest.raises(C.ConfigError) as e:
         C.parse_text(text, "bad.conf")
     return e.value.problems
-
-
-def test_shipped_default_parses():
-    cfg = C.load(ETC)
-    assert cfg.listen == [("127.0.0.1", 1080)]
-    assert cfg.ruleset.has_permit
-    assert not cfg.warnings
 
 
 def test_directives_and_defaults():
@@ -99,12 +93,124 @@ def test_no_permit_line_warns():
     assert any("no permit line" in w[2] for w in cfg.warnings)
 
 
-def test_unreadable_file():
-    with pytest.raises(C.ConfigError) as e:
-        C.load("/nonexistent/sockd.conf")
-    assert e.value.lines()[0].startswith("/nonexistent/sockd.conf:0: cannot read")
-
-
 def test_non_printable_tokens_are_cleaned_in_messages():
     got = problems("perm\x1bit 0/0\n")
     assert "\x1b" not in got[0][2]
+
+
+def test_directives_parse_and_refuse_mistakes():
+    cfg = C.parse_text("user nobody\ngroup nogroup\nchroot /\npidfile /run/x.pid\ntimeout shutdown 2m\n"
+                       "reload recheck yes\npermit 0/0\n")
+    assert (cfg.user, cfg.group, cfg.chroot, cfg.pidfile, cfg.timeout_shutdown, cfg.reload_recheck) == \
+        ("nobody", "nogroup", "/", "/run/x.pid", 120.0, True)
+    with pytest.raises(C.ConfigError) as e:
+        C.parse_text("chroot relative\npidfile x.pid\nreload recheck maybe\ntimeout shutdown soon\n")
+    assert e.value.lines() == ["-:1: the chroot directory must be an absolute path (near 'relative')",
+                               "-:2: the pid file must be an absolute path (near 'x.pid')",
+                               "-:3: expected yes or no (near 'maybe')",
+                               "-:4: not a duration (seconds, or a number with s, m, h or d) (near 'soon')"]
+
+
+def test_the_parse_reads_nothing_and_asks_the_system_nothing():
+    text = ("user no-such-user-xyz\ngroup no-such-group-xyz\nchroot /no/such/../dir\n"
+            "methods username\npasswd /nonexistent/users\nroute /nonexistent/route\n"
+            "permit *=/nonexistent/staff 0/0\n")
+    with cache.Recording() as files:
+        cfg = C.parse_text(text, "x.conf")
+    assert files == []
+    assert (cfg.user, cfg.group, cfg.chroot) == ("no-such-user-xyz", "no-such-group-xyz", "/no/such/../dir")
+    assert cfg.passwd_db is None and cfg.route_table is None and cfg.own_addresses == frozenset()
+    assert cfg.ruleset.userfiles == {} and cfg.warnings == []
+    assert [u for u, _rule in C.userfiles_named(cfg)] == ["/nonexistent/staff"]
+
+
+def test_the_line_of_every_setting_is_kept():
+    cfg = C.parse_text("# c\nworkers 2\n\nlisten 127.0.0.1:1\nlisten 127.0.0.1:2\nuser nobody\npermit 0/0\n")
+    assert cfg.line_of == {"workers": 2, "listen": 4, "user": 6}
+    assert cfg.explicit == {"workers", "listen", "user"}
+
+
+def test_methods_username_needs_a_passwd_line():
+    with pytest.raises(C.ConfigError) as e:
+        C.parse_text("\nmethods username none\npermit 0/0\n", "x.conf")
+    assert e.value.lines() == ["x.conf:2: 'methods username' needs a 'passwd FILE' line"]
+    with pytest.raises(C.ConfigError) as e:
+        C.parse_text("methods username gssapi\n", "x.conf")
+    assert "near 'gssapi'" in e.value.problems[0][2]
+
+
+def test_open_proxy_warning():
+    cfg = C.parse_text("listen 0.0.0.0:1080\npermit 0/0\npermit *=fred 0/0\n", "x.conf")
+    assert cfg.warnings == [("x.conf", 2, "this line permits any client on 0.0.0.0:1080: an open proxy "
+                             "(anyone who can reach the port can use it)")]
+    assert C.parse_text("listen 127.0.0.1:1080\npermit 0/0\n").warnings == []
+
+
+def test_userfile_names():
+    assert C.parse_userfile("alice, bob # the admins\ncarol\tdave,,\n# all\n") == \
+        frozenset({"alice", "bob", "carol", "dave"})
+
+
+# --- properties -------------------------------------------------------------------------------
+
+FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+words = st.sampled_from(["permit", "deny", "listen", "timeout", "connect", "idle", "?=I", "?=x", "*=a,b",
+                         "*=/nonexistent", "0/0", "10.0.0.0", "255.0.0.0", "::1/128", "ALL", ".zone.example",
+                         "eq", "neq", "lt", "telnet", "80", "99999", ":", "#", "workers", "3", "model", "fork",
+                         "udp", "strict", "yes", "bind", "methods", "none", "username", "log", "facility",
+                         "[::1]:1080", "127.0.0.1:0", "\t", "%u", "limit", "clients", "user", "group", "chroot",
+                         "passwd", "route", "/x", "nan", "rate", "5/10", "proxy-protocol", "\x00"])
+lines = st.lists(st.lists(words, max_size=9).map(" ".join), max_size=12).map("\n".join)
+
+
+@FAST
+@given(st.one_of(lines, st.text(string.printable, max_size=400), st.text(max_size=200)))
+def test_config_parser(text):
+    """Any text: a Config, or ConfigError naming a file and line -- and no I/O."""
+    try:
+        with cache.Recording() as files:
+            cfg = C.parse_text(text, "p.conf")
+    except C.ConfigError as exc:
+        assert exc.problems and all(p[0] == "p.conf" and isinstance(p[1], int) for p in exc.problems)
+        assert [p[1] for p in exc.problems] == sorted(p[1] for p in exc.problems)
+        return
+    finally:
+        assert files == []
+    assert isinstance(cfg, C.Config)
+    assert set(cfg.line_of) == cfg.explicit
+
+
+# --- what importing the parser costs -----------------------------------------------------------
+
+def test_the_client_library_pulls_in_no_server_code():
+    import subprocess
+    import sys
+    code = ("import sys, sockd.client; print(' '.join(sorted(m for m in sys.modules if m.startswith('sockd.'))))")
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                check=True).stdout.split())
+    assert "sockd.config" in loaded
+    assert not loaded & {"sockd.privileges", "sockd.pidfile", "sockd.server", "sockd.log", "sockd.limits",
+                         "sockd.configload", "sockd.passwd", "sockd.cache"}, loaded
+
+
+def test_no_import_circle_among_the_modules_of_sockd():
+    """Top-level imports only (the marked temporary config.load excepted)."""
+    import ast
+    import pathlib
+    pkg = pathlib.Path(C.__file__).parent
+    graph = {}
+    for f in pkg.glob("*.py"):
+        tree = ast.parse(f.read_text())
+        deps = set()
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module} if node.module else {a.name for a in node.names}
+        graph[f.stem] = {d.split(".")[0] for d in deps}
+
+    def visit(m, path):
+        assert m not in path, " -> ".join(path + [m])
+        for d in graph.get(m, ()):
+            visit(d, path + [m])
+    for m in graph:
+        visit(m, [])

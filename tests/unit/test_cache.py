@@ -1,17 +1,14 @@
-"""The parsed-configuration cache (JSON, never pickle; trusted files only;
-invalidated by any change to what the parse read) and the pid file."""
+"""The parsed-configuration cache: JSON, never pickle; trusted files only;
+invalidated by any change to what the parse read."""
 
 import json
 import os
-import subprocess
-import sys
-import time
 
 import pytest
 
 from sockd import cache as K
 from sockd import config as C
-from sockd import pidfile as PF
+from sockd import configload as L
 from sockd import rules as R
 
 CONF = """# every form the parser knows
@@ -54,7 +51,7 @@ def same(a, b):
 
 
 def test_round_trip_keeps_every_setting_and_decision(conf):
-    cfg = C.load(str(conf))
+    cfg = L.load(str(conf))
     back = K.decode(K.encode_checked(cfg))
     same(cfg, back)
     for s in C.SETTINGS:
@@ -72,7 +69,7 @@ def test_only_sockd_classes_and_no_code(conf):
         K.encode({"x": open(os.devnull)})
     with pytest.raises(K.Uncacheable):
         K.encode(lambda: 0)
-    blob = K.encode(C.load(str(conf))).decode()
+    blob = K.encode(L.load(str(conf))).decode()
     classes, data = blob.split("\n", 1)
     for evil in ([["os", "system", [], None]], [["posixpath", "join", [], None]],
                  [["sockd.cli", "main", [], None]], [["sockd.rules", "AddrSpec", ["__class__"], None]],
@@ -86,7 +83,7 @@ def test_only_sockd_classes_and_no_code(conf):
 def test_cache_file_used_only_while_valid_and_trusted(conf, tmp_path):
     d = tmp_path / "cache"
     with K.Recording() as files:
-        cfg = C.load(str(conf))
+        cfg = L.load(str(conf))
     users = str(tmp_path / "users")
     assert str(conf) in files and users in files
     assert K.load(str(conf), str(d)) is None                # nothing yet
@@ -142,75 +139,3 @@ def test_cache_directory_from_the_environment(monkeypatch, tmp_path):
     assert os.path.dirname(K.cache_path("/etc/sockd.conf")) == str(tmp_path)
     monkeypatch.delenv("SOCKD_CACHE_DIR")
     assert K.cache_path("/etc/sockd.conf").startswith("/var/cache/sockd/")
-
-
-# --- the pid file -------------------------------------------------------------------------------
-
-def test_pidfile_written_atomically_and_removed_only_when_ours(tmp_path):
-    p = str(tmp_path / "s.pid")
-    PF.write(p)
-    assert open(p).read() == "%d\n" % os.getpid()
-    assert os.listdir(tmp_path) == ["s.pid"]                 # no temporary file left
-    PF.remove(p, pid=os.getpid() + 1)                         # somebody else's: kept
-    assert os.path.exists(p)
-    PF.remove(p)
-    assert not os.path.exists(p)
-    PF.remove(p)                                              # already gone: fine
-
-
-def test_pidfile_stale_replaced_live_refused(tmp_path):
-    p = str(tmp_path / "s.pid")
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    with open(p, "w") as f:
-        f.write("%d\n" % dead.pid)
-    PF.check(p)
-    PF.write(p)
-    assert PF.read_pid(p) == os.getpid()
-    # a live process that is not a sockd (a reused number) does not count
-    other = subprocess.Popen(["sleep", "30"])
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "sockd-lookalike"])
-    try:
-        with open(p, "w") as f:
-            f.write("%d\n" % other.pid)
-        PF.check(p)
-        with open(p, "w") as f:
-            f.write("%d\n" % live.pid)
-        with pytest.raises(PF.PidfileError, match="already running as pid %d" % live.pid):
-            PF.check(p)
-        with pytest.raises(PF.PidfileError, match="already running"):
-            PF.write(p, pid=os.getpid())
-        assert PF.read_pid(p) == live.pid
-    finally:
-        other.kill()
-        live.kill()
-        other.wait()
-        live.wait()
-    # garbage is no pid
-    with open(p, "w") as f:
-        f.write("hello\n")
-    assert PF.read_pid(p) is None
-    PF.write(p)
-    assert PF.read_pid(p) == os.getpid()
-
-
-def test_pidfile_in_a_missing_directory_is_a_clear_error(tmp_path):
-    with pytest.raises(PF.PidfileError, match="cannot write pid file .*No such file or directory"):
-        PF.write(str(tmp_path / "no" / "such" / "s.pid"))
-
-
-def test_directives_parse_and_refuse_mistakes():
-    cfg = C.parse_text("user nobody\ngroup nogroup\nchroot /\npidfile /run/x.pid\ntimeout shutdown 2m\n"
-                       "reload recheck yes\npermit 0/0\n")
-    assert (cfg.user, cfg.group, cfg.chroot, cfg.pidfile, cfg.timeout_shutdown, cfg.reload_recheck) == \
-        ("nobody", "nogroup", "/", "/run/x.pid", 120.0, True)
-    with pytest.raises(C.ConfigError) as e:
-        C.parse_text("user no-such-user-xyz\ngroup no-such-group-xyz\nchroot relative\nchroot /no/such/dir\n"
-                     "pidfile x.pid\nreload recheck maybe\ntimeout shutdown soon\n")
-    lines = e.value.lines()
-    assert lines == ["-:1: unknown user (near 'no-such-user-xyz')", "-:2: unknown group (near 'no-such-group-xyz')",
-                     "-:3: the chroot directory must be an absolute path (near 'relative')",
-                     "-:4: no such directory (near '/no/such/dir')",
-                     "-:5: the pid file must be an absolute path (near 'x.pid')",
-                     "-:6: expected yes or no (near 'maybe')",
-                     "-:7: not a duration (seconds, or a number with s, m, h or d) (near 'soon')"]

@@ -1,0 +1,107 @@
+"""The edge of the configuration: everything reading sockd.conf needs from
+outside its text.
+
+``load(path)`` reads the file, runs the pure parser's steps (config.py)
+and, between them, does what the parser may not: asks the system whether
+``user`` and ``group`` exist and ``chroot`` is a directory, reads the
+``passwd`` file (passwd.PasswdFile) and the ``route`` file (route.load), the
+userfiles that ``*=`` lists name, and -- unless ``deny-private-destinations
+no`` -- the host's own addresses (netinfo).  Each problem reads
+``FILE:LINE: message (near 'token')`` with the line of the directive that
+named it; a problem inside a referenced file keeps that file's own
+FILE:LINE.  The problems come in the order the parser has always given:
+the lines' in line order (the system checks among them), then those of
+the referenced files.
+
+The cli, the tools and the server call this; the client library never does
+(it must not pull in the passwd code and bcrypt).
+"""
+
+from . import config as C
+from . import netinfo
+from . import passwd as PW
+from . import route
+from .errors import Bad, ConfigError
+from .settings import SETTINGS
+
+
+def load(path):
+    """Read and parse the configuration at ``path`` and what it names.
+    Returns a Config; raises ConfigError with every problem.  Blocks on the
+    file system and the passwd and group databases."""
+    cfg, problems = C.read_lines(read_text(path), path)
+    problems = sorted(problems + check_system(cfg), key=lambda p: p[1])    # stable: line order
+    if not problems:
+        problems = C.check_together(cfg) + load_passwd(cfg) + load_route(cfg)
+    if problems:
+        raise ConfigError(problems)
+    read_userfiles(cfg)
+    C.finish(cfg)
+    if cfg.deny_private_destinations != "no":
+        cfg.own_addresses = netinfo.local_addresses()
+    return cfg
+
+
+def read_text(path):
+    """The text of the configuration file (at most 16 MiB, undecodable bytes
+    replaced).  Raises ConfigError ``PATH:0: cannot read: ...``."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(1 << 24)
+    except OSError as exc:
+        raise ConfigError([(path, 0, "cannot read: %s" % exc.strerror)]) from None
+    return data.decode("utf-8", "replace")
+
+
+def check_system(cfg):
+    """Run the settings' system checks (``Setting.check``) on the values the
+    file gave, keeping what they return.  Returns the problems, each on the
+    line of its directive."""
+    problems = []
+    for s in SETTINGS:
+        if s.check is None or s.key not in cfg.line_of:
+            continue
+        try:
+            setattr(cfg, s.attr, s.check(cfg.get(s.key)))
+        except Bad as exc:
+            problems.append(C.located(cfg.path, cfg.line_of[s.key], str(exc), exc.token))
+    return problems
+
+
+def load_passwd(cfg):
+    """Read the ``passwd`` file into ``cfg.passwd_db``.  Returns the
+    problems: the file's own, by its lines, or -- when it cannot be read --
+    one on the ``passwd`` line."""
+    cfg.passwd_db = None
+    if not cfg.passwd:
+        return []
+    try:
+        cfg.passwd_db = PW.PasswdFile.load(cfg.passwd)
+    except ValueError as exc:
+        return [(cfg.path, cfg.line_of.get("passwd", 0), "passwd %s: %s" % (cfg.passwd, msg)) if line == 0
+                else (f, line, msg) for f, line, msg in exc.args[0]]
+    return []
+
+
+def load_route(cfg):
+    """Read the ``route`` file into ``cfg.route_table``.  Returns the
+    problems: the file's own, by its lines, or -- when it cannot be read --
+    one on the ``route`` line."""
+    cfg.route_table = None
+    if not cfg.route:
+        return []
+    table, problems = route.load(cfg.route)
+    cfg.route_table = table
+    return [(cfg.path, cfg.line_of.get("route", 0), msg) if line == 0 else (f, line, msg)
+            for f, line, msg in problems]
+
+
+def read_userfiles(cfg):
+    """Read every userfile a ``*=`` list names into the ruleset; one that
+    cannot be read matches nobody and is a warning on the first line naming
+    it."""
+    for u, rule in C.userfiles_named(cfg):
+        names = C.read_userfile(u)
+        cfg.ruleset.userfiles[u] = names
+        if names is None:
+            cfg.warnings.append((rule.file, rule.line, "Unable to open userfile (%s)" % u))

@@ -1,0 +1,112 @@
+"""The settings table: every sockd.conf directive, in the manner of
+gunicorn's ``Setting`` classes -- its words, argument form, default, one
+line of documentation, the converter that reads its value, and the
+command-line flag that overrides it.  The parser (``config``), the command
+line (``cli.build_parser``) and the test that checks sockd.conf(5) and
+sockd(8) all read this one table.
+
+Pure data; imports only ``validators`` of sockd.
+"""
+
+import os
+
+from .validators import (DEFAULT_PORT, to_address, to_bool, to_chroot, to_choice, to_facility, to_group,
+                         to_int, to_listen, to_pidfile, to_rate, to_seconds, to_user, system_chroot, system_group,
+                         system_user)
+
+
+def shell_path(text):
+    """A path given on the command line is the shell's: relative to the
+    directory sockd was started in, made absolute before it is checked (a
+    daemon works from /).  An empty one (an init script's unset variable)
+    counts as not given.  Returns the path or None."""
+    return os.path.abspath(text) if text else None
+
+
+class Setting:
+    """One directive: its words, argument form, default, doc and converter,
+    and the command-line flag that overrides it, if any."""
+
+    def __init__(self, key, args, default, doc, convert=None, repeat=False, cli=None, many=False,
+                 cli_value=None, check=None):
+        self.key = key            # "timeout negotiate"
+        self.args = args          # "SECONDS": the docs, the messages and the flag's metavar
+        self.default = default
+        self.doc = doc            # one line: sockd.conf(5)'s gist and the flag's --help
+        self.convert = convert    # token -> value (one argument); raises Bad
+        self.repeat = repeat      # a list, one entry per line
+        self.cli = cli            # the command-line flag that overrides it ("-N"), or None
+        self.many = many          # one or more arguments: a tuple of values
+        # the flag's text before the converter sees it (None: as given); it
+        # returns None for "as if the flag were not given"
+        self.cli_value = cli_value
+        # value -> value, raises Bad: what only the running system can tell
+        # (does the user exist?); run by configload, never by the parser
+        self.check = check
+
+    @property
+    def attr(self):
+        return self.key.replace(" ", "_").replace("-", "_")
+
+
+SETTINGS = [
+    Setting("listen", "ADDRESS:PORT", [("0.0.0.0", DEFAULT_PORT)],
+            "address and port to accept clients on; repeatable; [ADDRESS]:PORT for IPv6",
+            to_listen, repeat=True),
+    Setting("workers", "N", 0, "worker processes in the threads model (0: one per CPU)",
+            to_int(0, 256), cli="-N"),
+    Setting("model", "fork|threads", "threads",
+            "threads: pre-forked workers; fork: one child process per client", to_choice("fork", "threads"),
+            cli="-m"),
+    Setting("threads", "N", 16, "helper threads per worker for the steps that block (names, identd, passwords)",
+            to_int(1, 1024)),
+    Setting("limit clients", "N", 0,
+            "most clients served at once (0: no limit; in the fork model, 0 means 512 children)",
+            to_int(0, 10 ** 6)),
+    Setting("timeout negotiate", "SECONDS", 30.0,
+            "time a client has to send its whole greeting and request", to_seconds),
+    Setting("timeout connect", "SECONDS", 120.0,
+            "time to reach the destination (CONNECT) or receive the connection (BIND)", to_seconds),
+    Setting("timeout idle", "SECONDS", 7200.0, "a relay with no traffic either way for this long is closed (0: never)",
+            to_seconds),
+    Setting("log facility", "NAME", "daemon", "syslog facility", to_facility),
+    Setting("log socket", "PATH", "/dev/log", "the syslog socket to send to", str),
+    # -- who is asking: identd, methods, passwords --
+    Setting("timeout ident", "SECONDS", 15.0, "time the client's identd has to answer", to_seconds),
+    Setting("methods", "METHOD...", ("none",),
+            "SOCKS 5 methods offered, in order of preference: none, username", to_choice("none", "username"),
+            many=True),
+    Setting("passwd", "FILE", None, "RFC 1929 users: an htpasswd file with bcrypt hashes", str),
+    Setting("limit commands", "N", 4, "shell commands running at once, per worker", to_int(1, 256)),
+    # -- BIND, UDP, routing --
+    Setting("bind check-peer", "yes|no", True,
+            "BIND: the incoming connection must come from the address the request named", to_bool),
+    Setting("udp strict", "yes|no", True,
+            "UDP: drop datagrams from a client port other than the one announced (no: learn it)", to_bool),
+    Setting("udp advertise", "ADDRESS", None,
+            "UDP: the address to give clients for the relay (behind NAT); default: the one they reached",
+            to_address),
+    Setting("route", "FILE", None, "the multi-homed route file: local address per destination", str),
+    # -- operations: daemon, privileges, reload --
+    Setting("pidfile", "PATH", None, "write the master's pid to PATH", to_pidfile,
+            cli="-p", cli_value=shell_path),
+    Setting("user", "NAME", None, "user that workers and children run as; the master binds its ports first",
+            to_user, check=system_user),
+    Setting("group", "NAME", None, "group that workers and children run as (default: the user's groups)",
+            to_group, check=system_group),
+    Setting("chroot", "DIR", None, "directory that workers and children are shut in", to_chroot,
+            check=system_chroot),
+    Setting("timeout shutdown", "SECONDS", 30.0,
+            "after SIGTERM, the time live connections have to finish before they are closed", to_seconds),
+    Setting("reload recheck", "yes|no", False,
+            "after SIGHUP, close the live connections that the new rules refuse", to_bool),
+    # -- limits and hardening --
+    Setting("limit per-address", "N", 0, "most clients at once from one address (0: no limit)",
+            to_int(0, 10 ** 6)),
+    Setting("limit rate", "N/SECONDS", None, "most new clients from one address in SECONDS", to_rate),
+    Setting("deny-private-destinations", "yes|no|auto", "auto",
+            "refuse loopback, link-local and this host's addresses unless a rule names them "
+            "(auto: for clients not on loopback)", to_choice("yes", "no", "auto")),
+]
+BY_KEY = {s.key: s for s in SETTINGS}
+GROUPS = {k.split(" ", 1)[0] for k in BY_KEY if " " in k}

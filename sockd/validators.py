@@ -1,0 +1,241 @@
+"""The value converters of sockd.conf and the command line, in the manner of
+supervisor's ``datatypes``: each takes one token (a string) and returns the
+value, or raises ``errors.Bad`` with the message and the token it is near.
+The parser adds the file and the line.
+
+Pure: no converter opens a file or asks the system whether something
+exists, but for a service name (``eq telnet``), looked up in the C
+library's services table as the C sockd does.  What only the running
+system can answer -- does this user or group exist, is this a directory --
+is asked by the ``system_*`` checks at the end, which the parser never
+calls: the edge (``configload``) runs them on the values the parser
+returned, as the table's ``check`` says.
+
+Imports only ``errors`` and ``rules`` (for the host-name grammar) of sockd:
+the client library uses these converters too, and must not pull in the
+server.
+"""
+
+import grp
+import ipaddress
+import os
+import pwd
+import socket
+
+from . import rules as R
+from .errors import Bad
+
+DEFAULT_PORT = 1080
+
+FACILITIES = {
+    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
+    "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11,
+    "local0": 16, "local1": 17, "local2": 18, "local3": 19,
+    "local4": 20, "local5": 21, "local6": 22, "local7": 23,
+}
+
+
+def to_int(lo, hi):
+    """A converter for a decimal integer from ``lo`` to ``hi``.  Returns the
+    converter; it returns an int, raises Bad."""
+    def conv(tok):
+        try:
+            v = int(tok, 10)
+        except ValueError:
+            raise Bad("not a number", tok) from None
+        if not lo <= v <= hi:
+            raise Bad("out of range %d-%d" % (lo, hi), tok)
+        return v
+    return conv
+
+
+def to_seconds(tok):
+    """Seconds, with an optional unit: 30, 30s, 2m, 2h, 1d.  Returns a float
+    (at most ten years), raises Bad."""
+    mult = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = tok.lower()
+    m = 1
+    if t and t[-1] in mult:
+        m, t = mult[t[-1]], t[:-1]
+    try:
+        v = float(t)
+    except ValueError:
+        raise Bad("not a duration (seconds, or a number with s, m, h or d)", tok) from None
+    # written so that nan, which compares false with everything, is refused too
+    if not 0 <= v * m <= 10 * 365 * 86400:
+        raise Bad("duration out of range", tok)
+    return v * m
+
+
+def to_choice(*choices):
+    """A converter for one word of ``choices``, in any case.  Returns the
+    converter; it returns the word in lower case, raises Bad."""
+    def conv(tok):
+        if tok.lower() not in choices:
+            raise Bad("expected one of: %s" % ", ".join(choices), tok)
+        return tok.lower()
+    return conv
+
+
+def to_bool(tok):
+    """yes/on/true/1 or no/off/false/0, in any case.  Returns a bool, raises Bad."""
+    t = tok.lower()
+    if t in ("yes", "on", "true", "1"):
+        return True
+    if t in ("no", "off", "false", "0"):
+        return False
+    raise Bad("expected yes or no", tok)
+
+
+def to_facility(tok):
+    """A syslog facility name of FACILITIES.  Returns it in lower case, raises Bad."""
+    if tok.lower() not in FACILITIES:
+        raise Bad("unknown syslog facility", tok)
+    return tok.lower()
+
+
+def to_port(tok, proto="tcp"):
+    """A port number (0-65535) or a service name.  Returns an int, raises
+    Bad.  A name is looked up in the C library's services table."""
+    if tok.isdigit():
+        v = int(tok)
+        if v > 65535:
+            raise Bad("port number out of range", tok)
+        return v
+    try:
+        return socket.getservbyname(tok, proto)
+    except (OSError, ValueError):
+        # ValueError: a NUL in the name, which the C library cannot be asked about
+        raise Bad("unknown service name", tok) from None
+
+
+def to_listen(tok):
+    """ADDRESS:PORT, [IPV6]:PORT, *:PORT or a bare PORT.  Returns (host,
+    port), host "0.0.0.0" for the wildcard; raises Bad."""
+    if tok.startswith("["):
+        end = tok.find("]")
+        if end < 0:
+            raise Bad("missing ']' in IPv6 address", tok)
+        host, rest = tok[1:end], tok[end + 1:]
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            raise Bad("bad IPv6 address", tok) from None
+        if not rest:
+            return host, DEFAULT_PORT
+        if not rest.startswith(":"):
+            raise Bad("expected ':PORT' after ']'", tok)
+        return host, to_port(rest[1:])
+    if tok.count(":") > 1:
+        raise Bad("write IPv6 addresses in brackets: [ADDRESS]:PORT", tok)
+    if ":" in tok:
+        host, port = tok.rsplit(":", 1)
+        port = to_port(port)
+    elif tok.isdigit():
+        host, port = "0.0.0.0", to_port(tok)
+    else:
+        host, port = tok, DEFAULT_PORT
+    if host in ("", "*"):
+        host = "0.0.0.0"
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        if not R.valid_hostname(host):
+            raise Bad("bad listen address", tok) from None
+    return host, port
+
+
+def parse_rate(tok):
+    """N/SECONDS -> (N, seconds): N from 1, SECONDS above 0 and at most a
+    day.  Raises ValueError (to_rate turns it into Bad)."""
+    n, sep, secs = tok.partition("/")
+    if not sep:
+        raise ValueError("expected N/SECONDS")
+    n = int(n)
+    secs = float(secs)
+    if n < 1 or not 0 < secs <= 86400:         # "not": nan is refused too
+        raise ValueError("out of range")
+    return n, secs
+
+
+def to_rate(tok):
+    """N/SECONDS, e.g. 20/10: twenty new clients per ten seconds.  Returns
+    (N, seconds), raises Bad."""
+    try:
+        return parse_rate(tok)
+    except ValueError as exc:
+        raise Bad("expected N/SECONDS (%s)" % exc, tok) from None
+
+
+def to_address(tok):
+    """An IPv4 or IPv6 address literal, brackets allowed.  Returns it in
+    compressed form, raises Bad."""
+    try:
+        return ipaddress.ip_address(tok.strip("[]")).compressed
+    except ValueError:
+        raise Bad("not an IP address", tok) from None
+
+
+def to_pidfile(tok):
+    """The ``pidfile`` directive: an absolute path.  Returns it, raises Bad."""
+    if not tok.startswith("/"):
+        raise Bad("the pid file must be an absolute path", tok)
+    return tok
+
+
+def to_user(tok):
+    """``user NAME`` or a number.  Returns it as written; whether the user
+    exists is system_user's question, asked at the edge."""
+    return tok
+
+
+def to_group(tok):
+    """``group NAME`` or a number.  Returns it as written; whether the group
+    exists is system_group's question, asked at the edge."""
+    return tok
+
+
+def to_chroot(tok):
+    """``chroot DIR``: an absolute path.  Returns it as written (system_chroot
+    checks and normalises it at the edge), raises Bad."""
+    if not tok.startswith("/"):
+        raise Bad("the chroot directory must be an absolute path", tok)
+    return tok
+
+
+# --- checks that consult the system: never called by the parser ---------------------------
+
+def system_user(value):
+    """The user of ``user`` exists now.  Returns it, raises Bad.  Reads the
+    passwd database."""
+    try:
+        if value.isdigit():
+            pwd.getpwuid(int(value))
+        else:
+            pwd.getpwnam(value)
+    except (KeyError, OverflowError, ValueError):
+        # ValueError: a NUL in the name, which no user has
+        raise Bad("unknown user", value) from None
+    return value
+
+
+def system_group(value):
+    """The group of ``group`` exists now.  Returns it, raises Bad.  Reads the
+    group database."""
+    try:
+        if value.isdigit():
+            grp.getgrgid(int(value))
+        else:
+            grp.getgrnam(value)
+    except (KeyError, OverflowError, ValueError):
+        raise Bad("unknown group", value) from None
+    return value
+
+
+def system_chroot(value):
+    """The directory of ``chroot`` exists.  Returns the path normalised
+    (checked as written, as before: ``/gone/../srv`` is no directory),
+    raises Bad.  Looks at the file system."""
+    if not os.path.isdir(value):
+        raise Bad("no such directory", value)
+    return os.path.normpath(value)

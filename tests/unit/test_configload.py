@@ -1,0 +1,130 @@
+"""The edge of the configuration, with real temporary files: the file
+itself, the files it names (userfiles, passwd, route), the system checks of
+user, group and chroot, and the host's addresses -- every problem on the
+line of the directive that named it."""
+
+import os
+
+import pytest
+
+from sockd import cache
+from sockd import configload as L
+from sockd import passwd as PW
+from sockd import rules as R
+from sockd.errors import ConfigError
+
+ETC = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "etc", "sockd.conf")
+
+
+def write(tmp_path, text, name="sockd.conf"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def problems(path):
+    with pytest.raises(ConfigError) as e:
+        L.load(path)
+    return e.value.lines()
+
+
+def test_shipped_default_loads():
+    cfg = L.load(ETC)
+    assert cfg.listen == [("127.0.0.1", 1080)]
+    assert cfg.ruleset.has_permit
+    assert not cfg.warnings
+
+
+def test_unreadable_file():
+    with pytest.raises(ConfigError) as e:
+        L.load("/nonexistent/sockd.conf")
+    assert e.value.lines() == ["/nonexistent/sockd.conf:0: cannot read: No such file or directory"]
+
+
+def test_user_group_chroot_are_checked_on_their_lines(tmp_path):
+    p = write(tmp_path, "user nobody\ngroup nogroup\nchroot /tmp/../tmp\npermit 0/0\n")
+    cfg = L.load(p)
+    assert (cfg.user, cfg.group, cfg.chroot) == ("nobody", "nogroup", "/tmp")    # normalised after the check
+    p = write(tmp_path, "user no-such-user-xyz\ngroup no-such-group-xyz\nchroot relative\nchroot /no/such/dir\n"
+                        "pidfile x.pid\nreload recheck maybe\ntimeout shutdown soon\n")
+    assert [line.split(":", 1)[1] for line in problems(p)] == [
+        "1: unknown user (near 'no-such-user-xyz')", "2: unknown group (near 'no-such-group-xyz')",
+        "3: the chroot directory must be an absolute path (near 'relative')",
+        "4: no such directory (near '/no/such/dir')",
+        "5: the pid file must be an absolute path (near 'x.pid')",
+        "6: expected yes or no (near 'maybe')",
+        "7: not a duration (seconds, or a number with s, m, h or d) (near 'soon')"]
+
+
+def test_system_checks_come_in_line_order_among_the_others(tmp_path):
+    p = write(tmp_path, "workers many\nuser no-such-user-xyz\npermit 10.0.0.0\nchroot /gone/../tmp\n")
+    assert [line.split(":")[1] for line in problems(p)] == ["1", "2", "3", "4"]
+    assert problems(p)[3].endswith("no such directory (near '/gone/../tmp')")
+
+
+def test_methods_username_needs_a_readable_passwd_file(tmp_path):
+    p = write(tmp_path, "methods username none\npermit 0/0\n", "x.conf")
+    assert problems(p) == ["%s:1: 'methods username' needs a 'passwd FILE' line" % p]
+    bad = write(tmp_path, "alice:plaintext\n", "users")
+    p = write(tmp_path, "methods username\npasswd %s\npermit 0/0\n" % bad, "x.conf")
+    assert problems(p)[0].startswith("%s:1: crypt or plaintext password of 'alice' refused" % bad)
+    p = write(tmp_path, "methods username\n\npasswd /nonexistent/users\npermit 0/0\n", "x.conf")
+    assert problems(p) == ["%s:3: passwd /nonexistent/users: cannot read: No such file or directory" % p]
+    good = write(tmp_path, "alice:%s\n" % PW.make_hash(b"pw", 4), "users")
+    p = write(tmp_path, "methods username\npasswd %s\npermit 0/0\n" % good, "x.conf")
+    cfg = L.load(p)
+    assert cfg.passwd_db.verify("alice", b"pw") and not cfg.passwd_db.verify("alice", b"no")
+
+
+def test_route_file_problems_keep_their_lines(tmp_path):
+    rt = write(tmp_path, "127.0.0.1 10.0.0.0 255.0.0.0\nnot-an-address ALL\n", "route")
+    p = write(tmp_path, "route %s\npermit 0/0\n" % rt)
+    assert problems(p) == ["%s:2: if_addr must be an address of this host (near 'not-an-address')" % rt]
+    p = write(tmp_path, "\nroute /nonexistent/route\npermit 0/0\n")
+    assert problems(p) == ["%s:2: Unable to open routing file (/nonexistent/route): No such file or directory" % p]
+    rt = write(tmp_path, "127.0.0.2 10.0.0.0 255.0.0.0\n", "route")
+    p = write(tmp_path, "route %s\npermit 0/0\n" % rt)
+    assert L.load(p).route_table.lookup(4, R.ip_key("10.1.2.3")[1]).if_addr == "127.0.0.2"
+
+
+def test_referenced_files_wait_for_a_clean_main_file(tmp_path):
+    # as always: the passwd and route files are read only when every line parsed
+    p = write(tmp_path, "methods username\nworkers many\nroute /nonexistent/route\n")
+    assert problems(p) == ["%s:2: not a number (near 'many')" % p]
+
+
+def test_unreadable_userfile_is_no_match_with_a_warning(tmp_path):
+    p = write(tmp_path, "permit *=/nonexistent/users 0/0\npermit *=eve 0/0\n", "x.conf")
+    cfg = L.load(p)
+    assert cfg.warnings == [(p, 1, "Unable to open userfile (/nonexistent/users)")]
+    rule = cfg.ruleset.match(R.Request(R.ip_key("1.1.1.1"), R.ip_key("2.2.2.2"), 1, "eve"))
+    assert rule.line == 2
+
+
+def test_userfile_warnings_come_before_the_whole_file_ones(tmp_path):
+    p = write(tmp_path, "deny *=/nonexistent/a 0/0\ndeny *=/nonexistent/b,/nonexistent/a 0/0\n")
+    assert [w[1:] for w in L.load(p).warnings] == [
+        (1, "Unable to open userfile (/nonexistent/a)"), (2, "Unable to open userfile (/nonexistent/b)"),
+        (0, "no permit line: every request will be refused")]
+
+
+def test_userfiles_are_read(tmp_path):
+    uf = write(tmp_path, "alice, bob # the admins\ncarol\n", "staff")
+    cfg = L.load(write(tmp_path, "permit *=%s 0/0\n" % uf))
+    assert cfg.ruleset.userfiles == {uf: frozenset({"alice", "bob", "carol"})}
+
+
+def test_host_addresses_only_when_private_destinations_are_guarded(tmp_path):
+    cfg = L.load(write(tmp_path, "permit 0/0\n"))
+    assert R.ip_key("127.0.0.1") in cfg.own_addresses
+    cfg = L.load(write(tmp_path, "deny-private-destinations no\npermit 0/0\n"))
+    assert cfg.own_addresses == frozenset()
+
+
+def test_the_files_read_are_the_ones_the_cache_depends_on(tmp_path):
+    uf = write(tmp_path, "alice\n", "staff")
+    pw = write(tmp_path, "alice:%s\n" % PW.make_hash(b"pw", 4), "users")
+    p = write(tmp_path, "methods username\npasswd %s\npermit *=%s 0/0\n" % (pw, uf))
+    with cache.Recording() as files:
+        L.load(p)
+    assert {p, uf, pw} <= set(files)

@@ -1,0 +1,140 @@
+"""The shared client limits: admit and release, the per-worker columns, the
+rate window (with an injected clock), the refusal log pacing and the table
+that admits when full."""
+
+import os
+
+import pytest
+
+from sockd import limits as L
+from sockd import rules as R
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def key(ip):
+    return R.ip_key(ip)
+
+
+def limits(**kw):
+    lim = L.Limits(clock=kw.pop("clock", Clock()), **kw)
+    lim.column = lim.take_column()
+    return lim
+
+
+def test_total_limit_and_release():
+    lim = limits(total=2)
+    a = lim.admit(key("10.0.0.1"))
+    b = lim.admit(key("10.0.0.2"))
+    assert a[0] == b[0] == L.OK
+    verdict, slot, _log = lim.admit(key("10.0.0.3"))
+    assert (verdict, slot) == (L.TOO_MANY, -1)
+    lim.release(a[1])
+    assert lim.admit(key("10.0.0.3"))[0] == L.OK
+    assert L.REASONS[L.TOO_MANY] == "limit clients"
+
+
+def test_per_address_limit():
+    lim = limits(per_address=1)
+    ok = lim.admit(key("10.0.0.1"))
+    assert ok[0] == L.OK and ok[1] >= 0
+    assert lim.admit(key("10.0.0.1"))[0] == L.PER_ADDRESS
+    assert lim.admit(key("2001:db8::1"))[0] == L.OK
+    lim.release(ok[1])
+    assert lim.admit(key("10.0.0.1"))[0] == L.OK
+
+
+def test_rate_window_follows_the_clock():
+    clock = Clock()
+    lim = limits(rate=(2, 10.0), clock=clock)
+    for _ in range(2):
+        verdict, slot, _ = lim.admit(key("10.0.0.1"))
+        assert verdict == L.OK
+        lim.release(slot)                       # the rate counts arrivals, not clients
+    assert lim.admit(key("10.0.0.1"))[0] == L.RATE_LIMITED
+    assert lim.admit(key("10.0.0.2"))[0] == L.OK
+    clock.now += 9.9
+    assert lim.admit(key("10.0.0.1"))[0] == L.RATE_LIMITED
+    clock.now += 0.1                            # a new window
+    assert lim.admit(key("10.0.0.1"))[0] == L.OK
+
+
+def test_refusals_are_logged_at_most_every_few_seconds_per_address():
+    clock = Clock()
+    lim = limits(per_address=1, clock=clock)
+    lim.admit(key("10.0.0.1"))
+    lim.admit(key("10.0.0.2"))
+    assert lim.admit(key("10.0.0.1"))[2] is True
+    assert lim.admit(key("10.0.0.1"))[2] is False
+    assert lim.admit(key("10.0.0.2"))[2] is True       # another address has its own pace
+    clock.now += L.LOG_EVERY
+    assert lim.admit(key("10.0.0.1"))[2] is True
+
+
+def test_columns_count_per_worker_and_are_cleared_when_it_dies():
+    lim = L.Limits(total=3, clock=Clock())
+    first, second = lim.take_column(), lim.take_column()
+    assert (first, second) == (0, 1)
+    lim.column = first
+    lim.admit(key("10.0.0.1"))
+    lim.admit(key("10.0.0.2"))
+    lim.column = second
+    lim.admit(key("10.0.0.3"))
+    assert lim.admit(key("10.0.0.4"))[0] == L.TOO_MANY
+    lim.give_back(first)                        # its two clients are gone with it
+    assert lim.admit(key("10.0.0.4"))[0] == L.OK
+    assert lim.take_column() == first           # and the column is free again
+
+
+def test_a_process_without_a_column_counts_nothing():
+    lim = L.Limits(total=1, clock=Clock())
+    lim.free = []
+    lim.column = lim.take_column()
+    assert lim.column == -1
+    assert lim.admit(key("10.0.0.1")) == (L.OK, -2, False)
+    assert lim.admit(key("10.0.0.1")) == (L.OK, -2, False)
+    lim.release(-2)
+    lim.give_back(-1)
+
+
+def test_counts_are_shared_with_forked_processes():
+    lim = limits(total=1)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            lim.admit(key("10.0.0.1"))
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert lim.admit(key("10.0.0.2"))[0] == L.TOO_MANY
+
+
+def test_a_full_table_admits_and_says_so(monkeypatch):
+    errors = []
+    monkeypatch.setattr(L.log, "error", errors.append)
+    monkeypatch.setattr(L, "SLOTS", 4)
+    monkeypatch.setattr(L, "PROBE", 4)
+    clock = Clock()
+    lim = limits(per_address=1, clock=clock)
+    slots = [lim.admit(key("10.0.0.%d" % i)) for i in range(1, 5)]
+    assert all(v == L.OK and s >= 0 for v, s, _ in slots)
+    verdict, slot, _ = lim.admit(key("10.0.0.9"))
+    assert (verdict, slot) == (L.OK, -1)                # admitted without a per-address count
+    assert errors == ["limits: the address table is full; admitting without per-address limits"]
+    lim.admit(key("10.0.0.10"))
+    assert len(errors) == 1                             # paced
+    lim.release(slots[0][1])                            # a slot whose address has gone is reused
+    assert lim.admit(key("10.0.0.11"))[1] == slots[0][1]
+
+
+@pytest.mark.parametrize("total,per,rate,on", [(0, 0, None, False), (5, 0, None, False), (0, 1, None, True),
+                                               (0, 0, (1, 1.0), True)])
+def test_per_address_table_only_when_needed(total, per, rate, on):
+    assert L.Limits(total, per, rate).per_address_on is on

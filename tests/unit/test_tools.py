@@ -1,0 +1,100 @@
+"""test_sockd_conf on the classic package's golden example, and its
+usage errors (status 255)."""
+
+import pytest
+
+from sockd import tools
+
+GOLDEN = """\
+deny *=bonnie,clyde 128.12.6.0 255.255.255.0 : mail 'Rejected SOCKS access by %u'
+permit *=ylee 128.12.6.4 255.255.255.255 137.12.0.0 255.255.0.0
+deny 128.12.0.0 255.255.0.0 eq telnet
+permit 128.12.0.0 255.255.0.0
+#NO_IDENTD: mail -s 'please run identd on %A' root
+#BAD_ID: mail -s '%U pretends to be %u on %A' root
+"""
+
+
+@pytest.fixture
+def golden(tmp_path):
+    p = tmp_path / "sockd.conf"
+    p.write_text(GOLDEN)
+    return str(p)
+
+
+@pytest.mark.parametrize("args,status,last", [
+    (["clyde", "128.12.6.34", "10.0.0.1", "ftp"], 0, "Shell command: mail 'Rejected SOCKS access by clyde'"),
+    (["ylee", "128.12.6.4", "137.12.1.1", "telnet"], 1, "*** Permitted by line 2."),
+    (["jane", "128.12.2.13", "10.0.0.1", "telnet"], 0, "*** Denied by line 3."),
+    (["sam", "128.12.2.13", "10.0.0.1", "70"], 1, "*** Permitted by line 4."),
+    (["don", "23.2.6.127", "10.0.0.1", "70"], 0, "*** No match with any line. Access denied."),
+    (["-I", "sam", "128.12.2.13", "10.0.0.1", "70"], 0, "Access denied: cannot verify user-id (reply 92)."),
+    (["-B", "joe", "128.12.6.4", "10.0.0.1", "70"], 0,
+     "Access denied: user-id does not agree with the one reported by identd (reply 93)."),
+    (["-i", "sam", "128.12.2.13", "10.0.0.1", "70"], 1, "*** Permitted by line 4."),
+])
+def test_test_sockd_conf_golden(golden, capsys, args, status, last):
+    assert tools.test_sockd_conf(["-C", golden] + args) == status
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("USER:%s, SRC:" % args[-4])
+    assert out[-1] == last
+
+
+def test_test_sockd_conf_special_lines(golden, capsys):
+    tools.test_sockd_conf(["-C", golden, "-I", "sam", "128.12.2.13", "10.0.0.1", "70"])
+    out = capsys.readouterr().out
+    assert "Line 4: permit 128.12.0.0 255.255.0.0\n" in out
+    assert "Line 5: #NO_IDENTD: mail -s 'please run identd on 128.12.2.13' root" in out
+    tools.test_sockd_conf(["-C", golden, "-B", "joe", "128.12.6.4", "10.0.0.1", "70"])
+    assert "#BAD_ID: mail -s 'unknown pretends to be joe on 128.12.6.4' root" in capsys.readouterr().out
+
+
+def test_test_sockd_conf_usage_errors(golden, tmp_path, capsys):
+    assert tools.test_sockd_conf(["-C", golden, "u", "1.2.3.4"]) == 255
+    bad = tmp_path / "bad.conf"
+    bad.write_text("permit 10.0.0.0\n")
+    assert tools.test_sockd_conf(["-C", str(bad), "u", "1.2.3.4", "5.6.7.8", "80"]) == 255
+    assert "bad.conf:1:" in capsys.readouterr().err
+
+
+def test_test_sockd_conf_bad_port(golden, capsys):
+    assert tools.test_sockd_conf(["-C", golden, "u", "1.2.3.4", "5.6.7.8", "nosuchservice"]) == 255
+    assert capsys.readouterr().err == "test_sockd_conf: nosuchservice: unknown service name\n"
+
+
+# --- sockd-passwd -----------------------------------------------------------------------------
+
+def passwd(monkeypatch, argv, password="secret\n"):
+    import io
+    monkeypatch.setattr("sys.stdin", io.StringIO(password))
+    return tools.sockd_passwd(argv)
+
+
+def test_sockd_passwd_create_change_delete(tmp_path, monkeypatch, capsys):
+    from sockd import passwd as PW
+    f = str(tmp_path / "users")
+    assert passwd(monkeypatch, ["-i", "-C", "4", f, "alice"]) == 1          # no file, no -c
+    assert "does not exist (use -c to create it)" in capsys.readouterr().err
+    assert passwd(monkeypatch, ["-c", "-i", "-C", "4", f, "alice"]) == 0
+    assert passwd(monkeypatch, ["-i", "-C", "4", f, "bob"], "other\n") == 0
+    db = PW.PasswdFile.load(f)
+    assert db.verify("alice", b"secret") and db.verify("bob", b"other")
+    assert passwd(monkeypatch, ["-i", "-C", "4", f, "alice"], "changed\n") == 0
+    assert PW.PasswdFile.load(f).verify("alice", b"changed")
+    assert passwd(monkeypatch, ["-D", f, "alice"]) == 0
+    assert set(PW.PasswdFile.load(f).entries) == {"bob"}
+    assert passwd(monkeypatch, ["-D", f, "alice"]) == 1
+    assert "no user alice in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,password,status,message", [
+    (["-i", "-C", "3", "F", "alice"], "x\n", 2, "-C: cost must be 4 to 17"),
+    (["-c", "-i", "F", "bad:name"], "x\n", 2, "bad user name"),
+    (["-c", "-i", "F", "alice"], "\n", 1, "empty password refused"),
+    (["-c", "-i", "F", "alice"], "x" * 73 + "\n", 1, "at most 72 bytes"),
+    (["F"], "", 2, "usage: sockd-passwd"),
+])
+def test_sockd_passwd_mistakes(tmp_path, monkeypatch, capsys, argv, password, status, message):
+    argv = [str(tmp_path / "users") if a == "F" else a for a in argv]
+    assert passwd(monkeypatch, argv, password) == status
+    assert message in capsys.readouterr().err
