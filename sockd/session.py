@@ -512,8 +512,8 @@ class Session:
         self.rule = verdict.rule
         if verdict.user is not None:
             self.user = verdict.user
-        allowed = set(verdict.addresses)
-        if len(allowed) != len(self.candidates):
+        if len(verdict.addresses) != len(self.candidates):
+            allowed = set(verdict.addresses)
             self.candidates = [c for c in self.candidates if c[1] in allowed]
             self.dst_ip = addr_text(self.candidates[0][1])
         self.run_command(self.rule.command, self.rule.where)
