@@ -32,7 +32,7 @@ def load_services(path="/etc/services"):
                 fields = line.split("#", 1)[0].split()
                 if len(fields) >= 2 and fields[1].endswith("/tcp"):
                     port = fields[1][:-4]
-                    if port.isdigit():
+                    if port.isascii() and port.isdigit():
                         _SERVICES.setdefault(int(port), fields[0])
     except OSError:
         pass

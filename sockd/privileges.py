@@ -49,7 +49,7 @@ def resolve(cfg):
     ident = Identity(chroot=chroot)
     if user is not None:
         try:
-            pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+            pw = pwd.getpwuid(int(user)) if user.isascii() and user.isdigit() else pwd.getpwnam(user)
         except (KeyError, OverflowError):
             raise PrivilegeError("unknown user %s" % user) from None
         ident.user, ident.uid, ident.gid = pw.pw_name, pw.pw_uid, pw.pw_gid
@@ -59,7 +59,7 @@ def resolve(cfg):
             ident.groups = [pw.pw_gid]
     if group is not None:
         try:
-            gr = grp.getgrgid(int(group)) if group.isdigit() else grp.getgrnam(group)
+            gr = grp.getgrgid(int(group)) if group.isascii() and group.isdigit() else grp.getgrnam(group)
         except (KeyError, OverflowError):
             raise PrivilegeError("unknown group %s" % group) from None
         ident.gid = gr.gr_gid

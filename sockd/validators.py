@@ -97,7 +97,7 @@ def to_facility(tok):
 def to_port(tok, proto="tcp"):
     """A port number (0-65535) or a service name.  Returns an int, raises
     Bad.  A name is looked up in the C library's services table."""
-    if tok.isdigit():
+    if tok.isascii() and tok.isdigit():
         v = int(tok)
         if v > 65535:
             raise Bad("port number out of range", tok)
@@ -131,7 +131,7 @@ def to_listen(tok):
     if ":" in tok:
         host, port = tok.rsplit(":", 1)
         port = to_port(port)
-    elif tok.isdigit():
+    elif tok.isascii() and tok.isdigit():
         host, port = "0.0.0.0", to_port(tok)
     else:
         host, port = tok, DEFAULT_PORT
@@ -209,7 +209,7 @@ def system_user(value):
     """The user of ``user`` exists now.  Returns it, raises Bad.  Reads the
     passwd database."""
     try:
-        if value.isdigit():
+        if value.isascii() and value.isdigit():
             pwd.getpwuid(int(value))
         else:
             pwd.getpwnam(value)
@@ -223,7 +223,7 @@ def system_group(value):
     """The group of ``group`` exists now.  Returns it, raises Bad.  Reads the
     group database."""
     try:
-        if value.isdigit():
+        if value.isascii() and value.isdigit():
             grp.getgrgid(int(value))
         else:
             grp.getgrnam(value)

@@ -141,3 +141,10 @@ def test_seconds_units_multiply(n, unit):
         assert bad(V.to_seconds, "%d%s" % (n, unit)) == "duration out of range"
     else:
         assert V.to_seconds("%d%s" % (n, unit)) == n * mult
+
+
+def test_unicode_digits_are_not_numbers():
+    # str.isdigit() is true for '²', which int() refuses: a traceback once
+    for conv in (V.to_port, V.to_listen):
+        with pytest.raises(Bad):
+            conv("\u00b2")
