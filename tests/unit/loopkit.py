@@ -148,15 +148,22 @@ class Peer:
         self.reading = read
         self.echo = echo
         self.out = b""
+        self.off = 0
         self.sent = 0
         self.shut_after = False
         self.shut = False
         self.mask = -1
         self.update()
 
+    @property
+    def pending(self):
+        """Bytes given to write() that the socket has not taken yet."""
+        return len(self.out) - self.off
+
     # what the test calls
     def write(self, data, shutdown=False):
-        self.out += data
+        self.out = self.out[self.off:] + data
+        self.off = 0
         self.shut_after = self.shut_after or shutdown
         self.flush()
         self.update()
@@ -208,21 +215,23 @@ class Peer:
                 return
             self.data += chunk
             if self.echo:
-                self.out += chunk
+                self.out = self.out[self.off:] + chunk
+                self.off = 0
                 self.flush()
 
     def flush(self):
-        while self.out:
+        while self.off < len(self.out):
             try:
-                n = self.sock.send(self.out[:1 << 20])
+                n = self.sock.send(memoryview(self.out)[self.off:self.off + (1 << 20)])
             except BlockingIOError:
                 return
             except OSError as exc:
                 self.error = exc.errno
-                self.out = b""
+                self.out, self.off = b"", 0
                 return
-            self.out = self.out[n:]
+            self.off += n
             self.sent += n
+        self.out, self.off = b"", 0
         if self.shut_after and not self.shut:
             self.shut = True
             try:
@@ -236,7 +245,7 @@ class Peer:
         m = 0
         if self.reading and not self.eof and self.error is None:
             m |= EPOLLIN
-        if self.out:
+        if self.pending:
             m |= EPOLLOUT
         if m == self.mask or (m == 0 and self.mask < 0):
             return
