@@ -1,39 +1,14 @@
-"""Pure parts of 'who is asking': RFC 1413 replies, % expansion and its
-sanitising, the password file, and test_sockd_conf on the golden example."""
+"""Pure parts of 'who is asking': % expansion and its sanitising, the
+password file, and test_sockd_conf on the golden example.  (RFC 1413 is in
+test_ident.py.)"""
 
 import pytest
 
 from sockd import config as C
-from sockd import ident as I
 from sockd import passwd as PW
 from sockd import rules as R
 from sockd import shell
 from sockd import tools
-
-# --- RFC 1413 ---------------------------------------------------------------------------
-
-
-def test_ident_query_format():
-    assert I.query(6191, 23) == b"6191 , 23\r\n"
-
-
-@pytest.mark.parametrize("reply,expected", [
-    (b"6191, 23 : USERID : UNIX : stjohns\r\n", ("USERID", "stjohns")),
-    (b"6191,23:USERID:UNIX,US-ASCII:stjohns\n", ("USERID", "stjohns")),
-    (b"6191 , 23 : USERID : OTHER : a:b:c\r\n", ("USERID", "a:b:c")),
-    (b"6195, 23 : ERROR : NO-USER\r\n", ("ERROR", "NO-USER")),
-    (b"6191, 24 : USERID : UNIX : stjohns\r\n", ("ERROR", "wrong ports")),
-    (b"garbage\r\n", ("ERROR", "garbage")),
-    (b"6191, 23 : USERID : UNIX : \r\n", ("ERROR", "bad user id")),
-    (b"6191, 23 : USERID : UNIX : " + b"x" * 65 + b"\r\n", ("ERROR", "bad user id")),
-    (b"6191, 23 : USERID : UNIX : a\x1bb\r\n", ("ERROR", "bad user id")),
-    (b"6191, 23 : USERID : UNIX : \xff\xfe\r\n", ("ERROR", "garbage")),
-    (b"6191, 23 : WHATEVER : x\r\n", ("ERROR", "garbage")),
-])
-def test_ident_replies(reply, expected):
-    p1 = 6195 if b"6195" in reply else 6191
-    assert I.parse_reply(reply, p1, 23) == expected
-
 
 # --- % expansion --------------------------------------------------------------------------
 

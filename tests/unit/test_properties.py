@@ -8,7 +8,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sockd import config as C
-from sockd import ident as I
 from sockd import passwd as PW
 from sockd import protocol as P
 from sockd import proxyproto as PP
@@ -63,15 +62,6 @@ def test_udp_header_and_replies(data):
         except P.ProtocolError:
             continue
         assert got is None or isinstance(got, tuple)
-
-
-@FAST
-@given(st.binary(max_size=1200), st.integers(0, 65535), st.integers(0, 65535))
-def test_ident_reply(data, p1, p2):
-    kind, value = I.parse_reply(data, p1, p2)
-    assert kind in (I.USERID, I.ERROR)
-    if kind == I.USERID:
-        assert 0 < len(value) <= I.MAX_USERID and value.isprintable()
 
 
 @FAST
