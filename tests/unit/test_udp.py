@@ -253,7 +253,8 @@ def test_a_name_that_does_not_resolve_is_dropped_and_logged_once(loop, setup, mo
     s.send(b"b", to="nosuch.test")
     run_until(loop, lambda: s.assoc.dropped == 2)
     assert s.assoc.dropped == 2
-    assert log.lines("notice") == ["failed -- UDP associate from unknown(unknown)@127.0.0.1: cannot resolve nosuch.test"]
+    assert log.lines("notice") == [
+        "failed -- UDP associate from unknown(unknown)@127.0.0.1: cannot resolve nosuch.test"]
 
 
 class HeldExecutor:
