@@ -331,6 +331,71 @@ class UdpPeer:
             self.sock.close()
 
 
+class Identd:
+    """An identd on the loop (on a port of its own: point sockd.ident's
+    IDENT_PORT at ``port``).  ``script(query)`` gives what to do: a list
+    of byte chunks (sent one per round, then the connection closed), or
+    "silent" (keep the connection open, say nothing)."""
+
+    def __init__(self, loop, net, script, host="127.0.0.1"):
+        self.loop = loop
+        self.script = script
+        self.ls = net.listener(host)
+        self.ls.setblocking(False)
+        self.port = self.ls.getsockname()[1]
+        self.queries = []
+        self.peers = []
+        self.conns = []
+        loop.add(self.ls.fileno(), EPOLLIN, self.on_accept)
+        net.keep(self)
+
+    def on_accept(self, ev):
+        conn, peer = self.ls.accept()
+        self.peers.append(peer)
+        self.conns.append(conn)
+        conn.setblocking(False)
+        buf = [b""]
+
+        def on_query(ev):
+            data = conn.recv(100)
+            buf[0] += data
+            if b"\n" not in buf[0] and data:
+                return
+            self.loop.remove(conn.fileno())
+            self.queries.append(buf[0])
+            todo = self.script(buf[0])
+            if todo == "silent":
+                return
+            self.send_next(conn, list(todo))
+        handler = _Handler(on_query)
+        self.loop.add(conn.fileno(), EPOLLIN, handler.on_event)
+
+    def send_next(self, conn, chunks):
+        if not chunks:
+            conn.close()
+            return
+        try:
+            conn.send(chunks.pop(0))
+        except OSError:                 # the query has stopped listening
+            conn.close()
+            return
+        self.loop.call_later(0.01, lambda: self.send_next(conn, chunks))
+
+    def close(self):
+        if self.ls.fileno() >= 0:
+            self.loop.remove(self.ls.fileno())
+        for c in self.conns:
+            c.close()
+
+
+class _Handler:
+    def __init__(self, fn):
+        self.on_event = fn
+
+    def close(self):
+        pass
+
+
 class Net:
     """Makes the test's sockets and peers and closes every one of them at
     the end of the test."""

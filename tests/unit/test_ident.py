@@ -14,9 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sockd import ident as I
-from sockd.loop import EPOLLIN
-
-from loopkit import closed_port, run_for, run_until, watched
+from loopkit import Identd, closed_port, run_for, run_until, watched
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -72,70 +70,6 @@ def test_a_well_formed_answer_gives_its_user(p1, p2, user, opsys, end, pad):
 
 
 # --- the lookup -----------------------------------------------------------------------------------
-
-class Identd:
-    """An identd on the loop.  ``script(query)`` gives what to do: a list
-    of byte chunks (sent one per round, then the connection closed), or
-    "silent" (keep the connection open, say nothing)."""
-
-    def __init__(self, loop, net, script, host="127.0.0.1"):
-        self.loop = loop
-        self.script = script
-        self.ls = net.listener(host)
-        self.ls.setblocking(False)
-        self.port = self.ls.getsockname()[1]
-        self.queries = []
-        self.peers = []
-        self.conns = []
-        loop.add(self.ls.fileno(), EPOLLIN, self.on_accept)
-        net.keep(self)
-
-    def on_accept(self, ev):
-        conn, peer = self.ls.accept()
-        self.peers.append(peer)
-        self.conns.append(conn)
-        conn.setblocking(False)
-        buf = [b""]
-
-        def on_query(ev):
-            data = conn.recv(100)
-            buf[0] += data
-            if b"\n" not in buf[0] and data:
-                return
-            self.loop.remove(conn.fileno())
-            self.queries.append(buf[0])
-            todo = self.script(buf[0])
-            if todo == "silent":
-                return
-            self.send_next(conn, list(todo))
-        handler = Handler(on_query)
-        self.loop.add(conn.fileno(), EPOLLIN, handler.on_event)
-
-    def send_next(self, conn, chunks):
-        if not chunks:
-            conn.close()
-            return
-        try:
-            conn.send(chunks.pop(0))
-        except OSError:                 # the query has stopped listening
-            conn.close()
-            return
-        self.loop.call_later(0.01, lambda: self.send_next(conn, chunks))
-
-    def close(self):
-        if self.ls.fileno() >= 0:
-            self.loop.remove(self.ls.fileno())
-        for c in self.conns:
-            c.close()
-
-
-class Handler:
-    def __init__(self, fn):
-        self.on_event = fn
-
-    def close(self):
-        pass
-
 
 class Done:
     def __init__(self):
