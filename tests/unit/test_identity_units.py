@@ -1,45 +1,13 @@
-"""Pure parts of 'who is asking': % expansion and its sanitising, the
-password file, and test_sockd_conf on the golden example.  (RFC 1413 is in
-test_ident.py.)"""
+"""Pure parts of 'who is asking': the password file, and test_sockd_conf on
+the golden example.  (RFC 1413 is in test_ident.py, % expansion in
+test_shell.py.)"""
 
 import pytest
 
 from sockd import config as C
 from sockd import passwd as PW
 from sockd import rules as R
-from sockd import shell
 from sockd import tools
-
-# --- % expansion --------------------------------------------------------------------------
-
-VALUES = {"A": "host.example", "a": "10.1.2.3", "c": "connect", "p": "42", "S": "telnet", "s": "23",
-          "U": "root", "u": "joe", "Z": "dst.example", "z": "10.9.9.9"}
-
-
-def test_expand_every_token():
-    t = "%A %a %c %p %S %s %U %u %Z %z %% %x"
-    assert shell.expand(t, VALUES) == \
-        "host.example 10.1.2.3 connect 42 telnet 23 root joe dst.example 10.9.9.9 % "
-
-
-@pytest.mark.parametrize("hostile", ["x;touch /tmp/F", "$(touch /tmp/F)", "`touch /tmp/F`",
-                                     "a|b&c>d<e", "'quoted'\"q\"", "new\nline", "sp ace", "é"])
-def test_client_values_cannot_become_shell_syntax(hostile):
-    out = shell.expand("echo %u", dict(VALUES, u=hostile))
-    value = out[len("echo "):]
-    assert all(c in shell.SAFE for c in value), value
-    assert len(value) == len(hostile)
-
-
-def test_template_is_the_administrators_and_kept():
-    assert shell.expand("mail -s 'hi %u' root; true", VALUES) == "mail -s 'hi joe' root; true"
-
-
-def test_command_checks():
-    assert shell.check("echo hi") is None
-    assert "no alphanumeric" in shell.check("%%% ;")
-    assert "too long" in shell.check("x" * (shell.MAX_COMMAND + 1))
-
 
 # --- passwd ----------------------------------------------------------------------------------
 
