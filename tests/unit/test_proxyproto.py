@@ -38,19 +38,3 @@ def test_vectors(data, expected):
 def test_malformed(bad):
     with pytest.raises(P.ProtocolError):
         PP.parse(bad)
-
-
-def test_host_addresses_from_proc():
-    from sockd import netinfo
-    trie = ("Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n"
-            "     +-- 127.0.0.0/8 2 0 2\n        |-- 127.0.0.1\n           /32 host LOCAL\n"
-            "     |-- 192.0.2.2\n        /32 host LOCAL\n     |-- 192.0.2.255\n        /32 link BROADCAST\n")
-    assert netinfo.parse_fib_trie(trie) == {"127.0.0.1", "192.0.2.2"}
-    inet6 = "00000000000000000000000000000001 01 80 10 80       lo\nfd000000000000000000000000000002 02 40 00 80 eth0\n"
-    assert netinfo.parse_if_inet6(inet6) == {"::1", "fd00::2"}
-    from sockd.rules import ip_key
-    own = frozenset({ip_key("192.0.2.2")})
-    for a in ("127.0.0.5", "169.254.169.254", "192.0.2.2", "0.0.0.0", "::1", "fe80::1", "::ffff:127.0.0.1"):
-        assert netinfo.is_private(ip_key(a), own), a
-    for a in ("192.0.2.3", "8.8.8.8", "2001:db8::1"):
-        assert not netinfo.is_private(ip_key(a), own), a
