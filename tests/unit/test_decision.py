@@ -347,7 +347,7 @@ LINES = ["permit 0/0", "deny 0/0", "permit 10.0.0.0/8", "deny 10.1.0.0/16", "per
 ADDRS = ["10.1.2.3", "10.2.0.1", "127.0.0.1", "127.0.0.2", "169.254.1.1", OWN, "192.0.2.80", "203.0.113.5",
          "::1", "fe80::1", "2001:db8::1", "0.0.0.0", "::ffff:10.1.2.3", OUTSIDE]
 
-FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 rule_files = st.lists(st.sampled_from(LINES), min_size=0, max_size=6).map(tuple)
 modes = st.sampled_from(["yes", "no", "auto"])
 users = st.sampled_from([None, "alice", "bob"])

@@ -111,7 +111,7 @@ def test_the_relay_ends_once_when_both_directions_are_done(loop, net):
     client.write(b"a", shutdown=True)
     remote.write(b"b", shutdown=True)
     assert run_until(loop, lambda: owner.closed)
-    run_for(loop, 0.05)
+    run_for(loop, 0.02)
     assert owner.closed == 1
     assert (client.data, remote.data) == (b"b", b"a") and client.eof and remote.eof
 
@@ -132,14 +132,14 @@ def test_a_slow_receiver_holds_back_the_sender(loop, net, direction):
     def pend():
         return relay.pend_cr if upstream else relay.pend_rc
     assert run_until(loop, lambda: pend() is not None and sender.pending)
-    run_for(loop, 0.05)
+    run_for(loop, 0.02)
     moved = relay.n_cr if upstream else relay.n_rc
     assert 0 < len(pend()) <= 16384
     sender_mask, receiver_mask = (relay.cmask, relay.rmask) if upstream else (relay.rmask, relay.cmask)
     assert not sender_mask & EPOLLIN and receiver_mask & EPOLLOUT
     assert kernel_agrees(loop, relay)
     assert not (relay.shut_r if upstream else relay.shut_c)
-    run_for(loop, 0.05)
+    run_for(loop, 0.02)
     assert (relay.n_cr if upstream else relay.n_rc) == moved      # the sender is not read meanwhile
     receiver.resume()
     assert run_until(loop, lambda: receiver.eof, timeout=5)

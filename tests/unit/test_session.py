@@ -283,11 +283,11 @@ def test_a_balancer_that_is_not_trusted_is_hung_up_on(loop, log, server):
 # --- negotiation ------------------------------------------------------------------------------------------
 
 def test_timeout_negotiate_ends_a_client_that_does_not_finish(loop, log, server):
-    srv = server("timeout negotiate 0.2\npermit 0/0\n")
+    srv = server("timeout negotiate 0.1\npermit 0/0\n")
     start = time.monotonic()
     client, sess = srv.client(b"\x05\x01")
     assert run_until(loop, lambda: client.eof)
-    assert time.monotonic() - start >= 0.19
+    assert time.monotonic() - start >= 0.09
     assert client.data == b"" and nothing_left(loop, sess)
     assert log.lines("notice") == ["timed-out -- negotiation with 127.0.0.1 took too long (timeout negotiate)"]
 
@@ -295,7 +295,7 @@ def test_timeout_negotiate_ends_a_client_that_does_not_finish(loop, log, server)
 def test_timeout_connect_covers_a_silent_identd(loop, net, log, server, monkeypatch):
     identd = Identd(loop, net, lambda q: "silent")
     monkeypatch.setattr(I, "IDENT_PORT", identd.port)
-    srv = server("timeout connect 0.2\npermit ?=I 127.0.0.0/8\n")
+    srv = server("timeout connect 0.1\npermit ?=I 127.0.0.0/8\n")
     client, sess = srv.client(GREETING + connect5("127.0.0.1", 80))
     assert run_until(loop, lambda: client.eof)
     assert reply5(client.data)[0][0] == P.REP_TTL_EXPIRED
@@ -404,10 +404,10 @@ def test_udp_associate_without_a_permit_line_for_the_client(loop, log, server):
 
 def test_timeout_idle_closes_a_quiet_relay(loop, net, log, server):
     echo = net.echo_server()
-    srv = server("timeout idle 0.2\npermit 0/0\n")
+    srv = server("timeout idle 0.1\npermit 0/0\n")
     client, sess = srv.client(GREETING + connect5("127.0.0.1", echo.port))
     assert run_until(loop, lambda: client.eof)
-    assert log.having(": idle for 0.2s", "notice")
+    assert log.having(": idle for 0.1s", "notice")
 
 
 def test_a_client_that_hangs_up_while_waiting_is_closed_once(loop, net, server, monkeypatch):

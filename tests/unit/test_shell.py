@@ -20,7 +20,7 @@ from sockd import shell
 
 from loopkit import RecordingLog
 
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # --- % expansion (moved here from test_identity_units.py) -------------------------------------------
 
@@ -196,7 +196,7 @@ def test_drain_waits_for_a_running_command_and_gives_up_in_time(runner, tmp_path
     r = runner()
     assert r.drain(0.1)                              # nothing ever queued
     out = tmp_path / "slow"
-    r.submit("sleep 0.3; touch %s" % out, dict, "x")
+    r.submit("sleep 0.15; touch %s" % out, dict, "x")
     assert wait_for(lambda: r.busy == 1)
     assert not r.drain(0.05)
     assert r.drain(5) and out.exists()
