@@ -6,7 +6,6 @@ import pytest
 
 from sockd import config as C
 from sockd import passwd as PW
-from sockd import rules as R
 from sockd import tools
 
 # --- passwd ----------------------------------------------------------------------------------
@@ -47,24 +46,6 @@ def test_methods_username_needs_a_passwd_file(tmp_path):
     with pytest.raises(C.ConfigError) as e:
         C.parse_text("methods username gssapi\n", "x.conf")
     assert "near 'gssapi'" in e.value.problems[0][2]
-
-
-# --- the rules engine stops for a user it does not know yet ----------------------------------------
-
-def test_need_user_for_lines_that_ask_identd():
-    rs = C.parse_text("permit ?=n *=alice 0/0\npermit ?=I *=bob 0/0\npermit 0/0\n").ruleset
-    req = R.Request(R.ip_key("1.1.1.1"), R.ip_key("2.2.2.2"), 80, None)
-    asked = []
-
-    def user_of(rule):
-        if rule.ident == "I":
-            asked.append(rule.line)
-            return R.NEED_USER(rule)
-        return None
-    got = rs.match(req, user_of=user_of)
-    assert isinstance(got, R.NEED_USER) and got.rule.line == 2 and asked == [2]
-    assert rs.match(req, user_of=lambda r: "bob" if r.ident == "I" else None).line == 2
-    assert rs.match(req, user_of=lambda r: None).line == 3
 
 
 # --- test_sockd_conf: the classic package's golden example -------------------------------------------
