@@ -151,6 +151,8 @@ def test_cancel_means_no_answer_and_nothing_left(loop, net, monkeypatch):
     run_for(loop, 0.1)                                  # past the timeout
     assert done.calls == [] and q.sock is None and q.timer is None and q.fd not in watched(loop)
     q.cancel()
+    q.close()                                       # forgotten is forgotten: not even the error handler answers
+    assert done.calls == []
 
 
 def test_close_is_the_error_handlers_and_answers_unreachable_once(loop, net, monkeypatch):

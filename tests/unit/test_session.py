@@ -219,11 +219,12 @@ def test_the_refusing_lines_command_runs(loop, server, tmp_path):
     assert out.read_text() == "x_rm to 127.0.0.2\n"
 
 
-def test_identd_naming_another_user_refuses_socks4_with_93(loop, net, log, server, monkeypatch):
+def test_identd_naming_another_user_refuses_socks4_with_93(loop, net, log, server, monkeypatch, tmp_path):
     echo = net.echo_server()
     identd = Identd(loop, net, lambda q: [q.strip() + b" : USERID : UNIX : bob\r\n"])
     monkeypatch.setattr(I, "IDENT_PORT", identd.port)
-    srv = server("permit ?=i 127.0.0.0/8\n")
+    hook = tmp_path / "bad_id"
+    srv = server("permit ?=i 127.0.0.0/8\n#BAD_ID: echo %%U is not %%u > %s\n" % hook)
     client, sess = srv.client(connect4("127.0.0.1", echo.port, user="fred"))
     assert run_until(loop, lambda: client.eof)
     assert bytes(client.data) == P.reply4(P.S4_BAD_ID)
@@ -232,6 +233,8 @@ def test_identd_naming_another_user_refuses_socks4_with_93(loop, net, log, serve
     assert log.lines("notice") == ["refused -- Connect from fred(bob)@127.0.0.1 to 127.0.0.1 (%s) by unit.conf:1: "
                                    "identd says the user is bob" % service_name(echo.port)]
     assert echo.peers == []
+    assert run_until(loop, lambda: hook.exists() and hook.read_text().endswith("\n"))
+    assert hook.read_text() == "bob is not fred\n"
 
 
 def test_identd_agreeing_lets_the_client_through(loop, net, server, monkeypatch):
@@ -349,6 +352,31 @@ def test_username_and_password(loop, net, log, server, passwd, password, ok):
         assert run_until(loop, lambda: client.eof)
         assert bytes(client.data) == b"\x05\x02\x01\x01"
         assert log.lines("notice") == ["refused -- username/password authentication failed for alice from 127.0.0.1"]
+
+
+class HeldExecutor:
+    """Keeps the jobs it is given (a password check that takes its time)."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def submit(self, fn, args, done):
+        self.jobs.append((fn, args, done))
+
+    def shutdown(self):
+        pass
+
+
+def test_timeout_negotiate_covers_a_slow_password_check(loop, log, server, passwd):
+    loop.executor = held = HeldExecutor()
+    srv = server("timeout negotiate 0.1\nmethods username\npasswd %s\npermit 0/0\n" % passwd)
+    client, sess = srv.client(P.greeting5([P.METHOD_USERPASS]) + P.userpass_request("alice", "right"))
+    assert run_until(loop, lambda: client.eof)
+    assert len(held.jobs) == 1 and sess.state == S.CLOSED and bytes(client.data) == b"\x05\x02"
+    assert log.lines("notice") == ["timed-out -- negotiation with 127.0.0.1 took too long (timeout negotiate)"]
+    fn, args, done = held.jobs[0]
+    done(fn(*args), None)                            # the answer comes after the end: ignored
+    assert bytes(client.data) == b"\x05\x02"
 
 
 # --- BIND and UDP ASSOCIATE ------------------------------------------------------------------------------------

@@ -110,6 +110,19 @@ def test_datagrams_from_another_address_are_dropped(loop, net, setup):
     assert s.assoc.dropped == 1 and stranger.got == []
 
 
+@pytest.mark.parametrize("strict", ["yes", "no"])
+def test_another_address_is_dropped_even_from_the_clients_port(loop, net, setup, strict):
+    s = setup(conf="udp strict %s\npermit 127.0.0.0/8 127.0.0.1/32\n" % strict)
+    impostor = net.keep(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    impostor.bind(("127.0.0.2", s.client.port))                  # the client's port, another address
+    header = P.udp_header("127.0.0.1", s.echo.port)
+    impostor.sendto(header + b"not yours", s.relay)
+    s.send(b"mine")
+    assert run_until(loop, lambda: s.client.got)
+    assert [p for p, _ in s.echo.got] == [b"mine"]
+    assert s.assoc.dropped == 1 and s.assoc.client_port == s.client.port
+
+
 def test_strict_drops_another_port_of_the_client(loop, net, setup):
     s = setup()
     other = net.udp("127.0.0.1")
