@@ -148,26 +148,26 @@ def test_a_client_gone_before_the_first_reply_releases_the_listener(loop, bindwa
     assert sess.wait.lsock is None and not watched(loop)
 
 
-def test_the_route_file_gives_the_listening_address(tmp_path, bindwait):
-    routes = tmp_path / "routes"
-    routes.write_text("127.0.0.4 127.0.0.0 255.0.0.0\n")
-    sess = bindwait("route %s\n" % routes)
+def routed(sess, text):
+    """The route file as the configuration holds it once read (sockd.route)."""
+    sess.ctx.config.route_table = RT.parse(text, "routes")[0]
+    return sess
+
+
+def test_the_route_file_gives_the_listening_address(bindwait):
+    sess = routed(bindwait(), "127.0.0.4 127.0.0.0 255.0.0.0\n")
     assert started(sess)[0] == "127.0.0.4"
 
 
-def test_no_route_to_the_server_answers_network_unreachable(tmp_path, log, bindwait):
-    routes = tmp_path / "routes"
-    routes.write_text("127.0.0.4 10.0.0.0/8\n")
-    sess = bindwait("route %s\n" % routes)
+def test_no_route_to_the_server_answers_network_unreachable(log, bindwait):
+    sess = routed(bindwait(), "127.0.0.4 10.0.0.0/8\n")
     assert sess.wait.start() is False
     assert sess.calls[0] == ("fail", P.REP_NET_UNREACHABLE, None)
     assert log.lines("error") == ["***Cannot find appropriate interface to communicate with 127.0.0.1"]
 
 
 def test_a_listener_that_cannot_be_opened_fails_with_the_reason(bindwait):
-    table = RT.parse("192.0.2.1 127.0.0.0/8\n", "routes")[0]          # not an address of this host
-    sess = bindwait()
-    sess.ctx.config.route_table = table
+    sess = routed(bindwait(), "192.0.2.1 127.0.0.0/8\n")                # not an address of this host
     assert sess.wait.start() is False
     assert sess.calls[0] == ("fail", P.REP_FAILURE, ".  Error code: bind Cannot assign requested address")
 
