@@ -160,6 +160,23 @@ def test_early_data_the_remote_cannot_take_waits_and_holds_the_client(loop, net)
     assert bytes(remote.data) == data + b"after"
 
 
+def test_a_hang_up_while_the_clients_data_waits_still_delivers_it(loop, net):
+    """The client's socket is not read while its data waits for the remote;
+    its hang-up is put aside (the socket unregistered, not spinning) and
+    its last bytes and EOF are delivered once the remote takes data again."""
+    early = os.urandom(1 << 20)
+    relay, owner, client, remote = make(loop, net, early=early, bufsize=4096, read_remote=False)
+    remote.shutdown()                                # the remote has said all: the client gets EOF
+    assert run_until(loop, lambda: client.eof and relay.shut_c)
+    client.sock.send(b"tail")
+    client.close()                                   # both ways closed now: EPOLLHUP on the relay's socket
+    assert run_until(loop, lambda: relay.cmask == -1)
+    assert relay.cfd not in watched(loop) and owner.closed == 0 and relay.pend_cr is not None
+    remote.resume()
+    assert run_until(loop, lambda: remote.eof and owner.closed)
+    assert bytes(remote.data) == early + b"tail" and owner.closed == 1
+
+
 @pytest.mark.parametrize("side", ["client", "remote"])
 def test_a_reset_ends_the_relay(loop, net, side):
     relay, owner, client, remote = make(loop, net)
