@@ -38,8 +38,7 @@ class Connector:
     """Connect to the first of ``candidates`` [(family, address)] that
     answers on ``port``.  ``done(sock, address, None)`` on success (a
     connected non-blocking socket, options set) or ``done(None, None,
-    errno)`` when every candidate failed (``candidates`` is consumed, not
-    copied); called exactly once, unless
+    errno)`` when every candidate failed; called exactly once, unless
     cancelled first.  After success, ``mask`` is what the socket is still
     registered for in the loop (-1: not registered), so that the relay can
     take it over without a system call."""
@@ -48,7 +47,7 @@ class Connector:
 
     def __init__(self, loop, candidates, port, table, host, log, done):
         self.loop = loop
-        self.candidates = candidates
+        self.candidates = list(candidates)      # the session keeps its own
         self.port = port
         self.table = table          # the route file's RouteTable, or None
         self.host = host

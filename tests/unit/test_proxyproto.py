@@ -1,9 +1,16 @@
-"""PROXY protocol v1 and v2: vectors fed whole and one byte at a time."""
+"""sockd.proxyproto: PROXY protocol v1 and v2, vectors fed whole and one
+byte at a time; hypothesis for any addresses and for any bytes."""
+
+import socket
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sockd import protocol as P
 from sockd import proxyproto as PP
+
+FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 CASES = [
     (b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 1080\r\n", PP.Proxied("192.0.2.1", 56324, "198.51.100.2", 1080)),
@@ -40,17 +47,30 @@ def test_malformed(bad):
         PP.parse(bad)
 
 
-def test_host_addresses_from_proc():
-    from sockd import netinfo
-    trie = ("Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n"
-            "     +-- 127.0.0.0/8 2 0 2\n        |-- 127.0.0.1\n           /32 host LOCAL\n"
-            "     |-- 192.0.2.2\n        /32 host LOCAL\n     |-- 192.0.2.255\n        /32 link BROADCAST\n")
-    assert netinfo.parse_fib_trie(trie) == {"127.0.0.1", "192.0.2.2"}
-    inet6 = "00000000000000000000000000000001 01 80 10 80       lo\nfd000000000000000000000000000002 02 40 00 80 eth0\n"
-    assert netinfo.parse_if_inet6(inet6) == {"::1", "fd00::2"}
-    from sockd.rules import ip_key
-    own = frozenset({ip_key("192.0.2.2")})
-    for a in ("127.0.0.5", "169.254.169.254", "192.0.2.2", "0.0.0.0", "::1", "fe80::1", "::ffff:127.0.0.1"):
-        assert netinfo.is_private(ip_key(a), own), a
-    for a in ("192.0.2.3", "8.8.8.8", "2001:db8::1"):
-        assert not netinfo.is_private(ip_key(a), own), a
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from([4, 6]).flatmap(lambda v: st.tuples(st.ip_addresses(v=v), st.ip_addresses(v=v))),
+       st.integers(0, 65535), st.integers(0, 65535), st.binary(max_size=20))
+def test_any_header_parses_back_in_both_versions(addrs, sport, dport, after):
+    src, dst = (str(a) if a.version == 4 else socket.inet_ntop(socket.AF_INET6, a.packed) for a in addrs)
+    want = PP.Proxied(src, sport, dst, dport)
+    v2 = PP.header_v2(src, sport, dst, dport)
+    assert PP.parse(v2 + after) == (want, len(v2))
+    v1 = ("PROXY TCP%d %s %s %d %d\r\n" % (addrs[0].version, src, dst, sport, dport)).encode()
+    assert PP.parse(v1 + after) == (want, len(v1))
+    for i in range(0, len(v1), 7):
+        assert PP.parse(v1[:i]) is None
+
+
+@FAST
+@given(st.builds(lambda p, b: p + b, st.sampled_from([b"", b"PROXY ", b"PROXY TCP4 ", PP.V2_SIGNATURE,
+                                                      PP.V2_SIGNATURE + b"\x21\x11"]),
+                 st.binary(max_size=300)))
+def test_proxy_protocol(data):
+    for end in (len(data), len(data) // 2):
+        try:
+            got = PP.parse(data[:end])
+        except P.ProtocolError:
+            continue
+        if got is not None:
+            header, used = got
+            assert isinstance(header, (PP.Proxied, PP.Local)) and 0 < used <= end

@@ -1,4 +1,12 @@
-"""The rules engine: the golden example of the classic package, and more."""
+"""sockd.rules: the first-match engine on the golden example of the classic
+package and more; address specifications, ip_key and the index checked
+against ipaddress and a full scan with hypothesis."""
+
+import ipaddress
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sockd import config as C
 from sockd import configload
@@ -133,3 +141,80 @@ def test_source_index_gives_the_same_answers_as_a_full_scan():
             req = R.Request(R.ip_key(src), R.ip_key("10.%d.1.1" % rng.randrange(3)), rng.randrange(1, 4), None)
             trace = []
             assert rs.match(req, trace) is rs._scan(req, None)
+
+
+# --- the engine stops for a user it does not know yet (moved here from test_identity_units.py) ---
+
+def test_need_user_for_lines_that_ask_identd():
+    rs = C.parse_text("permit ?=n *=alice 0/0\npermit ?=I *=bob 0/0\npermit 0/0\n").ruleset
+    req = R.Request(R.ip_key("1.1.1.1"), R.ip_key("2.2.2.2"), 80, None)
+    asked = []
+
+    def user_of(rule):
+        if rule.ident == "I":
+            asked.append(rule.line)
+            return R.NEED_USER(rule)
+        return None
+    got = rs.match(req, user_of=user_of)
+    assert isinstance(got, R.NEED_USER) and got.rule.line == 2 and asked == [2]
+    assert rs.match(req, user_of=lambda r: "bob" if r.ident == "I" else None).line == 2
+    assert rs.match(req, user_of=lambda r: None).line == 3
+
+
+def test_may_permit_looks_at_permit_lines_for_the_client_only():
+    rs = C.parse_text("deny 10.0.0.0/8\npermit client.example 0/0\npermit *=alice 10.0.0.0/8\n"
+                      "permit 10.1.0.0/16 192.0.2.0/24\n").ruleset
+    assert rs.may_permit(R.ip_key("10.1.2.3"), None).line == 4          # deny lines and destinations aside
+    assert rs.may_permit(R.ip_key("10.2.2.3"), "alice").line == 3
+    assert rs.may_permit(R.ip_key("10.2.2.3"), None) is None           # a named client host is not judged here
+    assert rs.has_users and rs.needs_src_names and not rs.needs_dst_names and rs.has_permit
+
+
+def test_the_memo_is_bounded(monkeypatch):
+    monkeypatch.setattr(R.Ruleset, "MEMO_SIZE", 16)
+    rs = C.parse_text("permit 10.0.0.0/8\n").ruleset
+    for port in range(100):
+        assert rs.match(R.Request(R.ip_key("10.1.1.1"), R.ip_key("192.0.2.1"), port, None)).line == 1
+        assert len(rs._memo) <= 16
+
+
+@pytest.mark.parametrize("text,error", [
+    ("10.0.0.0", "address without a mask"), ("10.0.0.0/33", "bad CIDR address"),
+    ("10.0.0.0 ffff::", "mask and address are of different families"), ("bad_host!", "not an address"),
+    ("10.0.0.0/8 255.0.0.0", "a CIDR address takes no separate mask"), ("1.2.3", "not an address"),
+])
+def test_bad_address_specifications(text, error):
+    with pytest.raises(ValueError, match=error):
+        R.parse_addr_spec(*text.split())
+
+
+@given(st.ip_addresses())
+def test_ip_key_folds_mapped_addresses_and_refuses_other_text(ip):
+    fam, n = R.ip_key(str(ip))
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        assert (fam, n) == (4, int(ip.ipv4_mapped))
+    else:
+        assert (fam, n) == (ip.version, int(ip))
+    assert R.ip_key(str(ip) + "%eth0" if ip.version == 6 else str(ip)) == (fam, n)
+
+
+@pytest.mark.parametrize("junk", ["", "host.example", "1.2.3", "::g", "10.0.0.0/8", "1.2.3.4 "])
+def test_ip_key_of_what_is_no_address(junk):
+    with pytest.raises(ValueError):
+        R.ip_key(junk)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from([4, 6]).flatmap(lambda v: st.tuples(st.ip_addresses(v=v), st.integers(0, 32 if v == 4 else 128)))
+       .map(lambda t: ipaddress.ip_network(t, strict=False)), st.ip_addresses())
+def test_a_network_matches_what_ipaddress_says_it_contains(net, ip):
+    spec = R.parse_addr_spec(net.with_prefixlen)
+    fam, n = R.ip_key(str(ip))
+    inside = ip in net if ip.version == net.version else False
+    if ip.version == 6 and ip.ipv4_mapped is not None and net.version == 4:
+        inside = ip.ipv4_mapped in net
+    elif ip.version == 6 and ip.ipv4_mapped is not None:
+        inside = False                              # folded to IPv4: only IPv4 networks see it
+    if net.prefixlen == 0:
+        inside = True                               # a zero mask is any address of either family
+    assert spec.match(fam, n) == inside

@@ -2,8 +2,11 @@
 line-numbered errors, fed as text (no sockets)."""
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sockd import rules as R
+from sockd.errors import ConfigError
 from sockd.client import conf as K
 
 EXAMPLE = """\
@@ -213,3 +216,14 @@ def test_hostile_bytes_never_raise_anything_but_conferror():
             K.parse_text(text, "f")
         except K.ConfError as exc:
             assert all(line.startswith("f:") for line in exc.lines())
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.text(max_size=300), st.lists(st.sampled_from(
+    ["sockd", "direct", "deny", "sockd@127.0.0.1:1080,h", "@=a,b", "*=u", "0/0", "10.0.0.0", "255.0.0.0",
+     "eq", "80", ":", "#", "ALL", ".z", "::1/128"]), max_size=8).map(" ".join)))
+def test_any_text_parses_or_raises_config_error(text):
+    try:
+        K.parse_text(text, "socks.conf")
+    except ConfigError as exc:
+        assert exc.problems

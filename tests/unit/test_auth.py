@@ -1,0 +1,84 @@
+"""sockd.auth: the SOCKS 5 method chosen for a greeting, and the RFC 1929
+password check.
+
+``choose`` is pure: a table, and hypothesis for "the first of ours that the
+client offers".  ``check_password`` runs a real bcrypt password file
+(cost 4) through a real loop's executors: inline (a fork-model child) and
+the thread pool (a worker), whose answer must come back on the loop.
+"""
+
+import threading
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sockd import auth as A
+from sockd import loop as L
+from sockd import passwd as PW
+from sockd import protocol as P
+
+from loopkit import run_until
+
+NONE, USERPASS, GSSAPI = P.METHOD_NONE, P.METHOD_USERPASS, P.METHOD_GSSAPI
+
+
+@pytest.mark.parametrize("preferred,offered,chosen", [
+    (("none",), (NONE,), NONE),
+    (("none",), (USERPASS,), None),
+    (("username",), (NONE, USERPASS), USERPASS),
+    (("username", "none"), (NONE, USERPASS), USERPASS),        # our order, not the client's
+    (("none", "username"), (USERPASS, NONE), NONE),
+    (("username", "none"), (GSSAPI, NONE), NONE),
+    (("none",), (), None),
+    (("none", "username"), (GSSAPI, 0x80, 0xFE), None),
+])
+def test_choose(preferred, offered, chosen):
+    assert A.choose(preferred, offered) == chosen
+
+
+@given(st.lists(st.sampled_from(sorted(A.METHODS)), unique=True, min_size=1),
+       st.lists(st.integers(0, 255), max_size=10))
+def test_choose_is_the_first_of_ours_the_client_offers(preferred, offered):
+    ours = [A.METHODS[name] for name in preferred]
+    want = next((code for code in ours if code in offered), None)
+    assert A.choose(preferred, offered) == want
+
+
+class Ctx:
+    def __init__(self, loop, db):
+        self.loop = loop
+        self.config = type("Config", (), {"passwd_db": db})()
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    path = tmp_path_factory.mktemp("auth") / "users"
+    path.write_text("alice:%s\n" % PW.make_hash(b"right", 4))
+    return PW.PasswdFile.load(str(path))
+
+
+def test_without_a_passwd_file_every_password_is_refused_at_once(loop):
+    got = []
+    A.check_password(Ctx(loop, None), "alice", b"right", lambda ok, err: got.append((ok, err)))
+    assert got == [(False, None)]
+
+
+@pytest.mark.parametrize("user,password,ok", [("alice", b"right", True), ("alice", b"wrong", False),
+                                              ("mallory", b"right", False)])
+def test_inline_check(loop, db, user, password, ok):
+    got = []
+    A.check_password(Ctx(loop, db), user, password, lambda ok, err: got.append((ok, err)))
+    assert got == [(ok, None)]
+
+
+def test_the_pool_checks_off_the_loop_and_answers_on_it(loop, db):
+    loop.executor = pool = L.ThreadExecutor(loop, 1)
+    main = threading.get_ident()
+    got = []
+    A.check_password(Ctx(loop, db), "alice", b"right", lambda ok, err: got.append((ok, err, threading.get_ident())))
+    assert got == []                                 # not at once: bcrypt is slow on purpose
+    assert run_until(loop, lambda: got)
+    assert got == [(True, None, main)]
+    pool.shutdown()
+    pool.threads[0].join(2)

@@ -1,0 +1,254 @@
+"""sockd.relay: bytes both ways between a client and its destination.
+
+A real Relay on a real sockd.loop.Loop between two loopback TCP
+connections; the test's ends (the client application and the destination)
+are peers on the same loop, and the relay's owner is a small fake with
+the one method the relay asks for, close().  Checked: data both ways and
+byte counts, early data, half-close passed on only after pending data,
+back-pressure (at most one buffer pending, the sender's EPOLLIN off, in
+the relay's own masks and in the kernel's registration), resets, and the
+end of the relay once both directions are done.
+"""
+
+import hashlib
+import os
+import socket
+
+import pytest
+
+from sockd import relay as RL
+from sockd.loop import EPOLLIN, EPOLLOUT
+
+from loopkit import epoll_masks, run_for, run_until, watched
+
+
+class Owner:
+    """The relay's owner: it asks for close() and nothing else."""
+
+    def __init__(self):
+        self.closed = 0
+        self.relay = None
+
+    def close(self):
+        self.closed += 1
+        self.relay.close()
+
+
+def make(loop, net, early=b"", bufsize=None, relay_buf=1 << 16, read_client=True, read_remote=True):
+    """(relay, owner, client application peer, destination peer)."""
+    app, c = net.tcp_pair(bufsize=bufsize)
+    r, dest = net.tcp_pair(bufsize=bufsize)
+    c.setblocking(False)
+    r.setblocking(False)
+    owner = Owner()
+    buf = bytearray(relay_buf)
+    relay = owner.relay = RL.Relay(owner, loop, buf, memoryview(buf), c, r)
+    client = net.peer(app, read=read_client)
+    remote = net.peer(dest, read=read_remote)
+    relay.start(-1, -1, early)
+    return relay, owner, client, remote
+
+
+def kernel_agrees(loop, relay):
+    """The relay's idea of each socket's mask is what epoll has."""
+    masks = epoll_masks(loop)
+    for fd, mask in ((relay.cfd, relay.cmask), (relay.rfd, relay.rmask)):
+        if mask < 0:
+            assert fd not in masks and fd not in loop.handlers
+        else:
+            assert masks[fd] == mask
+    return True
+
+
+def test_bytes_move_both_ways_and_are_counted(loop, net):
+    relay, owner, client, remote = make(loop, net)
+    assert kernel_agrees(loop, relay)
+    assert relay.cmask == EPOLLIN and relay.rmask == EPOLLIN
+    client.write(b"hello")
+    assert run_until(loop, lambda: remote.data == b"hello")
+    remote.write(b"world!")
+    assert run_until(loop, lambda: client.data == b"world!")
+    assert (relay.n_cr, relay.n_rc) == (5, 6)
+    assert relay.last == loop.now or relay.last <= loop.now
+    assert owner.closed == 0 and kernel_agrees(loop, relay)
+
+
+def test_early_data_goes_first_and_is_counted(loop, net):
+    relay, owner, client, remote = make(loop, net, early=b"early:")
+    client.write(b"then")
+    assert run_until(loop, lambda: remote.data == b"early:then")
+    assert relay.n_cr == 10
+
+
+def test_a_half_close_is_passed_on_and_the_other_way_goes_on(loop, net):
+    relay, owner, client, remote = make(loop, net)
+    client.write(b"question", shutdown=True)
+    assert run_until(loop, lambda: remote.eof)
+    assert remote.data == b"question"
+    assert (relay.eof_c, relay.shut_r, relay.shut_c) == (True, True, False)
+    assert owner.closed == 0
+    remote.write(b"a long answer " * 1000)
+    assert run_until(loop, lambda: len(client.data) == 14000)
+    assert owner.closed == 0 and not client.eof
+    remote.shutdown()
+    assert run_until(loop, lambda: client.eof and owner.closed)
+    assert owner.closed == 1 and relay.shut_c
+    assert relay.cfd not in watched(loop) and relay.rfd not in watched(loop)
+
+
+def test_the_half_close_from_the_remote_is_passed_on_too(loop, net):
+    relay, owner, client, remote = make(loop, net)
+    remote.write(b"banner\r\n", shutdown=True)
+    assert run_until(loop, lambda: client.eof)
+    assert client.data == b"banner\r\n" and owner.closed == 0
+    client.write(b"QUIT\r\n", shutdown=True)
+    assert run_until(loop, lambda: remote.eof and owner.closed)
+    assert remote.data == b"QUIT\r\n"
+
+
+def test_the_relay_ends_once_when_both_directions_are_done(loop, net):
+    relay, owner, client, remote = make(loop, net)
+    client.write(b"a", shutdown=True)
+    remote.write(b"b", shutdown=True)
+    assert run_until(loop, lambda: owner.closed)
+    run_for(loop, 0.02)
+    assert owner.closed == 1
+    assert (client.data, remote.data) == (b"b", b"a") and client.eof and remote.eof
+
+
+@pytest.mark.parametrize("direction", ["client to remote", "remote to client"])
+def test_a_slow_receiver_holds_back_the_sender(loop, net, direction):
+    """The receiver does not read: the relay keeps at most one buffer of
+    what it could not deliver, stops reading the sender (TCP then pushes
+    back on it), and passes the sender's EOF on only after delivering
+    everything."""
+    upstream = direction == "client to remote"
+    relay, owner, client, remote = make(loop, net, bufsize=4096, relay_buf=16384,
+                                        read_client=upstream, read_remote=not upstream)
+    sender, receiver = (client, remote) if upstream else (remote, client)
+    data = os.urandom(4 << 20)
+    sender.write(data, shutdown=True)
+
+    def pend():
+        return relay.pend_cr if upstream else relay.pend_rc
+    assert run_until(loop, lambda: pend() is not None and sender.pending)
+    run_for(loop, 0.02)
+    moved = relay.n_cr if upstream else relay.n_rc
+    assert 0 < len(pend()) <= 16384
+    sender_mask, receiver_mask = (relay.cmask, relay.rmask) if upstream else (relay.rmask, relay.cmask)
+    assert not sender_mask & EPOLLIN and receiver_mask & EPOLLOUT
+    assert kernel_agrees(loop, relay)
+    assert not (relay.shut_r if upstream else relay.shut_c)
+    run_for(loop, 0.02)
+    assert (relay.n_cr if upstream else relay.n_rc) == moved      # the sender is not read meanwhile
+    receiver.resume()
+    assert run_until(loop, lambda: receiver.eof, timeout=5)
+    assert len(receiver.data) == len(data)
+    assert hashlib.sha256(receiver.data).digest() == hashlib.sha256(data).digest()
+    assert (relay.n_cr if upstream else relay.n_rc) == len(data)
+    assert pend() is None and owner.closed == 0
+
+
+def test_early_data_the_remote_cannot_take_waits_and_holds_the_client(loop, net):
+    data = os.urandom(1 << 20)
+    relay, owner, client, remote = make(loop, net, early=data, bufsize=4096, read_remote=False)
+    assert relay.pend_cr is not None and not relay.cmask & EPOLLIN and relay.rmask & EPOLLOUT
+    assert kernel_agrees(loop, relay)
+    client.write(b"after")
+    remote.resume()
+    assert run_until(loop, lambda: len(remote.data) == len(data) + 5, timeout=5)
+    assert bytes(remote.data) == data + b"after"
+
+
+def test_a_hang_up_while_the_clients_data_waits_still_delivers_it(loop, net):
+    """The client's socket is not read while its data waits for the remote;
+    its hang-up is put aside (the socket unregistered, not spinning) and
+    its last bytes and EOF are delivered once the remote takes data again."""
+    early = os.urandom(1 << 20)
+    relay, owner, client, remote = make(loop, net, early=early, bufsize=4096, read_remote=False)
+    remote.shutdown()                                # the remote has said all: the client gets EOF
+    assert run_until(loop, lambda: client.eof and relay.shut_c)
+    client.sock.send(b"tail")
+    client.close()                                   # both ways closed now: EPOLLHUP on the relay's socket
+    assert run_until(loop, lambda: relay.cmask == -1)
+    assert relay.cfd not in watched(loop) and owner.closed == 0 and relay.pend_cr is not None
+    remote.resume()
+    assert run_until(loop, lambda: remote.eof and owner.closed)
+    assert bytes(remote.data) == early + b"tail" and owner.closed == 1
+
+
+@pytest.mark.parametrize("side", ["client", "remote"])
+def test_a_reset_ends_the_relay(loop, net, side):
+    relay, owner, client, remote = make(loop, net)
+    client.write(b"x")
+    assert run_until(loop, lambda: remote.data)
+    (client if side == "client" else remote).reset()
+    assert run_until(loop, lambda: owner.closed)
+    assert owner.closed == 1
+    assert relay.cfd not in watched(loop) and relay.rfd not in watched(loop)
+
+
+def test_a_reset_from_a_receiver_that_holds_up_data_ends_the_relay(loop, net):
+    relay, owner, client, remote = make(loop, net, bufsize=4096, relay_buf=16384, read_remote=False)
+    client.write(os.urandom(2 << 20))
+    assert run_until(loop, lambda: relay.pend_cr is not None)
+    remote.reset()
+    assert run_until(loop, lambda: owner.closed)
+    assert relay.pend_cr is None
+
+
+def test_writing_to_a_closed_remote_ends_the_relay(loop, net):
+    relay, owner, client, remote = make(loop, net)
+    remote.close()                                   # a full close, no reset: our next send gets one
+    client.write(b"are you there?")
+    run_until(loop, lambda: owner.closed)
+    client.write(b"hello?")
+    assert run_until(loop, lambda: owner.closed)
+    assert owner.closed == 1
+
+
+def test_start_takes_over_registered_sockets(loop, net):
+    """Sockets already on the loop (the session's client socket, the
+    connector's remote) keep their registration: the relay rebinds them."""
+    app, c = net.tcp_pair()
+    r, dest = net.tcp_pair()
+    c.setblocking(False)
+    r.setblocking(False)
+
+    class Before:
+        def on_event(self, ev):
+            raise AssertionError("not the relay")
+
+        def close(self):
+            pass
+    before = Before()
+    loop.add(c.fileno(), EPOLLIN, before.on_event)
+    loop.add(r.fileno(), EPOLLOUT, before.on_event)
+    owner = Owner()
+    buf = bytearray(4096)
+    relay = owner.relay = RL.Relay(owner, loop, buf, memoryview(buf), c, r)
+    relay.start(EPOLLIN, EPOLLOUT)
+    assert loop.handlers[c.fileno()] == relay.on_client and loop.handlers[r.fileno()] == relay.on_remote
+    assert (relay.cmask, relay.rmask) == (EPOLLIN, EPOLLIN) and kernel_agrees(loop, relay)
+    remote = net.peer(dest)
+    app.send(b"ping")
+    assert run_until(loop, lambda: remote.data == b"ping")
+
+
+def test_close_stops_hearing_both_sockets_and_drops_what_waits(loop, net):
+    relay, owner, client, remote = make(loop, net, early=os.urandom(1 << 20), bufsize=4096, read_remote=False)
+    assert relay.pend_cr is not None
+    relay.close()
+    assert relay.pend_cr is None and relay.pend_rc is None
+    assert relay.cfd not in watched(loop) and relay.rfd not in watched(loop)
+    relay.close()                                    # twice is harmless
+
+
+def test_socket_options_for_relayed_sockets(net):
+    a, b = net.tcp_pair()
+    RL.set_socket_options(a)
+    assert a.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    assert a.getsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE)
+    assert a.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+    u = net.keep(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    RL.set_socket_options(u)                         # not TCP: quietly nothing

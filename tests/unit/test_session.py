@@ -1,0 +1,485 @@
+"""sockd.session: one client from its first byte to its relay, and its end.
+
+Real Sessions on a real sockd.loop.Loop, built as a worker builds them
+(``Context(config, loop, log)`` and an accepted loopback socket), with a
+recording log; the destination is an echo server on the same loop, the
+client is the test's peer, and identd (when a rule asks) an identd of the
+test's own.  Requests are sent coalesced (greeting, request and early
+data in one write) and byte by byte.  Checked: the replies of each SOCKS
+version, the log lines naming the deciding line, refusals (reply 2, and
+91/93 for SOCKS 4), timeouts, authentication, BIND, UDP ASSOCIATE, the
+PROXY protocol, and that a closed session leaves nothing registered.
+"""
+
+import socket
+import time
+
+import pytest
+
+from sockd import ident as I
+from sockd import passwd as PW
+from sockd import protocol as P
+from sockd import rules as R
+from sockd import session as S
+from sockd.addresses import service_name
+
+from loopkit import Identd, closed_port, parse_conf, run_for, run_until, watched
+
+GREETING = P.greeting5([P.METHOD_NONE])
+METHOD_NONE_REPLY = b"\x05\x00"
+
+
+def connect5(ip, port):
+    return P.request5(P.CMD_CONNECT, ip, port)
+
+
+def connect4(ip, port, user="fred", host=None):
+    return P.request4(P.CMD_CONNECT, port, socket.inet_aton(ip) if ip else P.ZERO4, user, host)
+
+
+def drained(sock):
+    """Has the session read everything the client sent?"""
+    try:
+        return not sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:
+        return True
+
+
+class Server:
+    """A worker's view: one Context, one listener; ``client(first)``
+    connects a client that has sent ``first`` and makes its Session."""
+
+    def __init__(self, loop, net, log, text, **ctxkw):
+        self.loop, self.net, self.log = loop, net, log
+        self.ctx = S.Context(parse_conf(text), loop, log, bufsize=1 << 16, **ctxkw)
+        self.ended = []
+        self.ctx.on_close = self.ended.append
+        self.ls = net.listener("127.0.0.1")
+        self.port = self.ls.getsockname()[1]
+        net.keep(self)
+
+    def client(self, first=b"", source=None, **kw):
+        c = self.net.connect(("127.0.0.1", self.port), source)
+        if first:
+            c.sendall(first)
+        conn, peer = self.ls.accept()
+        sess = S.Session(self.ctx, conn, peer, conn.getsockname(), **kw)
+        return self.net.peer(c), sess
+
+    def close(self):
+        for sess in list(self.ctx.sessions):
+            sess.close()
+        runner = self.ctx.runner
+        if runner.queue is not None:
+            runner.drain(2)
+            for _ in runner.threads:
+                runner.queue.put(None)
+            for t in runner.threads:
+                t.join(2)
+
+
+@pytest.fixture
+def server(loop, net, log):
+    return lambda text="permit 127.0.0.0/8\n", **kw: Server(loop, net, log, text, **kw)
+
+
+def reply5(data):
+    """(rep, address, port), rest -- of what a SOCKS 5 client got after the method reply."""
+    assert data[:2] == METHOD_NONE_REPLY
+    (rep, addr, port), used = P.parse_reply5(bytes(data[2:]))
+    return (rep, addr, port), bytes(data[2 + used:])
+
+
+def nothing_left(loop, sess):
+    return sess.state == S.CLOSED and sess.c.fileno() == -1 and not (watched(loop) & {sess.cfd}) and \
+        sess not in sess.ctx.sessions
+
+
+# --- CONNECT ------------------------------------------------------------------------------------------
+
+def test_socks5_connect_in_one_write_relays_to_the_destination(loop, net, log, server):
+    echo = net.echo_server()
+    srv = server()
+    client, sess = srv.client(GREETING + connect5("127.0.0.1", echo.port) + b"early bytes")
+    assert run_until(loop, lambda: client.data.endswith(b"early bytes"))
+    (rep, addr, port), rest = reply5(client.data)
+    assert (rep, addr, rest) == (P.REP_SUCCEEDED, "127.0.0.1", b"early bytes")
+    assert port == sess.relay.r.getsockname()[1]                  # the address sockd connected from
+    assert sess.state == S.RELAY and sess.title() == "unknown@127.0.0.1 -> 127.0.0.1:%d" % echo.port
+    desc = "Connect from unknown(unknown)@127.0.0.1 to 127.0.0.1 (%s)" % service_name(echo.port)
+    assert log.lines("notice") == ["connected -- " + desc]
+    client.write(b" and more")
+    assert run_until(loop, lambda: client.data.endswith(b"early bytes and more"))
+    client.shutdown()
+    assert run_until(loop, lambda: client.eof and srv.ended)
+    assert srv.ended == [sess] and nothing_left(loop, sess)
+    assert log.lines("notice")[-1] == "terminated -- %s. 20 bytes from 127.0.0.1, 20 bytes from 127.0.0.1" % desc
+    st = srv.ctx.stats
+    assert (st["accepted"], st["connected"], st["bytes_in"], st["bytes_out"]) == (1, 1, 20, 20)
+    assert sess.status() == "finished; 20 bytes from the client, 20 to it"
+
+
+def test_socks5_connect_byte_by_byte(loop, net, server):
+    echo = net.echo_server()
+    srv = server()
+    client, sess = srv.client()
+    request = connect5("127.0.0.1", echo.port)
+    for i, byte in enumerate(GREETING + request):
+        client.sock.send(bytes([byte]))
+        assert run_until(loop, lambda: drained(sess.c))
+        if i < len(GREETING) - 1:
+            assert client.data == b""                             # no answer to half a greeting
+        elif i < len(GREETING) + len(request) - 1:
+            assert run_until(loop, lambda: client.data == METHOD_NONE_REPLY)
+    assert run_until(loop, lambda: len(client.data) == 12)
+    assert reply5(client.data)[0][0] == P.REP_SUCCEEDED
+    for byte in b"late":
+        client.sock.send(bytes([byte]))
+    assert run_until(loop, lambda: client.data.endswith(b"late"))
+
+
+def test_socks4_connect_and_its_reply(loop, net, log, server):
+    echo = net.echo_server()
+    srv = server()
+    client, sess = srv.client(connect4("127.0.0.1", echo.port) + b"hi")
+    assert run_until(loop, lambda: len(client.data) == 10)
+    (code, addr, port), used = P.parse_reply4(bytes(client.data))
+    assert (code, addr, client.data[used:]) == (P.S4_GRANTED, "127.0.0.1", b"hi")
+    assert log.lines("notice") == ["connected -- Connect from fred(unknown)@127.0.0.1 to 127.0.0.1 (%s)"
+                                   % service_name(echo.port)]
+
+
+def test_a_name_tries_its_permitted_addresses_in_order(loop, net, log, server, monkeypatch):
+    echo = net.echo_server()
+    monkeypatch.setattr(S, "resolve", lambda host, port: [
+        (socket.AF_INET, "127.0.0.2"), (socket.AF_INET, "127.0.0.3"), (socket.AF_INET, "127.0.0.1")])
+    srv = server("deny 0/0 127.0.0.2/32\npermit 127.0.0.0/8\n")
+    client, sess = srv.client(connect4(None, echo.port, host="Echo.Test"))
+    assert run_until(loop, lambda: len(client.data) == 8)
+    assert P.parse_reply4(bytes(client.data))[0][0] == P.S4_GRANTED
+    # .2 is refused by the rules and never tried, .3 refuses the connection, .1 answers
+    assert [ip for _, ip in sess.candidates] == ["127.0.0.3", "127.0.0.1"]
+    assert (sess.dst_host, sess.dst_ip) == ("echo.test", "127.0.0.1")
+    assert log.lines("notice") == ["connected -- Connect from fred(unknown)@127.0.0.1 to echo.test (%s)"
+                                   % service_name(echo.port)]
+
+
+def test_a_name_that_does_not_resolve(loop, server, log, monkeypatch):
+    def fail(host, port):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    monkeypatch.setattr(S, "resolve", fail)
+    srv = server()
+    client, sess = srv.client(GREETING + P.request5(P.CMD_CONNECT, "nosuch.test", 80))
+    assert run_until(loop, lambda: client.eof)
+    assert reply5(client.data)[0][0] == P.REP_HOST_UNREACHABLE
+    assert log.lines("notice") == ["failed -- Connect from unknown(unknown)@127.0.0.1 to nosuch.test (http).  "
+                                   "Error code: resolve Name or service not known"]
+
+
+def test_a_refused_connection_is_answered_with_its_reply(loop, server, log):
+    port = closed_port()
+    srv = server()
+    client, sess = srv.client(GREETING + connect5("127.0.0.1", port))
+    assert run_until(loop, lambda: client.eof)
+    assert reply5(client.data)[0][0] == P.REP_REFUSED
+    assert log.lines("notice") == ["failed -- Connect from unknown(unknown)@127.0.0.1 to 127.0.0.1 (%s).  "
+                                   "Error code: connect Connection refused" % service_name(port)]
+    assert srv.ctx.stats["failed"] == 1 and nothing_left(loop, sess)
+
+
+# --- refusals --------------------------------------------------------------------------------------------
+
+def test_a_deny_line_refuses_socks5_with_reply_2_and_names_the_line(loop, net, log, server):
+    echo = net.echo_server()
+    srv = server("deny 127.0.0.0/8 127.0.0.2/32\npermit 0/0\n")
+    client, sess = srv.client(GREETING + connect5("127.0.0.2", echo.port))
+    assert run_until(loop, lambda: client.eof)
+    assert bytes(client.data) == METHOD_NONE_REPLY + P.reply5(P.REP_NOT_ALLOWED)
+    assert log.lines("notice") == ["refused -- Connect from unknown(unknown)@127.0.0.1 to 127.0.0.2 (%s) "
+                                   "by unit.conf:1" % service_name(echo.port)]
+    assert echo.peers == [] and srv.ctx.stats["refused"] == 1 and nothing_left(loop, sess)
+
+
+def test_no_matching_line_refuses_socks4_with_91(loop, log, server):
+    srv = server("permit 10.0.0.0/8\n")
+    client, sess = srv.client(connect4("127.0.0.1", 80))
+    assert run_until(loop, lambda: client.eof)
+    assert bytes(client.data) == P.reply4(P.S4_REJECTED)
+    assert log.lines("notice") == ["refused -- Connect from fred(unknown)@127.0.0.1 to 127.0.0.1 (http): "
+                                   "no matching rule in unit.conf"]
+
+
+def test_the_refusing_lines_command_runs(loop, server, tmp_path):
+    out = tmp_path / "refused"
+    srv = server("deny 0/0 127.0.0.2/32 : echo %%u to %%z > %s\npermit 0/0\n" % out)
+    client, sess = srv.client(connect4("127.0.0.2", 80, user="x;rm"))
+    assert run_until(loop, lambda: client.eof)
+    # not Runner.drain(): it can return before a just-queued command has started (see test_shell.py)
+    assert run_until(loop, lambda: out.exists() and out.read_text().endswith("\n"))
+    assert out.read_text() == "x_rm to 127.0.0.2\n"
+
+
+def test_identd_naming_another_user_refuses_socks4_with_93(loop, net, log, server, monkeypatch, tmp_path):
+    echo = net.echo_server()
+    identd = Identd(loop, net, lambda q: [q.strip() + b" : USERID : UNIX : bob\r\n"])
+    monkeypatch.setattr(I, "IDENT_PORT", identd.port)
+    hook = tmp_path / "bad_id"
+    srv = server("permit ?=i 127.0.0.0/8\n#BAD_ID: echo %%U is not %%u > %s\n" % hook)
+    client, sess = srv.client(connect4("127.0.0.1", echo.port, user="fred"))
+    assert run_until(loop, lambda: client.eof)
+    assert bytes(client.data) == P.reply4(P.S4_BAD_ID)
+    assert identd.queries == [b"%d , %d\r\n" % (sess.client_port, srv.port)]
+    assert log.lines("warning") == ["*Alert*: real user is bob, not fred"]
+    assert log.lines("notice") == ["refused -- Connect from fred(bob)@127.0.0.1 to 127.0.0.1 (%s) by unit.conf:1: "
+                                   "identd says the user is bob" % service_name(echo.port)]
+    assert echo.peers == []
+    assert run_until(loop, lambda: hook.exists() and hook.read_text().endswith("\n"))
+    assert hook.read_text() == "bob is not fred\n"
+
+
+def test_identd_agreeing_lets_the_client_through(loop, net, server, monkeypatch):
+    echo = net.echo_server()
+    identd = Identd(loop, net, lambda q: [q.strip() + b" : USERID : UNIX : fred\r\n"])
+    monkeypatch.setattr(I, "IDENT_PORT", identd.port)
+    srv = server("permit ?=I 127.0.0.0/8\n")
+    client, sess = srv.client(connect4("127.0.0.1", echo.port, user="fred"))
+    assert run_until(loop, lambda: len(client.data) == 8)
+    assert P.parse_reply4(bytes(client.data))[0][0] == P.S4_GRANTED and sess.realuser == "fred"
+
+
+def test_socks5_without_auth_takes_identds_user(loop, net, server, monkeypatch):
+    echo = net.echo_server()
+    identd = Identd(loop, net, lambda q: [q.strip() + b" : USERID : UNIX : alice\r\n"])
+    monkeypatch.setattr(I, "IDENT_PORT", identd.port)
+    srv = server("permit ?=i *=alice 127.0.0.0/8\n")
+    client, sess = srv.client(GREETING + connect5("127.0.0.1", echo.port))
+    assert run_until(loop, lambda: len(client.data) == 12)
+    assert reply5(client.data)[0][0] == P.REP_SUCCEEDED
+    assert (sess.user, sess.realuser) == ("alice", "alice")
+
+
+def test_through_a_trusted_balancer_the_real_client_is_judged(loop, net, log, server):
+    """PROXY protocol: the header names a client not on loopback, so the
+    private-destination guard applies to it (deny-private-destinations auto)."""
+    echo = net.echo_server()
+    srv = server("permit 0/0\n")
+    header = b"PROXY TCP4 203.0.113.9 127.0.0.1 5555 1080\r\n"
+    client, sess = srv.client(header + GREETING + connect5("127.0.0.1", echo.port),
+                              proxy=[R.parse_addr_spec("127.0.0.0/8")])
+    assert run_until(loop, lambda: client.eof)
+    assert reply5(client.data)[0][0] == P.REP_NOT_ALLOWED
+    assert (sess.client_ip, sess.client_port, sess.local_port) == ("203.0.113.9", 5555, 1080)
+    assert log.lines("notice") == ["refused -- Connect from unknown(unknown)@203.0.113.9 to 127.0.0.1 (%s): "
+                                   "127.0.0.1 is private to this host (deny-private-destinations)"
+                                   % service_name(echo.port)]
+
+
+def test_a_balancer_that_is_not_trusted_is_hung_up_on(loop, log, server):
+    srv = server()
+    client, sess = srv.client(b"PROXY TCP4 203.0.113.9 127.0.0.1 5555 1080\r\n",
+                              proxy=[R.parse_addr_spec("192.0.2.0/24")])
+    assert run_until(loop, lambda: client.eof or client.error)     # a reset: its header was never read
+    assert client.data == b"" and sess.state == S.CLOSED and srv.ended == [sess]
+    assert log.lines("notice") == ["refused -- connection from 127.0.0.1: not a trusted PROXY protocol source"]
+
+
+# --- negotiation ------------------------------------------------------------------------------------------
+
+def test_timeout_negotiate_ends_a_client_that_does_not_finish(loop, log, server):
+    srv = server("timeout negotiate 0.1\npermit 0/0\n")
+    start = time.monotonic()
+    client, sess = srv.client(b"\x05\x01")
+    assert run_until(loop, lambda: client.eof)
+    assert time.monotonic() - start >= 0.09
+    assert client.data == b"" and nothing_left(loop, sess)
+    assert log.lines("notice") == ["timed-out -- negotiation with 127.0.0.1 took too long (timeout negotiate)"]
+
+
+def test_timeout_connect_covers_a_silent_identd(loop, net, log, server, monkeypatch):
+    identd = Identd(loop, net, lambda q: "silent")
+    monkeypatch.setattr(I, "IDENT_PORT", identd.port)
+    srv = server("timeout connect 0.1\npermit ?=I 127.0.0.0/8\n")
+    client, sess = srv.client(GREETING + connect5("127.0.0.1", 80))
+    assert run_until(loop, lambda: client.eof)
+    assert reply5(client.data)[0][0] == P.REP_TTL_EXPIRED
+    assert log.lines("notice") == ["timed-out -- Connect from unknown(unknown)@127.0.0.1 to 127.0.0.1 (http)"]
+    assert nothing_left(loop, sess) and sess.identq is None
+
+
+def test_an_unknown_command_is_answered_7(loop, log, server):
+    srv = server()
+    client, sess = srv.client(GREETING + b"\x05\x09\x00\x01\x7f\x00\x00\x01\x00\x50")
+    assert run_until(loop, lambda: client.eof)
+    assert reply5(client.data)[0][0] == P.REP_CMD_UNSUPPORTED
+    assert log.having(": command 9 not supported", "notice")
+
+
+def test_no_acceptable_method(loop, log, server):
+    srv = server()
+    client, sess = srv.client(P.greeting5([P.METHOD_USERPASS]))
+    assert run_until(loop, lambda: client.eof)
+    assert bytes(client.data) == b"\x05\xff"
+    assert log.lines("notice") == ["refused -- no acceptable authentication method from 127.0.0.1 (offered 2)"]
+
+
+def test_a_protocol_error_is_logged_and_the_client_dropped(loop, log, server):
+    srv = server()
+    client, sess = srv.client(b"GET / HTTP/1.0\r\n\r\n")
+    assert run_until(loop, lambda: client.eof)
+    assert log.lines("notice") == ["error -- wrong version (0x47) from host 127.0.0.1."]
+    assert srv.ctx.stats["errors"] == 1
+
+
+@pytest.fixture
+def passwd(tmp_path):
+    path = tmp_path / "users"
+    path.write_text("alice:%s\n" % PW.make_hash(b"right", 4))
+    return path
+
+
+@pytest.mark.parametrize("password,ok", [("right", True), ("wrong", False)])
+def test_username_and_password(loop, net, log, server, passwd, password, ok):
+    echo = net.echo_server()
+    srv = server("methods username\npasswd %s\npermit *=alice 127.0.0.0/8\n" % passwd)
+    client, sess = srv.client(P.greeting5([P.METHOD_USERPASS]) + P.userpass_request("alice", password)
+                              + connect5("127.0.0.1", echo.port))
+    if ok:
+        assert run_until(loop, lambda: len(client.data) == 2 + 2 + 10)
+        assert client.data[:4] == b"\x05\x02\x01\x00"
+        assert P.parse_reply5(bytes(client.data[4:]))[0][0] == P.REP_SUCCEEDED
+        assert sess.user == "alice" and sess.authenticated
+    else:
+        assert run_until(loop, lambda: client.eof)
+        assert bytes(client.data) == b"\x05\x02\x01\x01"
+        assert log.lines("notice") == ["refused -- username/password authentication failed for alice from 127.0.0.1"]
+
+
+class HeldExecutor:
+    """Keeps the jobs it is given (a password check that takes its time)."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def submit(self, fn, args, done):
+        self.jobs.append((fn, args, done))
+
+    def shutdown(self):
+        pass
+
+
+def test_timeout_negotiate_covers_a_slow_password_check(loop, log, server, passwd):
+    loop.executor = held = HeldExecutor()
+    srv = server("timeout negotiate 0.1\nmethods username\npasswd %s\npermit 0/0\n" % passwd)
+    client, sess = srv.client(P.greeting5([P.METHOD_USERPASS]) + P.userpass_request("alice", "right"))
+    assert run_until(loop, lambda: client.eof)
+    assert len(held.jobs) == 1 and sess.state == S.CLOSED and bytes(client.data) == b"\x05\x02"
+    assert log.lines("notice") == ["timed-out -- negotiation with 127.0.0.1 took too long (timeout negotiate)"]
+    fn, args, done = held.jobs[0]
+    done(fn(*args), None)                            # the answer comes after the end: ignored
+    assert bytes(client.data) == b"\x05\x02"
+
+
+# --- BIND and UDP ASSOCIATE ------------------------------------------------------------------------------------
+
+def test_socks4_bind_two_replies_then_the_relay(loop, net, log, server):
+    srv = server()
+    client, sess = srv.client(P.request4(P.CMD_BIND, 21, socket.inet_aton("127.0.0.1"), "fred"))
+    assert run_until(loop, lambda: len(client.data) == 8)
+    (code, addr, port), _ = P.parse_reply4(bytes(client.data))
+    assert (code, addr, sess.state) == (P.S4_GRANTED, "127.0.0.1", S.BINDWAIT)
+    app = net.peer(net.connect((addr, port)))
+    assert run_until(loop, lambda: len(client.data) == 16)
+    (code2, addr2, port2), _ = P.parse_reply4(bytes(client.data[8:]))
+    assert (code2, addr2, port2) == (P.S4_GRANTED, "127.0.0.1", app.sock.getsockname()[1])
+    app.write(b"220 hello\r\n")
+    assert run_until(loop, lambda: client.data.endswith(b"220 hello\r\n"))
+    client.write(b"QUIT\r\n", shutdown=True)
+    assert run_until(loop, lambda: app.data == b"QUIT\r\n" and app.eof)
+    assert log.having("connected -- Bind from fred(unknown)@127.0.0.1 for 127.0.0.1 (ftp): 127.0.0.1 port %d connected"
+                      % port2, "notice")
+
+
+def test_udp_associate_opens_a_relay_that_lives_with_the_control_connection(loop, net, log, server):
+    echo = net.udp(echo=True)
+    me = net.udp()
+    srv = server()
+    client, sess = srv.client(GREETING + P.request5(P.CMD_UDP, "127.0.0.1", me.port))
+    assert run_until(loop, lambda: len(client.data) == 12)
+    (rep, addr, port), _ = reply5(client.data)
+    assert (rep, addr, sess.state) == (P.REP_SUCCEEDED, "127.0.0.1", S.UDP)
+    me.send(P.udp_header("127.0.0.1", echo.port) + b"ping", (addr, port))
+    assert run_until(loop, lambda: me.got)
+    assert me.got[0][0] == P.udp_header("127.0.0.1", echo.port) + b"ping"
+    assoc = sess.aux
+    client.close()
+    assert run_until(loop, lambda: srv.ended)
+    assert nothing_left(loop, sess) and assoc.csock is None and assoc.cfd not in watched(loop)
+    assert log.lines("notice")[-1] == (
+        "terminated -- UDP associate from unknown(unknown)@127.0.0.1. 4 bytes in 1 datagrams from 127.0.0.1, "
+        "4 bytes in 1 datagrams to it, 0 dropped")
+
+
+def test_udp_associate_without_a_permit_line_for_the_client(loop, log, server):
+    srv = server("permit 10.0.0.0/8\n")
+    client, sess = srv.client(GREETING + P.request5(P.CMD_UDP, "0.0.0.0", 0))
+    assert run_until(loop, lambda: client.eof)
+    assert reply5(client.data)[0][0] == P.REP_NOT_ALLOWED
+    assert log.lines("notice") == ["refused -- UDP associate from unknown(unknown)@127.0.0.1: "
+                                   "no permit line for this client"]
+
+
+# --- the end ---------------------------------------------------------------------------------------------
+
+def test_timeout_idle_closes_a_quiet_relay(loop, net, log, server):
+    echo = net.echo_server()
+    srv = server("timeout idle 0.1\npermit 0/0\n")
+    client, sess = srv.client(GREETING + connect5("127.0.0.1", echo.port))
+    assert run_until(loop, lambda: client.eof)
+    assert log.having(": idle for 0.1s", "notice")
+
+
+def test_a_client_that_hangs_up_while_waiting_is_closed_once(loop, net, server, monkeypatch):
+    identd = Identd(loop, net, lambda q: "silent")
+    monkeypatch.setattr(I, "IDENT_PORT", identd.port)
+    srv = server("permit ?=I 127.0.0.0/8\n")
+    client, sess = srv.client(GREETING + connect5("127.0.0.1", 80))
+    assert run_until(loop, lambda: identd.queries)
+    client.reset()
+    assert run_until(loop, lambda: srv.ended)
+    run_for(loop, 0.05)
+    assert srv.ended == [sess] and nothing_left(loop, sess) and sess.identq is None
+
+
+def test_close_is_idempotent(loop, server):
+    srv = server()
+    client, sess = srv.client(b"\x05")
+    sess.close()
+    sess.close()
+    assert srv.ended == [sess] and nothing_left(loop, sess)
+
+
+def test_the_descriptions(server):
+    srv = server()
+    client, sess = srv.client()
+    assert sess.title() is None
+    sess.user, sess.realuser, sess.dst_host, sess.dst_port = "fred", "frederick", "ftp.example.org", 21
+    assert sess.desc() == "Connect from fred(frederick)@127.0.0.1 to ftp.example.org (ftp)"
+    sess.command = P.CMD_BIND
+    assert sess.desc() == "Bind from fred(frederick)@127.0.0.1 for ftp.example.org (ftp)"
+    sess.command = P.CMD_UDP
+    assert sess.desc() == "UDP associate from fred(frederick)@127.0.0.1"
+    sess.command, sess.dst_host, sess.dst_ip = P.CMD_CONNECT, None, None
+    assert sess.desc() == "Connect from fred(frederick)@127.0.0.1 to Unspecified.Host (ftp)"
+    assert sess.status() == sess.desc() + "; 0 bytes from the client, 0 to it"
+
+
+def test_state_order():
+    assert list(S.State) == sorted(S.State)
+    assert [s.name for s in S.State] == ["PROXYHDR", "NEG", "WAIT", "BINDWAIT", "UDP", "RELAY", "CLOSED"]
+
+
+def test_the_context_shares_one_buffer_and_waits_for_commands_at_the_end(loop, log):
+    ctx = S.Context(parse_conf("permit 0/0\n"), loop, log, bufsize=1 << 16)
+    assert len(ctx.buf) == 1 << 16 and ctx.mv.nbytes == 1 << 16
+    assert ctx.ruleset is ctx.config.ruleset
+    assert ctx.drain_commands in loop.close_hooks

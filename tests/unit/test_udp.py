@@ -1,0 +1,350 @@
+"""sockd.udp: the datagram relay of one UDP ASSOCIATE.
+
+A real Association on a real sockd.loop.Loop with loopback UDP sockets:
+the client, an echo server and strangers are UDP peers on the same loop,
+and the owner is a small fake session with exactly the interface the
+module documents (ctx, client_ip, local_ip, src_key, user, desc(),
+touch(), close()).  Checked: an echo both ways with the SOCKS 5 UDP
+header, datagrams dropped from other addresses and ports (strict, or the
+port learnt), fragments and bad headers dropped, denied destinations
+dropped and logged once, replies only from permitted hosts, the verdict
+memo per (address, port, name) and re-decided for a new configuration,
+names resolved once, and the end.
+"""
+
+import socket
+
+import pytest
+
+from sockd import decision as D
+from sockd import protocol as P
+from sockd import rules as R
+from sockd import udp as U
+
+from loopkit import parse_conf, run_for, run_until, watched
+
+
+class Ctx:
+    """What the association takes from the session's context."""
+
+    def __init__(self, config, loop, log, bufsize=1 << 16):
+        self.config, self.loop, self.log = config, loop, log
+        self.buf = bytearray(bufsize)
+        self.mv = memoryview(self.buf)
+
+
+class FakeSession:
+    def __init__(self, ctx, client_ip="127.0.0.1", user=None):
+        self.ctx = ctx
+        self.client_ip = client_ip
+        self.local_ip = client_ip
+        self.src_key = R.ip_key(client_ip)
+        self.user = user
+        self.touched = 0
+        self.closed = 0
+        self.assoc = None
+
+    def desc(self):
+        return "UDP associate from unknown(unknown)@%s" % self.client_ip
+
+    def touch(self):
+        self.touched += 1
+
+    def close(self):
+        self.closed += 1
+        self.assoc.release()
+
+
+class Setup:
+    """A client, an echo server and an association between them."""
+
+    def __init__(self, loop, net, log, conf="permit 127.0.0.0/8 127.0.0.1/32\n", announce=True, host="127.0.0.1"):
+        self.loop, self.net, self.log = loop, net, log
+        self.client = net.udp(host)
+        self.echo = net.udp(host, echo=True)
+        self.ctx = Ctx(parse_conf(conf.format(echo=self.echo.port)), loop, log)
+        self.sess = FakeSession(self.ctx, host)
+        self.assoc = self.sess.assoc = U.Association(self.sess, self.client.port if announce else 0)
+        self.net.keep(self)
+        self.advertised, self.port = self.assoc.start()
+        self.relay = (host, self.port)
+
+    def send(self, payload, to=None, port=None, frm=None, frag=0):
+        to = to or self.echo.address[0]
+        header = bytearray(P.udp_header(to, port or self.echo.port))
+        header[2] = frag
+        (frm or self.client).send(bytes(header) + payload, self.relay)
+
+    def close(self):
+        self.assoc.release()
+
+
+@pytest.fixture
+def setup(loop, net, log):
+    return lambda **kw: Setup(loop, net, log, **kw)
+
+
+def test_an_echo_goes_both_ways_with_the_socks5_header(loop, setup):
+    s = setup()
+    assert s.advertised == "127.0.0.1"
+    s.send(b"ping")
+    assert run_until(loop, lambda: s.client.got)
+    [(payload, source)] = s.echo.got
+    assert payload == b"ping" and source[0] == "127.0.0.1" and source[1] != s.port   # from the remote socket
+    [(reply, relay)] = s.client.got
+    assert relay == s.relay
+    assert reply == P.udp_header("127.0.0.1", s.echo.port) + b"ping"
+    a = s.assoc
+    assert (a.d_in, a.n_in, a.d_out, a.n_out, a.dropped) == (1, 4, 1, 4, 0)
+    assert s.sess.touched == 2
+    assert a.summary() == "4 bytes in 1 datagrams from 127.0.0.1, 4 bytes in 1 datagrams to it, 0 dropped"
+
+
+def test_datagrams_from_another_address_are_dropped(loop, net, setup):
+    s = setup()
+    stranger = net.udp("127.0.0.2")
+    s.send(b"not yours", frm=stranger)
+    s.send(b"mine")
+    assert run_until(loop, lambda: s.client.got)
+    assert [p for p, _ in s.echo.got] == [b"mine"]
+    assert s.assoc.dropped == 1 and stranger.got == []
+
+
+@pytest.mark.parametrize("strict", ["yes", "no"])
+def test_another_address_is_dropped_even_from_the_clients_port(loop, net, setup, strict):
+    s = setup(conf="udp strict %s\npermit 127.0.0.0/8 127.0.0.1/32\n" % strict)
+    impostor = net.keep(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    impostor.bind(("127.0.0.2", s.client.port))                  # the client's port, another address
+    header = P.udp_header("127.0.0.1", s.echo.port)
+    impostor.sendto(header + b"not yours", s.relay)
+    s.send(b"mine")
+    assert run_until(loop, lambda: s.client.got)
+    assert [p for p, _ in s.echo.got] == [b"mine"]
+    assert s.assoc.dropped == 1 and s.assoc.client_port == s.client.port
+
+
+def test_strict_drops_another_port_of_the_client(loop, net, setup):
+    s = setup()
+    other = net.udp("127.0.0.1")
+    s.send(b"other port", frm=other)
+    s.send(b"announced port")
+    assert run_until(loop, lambda: s.client.got)
+    assert [p for p, _ in s.echo.got] == [b"announced port"]
+    assert s.assoc.dropped == 1
+
+
+def test_not_strict_learns_the_new_port(loop, net, setup):
+    s = setup(conf="udp strict no\npermit 127.0.0.0/8 127.0.0.1/32\n")
+    s.send(b"first")
+    assert run_until(loop, lambda: s.client.got)
+    other = net.udp("127.0.0.1")
+    s.send(b"moved", frm=other)
+    assert run_until(loop, lambda: other.got)
+    assert other.got[0][0].endswith(b"moved") and len(s.client.got) == 1
+    assert s.assoc.client_port == other.port and s.assoc.dropped == 0
+
+
+def test_an_announced_port_of_zero_is_learnt_from_the_first_datagram(loop, net, setup):
+    s = setup(announce=False)
+    assert s.assoc.client_port is None
+    s.send(b"hello")
+    assert run_until(loop, lambda: s.client.got)
+    assert s.assoc.client_port == s.client.port
+    other = net.udp("127.0.0.1")
+    s.send(b"x", frm=other)
+    run_until(loop, lambda: s.assoc.dropped)
+    assert s.assoc.dropped == 1
+
+
+def test_fragments_and_bad_headers_are_dropped(loop, setup):
+    s = setup()
+    s.send(b"fragment", frag=1)
+    s.client.send(b"\x00\x01\x00\x01" + bytes(6), s.relay)         # RSV not zero
+    s.client.send(b"\x00\x00\x00\x09", s.relay)                   # no such address type
+    s.client.send(b"\x00", s.relay)                               # short
+    s.send(b"whole")
+    assert run_until(loop, lambda: s.client.got)
+    assert [p for p, _ in s.echo.got] == [b"whole"]
+    assert s.assoc.dropped == 4 and s.assoc.d_in == 1
+
+
+def test_a_denied_destination_is_dropped_and_logged_once(loop, net, setup, log):
+    s = setup(conf="permit 127.0.0.0/8 127.0.0.1/32 eq {echo}\n")
+    elsewhere = net.udp("127.0.0.1")
+    for _ in range(3):
+        s.send(b"no", port=elsewhere.port)
+    s.send(b"yes")
+    assert run_until(loop, lambda: s.client.got)
+    run_for(loop, 0.02)
+    assert elsewhere.got == [] and s.assoc.dropped == 3
+    assert log.lines("notice") == [
+        "refused -- UDP associate from unknown(unknown)@127.0.0.1: datagram to 127.0.0.1 (%d) no matching rule;"
+        " dropped" % elsewhere.port]
+
+
+def test_the_log_line_names_the_deciding_line_and_the_guard(loop, setup, log):
+    s = setup(conf="deny-private-destinations yes\npermit 0/0\n")
+    s.send(b"to loopback")
+    run_until(loop, lambda: s.assoc.dropped)
+    assert s.echo.got == []
+    assert log.lines("notice") == [
+        "refused -- UDP associate from unknown(unknown)@127.0.0.1: datagram to 127.0.0.1 (%d) by unit.conf:2 "
+        "(127.0.0.1 is private to this host (deny-private-destinations)); dropped" % s.echo.port]
+
+
+def test_replies_only_from_hosts_the_client_may_reach(loop, net, setup):
+    s = setup(conf="permit 127.0.0.0/8 127.0.0.1/32 eq {echo}\n")
+    s.send(b"ping")
+    assert run_until(loop, lambda: s.client.got)
+    remote_port = s.assoc.rsocks[socket.AF_INET].getsockname()[1]
+    stranger = net.udp("127.0.0.1")
+    stranger.send(b"unsolicited", ("127.0.0.1", remote_port))
+    run_until(loop, lambda: s.assoc.dropped)
+    assert len(s.client.got) == 1 and s.assoc.dropped == 1
+
+
+def test_verdicts_are_memoised_and_decided_again_for_a_new_configuration(loop, setup, monkeypatch):
+    asked = []
+    real = D.decide
+
+    def counting(ask, cfg):
+        asked.append((tuple(ask.dsts), ask.port, ask.dst_host, ask.command, ask.ident_checks))
+        return real(ask, cfg)
+    monkeypatch.setattr(D, "decide", counting)
+    s = setup()
+    for i in range(3):
+        s.send(b"ping %d" % i)
+        assert run_until(loop, lambda: len(s.client.got) == i + 1)
+    # one question for the destination, whose replies come from the same (address, port)
+    assert asked == [(("127.0.0.1",), s.echo.port, None, D.UDP, False)]
+    s.ctx.config = parse_conf("deny 0/0\n")        # a reload (reload recheck yes)
+    s.send(b"after the reload")
+    run_until(loop, lambda: s.assoc.dropped)
+    assert len(asked) == 2 and len(s.echo.got) == 3 and s.assoc.dropped == 1
+
+
+def test_the_memo_is_bounded(setup):
+    s = setup()
+    for port in range(1, U.MAX_MEMO + 50):
+        s.assoc.permitted("127.0.0.1", port)
+        assert len(s.assoc.memo) <= U.MAX_MEMO
+
+
+def test_names_are_resolved_by_sockd_once(loop, setup, monkeypatch):
+    looked_up = []
+
+    def resolve(name, port):
+        looked_up.append(name)
+        return [(socket.AF_INET, "127.0.0.1")]
+    monkeypatch.setattr(U, "resolve", resolve)
+    s = setup()
+    s.send(b"one", to="Echo.Test")
+    s.send(b"two", to="echo.test")
+    assert run_until(loop, lambda: len(s.client.got) == 2)
+    assert looked_up == ["echo.test"]
+    assert [p for p, _ in s.echo.got] == [b"one", b"two"]
+    # the reply says where it came from: the address
+    assert s.client.got[0][0] == P.udp_header("127.0.0.1", s.echo.port) + b"one"
+
+
+def test_a_rule_naming_the_host_applies_to_datagrams_sent_by_name(loop, setup, monkeypatch, log):
+    monkeypatch.setattr(U, "resolve", lambda name, port: [(socket.AF_INET, "127.0.0.1")])
+    s = setup(conf="deny 0/0 blocked.test\npermit 127.0.0.0/8 127.0.0.1/32\n")
+    s.send(b"by name", to="blocked.test")
+    s.send(b"by address")
+    assert run_until(loop, lambda: s.client.got)
+    assert [p for p, _ in s.echo.got] == [b"by address"]
+    assert log.having("datagram to blocked.test (%d) by unit.conf:1; dropped" % s.echo.port)
+
+
+def test_a_name_that_does_not_resolve_is_dropped_and_logged_once(loop, setup, monkeypatch, log):
+    def fail(name, port):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    monkeypatch.setattr(U, "resolve", fail)
+    s = setup()
+    s.send(b"a", to="nosuch.test")
+    s.send(b"b", to="nosuch.test")
+    run_until(loop, lambda: s.assoc.dropped == 2)
+    assert s.assoc.dropped == 2
+    assert log.lines("notice") == [
+        "failed -- UDP associate from unknown(unknown)@127.0.0.1: cannot resolve nosuch.test"]
+
+
+class HeldExecutor:
+    """An executor that keeps its jobs until the test lets them run."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def submit(self, fn, args, done):
+        self.jobs.append((fn, args, done))
+
+    def release(self):
+        jobs, self.jobs = self.jobs, []
+        for fn, args, done in jobs:
+            done(fn(*args), None)
+
+    def shutdown(self):
+        pass
+
+
+def test_datagrams_waiting_for_a_name_are_bounded(loop, setup, monkeypatch):
+    monkeypatch.setattr(U, "resolve", lambda name, port: [(socket.AF_INET, "127.0.0.1")])
+    held = loop.executor = HeldExecutor()
+    s = setup()
+    for i in range(U.MAX_PENDING + 4):
+        s.send(b"%d" % i, to="slow.test")
+    run_until(loop, lambda: s.assoc.dropped == 4)
+    assert len(held.jobs) == 1 and len(s.assoc.pending["slow.test"]) == U.MAX_PENDING
+    held.release()
+    assert run_until(loop, lambda: len(s.echo.got) == U.MAX_PENDING)
+    assert [p for p, _ in s.echo.got] == [b"%d" % i for i in range(U.MAX_PENDING)]
+    assert s.assoc.pending == {}
+
+
+def test_an_answer_after_the_end_is_ignored(loop, setup, monkeypatch):
+    monkeypatch.setattr(U, "resolve", lambda name, port: [(socket.AF_INET, "127.0.0.1")])
+    held = loop.executor = HeldExecutor()
+    s = setup()
+    s.send(b"late", to="slow.test")
+    run_until(loop, lambda: held.jobs)
+    s.assoc.release()
+    held.release()
+    assert s.echo.got == [] and s.assoc.rsocks == {}
+
+
+def test_release_closes_every_socket_and_close_ends_the_session(loop, setup):
+    s = setup()
+    s.send(b"ping")
+    assert run_until(loop, lambda: s.client.got)
+    fds = {s.assoc.cfd} | {r.fileno() for r in s.assoc.rsocks.values()}
+    assert fds <= watched(loop)
+    s.assoc.close()                                  # the loop's error handler: the session ends it
+    assert s.sess.closed == 1
+    assert s.assoc.csock is None and s.assoc.rsocks == {} and not fds & watched(loop)
+    s.assoc.release()                                # twice is harmless
+
+
+def test_udp_advertise_names_the_address_given_to_the_client(setup):
+    s = setup(conf="udp advertise 192.0.2.5\npermit 127.0.0.0/8\n")
+    assert (s.advertised, s.port) == ("192.0.2.5", s.assoc.csock.getsockname()[1])
+
+
+def test_an_association_over_ipv6(loop, setup):
+    s = setup(conf="permit ::1/128 ::1/128\n", host="::1")
+    s.send(b"ping6")
+    assert run_until(loop, lambda: s.client.got)
+    assert s.client.got[0][0] == P.udp_header("::1", s.echo.port) + b"ping6"
+
+
+RULE = R.Rule(R.DENY, R.AddrSpec.any(), file="u.conf", line=3)
+
+
+@pytest.mark.parametrize("verdict,text", [
+    (D.Verdict(False, RULE), " by u.conf:3"),
+    (D.Verdict(False, RULE, "it is private"), " by u.conf:3 (it is private)"),
+    (D.Verdict(False, None, "no permit line"), " (no permit line)"),
+    (D.Verdict(False), " no matching rule"),
+])
+def test_datagram_reason(verdict, text):
+    assert U.datagram_reason(verdict) == text
