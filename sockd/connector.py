@@ -10,7 +10,8 @@ session's ``timeout connect`` bounds it from outside (``cancel``).
 address faces a destination, for connects and for BIND's listener.
 
 This is where other ways out belong: an upstream server (chaining) would
-be another connector with the same ``done(sock, address, error)`` contract.
+be another connector with the same owner interface: ``owner.on_connected(
+sock, address, error)`` and ``owner.close()``.
 """
 
 import errno
@@ -36,23 +37,26 @@ def route_source(table, ip, host, log):
 
 class Connector:
     """Connect to the first of ``candidates`` [(family, address)] that
-    answers on ``port``.  ``done(sock, address, None)`` on success (a
-    connected non-blocking socket, options set) or ``done(None, None,
-    errno)`` when every candidate failed; called exactly once, unless
-    cancelled first.  After success, ``mask`` is what the socket is still
-    registered for in the loop (-1: not registered), so that the relay can
-    take it over without a system call."""
+    answers on ``port``.  ``owner.on_connected(sock, address, None)`` on
+    success (a connected non-blocking socket, options set) or
+    ``owner.on_connected(None, None, errno)`` when every candidate failed;
+    called exactly once, unless cancelled first.  After success, ``mask``
+    is what the socket is still registered for in the loop (-1: not
+    registered), so that the relay can take it over without a system
+    call."""
 
-    __slots__ = ("loop", "candidates", "port", "table", "host", "log", "done", "sock", "fd", "ip", "mask")
+    __slots__ = ("loop", "candidates", "port", "table", "host", "log", "owner", "live", "sock", "fd", "ip",
+                 "mask")
 
-    def __init__(self, loop, candidates, port, table, host, log, done):
+    def __init__(self, loop, candidates, port, table, host, log, owner):
         self.loop = loop
         self.candidates = list(candidates)      # the session keeps its own
         self.port = port
         self.table = table          # the route file's RouteTable, or None
         self.host = host
         self.log = log
-        self.done = done
+        self.owner = owner
+        self.live = True            # until on_connected is called, or cancel()
         self.sock = None
         self.fd = -1
         self.ip = None
@@ -119,21 +123,28 @@ class Connector:
             self.sock = None
 
     def finish(self, sock, ip, err):
-        done, self.done = self.done, None
-        if done is not None:
-            done(sock, addr_text(ip) if ip else None, err)
-        elif sock is not None:
-            sock.close()
+        if not self.live:
+            if sock is not None:
+                sock.close()
+            return
+        self.live = False
+        self.owner.on_connected(sock, addr_text(ip) if ip else None, err)
 
     def cancel(self):
         """Give up (the session's deadline, or it went away): no callback."""
-        self.done = None
+        self.live = False
         self.candidates = []
         self.drop()
 
     def close(self):
-        """A bug met this connect (the loop's error handler): report it as a
-        failure, so that the session answers and closes."""
+        """The loop's error handler: a bug met this connect, or the owner's
+        on_connected.  Nothing of it stays registered, and the owner ends."""
+        self.live = False
         self.candidates = []
         self.drop()
-        self.finish(None, None, errno.EIO)
+        if self.mask >= 0:
+            # connected and handed over, but the owner failed before it took
+            # the socket's events: they would fire for nobody, forever
+            self.loop.remove(self.fd)
+            self.mask = -1
+        self.owner.close()

@@ -436,8 +436,6 @@ class ServerHandshake:
         buf = self.buf
         if not buf:
             return None
-        if len(buf) > self.MAX_BUFFER:
-            raise ProtocolError("more than %d bytes before the request was complete" % self.MAX_BUFFER)
         state = self.state
         if state == START:
             first = buf[0]
@@ -459,9 +457,13 @@ class ServerHandshake:
             got = parse_userpass(buf)
             if got is not None:
                 self.state = WAIT
+        elif state == WAIT:
+            got = None              # the session has yet to say what comes next
         else:
-            return None
+            return None             # DONE: the rest is early data, the session's
         if got is None:
+            if len(buf) > self.MAX_BUFFER:
+                raise ProtocolError("more than %d bytes before the request was complete" % self.MAX_BUFFER)
             return None
         msg, used = got
         self.buf = buf[used:]

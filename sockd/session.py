@@ -564,7 +564,7 @@ class Session:
     # --- CONNECT ---------------------------------------------------------------------------------
     def connect(self):
         self.aux = Connector(self.loop, self.candidates, self.dst_port, self.ctx.config.route_table,
-                             self.dst_host, self.ctx.log, self.on_connected)
+                             self.dst_host, self.ctx.log, self)
         self.aux.start()
 
     def on_connected(self, sock, ip, err):

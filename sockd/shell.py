@@ -108,15 +108,20 @@ class Runner:
         self.threads = []
         self.lock = threading.Lock()
         self.busy = 0
+        self.pending = 0            # submitted and not yet finished: drain() waits for 0
 
     def submit(self, template, make_values, where=""):
         """Queue ``template`` to run with the values ``make_values()`` gives
         (called on the runner's thread).  Never blocks."""
         if self.queue is None:
             self.queue = queue.Queue(MAX_QUEUED)
+        with self.lock:
+            self.pending += 1
         try:
             self.queue.put_nowait((template, make_values, where))
         except queue.Full:
+            with self.lock:
+                self.pending -= 1
             self.log.error("too many shell commands waiting; not running the one of %s" % where)
             return
         with self.lock:
@@ -139,6 +144,7 @@ class Runner:
             finally:
                 with self.lock:
                     self.busy -= 1
+                    self.pending -= 1
                 self.queue.task_done()
 
     def run(self, template, make_values, where):
@@ -160,12 +166,15 @@ class Runner:
             self.log.error("shell command of %s exited with status %d: %s" % (where, code, command[:200]))
 
     def drain(self, timeout):
-        """Wait (at most ``timeout`` seconds) for queued commands: used by a
-        process that is about to exit."""
+        """Wait (at most ``timeout`` seconds) until every submitted command
+        has finished: used by a process that is about to exit.  Returns
+        whether they all did.  (A job is counted from submit() to the end
+        of its run, so one just taken off the queue is not missed.)"""
         end = time.monotonic() + timeout
-        while time.monotonic() < end:
+        while True:
             with self.lock:
-                if not self.busy and (self.queue is None or self.queue.empty()):
+                if not self.pending:
                     return True
+            if time.monotonic() >= end:
+                return False
             time.sleep(0.02)
-        return False

@@ -212,9 +212,6 @@ def test_a_client_that_never_finishes_is_stopped_at_the_bound():
         hs.next()
 
 
-@pytest.mark.xfail(strict=True, reason="protocol.py:439-440: the bound is checked before parsing, so a "
-                   "complete greeting and request followed by more than 64 KiB of early data in one feed() "
-                   "is refused (latent: Session feeds at most 4 KiB at a time)")
 def test_the_bound_does_not_refuse_a_complete_request_with_early_data_behind_it():
     early = b"x" * (P.ServerHandshake.MAX_BUFFER + 1)
     got, rest = drive([G5 + R5_V4 + early])

@@ -214,9 +214,6 @@ class SlowHandOver(queue.Queue):
         return item
 
 
-@pytest.mark.xfail(strict=True, reason="shell.py:130-134 and 168: between queue.get() and busy += 1 a job is "
-                   "neither queued nor busy, so drain() returns True before it has run; a fork-model child "
-                   "drains at its end (Context.drain_commands) and exits, losing a refusing line's command")
 def test_drain_waits_for_a_command_just_taken_from_the_queue(runner, tmp_path):
     r = runner()
     r.queue = SlowHandOver(shell.MAX_QUEUED)
