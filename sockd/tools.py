@@ -3,8 +3,10 @@
     test_sockd_conf [-i] [-I] [-B] [-C FILE] USER SRC DST PORT|SERVICE
     sockd-passwd [-c] [-D] [-i] [-C COST] FILE USER
 
-test_sockd_conf runs a hypothetical request through the same rules engine
-as sockd and prints every line it examined and what decided.  Its exit
+test_sockd_conf runs a hypothetical request through the same decision as
+sockd (decision.decide: the rules, the private-destination guard and the
+identd matrix, with identd's answer simulated by -i, -I and -B) and prints
+every line it examined and what decided.  Its exit
 status is the classic contract, odd as it is: 1 when the request would be
 permitted, 0 when denied, 255 for a usage or configuration error.
 """
@@ -17,6 +19,9 @@ import sys
 import tempfile
 
 from . import configload
+from . import decision as D
+from . import ident as I
+from . import protocol as P
 from . import passwd as PW
 from . import rules as R
 from . import shell
@@ -24,6 +29,9 @@ from .addresses import service_name
 from .errors import EXIT_TOOL_USAGE as EXIT_USAGE
 from .errors import Bad, ConfigError, report_config_error, to_stderr
 from .validators import to_port
+
+
+NOT_THE_USER = "\0unknown"     # -B: identd names a user no request can claim (no NUL in a USERID)
 
 
 def _address(text):
@@ -84,38 +92,51 @@ def test_sockd_conf(argv=None):
     rs = cfg.ruleset
     print("USER:%s, SRC:%s, DST:%s, PORT:%d" % (a.user, a.src, a.dst, port))
     trace = []
-    rule = rs.match(R.Request(R.ip_key(src), R.ip_key(dst), port, a.user, src_names, dst_names), trace)
+    rs.match(R.Request(R.ip_key(src), R.ip_key(dst), port, a.user, src_names, dst_names), trace)
     for r in trace:
         print("Line %d: %s" % (r.line, r.text + (" : " + r.command if r.command else "")))
-    if rule is None:
-        print("*** No match with any line. Access denied.")
-        return 0
+    # identd's answer as the flags say: another user (-B), no answer (-i,
+    # -I), or else the user the request claims
+    if a.bad:
+        ident = (I.USERID, NOT_THE_USER)
+    elif a.mode:
+        ident = (I.UNREACHABLE, "simulated")
+    else:
+        ident = (I.USERID, a.user)
+    v = D.decide(D.Ask(R.ip_key(src), [dst], port, D.CONNECT, user=a.user, ident=ident,
+                       ident_default=a.mode or ("i" if a.bad else None), src_names=src_names,
+                       dst_names=dst_names), cfg)
+    rule = v.rule
 
     def show_command(label, template, realuser="unknown"):
         print("%s %s" % (label, _expand(template, a.user, src, dst, port, realuser)))
 
-    if rule.action == R.DENY:
-        print("*** Denied by line %d." % rule.line)
-        if rule.command:
-            show_command("Shell command:", rule.command)
-        return 0
-    mode = rule.ident or a.mode or ("i" if a.bad else "n")
-    if mode != "n" and a.bad:
+    asked_identd = rule is not None and rule.action == R.PERMIT and D.ident_mode(rule, a.mode) != "n"
+    if v.alert is not None:
         if rs.bad_id:
             show_command("Line %d: #BAD_ID:" % rs.bad_id[1], rs.bad_id[2])
         print("Access denied: user-id does not agree with the one reported by identd (reply 93).")
         return 0
-    if mode != "n" and a.mode:
-        if rs.no_identd:
-            show_command("Line %d: #NO_IDENTD:" % rs.no_identd[1], rs.no_identd[2])
-        if mode == "I":
-            print("Access denied: cannot verify user-id (reply 92).")
-            return 0
-        print("identd cannot be reached; permitted in lenient mode.")
-    print("*** Permitted by line %d." % rule.line)
-    if rule.command:
-        show_command("Shell command:", rule.command)
-    return 1
+    if a.mode and not a.bad and asked_identd and rs.no_identd:
+        show_command("Line %d: #NO_IDENTD:" % rs.no_identd[1], rs.no_identd[2])
+    if v.allowed:
+        if a.mode and not a.bad and asked_identd:
+            print("identd cannot be reached; permitted in lenient mode.")
+        print("*** Permitted by line %d." % rule.line)
+        if rule.command:
+            show_command("Shell command:", rule.command)
+        return 1
+    if v.code4 == P.S4_NO_IDENTD:
+        print("Access denied: cannot verify user-id (reply 92).")
+    elif v.why:
+        print("*** Denied: %s." % v.why)
+    elif rule is None:
+        print("*** No match with any line. Access denied.")
+    else:
+        print("*** Denied by line %d." % rule.line)
+        if rule.command:
+            show_command("Shell command:", rule.command)
+    return 0
 
 
 def sockd_passwd(argv=None):

@@ -3,7 +3,12 @@ usage errors (status 255)."""
 
 import pytest
 
+from sockd import configload
+from sockd import decision as D
+from sockd import ident as I
+from sockd import rules as R
 from sockd import tools
+from sockd import validators as V
 
 GOLDEN = """\
 deny *=bonnie,clyde 128.12.6.0 255.255.255.0 : mail 'Rejected SOCKS access by %u'
@@ -98,3 +103,29 @@ def test_sockd_passwd_mistakes(tmp_path, monkeypatch, capsys, argv, password, st
     argv = [str(tmp_path / "users") if a == "F" else a for a in argv]
     assert passwd(monkeypatch, argv, password) == status
     assert message in capsys.readouterr().err
+
+
+# --- the same decision as sockd -------------------------------------------------------------
+
+def test_the_private_destination_guard_is_shown_as_sockd_applies_it(tmp_path, capsys):
+    conf = tmp_path / "guard.conf"
+    conf.write_text("deny-private-destinations yes\npermit 0/0\n")
+    assert tools.test_sockd_conf(["-C", str(conf), "joe", "10.1.1.1", "127.0.0.1", "80"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == \
+        "*** Denied: 127.0.0.1 is private to this host (deny-private-destinations)."
+    conf.write_text("deny-private-destinations yes\npermit 0/0 127.0.0.0/8\n")
+    assert tools.test_sockd_conf(["-C", str(conf), "joe", "10.1.1.1", "127.0.0.1", "80"]) == 1
+
+
+@pytest.mark.parametrize("args", [
+    ["clyde", "128.12.6.34", "10.0.0.1", "ftp"], ["ylee", "128.12.6.4", "137.12.1.1", "telnet"],
+    ["sam", "128.12.2.13", "10.0.0.1", "70"], ["-I", "sam", "128.12.2.13", "10.0.0.1", "70"],
+    ["-B", "joe", "128.12.6.4", "10.0.0.1", "70"], ["-i", "sam", "128.12.2.13", "10.0.0.1", "70"]])
+def test_its_status_is_decision_decides(golden, capsys, args):
+    cfg = configload.load(golden)
+    flags = [a for a in args if a.startswith("-")]
+    user, src, dst, port = [a for a in args if not a.startswith("-")]
+    mode = "I" if "-I" in flags else "i" if ("-i" in flags or "-B" in flags) else None
+    ident = (I.USERID, "other") if "-B" in flags else (I.UNREACHABLE, "x") if mode else (I.USERID, user)
+    v = D.decide(D.Ask(R.ip_key(src), [dst], V.to_port(port), user=user, ident=ident, ident_default=mode), cfg)
+    assert tools.test_sockd_conf(flags + ["-C", golden, user, src, dst, port]) == (1 if v.allowed else 0)
