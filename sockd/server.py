@@ -33,12 +33,9 @@ Children and workers leave with os._exit, and stop by themselves when the
 master has gone (the read end of a pipe only the master can write to).
 """
 
-import _signal
 import collections
 import errno
 import gc
-import hashlib
-import json
 import os
 import select
 import signal
@@ -46,14 +43,17 @@ import socket
 import stat
 import time
 
-from . import cache, privileges, recheck
+from . import privileges, recheck
 from . import config as C
 from .errors import Halt, PrivilegeError, WORKER_BOOT_ERROR
 from .log import log
 from .loop import Loop, ThreadExecutor, EPOLLIN, EPOLLEXCLUSIVE
 from .rules import ip_key
 from .addresses import load_services
-from .session import Context, Session, set_socket_options
+from .session import Context, Session
+from .channel import Channel, fetch_recheck
+from .listeners import open_listeners, sock_name
+from .signals import HANDLED_SIGNALS, Signals, reset_child_signals, sigmask as _sigmask
 
 try:
     from setproctitle import setproctitle
@@ -61,12 +61,6 @@ except ImportError:                      # titles are a convenience, not a need
     def setproctitle(title):
         pass
 
-# the C function: signal.pthread_sigmask wraps its result in Enum members,
-# which costs more than the system call on the fork model's per-client path
-_sigmask = _signal.pthread_sigmask
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
-SIGNAL_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT", signal.SIGHUP: "SIGHUP",
-                signal.SIGUSR1: "SIGUSR1", signal.SIGCHLD: "SIGCHLD"}
 BOOT_WAIT = 10.0          # seconds the master waits for its first workers to start
 KILL_GRACE = 5.0          # after timeout shutdown, before SIGKILL
 
@@ -83,155 +77,6 @@ def make_limits(cfg, previous=None):
         previous.total, previous.per_address, previous.rate = total, cfg.limit_per_address, cfg.limit_rate
         return previous
     return Limits(total, cfg.limit_per_address, cfg.limit_rate)
-
-
-# --- listeners ------------------------------------------------------------------------------
-
-def open_listener(host, port, backlog=4096):
-    """A bound, listening, non-blocking socket for (host, port)."""
-    infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
-    fam, _, _, _, sa = infos[0]
-    s = socket.socket(fam, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if fam == socket.AF_INET6:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        # accepted sockets inherit these: three system calls fewer per client
-        set_socket_options(s)
-        s.bind(sa)
-        s.listen(backlog)
-        s.setblocking(False)
-    except OSError:
-        s.close()
-        raise
-    return s
-
-
-def open_listeners(cfg, keep=None):
-    """The listeners ``cfg`` asks for, keyed by (host, port, n) as written
-    (the n-th line for that address), re-using the open sockets of ``keep`` for the same keys.
-    Returns (listeners, added keys, dropped sockets); raises Halt, having
-    closed what it opened, when one cannot be opened."""
-    keep = keep or {}
-    out, added = {}, []
-    seen = {}
-    for host, port in cfg.listen:
-        # the n-th "listen HOST:PORT" line: port 0 twice is two listeners
-        n = seen[(host, port)] = seen.get((host, port), -1) + 1
-        spec = (host, port, n)
-        if spec in keep:
-            out[spec] = keep[spec]
-            continue
-        try:
-            out[spec] = open_listener(host, port)
-            added.append(spec)
-        except (OSError, UnicodeError) as exc:
-            for k in added:
-                out[k].close()
-            raise Halt("cannot listen on %s: %s" % (fmt_hostport(host, port), getattr(exc, "strerror", None) or exc))
-    dropped = [s for spec, s in keep.items() if spec not in out]
-    return out, added, dropped
-
-
-def fmt_hostport(host, port):
-    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
-
-
-def sock_name(s):
-    try:
-        a = s.getsockname()
-        return fmt_hostport(a[0], a[1])
-    except OSError:
-        return "?"
-
-
-# --- signals --------------------------------------------------------------------------------
-
-class Signals:
-    """Signals as bytes on a pipe that a poll loop reads."""
-
-    def __init__(self):
-        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        for sig in HANDLED_SIGNALS:
-            signal.signal(sig, _record)
-        signal.set_wakeup_fd(self.w, warn_on_full_buffer=False)
-
-    def read(self):
-        try:
-            data = os.read(self.r, 512)
-        except (BlockingIOError, InterruptedError):
-            return []
-        seen = []
-        for b in data:
-            if b not in seen:
-                seen.append(b)
-        return seen
-
-    def close(self):
-        signal.set_wakeup_fd(-1)
-        os.close(self.r)
-        os.close(self.w)
-
-
-def _record(signum, frame):
-    """The Python-level handler: the wakeup fd has already recorded it."""
-
-
-def reset_child_signals():
-    signal.set_wakeup_fd(-1)
-    for sig in HANDLED_SIGNALS:
-        signal.signal(sig, signal.SIG_DFL)
-
-
-# --- handing a configuration to processes forked earlier --------------------------------------
-
-class Channel:
-    """An anonymous memory file every worker and child inherits.  The master
-    writes a header line (generation, what to do, SHA-256 of the body) and
-    the configuration as cache.encode() JSON; a reader that finds a body
-    that does not match its header (a write in progress) ignores it, and the
-    signal that follows the write brings it back."""
-
-    def __init__(self):
-        self.fd = os.memfd_create("sockd-config", os.MFD_CLOEXEC)
-
-    def publish(self, generation, cfg, recheck_on):
-        try:
-            body, error = cache.encode(cfg), None
-        except Exception as exc:         # reported by the readers, who fall back
-            body, error = b"", "%s: %s" % (type(exc).__name__, exc)
-        head = json.dumps({"generation": generation, "recheck": bool(recheck_on), "error": error,
-                           "sha256": hashlib.sha256(body).hexdigest()}).encode() + b"\n"
-        data = head + body
-        os.ftruncate(self.fd, 0)
-        off = 0
-        while off < len(data):
-            off += os.pwrite(self.fd, data[off:off + (1 << 20)], off)
-
-    def fetch(self):
-        """(generation, recheck, Config) or None.  Raises ValueError when
-        the master could not encode the configuration."""
-        size = os.fstat(self.fd).st_size
-        if not size:
-            return None
-        chunks, off = [], 0
-        while off < size:
-            chunk = os.pread(self.fd, min(1 << 20, size - off), off)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            off += len(chunk)
-        data = b"".join(chunks)
-        head, _, body = data.partition(b"\n")
-        h = json.loads(head)
-        if hashlib.sha256(body).hexdigest() != h["sha256"]:
-            return None
-        if h.get("error"):
-            raise ValueError(h["error"])
-        return h["generation"], h["recheck"], cache.decode(body)
-
-    def close(self):
-        os.close(self.fd)
 
 
 def connect_log():
@@ -479,24 +324,6 @@ class Worker:
             ", stopping" if self.stopping else ", finishing" if self.retiring else "",
             len(self.ctx.sessions), time.time() - self.started,
             ", ".join("%s %d" % kv for kv in st.items())))
-
-
-def fetch_recheck(channel, seen, who):
-    """The (generation, Config) the master published for a recheck after
-    generation ``seen``, or None."""
-    if channel is None:
-        return None
-    try:
-        got = channel.fetch()
-    except Exception as exc:
-        log.error("%s: cannot re-check live connections: %s" % (who, exc))
-        return None
-    if got is None:
-        return None
-    generation, recheck_on, cfg = got
-    if generation <= seen or not recheck_on:
-        return None
-    return generation, cfg
 
 
 # --- the fork model and inetd: one client per process -----------------------------------------
