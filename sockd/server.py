@@ -51,15 +51,10 @@ from .loop import Loop, ThreadExecutor, EPOLLIN, EPOLLEXCLUSIVE
 from .rules import ip_key
 from .addresses import load_services
 from .session import Context, Session
-from .channel import Channel, fetch_recheck
+from .channel import fetch_recheck
 from .listeners import open_listeners, sock_name
+from .osfacade import OS, setproctitle
 from .signals import HANDLED_SIGNALS, Signals, reset_child_signals, sigmask as _sigmask
-
-try:
-    from setproctitle import setproctitle
-except ImportError:                      # titles are a convenience, not a need
-    def setproctitle(title):
-        pass
 
 BOOT_WAIT = 10.0          # seconds the master waits for its first workers to start
 KILL_GRACE = 5.0          # after timeout shutdown, before SIGKILL
@@ -464,15 +459,16 @@ class Proc:
 
     __slots__ = ("kind", "number", "started", "generation")
 
-    def __init__(self, kind, number, generation):
+    def __init__(self, kind, number, generation, started):
         self.kind = kind                  # "worker" or "child"
         self.number = number              # worker number, or the client's address
-        self.started = time.monotonic()
+        self.started = started            # monotonic
         self.generation = generation
 
 
 class Master:
-    def __init__(self, cfg, ident_mode=None, config_path=None, overrides=None):
+    def __init__(self, cfg, ident_mode=None, config_path=None, overrides=None, osys=None):
+        self.os = osys or OS()
         self.overrides = dict(overrides or {})
         self.cfg = self.apply_overrides(cfg)
         self.ident_mode = ident_mode
@@ -493,7 +489,7 @@ class Master:
         self.pending_drop = []     # listeners a reload drops, until it is done
         self.booted = set()        # (generation, worker number) reported serving
         self.retired = set()       # pids that reported retiring since the last reload
-        self.started = time.time()
+        self.started = self.os.time()
         self.counts = {"workers started": 0, "workers died": 0, "clients": 0, "reloads": 0,
                        "failed reloads": 0}
         self.limits = _MASTER_LIMITS[0] = make_limits(self.cfg)
@@ -520,7 +516,7 @@ class Master:
     def bind(self):
         """Open the listening sockets (before detaching: a port that is
         taken is reported to whoever started us)."""
-        self.listeners, added, _ = open_listeners(self.cfg)
+        self.listeners, added, _ = open_listeners(self.cfg, opener=self.os.open_listener)
         for spec in added:
             log.notice("listening on %s (%s model)" % (sock_name(self.listeners[spec]), self.cfg.model))
 
@@ -533,12 +529,11 @@ class Master:
         if not self.listeners:
             self.bind()
         self.ready = ready
-        self.signals = Signals()
-        self.channel = Channel()
-        self.alive_r, self.alive_w = os.pipe2(os.O_CLOEXEC)
-        self.status_r, self.status_w = os.pipe2(os.O_CLOEXEC)
-        os.set_blocking(self.status_r, False)
-        setproctitle("sockd: master -f %s" % self.config_path)
+        self.signals = self.os.signals()
+        self.channel = self.os.channel()
+        self.alive_r, self.alive_w = self.os.pipe()
+        self.status_r, self.status_w = self.os.pipe(nonblocking_read=True)
+        self.os.set_title("sockd: master -f %s" % self.config_path)
         try:
             try:
                 if self.fork_model:
@@ -559,8 +554,7 @@ class Master:
             if self.fork_model:
                 # what exists now lives as long as the master: keep the
                 # collector off it, so children do not copy it by collecting
-                gc.collect()
-                gc.freeze()
+                self.os.freeze_heap()
             self.serve()
         finally:
             for s in self.listeners.values():
@@ -569,14 +563,14 @@ class Master:
             self.signals.close()
             self.channel.close()
             for fd in (self.alive_r, self.alive_w, self.status_r, self.status_w):
-                os.close(fd)
+                self.os.close(fd)
         if self.stopping is not None and self.exit_status == 0:
             log.notice("stopped")
         return self.exit_status
 
     # --- starting workers
     def nworkers(self):
-        return self.cfg.workers or os.cpu_count() or 1
+        return self.cfg.workers or self.os.cpu_count() or 1
 
     def start_generation(self, wait=False):
         """Start the workers of the current generation.  With ``wait``, wait
@@ -592,7 +586,7 @@ class Master:
 
     def read_status(self):
         try:
-            data = os.read(self.status_r, 65536)
+            data = self.os.read(self.status_r, 65536)
         except (BlockingIOError, InterruptedError):
             return
         for line in data.split(b"\n"):
@@ -617,11 +611,11 @@ class Master:
         """Wait (bounded) until ``done()``, reading the status pipe and
         reaping meanwhile.  A worker of ``generation`` that could not start
         raises Halt; other deaths are handled as usual (replacement)."""
-        end = time.monotonic() + timeout
-        poller = select.poll()
+        end = self.os.monotonic() + timeout
+        poller = self.os.poller()
         poller.register(self.status_r, select.POLLIN)
         while not done():
-            left = end - time.monotonic()
+            left = end - self.os.monotonic()
             if left <= 0:
                 log.warning("still waiting for %s after %gs; going on" % (what, timeout))
                 return
@@ -644,10 +638,10 @@ class Master:
     def forget_master_fds(self):
         """In a new worker or child: close what only the master uses."""
         self.signals.close()
-        os.close(self.alive_w)
-        os.close(self.status_r)
+        self.os.close(self.alive_w)
+        self.os.close(self.status_r)
         if self.ready is not None and self.ready.fd >= 0:
-            os.close(self.ready.fd)
+            self.os.close(self.ready.fd)
             self.ready.fd = -1
 
     def proxy_trust(self):
@@ -660,11 +654,11 @@ class Master:
         # Signals stay blocked across the fork until the child has its own
         # handlers: a SIGTERM sent to a worker that has just been born must
         # not land in the master's wakeup pipe and be lost.
-        old = _sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        old = self.os.sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
-            pid = os.fork()
+            pid = self.os.fork()
         except OSError as exc:
-            _sigmask(signal.SIG_SETMASK, old)
+            self.os.sigmask(signal.SIG_SETMASK, old)
             if column >= 0:
                 self.limits.give_back(column)
             raise Halt("cannot start worker %d: %s" % (number, exc.strerror)) from None
@@ -681,8 +675,8 @@ class Master:
             except BaseException:
                 os._exit(WORKER_BOOT_ERROR)
             w.run()
-        _sigmask(signal.SIG_SETMASK, old)
-        self.workers[pid] = Proc("worker", number, self.generation)
+        self.os.sigmask(signal.SIG_SETMASK, old)
+        self.workers[pid] = Proc("worker", number, self.generation, self.os.monotonic())
         if column >= 0:
             self.limit_held[pid] = ("column", column)
         self.counts["workers started"] += 1
@@ -690,7 +684,7 @@ class Master:
 
     # --- the loop
     def serve(self):
-        poller = select.poll()
+        poller = self.os.poller()
         poller.register(self.signals.r, select.POLLIN)
         poller.register(self.status_r, select.POLLIN)
         polled = {}
@@ -724,7 +718,7 @@ class Master:
                 elif fd in polled and self.stopping is None and polled[fd] in self.listeners.values():
                     self.fork_clients(polled[fd])
             self.reap()
-            if self.kill_at is not None and time.monotonic() >= self.kill_at and self.workers:
+            if self.kill_at is not None and self.os.monotonic() >= self.kill_at and self.workers:
                 log.error("%d process%s still running %gs after the stop; killing them" % (
                     len(self.workers), "" if len(self.workers) == 1 else "es", KILL_GRACE))
                 self.kill_all(signal.SIGKILL)
@@ -736,14 +730,11 @@ class Master:
 
     def reap_codes(self):
         while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
+            got = self.os.reap()
+            if got is None:
                 return
-            if pid == 0:
-                return
-            self.released(pid)
-            yield pid, os.waitstatus_to_exitcode(status)
+            self.released(got[0])
+            yield got
 
     def released(self, pid):
         """A worker or child has ended: what it counted in the limits goes."""
@@ -778,7 +769,7 @@ class Master:
             self.halt("worker %d could not start (the reason is logged above); stopping" % proc.number)
             return
         log.error("worker %d (pid %d) exited with %s; starting another" % (proc.number, pid, exit_text(code)))
-        now = time.monotonic()
+        now = self.os.monotonic()
         self.boot_failures = [t for t in self.boot_failures if now - t < 10] + (
             [now] if now - proc.started < 1.0 else [])
         if len(self.boot_failures) >= 5:
@@ -822,12 +813,12 @@ class Master:
             s.close()
         self.listeners = {}
         self.kill_all(sig)
-        self.kill_at = time.monotonic() + grace
+        self.kill_at = self.os.monotonic() + grace
 
     def kill_all(self, sig, pids=None):
         for pid in list(self.workers if pids is None else pids):
             try:
-                os.kill(pid, sig)
+                self.os.kill(pid, sig)
             except ProcessLookupError:
                 pass
 
@@ -843,7 +834,7 @@ class Master:
         try:
             new = self.apply_overrides(C.load(path))
             identity = privileges.resolve(new)
-            listeners, added, dropped = open_listeners(new, self.listeners)
+            listeners, added, dropped = open_listeners(new, self.listeners, self.os.open_listener)
         except C.ConfigError as exc:
             for line in exc.lines():
                 log.error(line)
@@ -923,7 +914,7 @@ class Master:
 
     # --- SIGUSR1
     def report(self):
-        up = time.time() - self.started
+        up = self.os.time() - self.started
         c = self.counts
         if self.fork_model:
             what = "%d children (limit %d); since start: %d clients, %d reloads (%d failed)" % (
@@ -951,7 +942,7 @@ class Master:
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE):
                     log.error("accept: %s" % exc.strerror)
-                    time.sleep(0.1)
+                    self.os.sleep(0.1)
                 return
             trust = trusts.get(lsock.fileno())
             refusal, slot = None, None
@@ -960,11 +951,11 @@ class Master:
                 verdict, slot, log_it = self.limits.admit(ip_key(peer[0]))
                 if verdict != OK:
                     refusal, slot = (REASONS[verdict], log_it), None
-            old = _sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+            old = self.os.sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
             try:
-                pid = os.fork()
+                pid = self.os.fork()
             except OSError as exc:
-                _sigmask(signal.SIG_SETMASK, old)
+                self.os.sigmask(signal.SIG_SETMASK, old)
                 log.error("cannot fork for a client: %s" % exc.strerror)
                 sock.close()
                 if slot is not None:
@@ -972,9 +963,9 @@ class Master:
                 return
             if pid == 0:
                 self.child(sock, old, trust, refusal, peer)
-            _sigmask(signal.SIG_SETMASK, old)
+            self.os.sigmask(signal.SIG_SETMASK, old)
             sock.close()
-            self.workers[pid] = Proc("child", peer, self.generation)
+            self.workers[pid] = Proc("child", peer, self.generation, self.os.monotonic())
             if slot is not None:
                 self.limit_held[pid] = ("slot", slot)
             self.counts["clients"] += 1
@@ -1015,7 +1006,7 @@ class Master:
         ident = self.identity
         if ident is None or not ident.changes_anything:
             return
-        pid = os.fork()
+        pid = self.os.fork()
         if pid == 0:
             code = 0
             try:
