@@ -39,22 +39,18 @@ import gc
 import os
 import select
 import signal
-import socket
-import stat
-import time
 
-from . import privileges, recheck
+from . import privileges
 from . import config as C
 from .errors import Halt, PrivilegeError, WORKER_BOOT_ERROR
 from .log import log
-from .loop import Loop, ThreadExecutor, EPOLLIN, EPOLLEXCLUSIVE
 from .rules import ip_key
 from .addresses import load_services
-from .session import Context, Session
-from .channel import fetch_recheck
+from .serving import ChildLimits, OneClient, Worker, become, serve_child
+from .serving import serve_inetd, stdin_is_socket  # noqa: F401  (cli.py, until it imports serving)
 from .listeners import open_listeners, sock_name
-from .osfacade import OS, setproctitle
-from .signals import HANDLED_SIGNALS, Signals, reset_child_signals, sigmask as _sigmask
+from .osfacade import OS
+from .signals import HANDLED_SIGNALS, reset_child_signals
 
 BOOT_WAIT = 10.0          # seconds the master waits for its first workers to start
 KILL_GRACE = 5.0          # after timeout shutdown, before SIGKILL
@@ -72,384 +68,6 @@ def make_limits(cfg, previous=None):
         previous.total, previous.per_address, previous.rate = total, cfg.limit_per_address, cfg.limit_rate
         return previous
     return Limits(total, cfg.limit_per_address, cfg.limit_rate)
-
-
-def connect_log():
-    """Connect the syslog socket now (before a chroot hides its path)."""
-    log.reopen()
-    with log._lock:
-        if log._sock is None:
-            log._connect()
-
-
-def describe_exc(exc):
-    return str(exc) if isinstance(exc, (Halt, PrivilegeError)) else "%s: %s" % (
-        type(exc).__name__, getattr(exc, "strerror", None) or exc)
-
-
-# --- the threads model: one worker --------------------------------------------------------
-
-class Worker:
-    """A pre-forked worker: accepts and serves clients from one poll loop.
-    Built in the master; run() runs after the fork and never returns."""
-
-    def __init__(self, number, generation, cfg, listeners, ident_mode, sigmask=(), identity=None,
-                 channel=None, alive_fd=-1, status_fd=-1, proxy_trust=None, limits=None):
-        self.proxy_trust = proxy_trust or {}    # listener fd -> trusted PROXY protocol sources
-        self.limits = limits                    # shared Limits, this worker's column set
-        self.number = number
-        self.generation = generation
-        self.seen_generation = generation
-        self.cfg = cfg
-        self.listeners = listeners
-        self.ident_mode = ident_mode
-        self.sigmask = sigmask
-        self.identity = identity
-        self.channel = channel
-        self.alive_fd = alive_fd
-        self.status_fd = status_fd
-        self.accepting = False
-        self.stopping = False
-        self.retiring = False
-        self.deadline_timer = None
-        self.paused_until = 0.0
-        self.title_at = 0.0
-        self.title_timer = None
-        self.started = time.time()
-
-    def run(self):
-        try:
-            self.boot()
-        except BaseException as exc:
-            try:
-                log.error("worker %d could not start: %s" % (self.number, describe_exc(exc)))
-            finally:
-                os._exit(WORKER_BOOT_ERROR)
-        status = 0
-        try:
-            self.loop.run()
-        except BaseException as exc:            # a worker must never die silently
-            log.error("worker %d: %s" % (self.number, describe_exc(exc)))
-            status = 1
-            import traceback
-            for line in traceback.format_exc().splitlines():
-                log.error(line)
-        finally:
-            try:
-                self.loop.close()
-            except BaseException:
-                pass
-            os._exit(status)
-
-    def boot(self):
-        reset_child_signals()
-        self.loop = loop = Loop()
-        self.signals = Signals()
-        _sigmask(signal.SIG_SETMASK, self.sigmask)
-        loop.add(self.signals.r, EPOLLIN, self.on_signal)
-        if self.alive_fd >= 0:
-            loop.add(self.alive_fd, EPOLLIN, self.on_master_gone)
-        become(self.identity)
-        loop.executor = ThreadExecutor(loop, self.cfg.threads)
-        self.ctx = Context(self.cfg, loop, log, self.ident_mode)
-        self.ctx.limits = self.limits
-        self.ctx.on_close = self.on_session_closed
-        self.start_accepting()
-        self.set_title()
-        self.tell_master(b"B %d %d\n" % (self.generation, self.number))
-
-    def tell_master(self, line):
-        """A line on the master's status pipe (atomic: shorter than
-        PIPE_BUF): "B generation number" when serving, "R pid" when
-        retired."""
-        if self.status_fd >= 0:
-            try:
-                os.write(self.status_fd, line)
-            except OSError:
-                pass
-
-    def start_accepting(self):
-        if self.accepting or self.stopping or self.retiring:
-            return
-        for s in self.listeners:
-            self.loop.add(s.fileno(), EPOLLIN | EPOLLEXCLUSIVE, self.make_acceptor(s))
-        self.accepting = True
-
-    def stop_accepting(self):
-        if not self.accepting:
-            return
-        for s in self.listeners:
-            self.loop.remove(s.fileno())
-        self.accepting = False
-
-    def close_listeners(self):
-        self.stop_accepting()
-        for s in self.listeners:
-            s.close()
-        self.listeners = []
-
-    def make_acceptor(self, lsock):
-        ctx = self.ctx
-        trust = self.proxy_trust.get(lsock.fileno())
-        here = lsock.getsockname()
-        # a listener on one address: every client reached that address
-        fixed = None if here[0] in ("0.0.0.0", "::") else here
-
-        def on_accept(ev, most=32):
-            for _ in range(most):
-                try:
-                    sock, peer = lsock.accept()
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:
-                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                        self.pause_accepting(exc)
-                    break
-                try:
-                    Session(ctx, sock, peer, fixed or sock.getsockname(), True, trust)
-                except OSError:
-                    sock.close()
-                    continue
-            if self.title_timer is None:
-                self.title_stale()
-        return on_accept
-
-    def pause_accepting(self, exc):
-        """Out of descriptors: stop accepting for a moment instead of spinning."""
-        now = self.loop.now
-        if now >= self.paused_until + 5:
-            log.error("accept: %s; pausing new connections" % exc.strerror)
-        self.paused_until = now + 0.25
-        self.stop_accepting()
-        self.loop.call_later(0.25, self.resume_accepting)
-
-    def resume_accepting(self):
-        if not (self.stopping or self.retiring):
-            self.start_accepting()
-
-    def on_session_closed(self, session):
-        ctx = self.ctx
-        if self.stopping or self.retiring:
-            if not ctx.sessions:
-                self.loop.stop()
-        elif not self.accepting and self.loop.now >= self.paused_until:
-            self.start_accepting()
-        if self.title_timer is None:
-            self.title_stale()
-
-    # --- the process title: at most once a second, and only when it changes
-    def title_stale(self):
-        self.title_timer = self.loop.call_at(max(self.loop.now, self.title_at), self.set_title)
-
-    def set_title(self):
-        self.title_timer = None
-        self.title_at = self.loop.now + 1.0
-        setproctitle("sockd: worker %d (%d clients)%s" % (
-            self.number, len(self.ctx.sessions),
-            " stopping" if self.stopping else " finishing" if self.retiring else ""))
-
-    # --- signals
-    def on_signal(self, ev):
-        for sig in self.signals.read():
-            if sig == signal.SIGTERM:
-                self.graceful_stop()
-            elif sig == signal.SIGINT:
-                self.loop.stop()
-            elif sig == signal.SIGUSR1:
-                self.report()
-            elif sig == signal.SIGHUP:
-                self.retire()
-
-    def on_master_gone(self, ev):
-        self.loop.remove(self.alive_fd)
-        log.error("worker %d: the master has gone; stopping" % self.number)
-        self.graceful_stop()
-
-    def graceful_stop(self):
-        """SIGTERM: no new clients; live ones have ``timeout shutdown``."""
-        if self.stopping:
-            return
-        self.stopping = True
-        if self.accepting:
-            # clients already in the kernel's queue are served, not reset
-            for lsock in self.listeners:
-                self.make_acceptor(lsock)(EPOLLIN, most=4096)
-        self.close_listeners()
-        self.set_title()
-        if not self.ctx.sessions:
-            self.loop.stop()
-            return
-        t = self.ctx.config.timeout_shutdown
-        self.deadline_timer = self.loop.call_later(t, self.shutdown_deadline)
-
-    def shutdown_deadline(self):
-        live = list(self.ctx.sessions)
-        if live:
-            log.notice("worker %d: closing %d connection%s still open after %gs (timeout shutdown)" % (
-                self.number, len(live), "" if len(live) == 1 else "s", self.ctx.config.timeout_shutdown))
-        for s in live:
-            s.close()
-        self.loop.stop()
-
-    def retire(self):
-        """SIGHUP from the master: a newer generation of workers serves new
-        clients; this one finishes its own, re-checked against the new rules
-        when the master published them for that."""
-        if not self.retiring and not self.stopping:
-            self.retiring = True
-            self.close_listeners()
-            self.set_title()
-        self.maybe_recheck()
-        self.tell_master(b"R %d\n" % os.getpid())
-        if not self.ctx.sessions:
-            self.loop.stop()
-
-    def maybe_recheck(self):
-        cfg = fetch_recheck(self.channel, self.seen_generation, "worker %d" % self.number)
-        if cfg is None:
-            return
-        self.seen_generation = cfg[0]
-        self.ctx.config = cfg[1]       # negotiations still under way decide with the new rules
-        recheck.recheck(self.ctx.sessions, cfg[1], log)
-
-    def report(self):
-        st = self.ctx.stats
-        log.info("worker %d (pid %d, generation %d%s): %d clients; since start %ds ago: %s" % (
-            self.number, os.getpid(), self.generation,
-            ", stopping" if self.stopping else ", finishing" if self.retiring else "",
-            len(self.ctx.sessions), time.time() - self.started,
-            ", ".join("%s %d" % kv for kv in st.items())))
-
-
-# --- the fork model and inetd: one client per process -----------------------------------------
-
-_MASTER_LIMITS = [None]     # the fork-model master's Limits, for its children
-
-
-class ChildLimits:
-    """A fork-model child's view of the master's Limits: it counts its one
-    (PROXY protocol) client in the master's column and says so on the status
-    pipe, so that the master releases the count if the child dies first."""
-
-    def __init__(self, limits, status_fd):
-        self.limits = limits
-        self.status_fd = status_fd
-
-    def admit(self, key):
-        got = self.limits.admit(key)
-        if got[1] >= 0:
-            self.tell(b"L %d %d\n" % (os.getpid(), got[1]))
-        return got
-
-    def release(self, slot):
-        self.limits.release(slot)
-        self.tell(b"U %d\n" % os.getpid())
-
-    def tell(self, line):
-        try:
-            os.write(self.status_fd, line)
-        except OSError:
-            pass
-
-
-class OneClient:
-    """A process that serves exactly one client: a fork-model child (with
-    signals, a title, the master's channel) or an inetd-mode sockd."""
-
-    def __init__(self, cfg, sock, ident_mode=None, generation=0, channel=None, alive_fd=-1,
-                 inherited=False, proxy=None, refusal=None, peer=None, status_fd=-1):
-        self.peer = peer                # from the master's accept, when it has it
-        self.status_fd = status_fd      # fork model: the master's status pipe (limits)
-        self.inherited = inherited      # accepted from one of our listeners: options set
-        self.proxy = proxy              # PROXY protocol sources this listener trusts
-        self.refusal = refusal          # over a limit (the master counted): refuse politely
-        self.cfg = cfg
-        self.sock = sock
-        self.ident_mode = ident_mode
-        self.generation = generation
-        self.channel = channel
-        self.alive_fd = alive_fd
-        self.signals = None
-        self.session = None
-        self.stopping = False
-
-    def run(self, title=False, signals=None):
-        """Serve until the client has gone.  ``signals``: a Signals made
-        by the caller (fork-model children), or None (inetd mode keeps the
-        default dispositions)."""
-        loop = self.loop = Loop()
-        ctx = self.ctx = Context(self.cfg, loop, log, self.ident_mode, bufsize=1 << 20)
-        if self.status_fd >= 0:
-            ctx.limits = ChildLimits(self.limits_of_master(), self.status_fd)
-        try:
-            # a fork-model child knows its peer from the master's accept: a
-            # balancer's health check that has already gone is not an error
-            peer = self.peer or self.sock.getpeername()
-            local = self.sock.getsockname()
-        except OSError:
-            if self.peer is None:
-                log.error("error -- unable to get client address.")
-            self.sock.close()
-            return
-        if signals is not None:
-            self.signals = signals
-            loop.add(signals.r, EPOLLIN, self.on_signal)
-        if self.alive_fd >= 0:
-            loop.add(self.alive_fd, EPOLLIN, self.on_master_gone)
-        session = self.session = Session(ctx, self.sock, peer, local, self.inherited, self.proxy, self.refusal)
-        if title:
-            def retitle():
-                text = session.title()
-                if text is not None:
-                    setproctitle("sockd: " + text)
-                    loop.idle_hooks.remove(retitle)
-            setproctitle("sockd: client %s" % session.client_ip)
-            loop.idle_hooks.append(retitle)
-        # the session may be over already: a refusal, say, decided while
-        # the constructor read the request that came with the connection
-        if ctx.sessions:
-            loop.run(until=lambda: not ctx.sessions)
-        loop.close()
-
-    @staticmethod
-    def limits_of_master():
-        return _MASTER_LIMITS[0]
-
-    def on_signal(self, ev):
-        for sig in self.signals.read():
-            if sig == signal.SIGTERM:
-                self.graceful_stop()
-            elif sig == signal.SIGINT:
-                self.close_all()
-            elif sig == signal.SIGUSR1:
-                s = self.session
-                log.info("child (pid %d, generation %d): %s" % (os.getpid(), self.generation, s.status()))
-            elif sig == signal.SIGHUP:
-                got = fetch_recheck(self.channel, self.generation, "child %d" % os.getpid())
-                if got is not None:
-                    self.generation = got[0]
-                    self.ctx.config = got[1]
-                    recheck.recheck(self.ctx.sessions, got[1], log)
-
-    def on_master_gone(self, ev):
-        self.loop.remove(self.alive_fd)
-        self.graceful_stop()
-
-    def graceful_stop(self):
-        if self.stopping:
-            return
-        self.stopping = True
-        t = self.cfg.timeout_shutdown
-        self.loop.call_later(t, self.close_all)
-
-    def close_all(self):
-        for s in list(self.ctx.sessions):
-            s.close()
-
-
-def serve_one(cfg, sock, ident_mode=None, title=False):
-    """Serve exactly one client on ``sock`` (inetd mode, tests)."""
-    OneClient(cfg, sock, ident_mode).run(title=title)
 
 
 # --- the master --------------------------------------------------------------------------------
@@ -492,7 +110,7 @@ class Master:
         self.started = self.os.time()
         self.counts = {"workers started": 0, "workers died": 0, "clients": 0, "reloads": 0,
                        "failed reloads": 0}
-        self.limits = _MASTER_LIMITS[0] = make_limits(self.cfg)
+        self.limits = make_limits(self.cfg)
         self.gone = collections.deque(maxlen=1024)   # pids reaped lately (limits bookkeeping)
         self.limit_held = {}       # pid -> ("column", n) for a worker, ("slot", n) for a child
         try:
@@ -847,7 +465,7 @@ class Master:
         old = (self.cfg, self.identity, self.listeners, self.generation)
         self.cfg, self.identity, self.listeners = new, identity, listeners
         # new limits for the new workers; counts are shared with the old ones
-        self.limits = _MASTER_LIMITS[0] = make_limits(new, self.limits)
+        self.limits = make_limits(new, self.limits)
         self.pending_drop = dropped
         self.generations += 1
         self.generation = self.generations
@@ -972,7 +590,6 @@ class Master:
 
     def child(self, sock, sigmask, trust=None, refusal=None, peer=None):
         """A fork-model child; never returns."""
-        code = 0
         # a short life: no garbage collection passes (they would touch, and
         # so copy, the master's pages)
         gc.disable()
@@ -983,22 +600,14 @@ class Master:
             counting = trust is not None and self.limits is not None
             if not counting:
                 os.close(self.status_w)
-            reset_child_signals()
             for s in self.listeners.values():
                 s.close()
-            sigs = Signals()
-            _sigmask(signal.SIG_SETMASK, sigmask)
-            become(self.identity)
-            OneClient(self.cfg, sock, self.ident_mode, self.generation, self.channel, self.alive_r,
-                      inherited=True, proxy=trust, refusal=refusal, peer=peer,
-                      status_fd=self.status_w if counting else -1).run(title=True, signals=sigs)
-        except PrivilegeError as exc:
-            log.error("child %d could not start: %s" % (os.getpid(), exc))
-            code = WORKER_BOOT_ERROR
+            client = OneClient(self.cfg, sock, self.ident_mode, self.generation, self.channel, self.alive_r,
+                               inherited=True, proxy=trust, refusal=refusal, peer=peer,
+                               limits=ChildLimits(self.limits, self.status_w) if counting else None)
         except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
+            os._exit(1)
+        serve_child(client, sigmask, self.identity)
 
     def probe_identity(self):
         """Fork model: try the privilege drop once at start, in a child,
@@ -1024,51 +633,5 @@ class Master:
             raise Halt("children could not start (the reason is logged above)")
 
 
-def become(ident):
-    """In a worker or child: give up what ``ident`` says, having first
-    loaded what a chroot would hide.  Raises PrivilegeError."""
-    if ident is None or not ident.changes_anything:
-        return
-    privileges.preload()            # a no-op after the first time
-    connect_log()
-    privileges.enter(ident)
-
-
 def exit_text(code):
     return "signal %d" % -code if code < 0 else "status %d" % code
-
-
-# --- inetd mode ---------------------------------------------------------------------------------
-
-def serve_inetd(cfg, ident_mode=None):
-    """inetd mode: the client is on standard input."""
-    try:
-        sock = socket.socket(fileno=os.dup(0))
-    except OSError as exc:
-        raise Halt("--inetd: standard input is not a socket (%s)" % exc.strerror)
-    # inetd hands the client on 0, 1 and 2 alike: none of them may keep the
-    # connection open (or receive an error message) once the session is over
-    try:
-        st0, st2 = os.fstat(0), os.fstat(2)
-        same2 = (st0.st_dev, st0.st_ino) == (st2.st_dev, st2.st_ino)
-    except OSError:
-        same2 = False
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2) if same2 else (0, 1):
-        os.dup2(devnull, fd)
-    os.close(devnull)
-    if os.geteuid() == 0:
-        try:
-            become(privileges.resolve(cfg))
-        except PrivilegeError as exc:
-            sock.close()
-            raise Halt(str(exc)) from None
-    serve_one(cfg, sock, ident_mode)
-    return 0
-
-
-def stdin_is_socket():
-    try:
-        return stat.S_ISSOCK(os.fstat(0).st_mode)
-    except OSError:
-        return False
