@@ -98,8 +98,8 @@ def main(argv=None):
         print("sockd: -F and -D contradict each other", file=sys.stderr)
         return EXIT_USAGE
 
-    from . import server
-    inetd = args.inetd or (not args.foreground and not args.detach and server.stdin_is_socket())
+    from . import serving
+    inetd = args.inetd or (not args.foreground and not args.detach and serving.stdin_is_socket())
     log.stderr = args.foreground and not inetd and not stderr_is_journal()
     log.debug_level = args.debug
     # absolute: a daemon works from /, and SIGHUP reads the file again
@@ -145,7 +145,8 @@ def fail(message):
 def serve(args, cfg, config_path):
     """The stand-alone server: bind, become a daemon, write the pid file,
     serve until stopped.  Returns the exit status."""
-    from . import daemonize, pidfile, privileges, server
+    from . import daemonize, pidfile, privileges
+    from .master import Master
     limit = privileges.raise_nofile()
     pid_path = os.path.abspath(args.pidfile) if args.pidfile else cfg.pidfile
     overrides = {}
@@ -156,7 +157,7 @@ def serve(args, cfg, config_path):
     try:
         if pid_path:
             pidfile.check(pid_path)      # before detaching: the shell hears about it
-        master = server.Master(cfg, args.ident, config_path, overrides)
+        master = Master(cfg, args.ident, config_path, overrides)
         master.bind()
     except (Halt, PidfileError) as exc:
         return fail(str(exc))
@@ -193,7 +194,7 @@ def serve(args, cfg, config_path):
 def run_inetd(args, config_path):
     """inetd mode: one client on standard input, with the configuration
     from the cache when it is still valid (see cache.py)."""
-    from . import cache, server
+    from . import cache, serving
     cfg = cache.load(config_path)
     files = None
     if cfg is None:
@@ -214,7 +215,7 @@ def run_inetd(args, config_path):
     if files is not None and cache.can_store(config_path):
         write_cache_aside(config_path, cfg, files)
     try:
-        return server.serve_inetd(cfg, args.ident)
+        return serving.serve_inetd(cfg, args.ident)
     except Halt as exc:
         log.error(str(exc))
         return exc.status

@@ -34,6 +34,7 @@ class OS:
 
     fork = staticmethod(os.fork)
     kill = staticmethod(os.kill)
+    getpid = staticmethod(os.getpid)
     close = staticmethod(os.close)
     read = staticmethod(os.read)
     sigmask = staticmethod(sigmask)
