@@ -19,6 +19,9 @@ listeners; then it reaps, then it moves its phase on:
   (they no longer accept); then "reloaded" is logged, so that a client
   that connects after that line gets the new rules.
 
+A reload under way is a ``Reload`` object, which holds what it has read,
+opened and started until it is committed or given up.
+
 Signals are acted on in every phase: SIGTERM and SIGINT stop at once
 (a reload under way is given up: the listeners only it opened close, its
 processes are stopped with the rest), SIGUSR1 reports, and a SIGHUP that
@@ -50,19 +53,152 @@ STARTING, SERVING, BOOTING, RETIRING = "starting", "serving", "booting", "retiri
 
 
 class Reload:
-    """A reload under way: what it has read, opened and started."""
+    """SIGHUP: a reload under way, and the state of the master's main loop
+    while it lasts.
 
-    __slots__ = ("cfg", "identity", "listeners", "added", "dropped", "model", "older")
+    BOOTING: its file has been read, the ports it adds opened and its
+    generation started beside the current one, which goes on serving;
+    nothing of the master has changed.  ``commit()``, once the new
+    generation serves (or after BOOT_WAIT), makes it the current one: the
+    dropped ports close and every older process is sent SIGHUP.
+    RETIRING: until every older worker has said "R pid" (or BOOT_WAIT);
+    then ``finish()`` logs "reloaded".  ``give_up()`` ends it at any point:
+    before the commit nothing is left of it, after it nothing is undone.
+    """
 
-    def __init__(self, cfg, identity, listeners, added, dropped, model):
+    def __init__(self, master, cfg, identity, listeners, added, dropped, model):
+        self.master = master
         self.cfg, self.identity, self.model = cfg, identity, model
         self.listeners = listeners        # every listener of the new file, kept ones included
         self.added = added                # the keys of those it opened
         self.dropped = dropped            # the old sockets the new file no longer wants
         self.older = ()                   # once committed: the older workers that must say "R"
+        self.phase = BOOTING
+        self.until = master.os.monotonic() + BOOT_WAIT
+
+    @classmethod
+    def begin(cls, master):
+        """Read the configuration again, open the ports it adds and start
+        its generation.  Returns the Reload, or None when that failed
+        (logged; the master is as it was)."""
+        path = master.config_path
+        log.notice("reloading %s (SIGHUP)" % path)
+        try:
+            new = master.apply_overrides(load_config(path))
+            identity = privileges.resolve(new)
+            listeners, added, dropped = open_listeners(new, master.listeners, master.os.open_listener)
+        except ConfigError as exc:
+            log_config_error(exc)
+            master.reload_failed("%d problem%s in %s" % (len(exc.problems), "" if len(exc.problems) == 1 else "s",
+                                                         path))
+            return None
+        except (Halt, PrivilegeError) as exc:
+            master.reload_failed(str(exc))
+            return None
+        master.generations += 1
+        model = MODELS[new.model](master, master.generations, new, identity, listeners,
+                                  make_limits(new, master.limits))
+        r = cls(master, new, identity, listeners, added, dropped, model)
+        try:
+            if identity.changes_anything:
+                privileges.preload()
+            # the new processes start beside the old ones, which go on
+            # serving meanwhile: there is no moment without a server
+            model.start()
+        except Halt as exc:
+            r.give_up(signal.SIGINT)
+            master.reload_failed(str(exc))
+            return None
+        return r
+
+    def opened(self):
+        """The listeners only this reload holds (before its commit)."""
+        return [self.listeners[spec] for spec in self.added] if self.phase is BOOTING else []
+
+    def advance(self, now):
+        """Move on as far as it can now; True once it is over."""
+        if self.phase is BOOTING and (self.model.ready() or late(now, self.until, self.model.waiting_for())):
+            self.commit()
+        if self.phase is RETIRING and (self.all_retired() or late(now, self.until, "older workers to stop accepting")):
+            self.finish()
+            return True
+        return False
+
+    def give_up(self, sig=None):
+        """Before the commit: its processes are sent ``sig`` (when given)
+        and their ends no longer handled, and the listeners only it opened
+        are closed.  After it: nothing."""
+        if self.phase is not BOOTING:
+            return
+        self.model.retire()
+        if sig is not None:
+            m = self.master
+            m.kill_all(sig, [pid for pid, p in m.procs.items() if p.model is self.model])
+        for s in self.opened():
+            s.close()
+        self.phase = None
+
+    def commit(self):
+        """The new generation serves: it becomes the current one, the
+        dropped ports close, the older processes are told to retire."""
+        m = self.master
+        new, old_cfg, old_model = self.cfg, m.cfg, m.model
+        m.cfg, m.identity, m.listeners, m.model = new, self.identity, self.listeners, self.model
+        m.generation = self.model.generation
+        m.limits = self.model.limits
+        if m.limits is not None:
+            apply_limits(m.limits, new)        # the master's own admissions (fork model) from now on
+        old_model.retire()
+        self.phase, self.until = RETIRING, m.os.monotonic() + BOOT_WAIT
+        for s in self.dropped:
+            log.notice("no longer listening on %s" % sock_name(s))
+            s.close()
+        for spec in self.added:
+            log.notice("listening on %s (%s model)" % (sock_name(self.listeners[spec]), new.model))
+        if (new.log_facility, new.log_socket) != (old_cfg.log_facility, old_cfg.log_socket):
+            log.configure(facility=new.log_facility, socket_path=new.log_socket)
+        for f, line, msg in new.warnings:
+            log.warning("%s:%d: warning: %s" % (f, line, msg))
+        if new.pidfile != old_cfg.pidfile:
+            log.notice("pidfile: the new value takes effect at the next start")
+        m.counts["reloads"] += 1
+        if new.reload_recheck:
+            m.channel.publish(m.generation, new, True)
+        # the older processes stop accepting (workers) and re-check their
+        # clients when asked; "reloaded" is logged once every older worker
+        # has said it no longer accepts, so a client that connects after it
+        # gets the new rules
+        older = [pid for pid, p in m.procs.items() if p.generation < m.generation]
+        m.retired.clear()
+        m.kill_all(signal.SIGHUP, older)
+        self.older = [pid for pid in older if m.procs[pid].model.acks_retire]
+
+    def all_retired(self):
+        m = self.master
+        return all(pid in m.retired or pid not in m.procs for pid in self.older)
+
+    def finish(self):
+        m, new = self.master, self.cfg
+        self.phase = None
+        log.notice("reloaded %s: %d rules, listening on %s%s%s" % (
+            m.config_path, len(new.ruleset.rules), ", ".join(sock_name(s) for s in m.listeners.values()),
+            m.model.reloaded(), "; live connections re-checked" if new.reload_recheck else ""))
+
+
+def late(now, until, what):
+    """Whether a phase has waited for ``what`` until ``until``: then say so."""
+    if now < until:
+        return False
+    log.warning("still waiting for %s after %gs; going on" % (what, BOOT_WAIT))
+    return True
 
 
 class Master:
+    """The supervisor.  Built before daemonizing (bind() then reports a
+    taken port to the shell); run() serves until stopped.  It knows its
+    processes only as models.Proc entries that their model handles, and
+    its process model only through the interface in models.py."""
+
     def __init__(self, cfg, ident_mode=None, config_path=None, overrides=None, osys=None):
         self.os = osys or OS()
         self.overrides = dict(overrides or {})
@@ -75,10 +211,10 @@ class Master:
         self.model = None          # the current generation's process model
         self.generation = 1        # the configuration new clients get
         self.generations = 1       # generations numbered so far
-        self.phase = STARTING
-        self.phase_until = None    # when the phase stops waiting (monotonic)
+        self.starting = True       # until the first generation serves
+        self.start_until = None    # when the start stops waiting for it (monotonic)
         self.reload = None         # the Reload under way
-        self.hup_pending = False   # a SIGHUP to act on once the phase allows
+        self.hup_pending = False   # a SIGHUP to act on once the start or the reload is over
         self.stopping = None       # None, or the signal that stops us
         self.kill_at = None
         self.exit_status = 0
@@ -156,7 +292,7 @@ class Master:
         """Start the first generation: the STARTING phase."""
         self.model = MODELS[self.cfg.model](self, self.generation, self.cfg, self.identity, self.listeners,
                                             self.limits)
-        self.phase, self.phase_until = STARTING, self.os.monotonic() + BOOT_WAIT
+        self.starting, self.start_until = True, self.os.monotonic() + BOOT_WAIT
         try:
             self.model.start()
         except Halt as exc:
@@ -192,7 +328,7 @@ class Master:
 
     def poll_listeners(self):
         """Poll the listeners the current model asks for, and only those."""
-        want = self.model.accepting() if self.stopping is None and self.phase is not STARTING else None
+        want = self.model.accepting() if self.stopping is None and not self.starting else None
         if want is self.polled_from:
             return
         want = want or {}
@@ -212,8 +348,12 @@ class Master:
 
     def timeout(self):
         """Seconds until the next deadline, one at most."""
-        deadline = self.kill_at if self.stopping is not None else (
-            None if self.phase is SERVING else self.phase_until)
+        if self.stopping is not None:
+            deadline = self.kill_at
+        elif self.starting:
+            deadline = self.start_until
+        else:
+            deadline = self.reload.until if self.reload is not None else None
         if deadline is None:
             return 1.0
         return min(1.0, max(0.0, deadline - self.os.monotonic()))
@@ -228,26 +368,26 @@ class Master:
                 self.kill_all(signal.SIGKILL)
                 self.kill_at = None
             return
-        if self.phase is STARTING and (self.model.ready() or self.late(now, self.model.waiting_for())):
+        if self.starting and (self.model.ready() or late(now, self.start_until, self.model.waiting_for())):
             self.serving()
-        if self.phase is BOOTING and (self.reload.model.ready() or self.late(now, self.reload.model.waiting_for())):
-            self.commit()
-        if self.phase is RETIRING and (self.all_retired() or self.late(now, "older workers to stop accepting")):
-            self.reloaded()
-        if self.phase is SERVING and self.hup_pending and self.stopping is None:
+        if self.reload is not None and self.reload.advance(now):
+            self.reload = None
+        if self.hup_pending and not self.starting and self.reload is None and self.stopping is None:
             self.hup_pending = False
-            self.start_reload()
+            self.reload = Reload.begin(self)
             self.advance()
 
-    def late(self, now, what):
-        if now < self.phase_until:
-            return False
-        log.warning("still waiting for %s after %gs; going on" % (what, BOOT_WAIT))
-        return True
+    @property
+    def phase(self):
+        """Where the main loop is: STARTING, SERVING, or the reload's
+        BOOTING or RETIRING."""
+        if self.reload is not None:
+            return self.reload.phase
+        return STARTING if self.starting else SERVING
 
     def serving(self):
         """The first generation serves."""
-        self.phase = SERVING
+        self.starting = False
         if self.ready is not None:
             self.ready.ok()
             self.ready = None
@@ -271,8 +411,8 @@ class Master:
         """Every listener the master holds: the current ones and those a
         reload under way has opened."""
         out = list(self.listeners.values())
-        if self.reload is not None and self.phase is BOOTING:
-            out += [self.reload.listeners[spec] for spec in self.reload.added]
+        if self.reload is not None:
+            out += self.reload.opened()
         return out
 
     # --- the processes
@@ -385,10 +525,12 @@ class Master:
         fails, a start stops, a serving generation halts the master."""
         if self.stopping is not None:
             return
-        if self.phase is BOOTING and model is self.reload.model:
-            self.give_up_reload(signal.SIGINT)
+        r = self.reload
+        if r is not None and r.phase is BOOTING and model is r.model:
+            self.reload = None
+            r.give_up(signal.SIGINT)
             self.reload_failed(why)
-        elif self.phase is STARTING and model is self.model:
+        elif self.starting and model is self.model:
             self.start_failed(why, EXIT_ERROR)
         else:
             self.halt("%s; stopping" % why)
@@ -408,10 +550,10 @@ class Master:
         elif sig == signal.SIGHUP:
             if self.stopping is not None:
                 return
-            if self.phase is SERVING:
-                self.start_reload()
-            else:
+            if self.starting or self.reload is not None:
                 self.hup_pending = True     # once the start or the reload under way is over
+            else:
+                self.reload = Reload.begin(self)
         elif sig == signal.SIGUSR1:
             self.report()
 
@@ -434,8 +576,9 @@ class Master:
             self.ready.fail("stopped by %s while starting" % ("SIGTERM" if sig == signal.SIGTERM else "SIGINT"))
             self.ready = None
         self.model.stopping(sig)
-        if self.phase in (BOOTING, RETIRING):
-            self.give_up_reload()
+        if self.reload is not None:
+            self.reload.give_up()
+            self.reload = None
         for s in self.listeners.values():
             s.close()
         self.listeners = {}
@@ -450,100 +593,7 @@ class Master:
             self.model.report()))
         self.kill_all(signal.SIGUSR1)
 
-    # --- SIGHUP: a reload, through BOOTING and RETIRING
-    def start_reload(self):
-        """Read the configuration again, open the ports it adds and start its
-        generation beside the current one (BOOTING).  Nothing changes for
-        the current one; on a failure it goes on as it was."""
-        path = self.config_path
-        log.notice("reloading %s (SIGHUP)" % path)
-        try:
-            new = self.apply_overrides(load_config(path))
-            identity = privileges.resolve(new)
-            listeners, added, dropped = open_listeners(new, self.listeners, self.os.open_listener)
-        except ConfigError as exc:
-            log_config_error(exc)
-            self.reload_failed("%d problem%s in %s" % (len(exc.problems), "" if len(exc.problems) == 1 else "s",
-                                                       path))
-            return
-        except (Halt, PrivilegeError) as exc:
-            self.reload_failed(str(exc))
-            return
-        self.generations += 1
-        model = MODELS[new.model](self, self.generations, new, identity, listeners, make_limits(new, self.limits))
-        self.reload = Reload(new, identity, listeners, added, dropped, model)
-        self.phase, self.phase_until = BOOTING, self.os.monotonic() + BOOT_WAIT
-        try:
-            if identity.changes_anything:
-                privileges.preload()
-            # the new processes start beside the old ones, which go on
-            # serving meanwhile: there is no moment without a server
-            model.start()
-        except Halt as exc:
-            self.give_up_reload(signal.SIGINT)
-            self.reload_failed(str(exc))
-
-    def give_up_reload(self, sig=None):
-        """Forget the reload under way.  Before its commit: its processes are
-        sent ``sig`` (when given) and no longer handled, and the listeners
-        only it opened are closed.  After: nothing is undone."""
-        r, phase = self.reload, self.phase
-        self.reload, self.phase = None, SERVING
-        if r is None or phase is not BOOTING:
-            return
-        r.model.retire()
-        if sig is not None:
-            self.kill_all(sig, [pid for pid, p in self.procs.items() if p.model is r.model])
-        for spec in r.added:
-            r.listeners[spec].close()
-
-    def commit(self):
-        """The new generation serves: it becomes the current one, the
-        dropped ports close, the older processes are told to retire
-        (RETIRING)."""
-        r = self.reload
-        new, old_cfg, old_model = r.cfg, self.cfg, self.model
-        self.cfg, self.identity, self.listeners, self.model = new, r.identity, r.listeners, r.model
-        self.generation = r.model.generation
-        self.limits = r.model.limits
-        if self.limits is not None:
-            apply_limits(self.limits, new)     # the master's own admissions (fork model) from now on
-        old_model.retire()
-        self.phase, self.phase_until = RETIRING, self.os.monotonic() + BOOT_WAIT
-        for s in r.dropped:
-            log.notice("no longer listening on %s" % sock_name(s))
-            s.close()
-        for spec in r.added:
-            log.notice("listening on %s (%s model)" % (sock_name(r.listeners[spec]), new.model))
-        if (new.log_facility, new.log_socket) != (old_cfg.log_facility, old_cfg.log_socket):
-            log.configure(facility=new.log_facility, socket_path=new.log_socket)
-        for f, line, msg in new.warnings:
-            log.warning("%s:%d: warning: %s" % (f, line, msg))
-        if new.pidfile != old_cfg.pidfile:
-            log.notice("pidfile: the new value takes effect at the next start")
-        self.counts["reloads"] += 1
-        if new.reload_recheck:
-            self.channel.publish(self.generation, new, True)
-        # the older processes stop accepting (workers) and re-check their
-        # clients when asked; "reloaded" is logged once every older worker
-        # has said it no longer accepts, so a client that connects after it
-        # gets the new rules
-        older = [pid for pid, p in self.procs.items() if p.generation < self.generation]
-        self.retired.clear()
-        self.kill_all(signal.SIGHUP, older)
-        r.older = [pid for pid in older if self.procs[pid].model.acks_retire]
-
-    def all_retired(self):
-        return all(pid in self.retired or pid not in self.procs for pid in self.reload.older)
-
-    def reloaded(self):
-        r = self.reload
-        self.reload, self.phase = None, SERVING
-        new = r.cfg
-        log.notice("reloaded %s: %d rules, listening on %s%s%s" % (
-            self.config_path, len(new.ruleset.rules), ", ".join(sock_name(s) for s in self.listeners.values()),
-            self.model.reloaded(), "; live connections re-checked" if new.reload_recheck else ""))
-
+    # --- SIGHUP: see Reload
     def reload_failed(self, why):
         self.counts["failed reloads"] += 1
         log.error("reload failed: %s; still running with the previous configuration" % why)
