@@ -21,11 +21,12 @@ import sys
 import traceback
 
 from . import __version__
-from . import cache, configload, daemonize, pidfile, privileges, server
+from . import cache, configload, daemonize, pidfile, privileges, serving
 from .config import printable
 from .errors import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, Bad, ConfigError, Halt, PidfileError, report_config_error,
                      to_stderr)
 from .log import log
+from .master import Master
 from .settings import SETTINGS
 
 DEFAULT_CONFIG = "/etc/sockd.conf"
@@ -125,7 +126,7 @@ def main(argv=None):
         print("sockd: -F and -D contradict each other", file=sys.stderr)
         return EXIT_USAGE
 
-    inetd = args.inetd or (not args.foreground and not args.detach and server.stdin_is_socket())
+    inetd = args.inetd or (not args.foreground and not args.detach and serving.stdin_is_socket())
     log.stderr = args.foreground and not inetd and not stderr_is_journal()
     log.debug_level = args.debug
     # absolute: a daemon works from /, and SIGHUP reads the file again
@@ -179,7 +180,7 @@ def serve(args, cfg, config_path):
     try:
         if pid_path:
             pidfile.check(pid_path)      # before detaching: the shell hears about it
-        master = server.Master(cfg, args.ident, config_path, overrides)
+        master = Master(cfg, args.ident, config_path, overrides)
         master.bind()
     except (Halt, PidfileError) as exc:
         return fail(str(exc))
@@ -234,7 +235,7 @@ def run_inetd(args, config_path):
     if files is not None and cache.can_store(config_path):
         write_cache_aside(config_path, cfg, files)
     try:
-        return server.serve_inetd(cfg, args.ident)
+        return serving.serve_inetd(cfg, args.ident)
     except Halt as exc:
         log.error(str(exc))
         return exc.status

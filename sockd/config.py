@@ -417,14 +417,6 @@ def open_proxy_warnings(cfg):
                                      "%s:%d" % hp for hp in public)))
 
 
-def load(path):  # TEMPORARY: server.py's reload, until the process split lands
-    """configload.load, for server.py alone; goes when server.py calls
-    configload itself.  The import is here, not at the top, only because
-    configload imports this module: it goes with the alias."""
-    from . import configload
-    return configload.load(path)
-
-
 def printable(text, limit=60):
     """A token as it may appear in a message: printable, and short."""
     out = "".join(c if " " <= c < "\x7f" else "?" for c in text)

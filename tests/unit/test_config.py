@@ -179,38 +179,3 @@ def test_config_parser(text):
         assert files == []
     assert isinstance(cfg, C.Config)
     assert set(cfg.line_of) == cfg.explicit
-
-
-# --- what importing the parser costs -----------------------------------------------------------
-
-def test_the_client_library_pulls_in_no_server_code():
-    import subprocess
-    import sys
-    code = ("import sys, sockd.client; print(' '.join(sorted(m for m in sys.modules if m.startswith('sockd.'))))")
-    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                check=True).stdout.split())
-    assert "sockd.config" in loaded
-    assert not loaded & {"sockd.privileges", "sockd.pidfile", "sockd.server", "sockd.log", "sockd.limits",
-                         "sockd.configload", "sockd.passwd", "sockd.cache"}, loaded
-
-
-def test_no_import_circle_among_the_modules_of_sockd():
-    """Top-level imports only (the marked temporary config.load excepted)."""
-    import ast
-    import pathlib
-    pkg = pathlib.Path(C.__file__).parent
-    graph = {}
-    for f in pkg.glob("*.py"):
-        tree = ast.parse(f.read_text())
-        deps = set()
-        for node in tree.body:
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                deps |= {node.module} if node.module else {a.name for a in node.names}
-        graph[f.stem] = {d.split(".")[0] for d in deps}
-
-    def visit(m, path):
-        assert m not in path, " -> ".join(path + [m])
-        for d in graph.get(m, ()):
-            visit(d, path + [m])
-    for m in graph:
-        visit(m, [])

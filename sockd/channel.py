@@ -1,0 +1,86 @@
+"""Handing a new configuration to processes forked before it was read:
+the memory file every worker and child inherits, for ``reload recheck``.
+
+The master writes; serving processes read when SIGHUP tells them to.
+Imports the cache codec (JSON, never pickle) and the log; must not import
+the master, the process models or the serving processes.
+"""
+
+import hashlib
+import json
+import os
+
+from . import cache
+from .log import log
+
+
+class Channel:
+    """An anonymous memory file every worker and child inherits.  The master
+    writes a header line (generation, what to do, SHA-256 of the body) and
+    the configuration as cache.encode() JSON; a reader that finds a body
+    that does not match its header (a write in progress) ignores it, and the
+    signal that follows the write brings it back."""
+
+    def __init__(self):
+        self.fd = os.memfd_create("sockd-config", os.MFD_CLOEXEC)
+
+    def publish(self, generation, cfg, recheck_on):
+        """Replace what the file holds with ``cfg`` for ``generation``.  A
+        configuration the codec cannot encode is published as an error the
+        readers report.  Raises OSError (no memory)."""
+        try:
+            body, error = cache.encode(cfg), None
+        except Exception as exc:         # reported by the readers, who fall back
+            body, error = b"", "%s: %s" % (type(exc).__name__, exc)
+        head = json.dumps({"generation": generation, "recheck": bool(recheck_on), "error": error,
+                           "sha256": hashlib.sha256(body).hexdigest()}).encode() + b"\n"
+        data = head + body
+        os.ftruncate(self.fd, 0)
+        off = 0
+        while off < len(data):
+            off += os.pwrite(self.fd, data[off:off + (1 << 20)], off)
+
+    def fetch(self):
+        """(generation, recheck, Config) or None (nothing published, or a
+        write in progress).  Raises ValueError when the master could not
+        encode the configuration."""
+        size = os.fstat(self.fd).st_size
+        if not size:
+            return None
+        chunks, off = [], 0
+        while off < size:
+            chunk = os.pread(self.fd, min(1 << 20, size - off), off)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            off += len(chunk)
+        data = b"".join(chunks)
+        head, _, body = data.partition(b"\n")
+        h = json.loads(head)
+        if hashlib.sha256(body).hexdigest() != h["sha256"]:
+            return None
+        if h.get("error"):
+            raise ValueError(h["error"])
+        return h["generation"], h["recheck"], cache.decode(body)
+
+    def close(self):
+        os.close(self.fd)
+
+
+def fetch_recheck(channel, seen, who):
+    """The (generation, Config) the master published for a recheck after
+    generation ``seen``, or None (no channel, nothing newer, no recheck
+    asked, or a file that cannot be read: then it is logged, as ``who``)."""
+    if channel is None:
+        return None
+    try:
+        got = channel.fetch()
+    except Exception as exc:
+        log.error("%s: cannot re-check live connections: %s" % (who, exc))
+        return None
+    if got is None:
+        return None
+    generation, recheck_on, cfg = got
+    if generation <= seen or not recheck_on:
+        return None
+    return generation, cfg

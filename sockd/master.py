@@ -1,0 +1,600 @@
+"""The master: it owns the listening sockets, starts the processes that
+serve clients through the process model of its configuration, supervises
+them, and never reads client data.
+
+Its one main loop (``step()``, one pass) polls the signal pipe, the status
+pipe on which its processes report, and, when the model asks for it, the
+listeners; then it reaps, then it moves its phase on:
+
+* STARTING: the first generation is starting; ``ready`` (from daemonize)
+  is told "ok" once it serves, or why it could not.
+* SERVING.
+* BOOTING (a reload): the new configuration has been read, its new ports
+  opened and its new generation started beside the old one, which goes on
+  serving.  Once the new one serves (or after BOOT_WAIT), the reload is
+  committed: the dropped ports close, the new configuration becomes the
+  current one, and every older process is sent SIGHUP.  A failure before
+  that leaves the old configuration, ports and processes as they were.
+* RETIRING (a reload): waiting for the older workers to say "R pid"
+  (they no longer accept); then "reloaded" is logged, so that a client
+  that connects after that line gets the new rules.
+
+A reload under way is a ``Reload`` object, which holds what it has read,
+opened and started until it is committed or given up.
+
+Signals are acted on in every phase: SIGTERM and SIGINT stop at once
+(a reload under way is given up: the listeners only it opened close, its
+processes are stopped with the rest), SIGUSR1 reports, and a SIGHUP that
+comes while the master is still starting or reloading is acted on after
+that.  Once stopping, the master waits for its processes, and kills them
+KILL_GRACE seconds after ``timeout shutdown``.
+
+Every system call goes through ``self.os`` (osfacade.OS, or a test's fake).
+Must not be imported by the models or the serving processes.
+"""
+
+import collections
+import signal
+from select import POLLIN
+
+from . import privileges
+from .addresses import load_services
+from .configload import load as load_config
+from .errors import ConfigError, EXIT_ERROR, Halt, PrivilegeError, report_config_error
+from .listeners import open_listeners, sock_name
+from .log import log
+from .models import MODELS, apply_limits, make_limits
+from .osfacade import OS
+
+BOOT_WAIT = 10.0          # seconds a new generation (and the retirement of the old) may take
+KILL_GRACE = 5.0          # after timeout shutdown, before SIGKILL
+
+STARTING, SERVING, BOOTING, RETIRING = "starting", "serving", "booting", "retiring"
+
+
+class Reload:
+    """SIGHUP: a reload under way, and the state of the master's main loop
+    while it lasts.
+
+    BOOTING: its file has been read, the ports it adds opened and its
+    generation started beside the current one, which goes on serving;
+    nothing of the master has changed.  ``commit()``, once the new
+    generation serves (or after BOOT_WAIT), makes it the current one: the
+    dropped ports close and every older process is sent SIGHUP.
+    RETIRING: until every older worker has said "R pid" (or BOOT_WAIT);
+    then ``finish()`` logs "reloaded".  ``give_up()`` ends it at any point:
+    before the commit nothing is left of it, after it nothing is undone.
+    """
+
+    def __init__(self, master, cfg, identity, listeners, added, dropped, model):
+        self.master = master
+        self.cfg, self.identity, self.model = cfg, identity, model
+        self.listeners = listeners        # every listener of the new file, kept ones included
+        self.added = added                # the keys of those it opened
+        self.dropped = dropped            # the old sockets the new file no longer wants
+        self.older = ()                   # once committed: the older workers that must say "R"
+        self.phase = BOOTING
+        self.until = master.os.monotonic() + BOOT_WAIT
+
+    @classmethod
+    def begin(cls, master):
+        """Read the configuration again, open the ports it adds and start
+        its generation.  Returns the Reload, or None when that failed
+        (logged; the master is as it was)."""
+        path = master.config_path
+        log.notice("reloading %s (SIGHUP)" % path)
+        try:
+            new = master.apply_overrides(load_config(path))
+            identity = privileges.resolve(new)
+            listeners, added, dropped = open_listeners(new, master.listeners, master.os.open_listener)
+        except ConfigError as exc:
+            report_config_error(exc, log.error)
+            master.reload_failed("%d problem%s in %s" % (len(exc.problems), "" if len(exc.problems) == 1 else "s",
+                                                         path))
+            return None
+        except (Halt, PrivilegeError) as exc:
+            master.reload_failed(str(exc))
+            return None
+        master.generations += 1
+        model = MODELS[new.model](master, master.generations, new, identity, listeners,
+                                  make_limits(new, master.limits))
+        r = cls(master, new, identity, listeners, added, dropped, model)
+        try:
+            if identity.changes_anything:
+                privileges.preload()
+            # the new processes start beside the old ones, which go on
+            # serving meanwhile: there is no moment without a server
+            model.start()
+        except Halt as exc:
+            r.give_up(signal.SIGINT)
+            master.reload_failed(str(exc))
+            return None
+        return r
+
+    def opened(self):
+        """The listeners only this reload holds (before its commit)."""
+        return [self.listeners[spec] for spec in self.added] if self.phase is BOOTING else []
+
+    def advance(self, now):
+        """Move on as far as it can now; True once it is over."""
+        if self.phase is BOOTING and (self.model.ready() or late(now, self.until, self.model.waiting_for())):
+            self.commit()
+        if self.phase is RETIRING and (self.all_retired() or late(now, self.until, "older workers to stop accepting")):
+            self.finish()
+            return True
+        return False
+
+    def give_up(self, sig=None):
+        """Before the commit: its processes are sent ``sig`` (when given)
+        and their ends no longer handled, and the listeners only it opened
+        are closed.  After it: nothing."""
+        if self.phase is not BOOTING:
+            return
+        self.model.retire()
+        if sig is not None:
+            m = self.master
+            m.kill_all(sig, [pid for pid, p in m.procs.items() if p.model is self.model])
+        for s in self.opened():
+            s.close()
+        self.phase = None
+
+    def commit(self):
+        """The new generation serves: it becomes the current one, the
+        dropped ports close, the older processes are told to retire."""
+        m = self.master
+        new, old_cfg, old_model = self.cfg, m.cfg, m.model
+        m.cfg, m.identity, m.listeners, m.model = new, self.identity, self.listeners, self.model
+        m.generation = self.model.generation
+        m.limits = self.model.limits
+        if m.limits is not None:
+            apply_limits(m.limits, new)        # the master's own admissions (fork model) from now on
+        old_model.retire()
+        self.phase, self.until = RETIRING, m.os.monotonic() + BOOT_WAIT
+        for s in self.dropped:
+            log.notice("no longer listening on %s" % sock_name(s))
+            s.close()
+        for spec in self.added:
+            log.notice("listening on %s (%s model)" % (sock_name(self.listeners[spec]), new.model))
+        if (new.log_facility, new.log_socket) != (old_cfg.log_facility, old_cfg.log_socket):
+            log.configure(facility=new.log_facility, socket_path=new.log_socket)
+        for f, line, msg in new.warnings:
+            log.warning("%s:%d: warning: %s" % (f, line, msg))
+        if new.pidfile != old_cfg.pidfile:
+            log.notice("pidfile: the new value takes effect at the next start")
+        m.counts["reloads"] += 1
+        if new.reload_recheck:
+            m.channel.publish(m.generation, new, True)
+        # the older processes stop accepting (workers) and re-check their
+        # clients when asked; "reloaded" is logged once every older worker
+        # has said it no longer accepts, so a client that connects after it
+        # gets the new rules
+        older = [pid for pid, p in m.procs.items() if p.generation < m.generation]
+        m.retired.clear()
+        m.kill_all(signal.SIGHUP, older)
+        self.older = [pid for pid in older if m.procs[pid].model.acks_retire]
+
+    def all_retired(self):
+        m = self.master
+        return all(pid in m.retired or pid not in m.procs for pid in self.older)
+
+    def finish(self):
+        m, new = self.master, self.cfg
+        self.phase = None
+        log.notice("reloaded %s: %d rules, listening on %s%s%s" % (
+            m.config_path, len(new.ruleset.rules), ", ".join(sock_name(s) for s in m.listeners.values()),
+            m.model.reloaded(), "; live connections re-checked" if new.reload_recheck else ""))
+
+
+def late(now, until, what):
+    """Whether a phase has waited for ``what`` until ``until``: then say so."""
+    if now < until:
+        return False
+    log.warning("still waiting for %s after %gs; going on" % (what, BOOT_WAIT))
+    return True
+
+
+class Master:
+    """The supervisor.  Built before daemonizing (bind() then reports a
+    taken port to the shell); run() serves until stopped.  It knows its
+    processes only as models.Proc entries that their model handles, and
+    its process model only through the interface in models.py."""
+
+    def __init__(self, cfg, ident_mode=None, config_path=None, overrides=None, osys=None):
+        self.os = osys or OS()
+        self.overrides = dict(overrides or {})
+        self.cfg = self.apply_overrides(cfg)
+        self.ident_mode = ident_mode
+        self.config_path = config_path or cfg.path
+        self.listeners = {}        # (host, port, n) as written -> socket
+        self.procs = {}            # pid -> models.Proc
+        self.live = {"worker": 0, "child": 0, "probe": 0}   # procs of each kind
+        self.model = None          # the current generation's process model
+        self.generation = 1        # the configuration new clients get
+        self.generations = 1       # generations numbered so far
+        self.starting = True       # until the first generation serves
+        self.start_until = None    # when the start stops waiting for it (monotonic)
+        self.reload = None         # the Reload under way
+        self.hup_pending = False   # a SIGHUP to act on once the start or the reload is over
+        self.stopping = None       # None, or the signal that stops us
+        self.kill_at = None
+        self.exit_status = 0
+        self.signals = None
+        self.channel = None
+        self.ready = None
+        self.poller = None
+        self.polled = {}           # fd -> listener registered with the poller
+        self.polled_from = None    # the model's dict they came from
+        self.alive_r = self.alive_w = -1
+        self.status_r = self.status_w = -1
+        self.retired = set()       # pids that reported retiring since the last reload
+        self.started = self.os.time()
+        self.counts = {"workers started": 0, "workers died": 0, "clients": 0, "reloads": 0,
+                       "failed reloads": 0}
+        self.limits = make_limits(self.cfg)
+        self.gone = collections.deque(maxlen=1024)   # pids reaped lately (limits bookkeeping)
+        self.limit_held = {}       # pid -> (Limits, "column", n) for a worker, (Limits, "slot", n) for a child
+        try:
+            self.identity = privileges.resolve(self.cfg)
+        except PrivilegeError as exc:
+            raise Halt(str(exc)) from None
+        # whatever a worker could not load once it is no longer root is
+        # loaded here, once, for every process forked later
+        if self.identity.changes_anything:
+            privileges.preload()
+
+    def apply_overrides(self, cfg):
+        for key, value in self.overrides.items():
+            cfg.set(key, value)
+        return cfg
+
+    def bind(self):
+        """Open the listening sockets (before detaching: a port that is
+        taken is reported to whoever started us).  Raises Halt."""
+        self.listeners, added, _ = open_listeners(self.cfg, opener=self.os.open_listener)
+        for spec in added:
+            log.notice("listening on %s (%s model)" % (sock_name(self.listeners[spec]), self.cfg.model))
+
+    def listener_fds(self):
+        return [s.fileno() for s in self.listeners.values()]
+
+    # --- the main loop
+    def run(self, ready=None):
+        """Serve until stopped; returns the exit status.  ``ready`` (from
+        daemonize) is told when the first generation serves, or why not."""
+        self.open(ready)
+        try:
+            self.start()
+            while not self.finished():
+                self.step()
+        finally:
+            self.close()
+        if self.stopping is not None and self.exit_status == 0:
+            log.notice("stopped")
+        return self.exit_status
+
+    def open(self, ready=None):
+        """The listeners (when bind() has not opened them), the pipes, the
+        poller.  Raises Halt (a port) or OSError."""
+        if not self.listeners:
+            self.bind()
+        self.ready = ready
+        osys = self.os
+        self.signals = osys.signals()
+        self.channel = osys.channel()
+        self.alive_r, self.alive_w = osys.pipe()
+        self.status_r, self.status_w = osys.pipe(nonblocking_read=True)
+        osys.set_title("sockd: master -f %s" % self.config_path)
+        self.poller = osys.poller()
+        self.poller.register(self.signals.r, POLLIN)
+        self.poller.register(self.status_r, POLLIN)
+
+    def start(self):
+        """Start the first generation: the STARTING phase."""
+        self.model = MODELS[self.cfg.model](self, self.generation, self.cfg, self.identity, self.listeners,
+                                            self.limits)
+        self.starting, self.start_until = True, self.os.monotonic() + BOOT_WAIT
+        try:
+            self.model.start()
+        except Halt as exc:
+            self.start_failed(str(exc), exc.status)
+        self.advance()
+
+    def finished(self):
+        return self.stopping is not None and not self.procs
+
+    def step(self):
+        """One pass of the main loop: wait for a signal, a status line, a
+        client (when the model polls the listeners) or the phase's next
+        deadline, a second at most; act on what came; reap; move the phase
+        on.  Blocks only in poll."""
+        self.poll_listeners()
+        try:
+            events = self.poller.poll(self.timeout() * 1000)
+        except InterruptedError:
+            events = ()
+        for fd, ev in events:
+            if fd == self.signals.r:
+                for sig in self.signals.read():
+                    self.on_signal(sig)
+            elif fd == self.status_r:
+                self.read_status()
+            else:
+                lsock = self.polled.get(fd)
+                # still open (a reload or a stop in this pass may have closed it)
+                if lsock is not None and self.stopping is None and lsock.fileno() == fd:
+                    self.model.process_request(lsock)
+        self.reap()
+        self.advance()
+
+    def poll_listeners(self):
+        """Poll the listeners the current model asks for, and only those."""
+        want = self.model.accepting() if self.stopping is None and not self.starting else None
+        if want is self.polled_from:
+            return
+        want = want or {}
+        polled = self.polled
+        for fd in list(polled):
+            if polled[fd] is not want.get(fd):
+                try:
+                    self.poller.unregister(fd)
+                except KeyError:
+                    pass
+                del polled[fd]
+        for fd, s in want.items():
+            if fd not in polled:
+                self.poller.register(fd, POLLIN)
+                polled[fd] = s
+        self.polled_from = want or None
+
+    def timeout(self):
+        """Seconds until the next deadline, one at most."""
+        if self.stopping is not None:
+            deadline = self.kill_at
+        elif self.starting:
+            deadline = self.start_until
+        else:
+            deadline = self.reload.until if self.reload is not None else None
+        if deadline is None:
+            return 1.0
+        return min(1.0, max(0.0, deadline - self.os.monotonic()))
+
+    def advance(self):
+        """Move the phase on as far as it can go now."""
+        now = self.os.monotonic()
+        if self.stopping is not None:
+            if self.kill_at is not None and now >= self.kill_at and self.procs:
+                log.error("%d process%s still running %gs after the stop; killing them" % (
+                    len(self.procs), "" if len(self.procs) == 1 else "es", KILL_GRACE))
+                self.kill_all(signal.SIGKILL)
+                self.kill_at = None
+            return
+        if self.starting and (self.model.ready() or late(now, self.start_until, self.model.waiting_for())):
+            self.serving()
+        if self.reload is not None and self.reload.advance(now):
+            self.reload = None
+        if self.hup_pending and not self.starting and self.reload is None and self.stopping is None:
+            self.hup_pending = False
+            self.reload = Reload.begin(self)
+            self.advance()
+
+    @property
+    def phase(self):
+        """Where the main loop is: STARTING, SERVING, or the reload's
+        BOOTING or RETIRING."""
+        if self.reload is not None:
+            return self.reload.phase
+        return STARTING if self.starting else SERVING
+
+    def serving(self):
+        """The first generation serves."""
+        self.starting = False
+        if self.ready is not None:
+            self.ready.ok()
+            self.ready = None
+        load_services()
+        self.model.settled()
+
+    def close(self):
+        for s in self.held_listeners():
+            s.close()
+        self.listeners = {}
+        self.reload = None
+        if self.signals is not None:
+            self.signals.close()
+        if self.channel is not None:
+            self.channel.close()
+        for fd in (self.alive_r, self.alive_w, self.status_r, self.status_w):
+            if fd >= 0:
+                self.os.close(fd)
+
+    def held_listeners(self):
+        """Every listener the master holds: the current ones and those a
+        reload under way has opened."""
+        out = list(self.listeners.values())
+        if self.reload is not None:
+            out += self.reload.opened()
+        return out
+
+    # --- the processes
+    def add(self, pid, proc, held=None):
+        """A process a model has started; ``held``: what it counts in the
+        limits, released when it ends."""
+        self.procs[pid] = proc
+        self.live[proc.kind] += 1
+        if held is not None:
+            self.limit_held[pid] = held
+
+    def count(self, kind, generation=None):
+        if generation is None:
+            return self.live[kind]
+        return sum(1 for p in self.procs.values() if p.kind == kind and p.generation == generation)
+
+    def forget(self, keep=(), close_status=False):
+        """In a new process, after the fork: close what only the master
+        uses (its signal pipe, its ends of the alive and status pipes,
+        daemonize's start-up pipe) and every listener it holds but
+        ``keep``; the status pipe too with ``close_status``."""
+        osys = self.os
+        self.signals.close()
+        osys.close(self.alive_w)
+        osys.close(self.status_r)
+        if close_status:
+            osys.close(self.status_w)
+        if self.ready is not None and self.ready.fd >= 0:
+            osys.close(self.ready.fd)
+            self.ready.fd = -1
+        for s in self.held_listeners():
+            if s not in keep:
+                s.close()
+
+    def read_status(self):
+        try:
+            data = self.os.read(self.status_r, 65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        for line in data.split(b"\n"):
+            f = line.split()
+            try:
+                if len(f) == 3 and f[0] == b"B":            # a worker serves
+                    self.booted(int(f[1]), int(f[2]))
+                elif len(f) == 3 and f[0] == b"L":          # a child counted its client
+                    pid, slot = int(f[1]), int(f[2])
+                    proc = self.procs.get(pid)
+                    if proc is not None and proc.model.limits is not None:
+                        self.limit_held[pid] = (proc.model.limits, "slot", slot)
+                    elif pid in self.gone and self.limits is not None:
+                        self.limits.release(slot)           # it died before we read this
+                elif len(f) == 2 and f[0] == b"U":          # ... and released it
+                    self.limit_held.pop(int(f[1]), None)
+                elif len(f) == 2 and f[0] == b"R":          # an older worker no longer accepts
+                    self.retired.add(int(f[1]))
+            except ValueError:
+                continue
+
+    def booted(self, generation, number):
+        for model in (self.model, self.reload and self.reload.model):
+            if model is not None and model.generation == generation:
+                model.booted(number)
+
+    def reap(self):
+        """Read the status pipe, then hand each process that has ended to
+        its model."""
+        self.read_status()
+        while True:
+            got = self.os.reap()
+            if got is None:
+                return
+            pid, code = got
+            self.released(pid)
+            proc = self.procs.pop(pid, None)
+            if proc is None:
+                continue
+            self.live[proc.kind] -= 1
+            proc.model.exited(pid, proc, code)
+
+    def released(self, pid):
+        """A process has ended: what it counted in the limits goes."""
+        if self.limits is None and not self.limit_held:
+            return
+        self.gone.append(pid)
+        held = self.limit_held.pop(pid, None)
+        if held is None:
+            return
+        limits, kind, value = held
+        if kind == "column":
+            limits.give_back(value)
+        else:
+            limits.release(value)
+
+    def kill_all(self, sig, pids=None):
+        for pid in list(self.procs if pids is None else pids):
+            try:
+                self.os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    # --- verdicts (the models call these)
+    def halt(self, why):
+        """Stop with exit status 1, after ``why``."""
+        log.error(why)
+        self.exit_status = 1
+        self.stop(signal.SIGTERM)
+
+    def generation_failed(self, model, why):
+        """``model``'s generation cannot serve: a reload that started it
+        fails, a start stops, a serving generation halts the master."""
+        if self.stopping is not None:
+            return
+        r = self.reload
+        if r is not None and r.phase is BOOTING and model is r.model:
+            self.reload = None
+            r.give_up(signal.SIGINT)
+            self.reload_failed(why)
+        elif self.starting and model is self.model:
+            self.start_failed(why, EXIT_ERROR)
+        else:
+            self.halt("%s; stopping" % why)
+
+    def start_failed(self, why, status):
+        log.error("%s; stopping" % why)
+        if self.ready is not None:
+            self.ready.fail(why)
+            self.ready = None
+        self.exit_status = status
+        self.stop(signal.SIGINT)
+
+    # --- signals
+    def on_signal(self, sig):
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            self.stop(sig)
+        elif sig == signal.SIGHUP:
+            if self.stopping is not None:
+                return
+            if self.starting or self.reload is not None:
+                self.hup_pending = True     # once the start or the reload under way is over
+            else:
+                self.reload = Reload.begin(self)
+        elif sig == signal.SIGUSR1:
+            self.report()
+
+    def stop(self, sig):
+        """SIGTERM: no new clients, the live ones have ``timeout shutdown``.
+        SIGINT: at once.  Either way the listeners close now and a reload
+        under way is given up."""
+        if self.stopping == signal.SIGINT or self.stopping == sig:
+            return
+        self.stopping = sig
+        if sig == signal.SIGTERM:
+            live = len(self.procs)
+            log.notice("stopping (SIGTERM): no new clients; live connections have up to %gs" %
+                       self.cfg.timeout_shutdown if live else "stopping (SIGTERM)")
+            grace = self.cfg.timeout_shutdown + KILL_GRACE
+        else:
+            log.notice("stopping now (SIGINT)")
+            grace = KILL_GRACE
+        if self.ready is not None:
+            self.ready.fail("stopped by %s while starting" % ("SIGTERM" if sig == signal.SIGTERM else "SIGINT"))
+            self.ready = None
+        self.model.stopping(sig)
+        if self.reload is not None:
+            self.reload.give_up()
+            self.reload = None
+        for s in self.listeners.values():
+            s.close()
+        self.listeners = {}
+        self.kill_all(sig)
+        self.kill_at = self.os.monotonic() + grace
+
+    # --- SIGUSR1
+    def report(self):
+        up = self.os.time() - self.started
+        log.info("master (pid %d, %s model, generation %d, up %ds, %s: %d rules): %s" % (
+            self.os.getpid(), self.cfg.model, self.generation, up, self.config_path, len(self.cfg.ruleset.rules),
+            self.model.report()))
+        self.kill_all(signal.SIGUSR1)
+
+    # --- SIGHUP: see Reload
+    def reload_failed(self, why):
+        self.counts["failed reloads"] += 1
+        log.error("reload failed: %s; still running with the previous configuration" % why)
+

@@ -1,0 +1,90 @@
+"""The operating system as the master and the process models call it.
+
+One object, ``OS``, makes every system call they make: fork, kill, the
+reaping of children, pipes, the signal mask, the clock, polling, the
+listening sockets, the signal pipe and the recheck channel, the process
+title.  The master is handed one; tests hand it a fake (supervisor's
+options object is the model), so that they drive the master and its
+process models without starting a process.  Each method is a thin wrapper
+with the contract of the call it wraps.
+
+What runs after a fork, in a serving process, calls the OS directly: only
+the supervising side needs to be driven by tests.  Must not import the
+master, the process models or the serving processes.
+"""
+
+import gc
+import os
+import select
+from time import monotonic, sleep, time as wall_clock
+
+from .channel import Channel
+from .listeners import open_listener
+from .signals import Signals, sigmask
+
+try:
+    from setproctitle import setproctitle
+except ImportError:                      # titles are a convenience, not a need
+    def setproctitle(title):
+        pass
+
+
+class OS:
+    """The real system.  Every method may raise OSError as its call does."""
+
+    fork = staticmethod(os.fork)
+    kill = staticmethod(os.kill)
+    getpid = staticmethod(os.getpid)
+    close = staticmethod(os.close)
+    read = staticmethod(os.read)
+    sigmask = staticmethod(sigmask)
+    monotonic = staticmethod(monotonic)
+    time = staticmethod(wall_clock)
+    sleep = staticmethod(sleep)
+    cpu_count = staticmethod(os.cpu_count)
+    set_title = staticmethod(setproctitle)
+    open_listener = staticmethod(open_listener)
+
+    @staticmethod
+    def pipe(nonblocking_read=False):
+        """(read end, write end), close-on-exec; the read end non-blocking
+        when asked."""
+        r, w = os.pipe2(os.O_CLOEXEC)
+        if nonblocking_read:
+            os.set_blocking(r, False)
+        return r, w
+
+    @staticmethod
+    def reap():
+        """(pid, exit code) of one child that has ended, or None when none
+        has (or there is no child).  Never blocks.  The exit code is
+        negative for a child killed by a signal."""
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if pid == 0:
+            return None
+        return pid, os.waitstatus_to_exitcode(status)
+
+    @staticmethod
+    def poller():
+        """A new select.poll object."""
+        return select.poll()
+
+    @staticmethod
+    def signals():
+        """This process's signal pipe (signals.Signals)."""
+        return Signals()
+
+    @staticmethod
+    def channel():
+        """A new recheck channel (channel.Channel)."""
+        return Channel()
+
+    @staticmethod
+    def freeze_heap():
+        """Collect once, then keep the collector off everything that exists
+        now: children forked later do not copy those pages by collecting."""
+        gc.collect()
+        gc.freeze()

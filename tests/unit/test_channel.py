@@ -1,0 +1,81 @@
+"""channel.py: the memory file that hands a reloaded configuration to the
+processes forked before it, and the reader's rules for using it."""
+
+import os
+
+import pytest
+
+from sockd import channel as CH
+from sockd import config as C
+
+CONF = "listen 127.0.0.1:0\nreload recheck yes\npermit 127.0.0.0 255.0.0.0\ndeny 0/0\n"
+
+
+@pytest.fixture
+def channel():
+    ch = CH.Channel()
+    yield ch
+    ch.close()
+
+
+def test_nothing_published_is_nothing_fetched(channel):
+    assert channel.fetch() is None
+    assert CH.fetch_recheck(channel, 0, "worker 1") is None
+    assert CH.fetch_recheck(None, 0, "worker 1") is None
+
+
+def test_a_published_configuration_comes_back_whole(channel):
+    cfg = C.parse_text(CONF, "/etc/sockd.conf")
+    channel.publish(3, cfg, True)
+    generation, recheck_on, got = channel.fetch()
+    assert (generation, recheck_on) == (3, True)
+    assert got.path == "/etc/sockd.conf" and got.reload_recheck
+    assert [r.line for r in got.ruleset.rules] == [3, 4]
+
+
+def test_a_child_of_a_fork_reads_what_the_master_writes_later(channel):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                    # the child waits for the word, then reads
+        try:
+            os.read(r, 1)
+            got = channel.fetch()
+            os._exit(0 if got and got[0] == 7 else 1)
+        finally:
+            os._exit(2)
+    os.close(r)
+    channel.publish(7, C.parse_text(CONF), True)
+    os.write(w, b"x")
+    os.close(w)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_torn_write_is_ignored(channel):
+    channel.publish(2, C.parse_text(CONF), True)
+    size = os.fstat(channel.fd).st_size
+    os.ftruncate(channel.fd, size - 10)          # as if the master were still writing
+    assert channel.fetch() is None
+
+
+def test_what_the_master_could_not_encode_is_reported_by_the_reader(channel, monkeypatch):
+    def refuse(cfg):
+        raise TypeError("not encodable")
+    monkeypatch.setattr(CH.cache, "encode", refuse)
+    channel.publish(2, C.parse_text(CONF), True)
+    with pytest.raises(ValueError, match="TypeError: not encodable"):
+        channel.fetch()
+    logged = []
+    monkeypatch.setattr(CH.log, "error", logged.append)
+    assert CH.fetch_recheck(channel, 1, "worker 4") is None
+    assert logged == ["worker 4: cannot re-check live connections: TypeError: not encodable"]
+
+
+def test_fetch_recheck_only_for_a_newer_generation_that_asks_for_it(channel):
+    cfg = C.parse_text(CONF)
+    channel.publish(2, cfg, True)
+    assert CH.fetch_recheck(channel, 2, "child 9") is None        # seen already
+    generation, got = CH.fetch_recheck(channel, 1, "child 9")
+    assert generation == 2 and got.reload_recheck
+    channel.publish(3, cfg, False)                                 # a reload without recheck
+    assert CH.fetch_recheck(channel, 2, "child 9") is None

@@ -1,0 +1,79 @@
+"""The shape of the package as its imports show it: no import circle, no
+import hidden inside a function, and a client library that pulls in no
+server code (sockd.privileges, sockd.pidfile, the master...)."""
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import sockd
+
+PKG = pathlib.Path(sockd.__file__).parent
+
+# imports inside functions that are there on purpose, each for its reason
+ALLOWED_LOCAL = {
+    # python-daemon is third-party and needed only when detaching
+    ("daemonize", "should_detach"), ("daemonize", "daemonize"),
+    # preload() exists to import what a chroot would hide
+    ("privileges", "preload"),
+}
+
+
+def modules():
+    for f in sorted(PKG.rglob("*.py")):
+        rel = f.relative_to(PKG).with_suffix("")
+        parts = [p for p in rel.parts if p != "__init__"]
+        yield ".".join(parts) or "__init__", f, ast.parse(f.read_text())
+
+
+def resolve(mod, node):
+    """The sockd modules a top-level ``from . import`` names, as dotted paths
+    inside the package."""
+    if not isinstance(node, ast.ImportFrom) or node.level == 0:
+        return set()
+    base = mod.split(".")[:-node.level] if "." in mod or node.level > 1 else []
+    if mod.endswith("__init__"):
+        base = mod.split(".")[:-1]
+    prefix = base + (node.module.split(".") if node.module else [])
+    if node.module:
+        return {".".join(prefix)}
+    return {".".join(prefix + [a.name]) for a in node.names}
+
+
+def test_no_import_circle():
+    graph = {}
+    names = {m for m, _, _ in modules()}
+    for mod, _, tree in modules():
+        deps = set()
+        for node in tree.body:
+            deps |= resolve(mod, node)
+        graph[mod] = {d for d in deps if d in names and d != mod}
+
+    def visit(m, path):
+        assert m not in path, " -> ".join(path + [m])
+        for d in graph.get(m, ()):
+            visit(d, path + [m])
+    for m in graph:
+        visit(m, [])
+
+
+def test_no_import_inside_a_function():
+    found = []
+    for mod, f, tree in modules():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for sub in ast.walk(node):
+                    if isinstance(sub, (ast.Import, ast.ImportFrom)) and (mod, node.name) not in ALLOWED_LOCAL:
+                        found.append("%s:%d %s" % (f.name, sub.lineno, ast.unparse(sub)))
+    assert not found, found
+
+
+def test_the_client_library_pulls_in_no_server_code():
+    code = "import sys, sockd.client; print(' '.join(sorted(m for m in sys.modules if m.startswith('sockd.'))))"
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                check=True).stdout.split())
+    assert "sockd.client" in loaded
+    assert not loaded & {"sockd.privileges", "sockd.pidfile", "sockd.master", "sockd.serving", "sockd.log",
+                         "sockd.limits", "sockd.configload", "sockd.passwd", "sockd.cache", "sockd.session",
+                         "sockd.loop"}, loaded
