@@ -14,6 +14,7 @@ import socket
 MAX_ADDRESSES = 8           # addresses of one name that a connect tries
 _SERVICES = {}
 _SERVICES_MAX = 70000
+_LOADED = []                # [path] once load_services() has read the file
 
 
 def addr_text(ip):
@@ -25,7 +26,10 @@ def addr_text(ip):
 
 def load_services(path="/etc/services"):
     """Read the tcp service names once (in the master, before forking: a
-    fork-model child would otherwise read the file for every client)."""
+    fork-model child would otherwise read the file for every client).  After
+    that, a port the file does not name is shown as its number without
+    asking the C library, whose name-service lookup costs a fork-model child
+    some 160 system calls for every client."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -35,12 +39,15 @@ def load_services(path="/etc/services"):
                     if port.isascii() and port.isdigit():
                         _SERVICES.setdefault(int(port), fields[0])
     except OSError:
-        pass
+        return
+    _LOADED.append(path)
 
 
 def service_name(port):
     """'telnet' for 23; the number as text when there is no name."""
     name = _SERVICES.get(port)
+    if name is None and _LOADED:
+        return str(port)
     if name is None:
         try:
             name = socket.getservbyport(port, "tcp")

@@ -52,6 +52,7 @@ def test_addr_text_of_ipv6_drops_only_the_scope(ip, scope):
 @pytest.fixture
 def services(monkeypatch, tmp_path):
     monkeypatch.setattr(AD, "_SERVICES", {})
+    monkeypatch.setattr(AD, "_LOADED", [])
     path = tmp_path / "services"
     path.write_text("# name port/proto aliases\ntelnet 23/tcp\nmyproto 4000/tcp alias  # a comment\n"
                     "udponly 4001/udp\nbroken notaport/tcp\nsecond 4000/tcp\n\n")
@@ -72,6 +73,16 @@ def test_a_port_without_a_name_is_its_number(services, monkeypatch):
     monkeypatch.setattr(socket, "getservbyport", none)
     assert AD.service_name(40123) == "40123"
     assert AD.service_name(70000) == "70000"
+
+
+def test_once_the_file_is_read_a_miss_does_not_ask_the_c_library(services, monkeypatch):
+    AD.load_services(str(services))
+
+    def asked(port, proto):
+        raise AssertionError("getservbyport(%d) asked" % port)
+    monkeypatch.setattr(socket, "getservbyport", asked)
+    assert AD.service_name(40123) == "40123"
+    assert AD.service_name(23) == "telnet"
 
 
 def test_the_name_cache_is_bounded(services, monkeypatch):
