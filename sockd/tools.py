@@ -52,7 +52,7 @@ def _expand(template, user, src, dst, port, realuser):
     return shell.expand(template, values)
 
 
-def test_sockd_conf(argv=None):
+def test_sockd_conf_parser():
     p = argparse.ArgumentParser(
         prog="test_sockd_conf",
         description="Show which sockd.conf line decides a request (exit 1: permit, 0: deny).")
@@ -68,8 +68,13 @@ def test_sockd_conf(argv=None):
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("port")
+    return p
+
+
+def test_sockd_conf(argv=None):
+    """Returns the classic status: 1 permitted, 0 denied, 255 a mistake."""
     try:
-        a = p.parse_args(argv)
+        a = test_sockd_conf_parser().parse_args(argv)
     except SystemExit as exc:
         return 0 if exc.code == 0 else EXIT_USAGE
     try:
@@ -89,6 +94,11 @@ def test_sockd_conf(argv=None):
         print("test_sockd_conf: cannot resolve: %s" % exc, file=sys.stderr)
         return EXIT_USAGE
 
+    return explain(cfg, a, src, src_names, dst, dst_names, port)
+
+
+def explain(cfg, a, src, src_names, dst, dst_names, port):
+    """Print the lines examined and the verdict; returns the status."""
     rs = cfg.ruleset
     print("USER:%s, SRC:%s, DST:%s, PORT:%d" % (a.user, a.src, a.dst, port))
     trace = []
