@@ -27,6 +27,16 @@ from sockd.client import core
 WAIT = 2.0                  # the longest any single wait of a client unit test may take
 LOCAL = "127.0.0.1"         # where the test's peers listen (always direct in socks.conf)
 TARGET = "127.0.0.2"        # a destination that socks.conf decides about
+# Names that do not resolve, and that no name server is ever asked about
+# (a test must not send DNS queries off this host):
+#   NONAME is 254 characters, one more than DNS can carry, so the C library
+#   fails it without a query -- yet SOCKS 5 and 4A carry up to 255;
+#   BADNAME is a valid host name for socks.conf whose 60-letter label the
+#   IDNA codec cannot encode in 63, so Python fails it before the C library.
+NONAME = "www." + ".".join(["n" * 63, "o" * 63, "p" * 63, "q" * 50]) + ".invalid"
+NODOMAIN = NONAME[4:]           # SOCKS_DNAME that makes "www" into NONAME
+BADNAME = "\u00fc" * 60 + ".invalid"
+assert len(NONAME) == 254
 ENV = ("SOCKS_CONF", "SOCKS_SERVER", "SOCKS_VERSION", "SOCKS_USERNAME", "SOCKS_PASSWORD",
        "SOCKS_BANNER", "SOCKS_DNAME", "SOCKS_LOG")
 

@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 from sockd import protocol as P
 from sockd.client import core
 
-from clientkit import (LOCAL, TARGET, WAIT, Peer, echo, listener, read_greeting, read_request4,
+from clientkit import (BADNAME, LOCAL, NODOMAIN, NONAME, TARGET, WAIT, Peer, listener, read_greeting,
+                       read_request4,
                        read_request5, read_userpass, reply4, reply5, socks5_server, socksenv, udp_header)
 
 assert socksenv     # the fixture, used by name
@@ -173,11 +174,12 @@ def test_lookup_of_addresses_and_names(socksenv):
     # a name is resolved here, and the rules see it in lower case
     assert core.lookup("LocalHost", 80, None) == ("LocalHost", "127.0.0.1", ("localhost",), (4, 0x7F000001))
     # a name only a server could resolve: decided on its name alone
-    assert core.lookup("nosuch.invalid", 80, None) == ("nosuch.invalid", None, ("nosuch.invalid",), (0, 0))
+    assert core.lookup(NONAME, 80, None) == (NONAME, None, (NONAME,), (0, 0))
     # a label the IDNA codec refuses is no traceback either
+    assert core.lookup(BADNAME, 80, None) == (BADNAME, None, (BADNAME,), (0, 0))
     assert core.lookup("x" * 70 + ".test", 80, None)[1] is None
-    socksenv.set("SOCKS_DNAME", "invalid")
-    assert core.lookup("nosuch", 80, None)[:3] == ("nosuch.invalid", None, ("nosuch.invalid",))
+    socksenv.set("SOCKS_DNAME", NODOMAIN)
+    assert core.lookup("www", 80, None)[:3] == (NONAME, None, (NONAME,))
 
 
 def test_load_conf_rereads_a_changed_file_and_keeps_reporting_a_mistake(socksenv, caplog):
@@ -355,12 +357,12 @@ def test_a_name_goes_to_the_server_as_a_name(socksenv, peers):
     reqs = []
     p = peers(socks5_server(then=hold, requests=reqs))
     socksenv.via(p)
-    socksenv.set("SOCKS_DNAME", "example.invalid")
+    socksenv.set("SOCKS_DNAME", NODOMAIN)
     with core.create_connection(("www", 80), timeout=WAIT) as s:
-        assert s.getpeername() == ("www.example.invalid", 80)
+        assert s.getpeername() == (NONAME, 80)
     with core.create_connection(("2001:db8::5", 443), timeout=WAIT):
         pass
-    assert reqs == [([0], (1, 3, "www.example.invalid", 80)), ([0], (1, 4, "2001:db8::5", 443))]
+    assert reqs == [([0], (1, 3, NONAME, 80)), ([0], (1, 4, "2001:db8::5", 443))]
 
 
 def test_rfc1929_user_name_and_password(socksenv, sockets, peers):
@@ -472,12 +474,12 @@ def test_when_no_server_can_be_used(socksenv, sockets, peers):
     dead = closed_port()
     closer = peers(lambda c, peer: None)                  # accepts, then closes without a word ...
     socksenv.set("SOCKS_VERSION", "5")                    # ... and no SOCKS 4 to fall back to
-    socksenv.conf("sockd @=%s:%d,%s:%d,nosuch.invalid ALL\n" % (LOCAL, dead, LOCAL, closer.port))
+    socksenv.conf("sockd @=%s:%d,%s:%d,%s ALL\n" % (LOCAL, dead, LOCAL, closer.port, BADNAME))
     with pytest.raises(core.SocksServerError) as ei:
         sockets().connect((TARGET, 7))
     msg = str(ei.value)
     assert msg.startswith("%s:1: no SOCKS server could be used for %s port 7: " % (socksenv.path, TARGET))
-    assert "Failed to connect to sockd at nosuch.invalid:1080: " in msg
+    assert "Failed to connect to sockd at %s:1080: " % BADNAME in msg
     assert "Failed to connect to sockd at %s:%d: Connection refused" % (LOCAL, dead) in msg
     assert "Failed to talk to sockd at %s:%d: no SOCKS 5 answer (SOCKS_VERSION=5)" % (LOCAL, closer.port) in msg
     assert ei.value.where == "%s:1" % socksenv.path
@@ -670,10 +672,10 @@ def test_socks4a_sends_a_name_it_cannot_resolve(socksenv, sockets, peers):
     p = peers(socks4_server(then=hold, requests=reqs))
     socksenv.via(p)
     socksenv.set("SOCKS_VERSION", "4")
-    with core.create_connection(("www.example.invalid", 80), timeout=WAIT):
+    with core.create_connection((NONAME, 80), timeout=WAIT):
         pass
     assert p.count == 1                                     # SOCKS_VERSION=4: no greeting first
-    assert reqs == [(1, 80, "0.0.0.1", ME, "www.example.invalid")]
+    assert reqs == [(1, 80, "0.0.0.1", ME, NONAME)]
 
 
 def test_socks4_wire_bytes(socksenv, sockets, peers):
