@@ -11,6 +11,7 @@ it has what it expects, so nothing waits for QUIET).
 
 import io
 import os
+import socket
 import sys
 
 import pytest
@@ -138,7 +139,7 @@ def stdin(monkeypatch):
 
 def telnet_peer(expect, log):
     """Offers options and text, then reads until every piece of ``expect``
-    has come (in any order), answers and closes."""
+    has come (in any order), answers and closes its side."""
     def handle(c, peer):
         c.send(b"\xff\xfd\x18\xff\xfb\x01Welcome\r\n\x1b[31mlogin: ")
         got = b""
@@ -147,6 +148,8 @@ def telnet_peer(expect, log):
             assert b"<EOF>" not in got and len(got) < 100000, got[:200]
         log.append(got)
         c.send(b"bye\r\n")
+        c.sock.shutdown(socket.SHUT_WR)
+        c.read_all()                # what else comes (late refusals) until the client closes: no RST
     return handle
 
 
