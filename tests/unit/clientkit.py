@@ -15,6 +15,7 @@ loopback that the test scripts, and the environment the library reads.
 """
 
 import ipaddress
+import os
 import socket
 import struct
 import threading
@@ -293,11 +294,30 @@ class Env:
         return self.conf("sockd @=%s:%d %s\n" % (peer.addr[0], peer.port, dst))
 
 
+def _set_up_logging_once():
+    """The library sets its log up once a process, and its stderr handler
+    keeps the sys.stderr of that moment.  Do it now, while the test files
+    are collected, so that the handler holds pytest's own stream and never
+    a capsys one that is closed after its test.  SOCKS_LOG=stderr, as the
+    integration tests have it."""
+    old = os.environ.get("SOCKS_LOG")
+    os.environ["SOCKS_LOG"] = "stderr"
+    try:
+        core.setup_logging()
+    finally:
+        if old is None:
+            del os.environ["SOCKS_LOG"]
+        else:
+            os.environ["SOCKS_LOG"] = old
+
+
+_set_up_logging_once()
+
+
 @pytest.fixture
 def socksenv(tmp_path, monkeypatch):
     """The library pointed at ``tmp_path/socks.conf`` (not written yet: no
-    file, every connection direct), log lines to the logging module (and
-    syslog, as the integration tests have it)."""
+    file, every connection direct)."""
     for var in ENV:
         monkeypatch.delenv(var, raising=False)
     path = tmp_path / "socks.conf"

@@ -31,7 +31,7 @@ sockd ALL
 """
 
 
-FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def conf(text=EXAMPLE, path="socks.conf"):

@@ -206,7 +206,7 @@ def test_a_server_that_never_answers_is_not_waited_for_forever(ftpd, monkeypatch
     f = ftpd()
     f.peer.handler = lambda c, peer: c.read_all()
     s = Session(io.StringIO())
-    s.ctrl = rftp.common.connect(LOCAL, f.port, timeout=0.2)
+    s.ctrl = rftp.common.connect(LOCAL, f.port, timeout=0.1)
     s.rfile = s.ctrl.makefile("rb")
     with pytest.raises(FTPError, match=r"^ftp: no reply for 60 seconds; connection closed$"):
         s.reply()

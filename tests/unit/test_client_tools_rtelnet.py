@@ -24,7 +24,7 @@ from sockd.client.tools.rtelnet import DO, DONT, IAC, SB, SE, WILL, WONT, Telnet
 from clientkit import LOCAL, WAIT, Peer, socksenv
 
 assert socksenv     # the fixture, used by name
-FAST = settings(max_examples=200, deadline=None)
+FAST = settings(max_examples=100, deadline=None)
 
 
 def feed_in(chunks):

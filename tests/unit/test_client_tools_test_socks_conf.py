@@ -141,7 +141,7 @@ def test_usage(capsys, args, status):
     assert "usage: test_socks_conf" in (out if status == 0 else err)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(user=st.text(max_size=12), dst=st.ip_addresses().map(str), port=st.text(max_size=8))
 def test_any_arguments_give_a_status(socksenv, capsys, conf, user, dst, port):
     status = T.main(["-C", conf, user, dst, port])
