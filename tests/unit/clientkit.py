@@ -265,14 +265,6 @@ def socks5_server(rep=0, bound=("10.1.1.1", 4242), then=None, split=False, reque
     return handle
 
 
-def echo(c):
-    while True:
-        data = c.sock.recv(65536)
-        if not data:
-            return
-        c.send(data)
-
-
 # --- the environment the library reads ----------------------------------------------------------
 
 class Env:

@@ -425,22 +425,20 @@ def test_a_password_too_long_for_rfc1929_is_refused_before_sending(socksenv, soc
         sockets().connect((TARGET, 7))
 
 
-@pytest.mark.parametrize("rep", sorted(set(range(1, 10))))
-def test_every_socks5_reply_code_is_a_refusal_in_words(socksenv, sockets, peers, rep):
+@pytest.mark.parametrize("rep,text", [
+    (1, "general SOCKS server failure"), (2, "connection not allowed by ruleset"), (3, "network unreachable"),
+    (4, "host unreachable"), (5, "connection refused"), (6, "TTL expired"), (7, "command not supported"),
+    (8, "address type not supported"), (9, "unknown reply"), (0xFF, "unknown reply"),
+])
+def test_every_socks5_reply_code_is_a_refusal_in_words(socksenv, sockets, peers, rep, text):
     p = peers(socks5_server(rep=rep))
     socksenv.via(p)
     with pytest.raises(core.SocksRefused) as ei:
         sockets().connect((TARGET, 7))
-    text = P.REPLY_TEXT.get(rep, "unknown reply")
     assert str(ei.value) == ("SOCKS server %s:%d refused connect to %s port 7: SOCKS 5 reply %d, %s"
                              % (LOCAL, p.port, TARGET, rep, text))
     assert (ei.value.code, ei.value.version, ei.value.server) == (rep, 5, "%s:%d" % (LOCAL, p.port))
     assert ei.value.where == "%s:1" % socksenv.path
-
-
-def test_texts_of_some_reply_codes_written_out():
-    assert P.REPLY_TEXT[2] == "connection not allowed by ruleset"
-    assert P.REPLY_TEXT[5] == "connection refused"
 
 
 def test_a_refusal_is_final_the_next_server_is_not_asked(socksenv, sockets, peers):
