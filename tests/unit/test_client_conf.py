@@ -1,10 +1,17 @@
-"""socks.conf: the classic grammar, the decisions, the servers and the
-line-numbered errors, fed as text (no sockets)."""
+"""sockd/client/conf.py: socks.conf, fed as text (no sockets).
+
+The classic grammar, the decisions (first match, the built-in direct
+cases, the server lists), the server forms, SOCKS_SERVER / SOCKS_VERSION /
+SOCKS_CONF read from a given environment, and the line-numbered errors:
+example tables, and hypothesis for text, server names and environment
+values that can be hostile (only ConfError / Bad may come out).  The only
+files are the test's own (userfiles, an unreadable path)."""
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sockd import config as C
 from sockd import rules as R
 from sockd.errors import ConfigError
 from sockd.client import conf as K
@@ -24,8 +31,14 @@ sockd ALL
 """
 
 
+FAST = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
 def conf(text=EXAMPLE, path="socks.conf"):
     return K.parse_text(text, path, port=1080)
+
+
+EXAMPLE_CONF = conf()
 
 
 def decide(c, user, ip, port, names=(), defaults=(("fw", 1080),)):
@@ -227,3 +240,158 @@ def test_any_text_parses_or_raises_config_error(text):
         K.parse_text(text, "socks.conf")
     except ConfigError as exc:
         assert exc.problems
+
+
+# --- servers: the forms, hostile tokens, and fmt_server read back ------------------------------
+
+@pytest.mark.parametrize("tok,message", [
+    ("", "missing server host name"),
+    (":1080", "missing server host name"),
+    ("fw:", "bad server port: unknown service name"),
+    ("fw:0", "bad server port: 0"),
+    ("fw:65536", "bad server port: port number out of range"),
+    ("fw:\u00b2", "bad server port: unknown service name"),       # a Unicode digit is not a number
+    ("[::1", "missing ']' in IPv6 server address"),
+    ("[]", "bad IPv6 server address"),
+    ("[10.0.0.1]", "bad IPv6 server address"),
+    ("[::1]1080", "expected ':PORT' after ']'"),
+    ("[::1]:", "expected ':PORT' after ']'"),
+    ("[::1]:0", "bad server port: 0"),
+    ("2001:db8::zz", "bad server: write an IPv6 server as [ADDRESS]:PORT"),
+    ("fw.example.com.99", "bad server host name"),                # a mistyped address, not a name
+    ("bad host", "bad server host name"),
+    ("a..b", "bad server host name"),
+])
+def test_bad_server_tokens(tok, message):
+    with pytest.raises(C.Bad) as ei:
+        K.parse_server(tok, 1080)
+    assert str(ei.value) == message
+    assert ei.value.token == tok
+
+
+def test_server_lists():
+    assert K.parse_servers("a,b:1,[::1]:2", 1080) == (("a", 1080), ("b", 1), ("::1", 2))
+    for text, message in (("", "empty server list"), ("a,,b", "empty name in server list"),
+                          ("a,", "empty name in server list")):
+        with pytest.raises(C.Bad) as ei:
+            K.parse_servers(text, 1080)
+        assert str(ei.value) == message
+
+
+@pytest.mark.parametrize("server,text", [
+    (("fw", 1080), "fw:1080"), (("10.0.0.1", 1), "10.0.0.1:1"), (("::1", 1081), "[::1]:1081"),
+])
+def test_fmt_server(server, text):
+    assert K.fmt_server(server) == text
+
+
+LABEL = st.from_regex(r"[a-z0-9_][a-z0-9_-]{0,14}", fullmatch=True)
+HOSTNAME = st.lists(LABEL, min_size=1, max_size=4).filter(lambda ls: not ls[-1].isdigit()).map(".".join)
+HOSTS = st.one_of(HOSTNAME, st.ip_addresses().map(str))
+
+
+@FAST
+@given(HOSTS, st.integers(1, 65535))
+def test_fmt_server_reads_back(host, port):
+    assert K.parse_server(K.fmt_server((host, port)), 9) == (host, port)
+    assert K.parse_servers(",".join([K.fmt_server((host, port))] * 2), 9) == ((host, port),) * 2
+
+
+@FAST
+@given(st.text(max_size=60))
+def test_any_server_token_parses_or_raises_bad(tok):
+    try:
+        host, port = K.parse_server(tok, 1080)
+    except C.Bad as exc:
+        assert exc.token == tok
+    else:
+        assert host and 0 < port < 65536
+
+
+# --- the environment: SOCKS_SERVER, SOCKS_VERSION, SOCKS_CONF ------------------------------------
+
+@pytest.mark.parametrize("value,want", [
+    (None, None), ("", None), ("  ", None), ("4", 4), ("5", 5), (" 5 ", 5),
+])
+def test_socks_version(value, want):
+    env = {} if value is None else {"SOCKS_VERSION": value}
+    assert K.env_version(env) == want
+
+
+@pytest.mark.parametrize("value", ["3", "4a", "45", "v5", "\u0665", "5\x00"])
+def test_socks_version_mistakes_name_the_variable(value):
+    with pytest.raises(K.ConfError) as ei:
+        K.env_version({"SOCKS_VERSION": value})
+    assert str(ei.value) == "SOCKS_VERSION: expected 4 or 5 (near '%s')" % C.printable(value.strip())
+
+
+@FAST
+@given(st.text(max_size=40))
+def test_hostile_environment_values_raise_only_conferror(text):
+    for read, var in ((K.env_servers, "SOCKS_SERVER"), (K.env_version, "SOCKS_VERSION")):
+        try:
+            read({var: text}, *((1080,) if read is K.env_servers else ()))
+        except K.ConfError as exc:
+            assert all(line.startswith(var + ": ") for line in exc.lines())
+
+
+def test_empty_socks_server_and_conf_mean_the_defaults():
+    assert K.env_servers({"SOCKS_SERVER": "  "}) == ()
+    assert K.conf_path({"SOCKS_CONF": ""}) == K.DEFAULT_PATH
+
+
+# --- lines: skipped words, colons of server lists, the user lists ------------------------------
+
+def test_resolver_lines_are_skipped_and_a_server_list_keeps_its_colons():
+    c = conf("findserver 10.0.0.1\nbind 1.2.3.4\nsockd@fw:1081,[::1]:1082 ALL : logger %u:%z\n")
+    (e,) = c.entries
+    assert e.servers == (("fw", 1081), ("::1", 1082)) and e.command == "logger %u:%z"
+    assert K.split_entry_line("sockd @=a:1 ALL : x:y") == (["sockd", "@=a:1", "ALL"], "x:y")
+    assert K.split_entry_line("direct ALL:echo") == (["direct", "ALL"], "echo")
+
+
+def test_a_sockd_line_with_an_empty_at_list_uses_the_default_server():
+    (e,) = conf("sockd @= ALL\n").entries
+    assert e.servers is None
+    assert decide(conf("sockd @= ALL\n"), "u", "8.8.8.8", 80).servers == (("fw", 1080),)
+
+
+def test_sockd_at_and_an_at_list_on_one_line_is_a_mistake():
+    with pytest.raises(K.ConfError) as ei:
+        conf("sockd@fw @=fw2 ALL\n")
+    assert ei.value.lines() == ["socks.conf:1: @= given twice (near '@=fw2')"]
+
+
+def test_conferror_lines_without_a_line_number():
+    e = K.ConfError([("SOCKS_SERVER", 0, "bad"), ("f", 3, "worse")])
+    assert e.lines() == ["SOCKS_SERVER: bad", "f:3: worse"] and str(e) == "SOCKS_SERVER: bad\nf:3: worse"
+    assert isinstance(e, ConfigError)
+
+
+# --- decisions: the reasons in words, and the promise for any destination ---------------------
+
+def test_decision_reasons_and_repr():
+    c = conf()
+    d = decide(c, "jane", "192.168.4.4", 1023)
+    assert d.reason == "socks.conf:7: via sockd at [::1]:1082, 10.9.9.9:1080" and d.allowed
+    assert repr(d) == "Decision(sockd, (('::1', 1082), ('10.9.9.9', 1080)), %s)" % d.reason
+    d = decide(c, "clyde", "10.1.2.3", 80)
+    assert d.reason == ("socks.conf:3: denied by 'deny *=bonnie,clyde 10.0.0.0 255.0.0.0'") and not d.allowed
+    assert decide(c, "jane", "10.1.2.3", 80).reason == "socks.conf:4: direct"
+    assert K.decide(None, "u", (4, 5), 80).reason == "no socks.conf (/etc/socks.conf): every connection is direct"
+    assert K.decide(None, "u", (4, 5), 80, path="/x").reason == "no socks.conf (/x): every connection is direct"
+    local = K.decide(conf("deny ALL\n"), "u", (6, 1), 80)
+    assert local.action == "direct" and local.entry is None and "always direct" in local.reason
+
+
+@FAST
+@given(user=st.text(max_size=10), ip=st.ip_addresses(), port=st.integers(0, 65535),
+       names=st.lists(HOSTNAME, max_size=2))
+def test_every_destination_gets_exactly_one_decision(user, ip, port, names):
+    d = K.decide(EXAMPLE_CONF, user, R.ip_key(str(ip)), port, tuple(names), (("fw", 1080),))
+    assert d.action in K.ACTIONS
+    assert (d.action == "sockd") == bool(d.servers)
+    if d.entry is None:
+        assert d.action == "direct" and R.ip_key(str(ip)) in K.ALWAYS_DIRECT or d.action == "deny"
+    else:
+        assert d.entry in EXAMPLE_CONF.entries and d.entry.action == d.action
