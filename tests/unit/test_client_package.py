@@ -20,8 +20,9 @@ from sockd.client import core
 socksify_module = importlib.import_module("sockd.client.socksify")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SERVER_ONLY = ("sockd.privileges", "sockd.pidfile", "sockd.server", "sockd.loop", "sockd.session",
-               "sockd.daemonize", "sockd.cli")
+SERVER_ONLY = ("sockd.privileges", "sockd.pidfile", "sockd.master", "sockd.serving", "sockd.models",
+               "sockd.loop", "sockd.session", "sockd.log", "sockd.limits", "sockd.configload", "sockd.passwd",
+               "sockd.cache", "sockd.daemonize", "sockd.cli")
 
 
 def test_public_names():

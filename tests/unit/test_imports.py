@@ -1,11 +1,9 @@
-"""The shape of the package as its imports show it: no import circle, no
-import hidden inside a function, and a client library that pulls in no
-server code (sockd.privileges, sockd.pidfile, the master...)."""
+"""The shape of the package as its imports show it: no import circle and no
+import hidden inside a function.  (That the client library pulls in no
+server code is test_client_package.py's.)"""
 
 import ast
 import pathlib
-import subprocess
-import sys
 
 import sockd
 
@@ -67,13 +65,3 @@ def test_no_import_inside_a_function():
                     if isinstance(sub, (ast.Import, ast.ImportFrom)) and (mod, node.name) not in ALLOWED_LOCAL:
                         found.append("%s:%d %s" % (f.name, sub.lineno, ast.unparse(sub)))
     assert not found, found
-
-
-def test_the_client_library_pulls_in_no_server_code():
-    code = "import sys, sockd.client; print(' '.join(sorted(m for m in sys.modules if m.startswith('sockd.'))))"
-    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                check=True).stdout.split())
-    assert "sockd.client" in loaded
-    assert not loaded & {"sockd.privileges", "sockd.pidfile", "sockd.master", "sockd.serving", "sockd.log",
-                         "sockd.limits", "sockd.configload", "sockd.passwd", "sockd.cache", "sockd.session",
-                         "sockd.loop"}, loaded
