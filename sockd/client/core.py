@@ -864,14 +864,39 @@ class _Assoc:
         self.ctrl.close()
 
 
+def _connect_direct(host, port, timeout, source_address):
+    """Connect to each address of ``host`` in turn with real sockets, as
+    socket.create_connection does.  Returns the socket; raises the last
+    OSError."""
+    error = None
+    for fam, kind, proto, _, sa in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+        sock = _socket(fam, kind, proto)
+        try:
+            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sa)
+            return sock
+        except OSError as exc:
+            error = exc
+            sock.close()
+    raise error or OSError("getaddrinfo returned no address for %s" % host)
+
+
 def create_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None, **kw):
     """socket.create_connection, with the name decided on before it is
     resolved here (so ``.zone`` lines and names only the server can
-    resolve work).  Direct connections are made by the real function."""
+    resolve work).  Direct connections are made with the real socket class:
+    the real create_connection would make socksockets (socksify patches the
+    class), and each would decide again, running the line's command twice."""
     host, port = address[0], address[1]
     r = route(host, port, "connect")
     if r.action == K.DIRECT:
-        return _create_connection(address, timeout, source_address, **kw)
+        log.info("connect() directly from %s to %s", _who(r), r.dest)
+        sock = _connect_direct(host, port, timeout, source_address)
+        _remember(r, None)
+        return sock
     if r.action == K.DENY:
         refuse(r)
     fam = socket.AF_INET6 if r.ip and ":" in r.ip else socket.AF_INET

@@ -102,11 +102,6 @@ def test_programs_that_know_only_the_socket_module_are_routed(patched):
         peer.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sockd/client/core.py:874: after socksify(), create_connection() decides a direct connection and "
-    "hands it to the real socket.create_connection, which builds socket.socket -- socksocket -- whose "
-    "connect() (core.py:652) decides it again: the deciding line's shell command runs twice, the second "
-    "time for the resolved address rather than the name"))
 def test_a_direct_connection_is_decided_once(patched, tmp_path):
     out = tmp_path / "out"
     dst = listener(TARGET)

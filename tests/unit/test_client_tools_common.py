@@ -57,20 +57,12 @@ def test_bad_ports(text):
     assert str(ei.value) == "bad port: %s" % text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sockd/client/tools/common.py:57: port_of() tests text.isdigit(), which is true for Unicode digits: "
-    "'\u00b2' then raises ValueError from int() (a traceback from rfinger -p, rtelnet, rftp's open) and "
-    "'\u0663' is taken as port 3; validators.to_port checks isascii() too since a0224a7"))
 @pytest.mark.parametrize("text", ["\u00b2", "\u0663"])
 def test_a_unicode_digit_is_not_a_port(text):
     with pytest.raises(common.Fail):
         common.port_of(text)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sockd/client/tools/common.py:60: port_of() catches only OSError from getservbyname, which raises "
-    "ValueError for a NUL in the name (rftp's 'open HOST PORT' reads it from standard input); "
-    "validators.to_port catches both"))
 def test_a_nul_in_a_port_name_is_a_bad_port():
     with pytest.raises(common.Fail):
         common.port_of("ftp\x00")
@@ -79,7 +71,7 @@ def test_a_nul_in_a_port_name_is_a_bad_port():
 @settings(max_examples=200, deadline=None)
 @given(st.text(st.characters(min_codepoint=1, max_codepoint=127), max_size=12))
 def test_any_ascii_port_text_is_a_port_or_fail(text):
-    # (ASCII without NUL: the xfails above hold the rest)
+    # (ASCII without NUL; Unicode digits and NUL have their own tests above)
     try:
         port = common.port_of(text)
     except common.Fail as exc:

@@ -333,11 +333,6 @@ def test_pasv_to_0000_means_the_control_peer(ftpd, tmp_path):
     s.close_quietly()
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=(
-    "sockd/client/tools/rftp.py:200-203: the EPSV port is taken as up to five digits with no range "
-    "check (PASV's numbers are checked), so '229 (|||99999|)' from a server reaches connect() as "
-    "OverflowError, which neither common.connect nor rftp's command loop catches: rftp ends in a "
-    "traceback"))
 def test_an_epsv_port_out_of_range_is_refused(ftpd):
     f = ftpd(host="::1")
     f.replies["EPSV"] = b"229 Entering Extended Passive Mode (|||99999|)\r\n"

@@ -6,6 +6,8 @@ letting it drive the terminal."""
 import sys
 
 from .. import core
+from ...errors import Bad
+from ...validators import to_port
 
 WAIT = 60.0                 # every wait on the network
 MAX_ANSWER = 4 << 20        # the most a finger or whois answer may bring
@@ -54,12 +56,15 @@ def printable(data):
 
 
 def port_of(text, proto="tcp"):
-    if text.isdigit() and 0 < int(text) < 65536:
-        return int(text)
+    """A port number (1-65535) or service name, as sockd.conf reads them
+    (validators.to_port).  Raises Fail."""
     try:
-        return core.socket.getservbyname(text, proto)
-    except OSError:
+        port = to_port(text, proto)
+    except Bad:
         raise Fail("bad port: %s" % text) from None
+    if port == 0:
+        raise Fail("bad port: %s" % text)
+    return port
 
 
 def query(host, port, line, out=None):

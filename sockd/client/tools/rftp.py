@@ -198,7 +198,7 @@ class Session:
         if ":" in peer:
             code, text = self.expect("EPSV")
             m = re.search(r"\(\|\|\|(\d{1,5})\|\)", text)
-            if not m:
+            if not m or not 0 < int(m.group(1)) < 65536:
                 raise FTPError("ftp: cannot read the EPSV reply")
             host, port = peer, int(m.group(1))
         else:
