@@ -758,7 +758,7 @@ class Session:
                 aux.release()
         relay = self.relay
         if relay is not None:
-            relay.close()
+            relay.release()
             relay.r.close()
         else:
             self.loop.remove(self.cfd)

@@ -23,7 +23,8 @@ from loopkit import epoll_masks, run_for, run_until, watched
 
 
 class Owner:
-    """The relay's owner: it asks for close() and nothing else."""
+    """The relay's owner: it asks for close() and nothing else; closing, the
+    owner releases the relay, as the session does."""
 
     def __init__(self):
         self.closed = 0
@@ -31,7 +32,7 @@ class Owner:
 
     def close(self):
         self.closed += 1
-        self.relay.close()
+        self.relay.release()
 
 
 def make(loop, net, early=b"", bufsize=None, relay_buf=1 << 16, read_client=True, read_remote=True):
@@ -235,13 +236,23 @@ def test_start_takes_over_registered_sockets(loop, net):
     assert run_until(loop, lambda: remote.data == b"ping")
 
 
-def test_close_stops_hearing_both_sockets_and_drops_what_waits(loop, net):
+def test_release_stops_hearing_both_sockets_drops_what_waits_and_the_owner(loop, net):
     relay, owner, client, remote = make(loop, net, early=os.urandom(1 << 20), bufsize=4096, read_remote=False)
     assert relay.pend_cr is not None
-    relay.close()
+    relay.release()
     assert relay.pend_cr is None and relay.pend_rc is None
     assert relay.cfd not in watched(loop) and relay.rfd not in watched(loop)
-    relay.close()                                    # twice is harmless
+    assert relay.owner is None                       # no cycle with the session that keeps it
+    relay.release()                                  # twice is harmless
+
+
+def test_close_is_the_error_handlers_and_ends_the_owner(loop, net):
+    relay, owner, client, remote = make(loop, net)
+    relay.close()
+    assert owner.closed == 1 and relay.owner is None
+    assert relay.cfd not in watched(loop) and relay.rfd not in watched(loop)
+    relay.close()                                    # once released, nothing more
+    assert owner.closed == 1
 
 
 def test_socket_options_for_relayed_sockets(net):
