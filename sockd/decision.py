@@ -15,9 +15,14 @@ rule needs it, and the caller asks again with the answer.
 
 The rules are sockd.conf's, first match wins (rules.py); on top of them:
 
-* the private-destination guard (``deny-private-destinations``): a permit
-  line whose destination is "any" does not open loopback, link-local or
-  this host's own addresses to clients it applies to;
+* an unspecified destination (0.0.0.0/8, ``::``) is refused whatever the
+  rules say: the kernel reads it as "this host" (BIND is different: there
+  DSTIP 0.0.0.0 names no peer, and bind.py judges the peer);
+* the private-destination guard (``deny-private-destinations``): loopback,
+  link-local and this host's own addresses are open to the clients it
+  applies to only through a permit line that names the address or its
+  network literally (an address and mask, or CIDR); "any", ALL, a host
+  name or a ``.zone`` does not open them, however the name resolves;
 * the identd matrix of the classic sockd for permit lines with ``?=i`` or
   ``?=I`` (or -i/-I): identd naming another user than the client claimed
   refuses (SOCKS 4 reply 93), and under ``I`` an identd that cannot be
@@ -122,6 +127,13 @@ def private_guard(mode, src):
     return mode == "yes"
 
 
+def names_literally(spec):
+    """Does a rule's destination name its addresses literally -- an address
+    and mask, or CIDR, other than "any"?  Only such a line opens a private
+    destination under the guard."""
+    return spec.kind == "net" and spec.mask != 0
+
+
 def ident_mode(rule, default):
     """The identd mode of a rule: its ?= field, else -i/-I, else none."""
     return rule.ident or default or "n"
@@ -173,10 +185,14 @@ def decide(ask, cfg):
             key = R.ip_key(ip)
         except ValueError:
             continue
+        if ask.command != BIND and netinfo.is_unspecified(key):
+            if first is None:
+                first = Verdict(False, why="%s is the unspecified address: this host, to the kernel" % ip)
+            continue
         rule = rs.match(R.Request(ask.src, key, ask.port, user, src_names, dst_names), user_of=user_of)
         if isinstance(rule, R.NEED_USER):
             return NEED_IDENT
-        if guard and rule is not None and rule.action == R.PERMIT and rule.dst.is_any \
+        if guard and rule is not None and rule.action == R.PERMIT and not names_literally(rule.dst) \
                 and netinfo.is_private(key, cfg.own_addresses):
             if first is None:
                 first = Verdict(False, rule, "%s is private to this host (deny-private-destinations)" % ip)

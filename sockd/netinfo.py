@@ -67,6 +67,20 @@ def is_loopback(key):
     return n == LOOPBACK6
 
 
+THIS_NETWORK4 = (0x00000000, 0xFF000000)          # 0.0.0.0/8: "this host on this network"
+
+
+def is_unspecified(key):
+    """0.0.0.0/8 or ``::``: never a destination (RFC 1122, 4291).  The
+    kernel reads a connect to 0.0.0.0 or ``::`` as "this host", so such a
+    destination would reach loopback services past every rule about
+    127.0.0.0/8 and ::1."""
+    fam, n = key
+    if fam == 4:
+        return n & THIS_NETWORK4[1] == THIS_NETWORK4[0]
+    return n == 0
+
+
 def is_private(key, own=frozenset()):
     """Loopback, link-local, or one of the host's own addresses."""
     fam, n = key

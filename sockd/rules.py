@@ -32,12 +32,15 @@ PORT_OPS = {
     "ge": lambda a, b: a >= b,
 }
 
-V4_MAPPED = 0xFFFF << 32
+V4_TRANSLATED = 0xFFFF0000        # ::ffff:0:a.b.c.d (RFC 2765), the upper 96 bits
 
 
 def ip_key(text):
-    """(family, int) for an address literal, with IPv4-mapped IPv6 folded to
-    IPv4 so that one rule covers both spellings.  Raises ValueError."""
+    """(family, int) for an address literal.  The IPv6 spellings of an IPv4
+    address -- mapped ``::ffff:a.b.c.d``, compatible ``::a.b.c.d`` (but not
+    ``::`` and ``::1``) and translated ``::ffff:0:a.b.c.d`` -- are folded to
+    IPv4, so that a rule and the private-destination guard see the one
+    address whichever way a client writes it.  Raises ValueError."""
     try:
         return 4, _from_bytes(_inet_pton(_AF_INET, text), "big")
     except OSError:
@@ -46,7 +49,8 @@ def ip_key(text):
         n = _from_bytes(_inet_pton(_AF_INET6, text.split("%", 1)[0]), "big")
     except (OSError, ValueError):
         raise ValueError("not an IP address: %r" % text) from None
-    if n >> 32 == 0xFFFF:
+    high = n >> 32
+    if high == 0xFFFF or high == V4_TRANSLATED or (high == 0 and n > 1):
         return 4, n & 0xFFFFFFFF
     return 6, n
 

@@ -73,3 +73,11 @@ def test_this_hosts_addresses_include_loopback():
     own = N.local_addresses()
     assert isinstance(own, frozenset) and ip_key("127.0.0.1") in own
     assert all(fam in (4, 6) for fam, _ in own)
+
+
+@pytest.mark.parametrize("text,unspecified", [
+    ("0.0.0.0", True), ("0.1.2.3", True), ("0.255.255.255", True), ("::", True), ("::ffff:0.0.0.0", True),
+    ("1.0.0.0", False), ("127.0.0.1", False), ("::1", False), ("2001:db8::", False),
+])
+def test_unspecified_destinations(text, unspecified):
+    assert N.is_unspecified(ip_key(text)) is unspecified

@@ -218,3 +218,17 @@ def test_a_network_matches_what_ipaddress_says_it_contains(net, ip):
     if net.prefixlen == 0:
         inside = True                               # a zero mask is any address of either family
     assert spec.match(fam, n) == inside
+
+
+@pytest.mark.parametrize("text,want", [
+    ("::ffff:127.0.0.1", (4, 0x7F000001)),          # mapped
+    ("::127.0.0.1", (4, 0x7F000001)),               # compatible
+    ("::ffff:0:127.0.0.1", (4, 0x7F000001)),        # translated
+    ("::ffff:0:a9fe:a9fe", (4, 0xA9FEA9FE)),        # the same, written in hex: 169.254.169.254
+    ("::", (6, 0)),                                 # the unspecified address stays IPv6 ...
+    ("::1", (6, 1)),                                # ... and so does loopback
+    ("::2", (4, 2)),                                # a compatible 0.0.0.2 (0.0.0.0/8: never a destination)
+    ("2001:db8::127.0.0.1", (6, 0x20010DB8 << 96 | 0x7F000001)),
+])
+def test_ip_key_sees_every_ipv6_spelling_of_an_ipv4_address(text, want):
+    assert R.ip_key(text) == want
