@@ -3,9 +3,9 @@ methods run.
 
 ``choose`` picks, in the order the configuration's ``methods`` line gives,
 the first method the client offers (RFC 1928 section 3); ``socks4_allowed``
-says whether a SOCKS 4 client, which offers none, may be served at all.  The checks that
-block (bcrypt, on purpose slow) run on the loop's helper pool and report
-back with ``done(ok, error)`` on the loop.
+says whether a SOCKS 4 client, which has no method to offer, may be served
+at all.  The checks that block (bcrypt, on purpose slow) run on the loop's
+helper pool and report back with ``done(ok, error)`` on the loop.
 
 A new method (GSS-API, RFC 1961) is a new entry in METHODS and a check of
 its own here; the session only routes its sub-negotiation messages.
