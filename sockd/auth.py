@@ -2,9 +2,10 @@
 methods run.
 
 ``choose`` picks, in the order the configuration's ``methods`` line gives,
-the first method the client offers (RFC 1928 section 3).  The checks that
-block (bcrypt, on purpose slow) run on the loop's helper pool and report
-back with ``done(ok, error)`` on the loop.
+the first method the client offers (RFC 1928 section 3); ``socks4_allowed``
+says whether a SOCKS 4 client, which has no method to offer, may be served
+at all.  The checks that block (bcrypt, on purpose slow) run on the loop's
+helper pool and report back with ``done(ok, error)`` on the loop.
 
 A new method (GSS-API, RFC 1961) is a new entry in METHODS and a check of
 its own here; the session only routes its sub-negotiation messages.
@@ -24,6 +25,14 @@ def choose(preferred, offered):
         if code in offered:
             return code
     return None
+
+
+def socks4_allowed(cfg):
+    """May a SOCKS 4 or 4A request be served under ``cfg``?  Its USERID is
+    a claim, not a login: it counts as the method none, so only when
+    ``methods`` names it, or ``socks4 trust-userid yes`` says to trust the
+    claim (as Dante, which refuses SOCKS 4 under socksmethod username)."""
+    return cfg.socks4_trust_userid or choose(cfg.methods, (P.METHOD_NONE,)) is not None
 
 
 def check_password(ctx, user, password, done):

@@ -453,6 +453,9 @@ class Session:
         if self.refusal is not None:
             self.refuse_over_limit()
             return
+        if self.version == 4 and not auth.socks4_allowed(self.ctx.config):
+            self.refuse_without_password()
+            return
         # from here on one deadline covers resolving, identd and connecting
         self.set_deadline(self.on_connect_timeout)
         if self.command == P.CMD_UDP:
@@ -463,6 +466,18 @@ class Session:
             return
         self.candidates = [(socket.AF_INET6 if ":" in self.dst_ip else socket.AF_INET, self.dst_ip)]
         self.lookup_names()
+
+    def refuse_without_password(self):
+        """SOCKS 4 when every method needs a password: the USERID proves
+        nothing, so the request is refused before any rule sees it, as a
+        SOCKS 5 client that offers no acceptable method is at its greeting."""
+        ctx = self.ctx
+        cfg = ctx.config
+        ctx.stats["refused"] += 1
+        ctx.log.notice("refused -- %s by %s:%d: a SOCKS 4 USERID is no password, and methods requires one "
+                       "(socks4 trust-userid no)" % (self.desc(), cfg.path, cfg.line_of.get("methods", 0)))
+        self.reply_failure(P.REP_NOT_ALLOWED)
+        self.close()
 
     def on_resolved(self, result, error):
         if self.state != WAIT:

@@ -107,6 +107,10 @@ SETTINGS = [
     Setting("deny-private-destinations", "yes|no|auto", "auto",
             "refuse loopback, link-local and this host's addresses unless a rule names them "
             "(auto: for clients not on loopback)", to_choice("yes", "no", "auto")),
+    # -- SOCKS 4 under passwords (issue 12) --
+    Setting("socks4 trust-userid", "yes|no", False,
+            "serve SOCKS 4 and 4A, whose USERID is a claim without a password, even when methods "
+            "names no method without one", to_bool),
 ]
 BY_KEY = {s.key: s for s in SETTINGS}
 GROUPS = {k.split(" ", 1)[0] for k in BY_KEY if " " in k}

@@ -3,9 +3,9 @@
 
 ``expand`` is pure: the classic % substitutions (Wietse Venema's
 tcp_wrappers percent_x, as the classic sockd used it), with every
-substituted value cut to the classic safe characters so that nothing a
-client sends -- user id, host name, identd answer -- can reach the shell as
-syntax.  The administrator's template itself is trusted.
+substituted value cut to the safe characters (``sanitise``) so that nothing
+a client sends -- user id, host name, identd answer -- can reach the shell
+as syntax.  The administrator's template itself is trusted.
 
 ``Runner`` runs commands with /bin/sh, stdin/stdout/stderr on /dev/null,
 without holding up the client's answer (the classic sockd waited for each
@@ -23,21 +23,47 @@ import time
 from .addresses import service_name
 from .protocol import CMD_BIND
 
-SAFE = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!@%-_=+\\:,./")
+# The characters a substituted value keeps: none means anything to /bin/sh
+# in an unquoted word, between "..." or between '...', wherever it stands
+# in the word, so a value cannot change how the command line is split.
+# Left out of tcp_wrappers' ok_chars (which the classic sockd used):
+#   !  a word of its own at the start of a command negates it;
+#   =  a first word NAME=VALUE is an assignment, not a command.
+# Never in: \ (a value ending in one escapes the template's closing quote
+# or the blank after it; tcp_wrappers never had it either: the backslash in
+# percent_x.c's ok_chars continues the C string literal), quotes, $ and `,
+# ;&|<>(), blanks, newlines and control characters, the patterns *?[], #, ~
+# and {} (comment, tilde and brace expansion), ^ (a Bourne shell pipe), and
+# everything outside ASCII (some locales' multibyte characters carry a
+# backslash or quote byte).  Host names, addresses, ports and ordinary user
+# names need nothing more; % stays, as a value is never expanded again.
+SAFE = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz@%-_+:,./")
+REFUSED = "_"
 MAX_COMMAND = 8192        # the classic BUFSIZ
 MAX_QUEUED = 64
 
 
 def sanitise(value):
-    """Anything outside the safe set becomes '_'."""
-    return "".join(c if c in SAFE else "_" for c in str(value))
+    """``value`` as it may stand in a command line: each character outside
+    SAFE becomes '_', so does a leading '-' (a value is never read as a
+    command's option), and an empty value is '_' (an unquoted empty value
+    would take its word away and shift the arguments after it).  The result
+    is never empty and keeps the length of a non-empty value."""
+    text = str(value)
+    out = "".join(c if c in SAFE else REFUSED for c in text)
+    if not out:
+        return REFUSED
+    if out[0] == "-":
+        return REFUSED + out[1:]
+    return out
 
 
 def expand(template, values):
     """Expand %A %a %c %p %S %s %U %u %Z %z %% in ``template``.
 
     ``values`` maps the letters to their (raw) values; each is sanitised as
-    it is substituted.  Any other %x expands to nothing."""
+    it is substituted, once (a % in a value is not expanded again).  Any
+    other %x, and a letter ``values`` lacks, expands to nothing."""
     out = []
     i, n = 0, len(template)
     while i < n:

@@ -6,7 +6,9 @@
 test_sockd_conf runs a hypothetical request through the same decision as
 sockd (decision.decide: the rules, the private-destination guard and the
 identd matrix, with identd's answer simulated by -i, -I and -B) and prints
-every line it examined and what decided.  Its exit
+every line it examined and what decided; under methods that all need a
+password it notes that SOCKS 4 clients are refused before the rules
+(auth.socks4_allowed).  Its exit
 status is the classic contract, odd as it is: 1 when the request would be
 permitted, 0 when denied, 255 for a usage or configuration error.
 """
@@ -18,6 +20,7 @@ import socket
 import sys
 import tempfile
 
+from . import auth
 from . import configload
 from . import decision as D
 from . import ident as I
@@ -101,6 +104,9 @@ def explain(cfg, a, src, src_names, dst, dst_names, port):
     """Print the lines examined and the verdict; returns the status."""
     rs = cfg.ruleset
     print("USER:%s, SRC:%s, DST:%s, PORT:%d" % (a.user, a.src, a.dst, port))
+    if not auth.socks4_allowed(cfg):
+        print("Note: SOCKS 4 and 4A clients are refused before these lines (methods %s, socks4 trust-userid no); "
+              "a SOCKS 5 client must log in as %s." % (" ".join(cfg.methods), a.user))
     trace = []
     rs.match(R.Request(R.ip_key(src), R.ip_key(dst), port, a.user, src_names, dst_names), trace)
     for r in trace:

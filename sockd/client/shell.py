@@ -8,7 +8,7 @@ meanings of the % codes (classic-sockd.md §3.6):
     %Z  destination name (or IP)  %z  destination IP
     %%  a literal %               any other %x expands to nothing
 
-Expansion, the classic safe character set and the runner are the server's
+Expansion, the safe character set and the runner are the server's
 (sockd.shell): every value is cut to the safe set, the command runs with
 /bin/sh and stdio on /dev/null, beside the program rather than before its
 connection.  A program about to exit waits a few seconds for commands

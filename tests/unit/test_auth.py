@@ -2,7 +2,7 @@
 password check.
 
 ``choose`` is pure: a table, and hypothesis for "the first of ours that the
-client offers".  ``check_password`` runs a real bcrypt password file
+client offers"; so is ``socks4_allowed``, a table of methods lines.  ``check_password`` runs a real bcrypt password file
 (cost 4) through a real loop's executors: inline (a fork-model child) and
 the thread pool (a worker), whose answer must come back on the loop.
 """
@@ -43,6 +43,19 @@ def test_choose_is_the_first_of_ours_the_client_offers(preferred, offered):
     ours = [A.METHODS[name] for name in preferred]
     want = next((code for code in ours if code in offered), None)
     assert A.choose(preferred, offered) == want
+
+
+@pytest.mark.parametrize("methods,trust,allowed", [
+    (("none",), False, True),
+    (("none", "username"), False, True),        # a client without a password is served anyway
+    (("username", "none"), False, True),
+    (("username",), False, False),              # passwords required: a USERID is none
+    (("username",), True, True),                # unless the configuration trusts it
+    (("none",), True, True),
+])
+def test_socks4_allowed(methods, trust, allowed):
+    cfg = type("Config", (), {"methods": methods, "socks4_trust_userid": trust})()
+    assert A.socks4_allowed(cfg) is allowed
 
 
 class Ctx:

@@ -375,6 +375,33 @@ def test_username_and_password(loop, net, log, server, passwd, password, ok):
         assert log.lines("notice") == ["refused -- username/password authentication failed for alice from 127.0.0.1"]
 
 
+@pytest.mark.parametrize("command", [P.CMD_CONNECT, P.CMD_BIND])
+@pytest.mark.parametrize("host", [None, "localhost"])
+def test_socks4_is_refused_when_every_method_needs_a_password(loop, net, log, server, passwd, command, host):
+    echo = net.echo_server()
+    srv = server("listen 127.0.0.1:0\nmethods username\npasswd %s\npermit *=alice 0/0\n" % passwd)
+    client, sess = srv.client(P.request4(command, echo.port, P.ZERO4 if host else socket.inet_aton("127.0.0.1"),
+                                         "alice", host))
+    assert run_until(loop, lambda: client.eof)
+    assert P.parse_reply4(bytes(client.data))[0][0] == P.S4_REJECTED
+    what = "Bind from alice(unknown)@127.0.0.1 for" if command == P.CMD_BIND else \
+        "Connect from alice(unknown)@127.0.0.1 to"
+    assert log.lines("notice") == [
+        "refused -- %s %s (%s) by %s:2: a SOCKS 4 USERID is no password, and "
+        "methods requires one (socks4 trust-userid no)" % (what, host or "127.0.0.1", service_name(echo.port),
+                                                          srv.ctx.config.path)]
+    assert srv.ctx.stats["refused"] == 1 and sess.state == S.CLOSED
+
+
+@pytest.mark.parametrize("conf", ["methods username\nsocks4 trust-userid yes\n", "methods none username\n"])
+def test_socks4_is_served_when_trusted_or_a_method_needs_no_password(loop, net, log, server, passwd, conf):
+    echo = net.echo_server()
+    srv = server(conf + "passwd %s\npermit *=alice 0/0\n" % passwd)
+    client, sess = srv.client(connect4("127.0.0.1", echo.port, "alice"))
+    assert run_until(loop, lambda: len(client.data) == 8)
+    assert P.parse_reply4(bytes(client.data))[0][0] == P.S4_GRANTED and sess.user == "alice"
+
+
 class HeldExecutor:
     """Keeps the jobs it is given (a password check that takes its time)."""
 

@@ -8,6 +8,8 @@ test's temporary directory; each test stops the threads it started.
 """
 
 import queue
+import string
+import subprocess
 import threading
 import time
 
@@ -35,12 +37,28 @@ def test_expand_every_token():
 
 
 @pytest.mark.parametrize("hostile", ["x;touch /tmp/F", "$(touch /tmp/F)", "`touch /tmp/F`",
-                                     "a|b&c>d<e", "'quoted'\"q\"", "new\nline", "sp ace", "é"])
+                                     "a|b&c>d<e", "'quoted'\"q\"", "new\nline", "sp ace", "é", "x\\",
+                                     "{a,b}", "*?[]", "#x", "~root", "!", "x=y", "tab\there", "\x01\x7f"])
 def test_client_values_cannot_become_shell_syntax(hostile):
     out = shell.expand("echo %u", dict(VALUES, u=hostile))
     value = out[len("echo "):]
     assert all(c in shell.SAFE for c in value), value
     assert len(value) == len(hostile)
+
+
+@pytest.mark.parametrize("value,becomes", [
+    ("x\\", "x_"), ("\\", "_"), ("a!b", "a_b"), ("PATH=/tmp", "PATH_/tmp"), ("-rf", "_rf"), ("--", "_-"),
+    ("a-b", "a-b"), ("", "_"), ("%u", "%u"), ("joe@example.com", "joe@example.com"),
+    ("fe80::1%eth0", "fe80::1%eth0"), ("a+b,c:d./e_f", "a+b,c:d./e_f"), ("日本", "__")])
+def test_what_a_value_becomes(value, becomes):
+    assert shell.sanitise(value) == becomes
+
+
+def test_the_safe_set_is_exactly_this():
+    """sockd.conf(5) and socks.conf(5) name these characters; a change here
+    is a change there."""
+    assert "".join(sorted(shell.SAFE - set(string.ascii_letters + string.digits))) == "%+,-./:@_"
+    assert shell.SAFE >= set(string.ascii_letters + string.digits)
 
 
 def test_template_is_the_administrators_and_kept():
@@ -66,7 +84,8 @@ def test_command_checks():
 def test_only_the_templates_own_text_is_unsanitised(values, parts):
     """Whatever the values, expanding is the template with each token
     replaced by its value cut to the safe characters (one per character)."""
-    want = "".join("%" if p == "%%" else shell.sanitise(values.get(p[1], "")) if p.startswith("%") and len(p) == 2
+    want = "".join("%" if p == "%%" else
+                   (shell.sanitise(values[p[1]]) if p[1] in values else "") if p.startswith("%") and len(p) == 2
                    else p for p in parts)
     assert shell.expand("".join(parts), values) == want
 
@@ -75,8 +94,38 @@ def test_only_the_templates_own_text_is_unsanitised(values, parts):
 @given(st.text(max_size=80))
 def test_sanitise_keeps_the_length_and_the_safe_characters(text):
     out = shell.sanitise(text)
-    assert len(out) == len(text) and set(out) <= shell.SAFE
-    assert all(o == t for o, t in zip(out, text) if t in shell.SAFE)
+    assert len(out) == max(1, len(text)) and set(out) <= shell.SAFE
+    assert all(o == t for o, t in zip(out, text) if t in shell.SAFE and t != "-") and out[0] != "-"
+    assert out[1:] == "".join(c if c in shell.SAFE else "_" for c in text[1:])
+
+
+# The template positions a value may stand in: a word of its own, inside
+# "...", inside '...', and glued to the template's text on both sides; the
+# test's printf prints each argument the shell made on a line of its own.
+POSITIONS = """printf '<%%s>\\n' %u "%u" '%u' x%uy "x%uy" 'x%uy' END"""
+
+
+def split_by_the_shell(value):
+    r = subprocess.run(["/bin/sh", "-c", shell.expand(POSITIONS, {"u": value})], capture_output=True,
+                       text=True, timeout=10)
+    assert r.returncode == 0 and not r.stderr, (value, r.stderr)
+    return r.stdout.splitlines()
+
+
+@pytest.mark.parametrize("value", ["\\", "x\\", "\\'", '"', "'", "$HOME", "${x}", "`id`", "$(id)", ";id", "&", "|",
+                                   "<x", ">x", "(", ")", " ", "\t", "\n", "*", "?", "[a]", "#", "~", "~/", "!",
+                                   "{a,b}", "{1..3}", "=", "a=b", "%", "%u", "", "-n", "\x01", "\x7f", "é", "\u2028",
+                                   "^", "a b c"])
+def test_the_shell_splits_exactly_as_the_template_says(value):
+    s = shell.sanitise(value)
+    assert split_by_the_shell(value) == ["<%s>" % w for w in (s, s, s, "x%sy" % s, "x%sy" % s, "x%sy" % s, "END")]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=30))
+def test_no_value_changes_the_split(value):
+    s = shell.sanitise(value)
+    assert split_by_the_shell(value) == ["<%s>" % w for w in (s, s, s, "x%sy" % s, "x%sy" % s, "x%sy" % s, "END")]
 
 
 class Snap:

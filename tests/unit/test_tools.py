@@ -54,6 +54,20 @@ def test_test_sockd_conf_special_lines(golden, capsys):
     assert "#BAD_ID: mail -s 'unknown pretends to be joe on 128.12.6.4' root" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("head,noted", [("methods username\n", True), ("methods none username\n", False),
+                                        ("methods username\nsocks4 trust-userid yes\n", False)])
+def test_test_sockd_conf_notes_that_socks4_needs_a_password(tmp_path, capsys, head, noted):
+    users = tmp_path / "users"
+    users.write_text("")
+    conf = tmp_path / "sockd.conf"
+    conf.write_text(head + "passwd %s\n" % users + GOLDEN)
+    assert tools.test_sockd_conf(["-C", str(conf), "sam", "128.12.2.13", "10.0.0.1", "70"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    note = ("Note: SOCKS 4 and 4A clients are refused before these lines (methods username, socks4 trust-userid "
+            "no); a SOCKS 5 client must log in as sam.")
+    assert (out[1] == note) is noted and out[-1] == "*** Permitted by line %d." % (4 + head.count("\n") + 1)
+
+
 def test_test_sockd_conf_usage_errors(golden, tmp_path, capsys):
     assert tools.test_sockd_conf(["-C", golden, "u", "1.2.3.4"]) == 255
     bad = tmp_path / "bad.conf"
