@@ -3,14 +3,16 @@ methods run.
 
 ``choose`` picks, in the order the configuration's ``methods`` line gives,
 the first method the client offers (RFC 1928 section 3).  The checks that
-block (bcrypt, on purpose slow) run on the loop's helper pool and report
-back with ``done(ok, error)`` on the loop.
+block (bcrypt, on purpose slow) run on the loop's helper pool for
+passwords (pools.PASSWORDS) and report back with ``done(ok, error)`` on
+the loop.
 
 A new method (GSS-API, RFC 1961) is a new entry in METHODS and a check of
 its own here; the session only routes its sub-negotiation messages.
 """
 
 from . import protocol as P
+from .pools import PASSWORDS
 
 METHODS = {"none": P.METHOD_NONE, "username": P.METHOD_USERPASS}
 
@@ -26,12 +28,15 @@ def choose(preferred, offered):
     return None
 
 
-def check_password(ctx, user, password, done):
+def check_password(ctx, requester, user, password, done):
     """RFC 1929: is ``password`` (bytes) ``user``'s in the passwd file?
     ``done(ok, error)`` runs on the loop, later; with no passwd file
-    configured, at once and refusing."""
+    configured, at once and refusing.  ``requester``: the session asking
+    (pools.py: the check is dropped if it has gone before its turn).
+    Returns None, or the pools.Refusal when the pool would not take the
+    check (``done`` is then never called)."""
     db = ctx.config.passwd_db
     if db is None:
         done(False, None)
-        return
-    ctx.loop.executor.submit(db.verify, (user, password), done)
+        return None
+    return ctx.loop.executor.submit(PASSWORDS, requester, db.verify, (user, password), done)

@@ -28,6 +28,7 @@ from . import decision as D
 from . import protocol as P
 from .addresses import addr_text, resolve
 from .loop import EPOLLIN
+from .pools import NAMES
 
 MAX_MEMO = 256
 MAX_PENDING = 16          # datagrams waiting for one name to resolve
@@ -60,6 +61,15 @@ class Association:
         self.pending = {}
         self.n_in = self.n_out = self.d_in = self.d_out = self.dropped = 0
         self.denied_logged = set()
+
+    # --- a helper pool's requester (pools.py) --------------------------------------------
+    @property
+    def gone(self):
+        return self.csock is None
+
+    @property
+    def src_key(self):
+        return self.session.src_key
 
     def start(self):
         """Open the client-facing socket; returns (address, port) to reply."""
@@ -129,8 +139,11 @@ class Association:
             else:
                 self.dropped += 1
             return
+        # before submitting: an inline executor answers at once
         self.pending[name] = [(port, payload)]
-        self.loop.executor.submit(resolve_named, (name, port), self.on_resolved)
+        if self.loop.executor.submit(NAMES, self, resolve_named, (name, port), self.on_resolved) is not None:
+            del self.pending[name]          # the pool would not take it
+            self.dropped += 1
 
     def on_resolved(self, result, error):
         name, addresses, error = result if error is None else (None, None, error)

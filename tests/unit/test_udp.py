@@ -276,7 +276,7 @@ class HeldExecutor:
     def __init__(self):
         self.jobs = []
 
-    def submit(self, fn, args, done):
+    def submit(self, kind, requester, fn, args, done):
         self.jobs.append((fn, args, done))
 
     def release(self):
