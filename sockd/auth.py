@@ -5,13 +5,15 @@ methods run.
 the first method the client offers (RFC 1928 section 3); ``socks4_allowed``
 says whether a SOCKS 4 client, which has no method to offer, may be served
 at all.  The checks that block (bcrypt, on purpose slow) run on the loop's
-helper pool and report back with ``done(ok, error)`` on the loop.
+helper pool for passwords (pools.PASSWORDS) and report back with
+``done(ok, error)`` on the loop.
 
 A new method (GSS-API, RFC 1961) is a new entry in METHODS and a check of
 its own here; the session only routes its sub-negotiation messages.
 """
 
 from . import protocol as P
+from .pools import PASSWORDS
 
 METHODS = {"none": P.METHOD_NONE, "username": P.METHOD_USERPASS}
 
@@ -35,12 +37,15 @@ def socks4_allowed(cfg):
     return cfg.socks4_trust_userid or choose(cfg.methods, (P.METHOD_NONE,)) is not None
 
 
-def check_password(ctx, user, password, done):
+def check_password(ctx, requester, user, password, done):
     """RFC 1929: is ``password`` (bytes) ``user``'s in the passwd file?
     ``done(ok, error)`` runs on the loop, later; with no passwd file
-    configured, at once and refusing."""
+    configured, at once and refusing.  ``requester``: the session asking
+    (pools.py: the check is dropped if it has gone before its turn).
+    Returns None, or the pools.Refusal when the pool would not take the
+    check (``done`` is then never called)."""
     db = ctx.config.passwd_db
     if db is None:
         done(False, None)
-        return
-    ctx.loop.executor.submit(db.verify, (user, password), done)
+        return None
+    return ctx.loop.executor.submit(PASSWORDS, requester, db.verify, (user, password), done)

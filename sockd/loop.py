@@ -10,21 +10,22 @@ Timers of a second or more (the negotiate, connect, identd and idle
 timeouts: one or more per client) go to a wheel of one-second buckets, so
 that setting and cancelling one is a set operation and a cancelled timer
 costs nothing afterwards; shorter ones go to a heap.  Work that would block the loop
-(name resolution, identd, password hashing) runs in a bounded pool of
-threads whose results come back through ``call_soon_threadsafe`` and an
-eventfd; in a fork-model child or under inetd there is only one client, so
-the "pool" runs the work inline.
+(name resolution, password hashing) runs on ``executor``, the helper
+threads of pools.py, whose results come back through
+``call_soon_threadsafe`` and an eventfd; by default (a fork-model child, or
+inetd: one client) it is a pools.InlineExecutor, which runs the work at
+once.
 """
 
 import heapq
 import os
-import queue
 import select
 import threading
 import time
 import traceback
 
 from .log import log
+from .pools import InlineExecutor
 
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
@@ -215,62 +216,3 @@ class Loop:
         self.executor.shutdown()
         self.ep.close()
         os.close(self._wake_fd)
-
-
-class InlineExecutor:
-    """Runs blocking work at once, in the loop's thread: for processes that
-    serve a single client (fork-model children, inetd)."""
-
-    def __init__(self, loop):
-        self.loop = loop
-
-    def submit(self, fn, args, done):
-        try:
-            result, error = fn(*args), None
-        except Exception as exc:      # handed to the caller, who decides
-            result, error = None, exc
-        self.loop.now = time.monotonic()
-        done(result, error)
-
-    def shutdown(self):
-        pass
-
-
-class ThreadExecutor:
-    """A bounded pool of helper threads.  Threads are started as work
-    arrives, up to ``size``; ``done(result, error)`` runs in the loop."""
-
-    def __init__(self, loop, size):
-        self.loop = loop
-        self.size = size
-        self.queue = queue.SimpleQueue()
-        self.threads = []
-        self.lock = threading.Lock()
-        self.pending = 0          # queued or running
-
-    def submit(self, fn, args, done):
-        with self.lock:
-            self.pending += 1
-            if self.pending > len(self.threads) and len(self.threads) < self.size:
-                t = threading.Thread(target=self._work, name="sockd-helper", daemon=True)
-                self.threads.append(t)
-                t.start()
-        self.queue.put((fn, args, done))
-
-    def _work(self):
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            fn, args, done = item
-            try:
-                result, error = fn(*args), None
-            except Exception as exc:   # handed to the caller, who decides
-                result, error = None, exc
-            with self.lock:
-                self.pending -= 1
-            self.loop.call_soon_threadsafe(done, result, error)
-
-    def shutdown(self):
-        for _ in self.threads:
-            self.queue.put(None)

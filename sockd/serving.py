@@ -35,8 +35,9 @@ from . import privileges, recheck
 from .channel import fetch_recheck
 from .errors import Halt, PrivilegeError, WORKER_BOOT_ERROR
 from .log import log
-from .loop import Loop, ThreadExecutor, EPOLLIN, EPOLLEXCLUSIVE
+from .loop import Loop, EPOLLIN, EPOLLEXCLUSIVE
 from .osfacade import setproctitle
+from .pools import ThreadExecutor
 from .session import Context, Session
 from .signals import Signals, sigmask
 
@@ -206,7 +207,9 @@ class Worker(Serving):
         become(self.identity)
         self.loop = loop = Loop()
         self.watch()
-        loop.executor = ThreadExecutor(loop, self.cfg.threads)
+        cfg = self.cfg
+        loop.executor = ThreadExecutor(loop, cfg.threads, cfg.helpers_passwords, cfg.helpers_per_address,
+                                       cfg.helpers_queue)
         self.ctx = Context(self.cfg, loop, log, self.ident_mode)
         self.ctx.limits = self.limits
         self.ctx.on_close = self.on_session_closed
@@ -334,11 +337,13 @@ class Worker(Serving):
             self.loop.stop()
 
     def status_line(self):
+        counts = dict(self.ctx.stats)
+        counts.update(self.loop.executor.stats())     # helper jobs dropped and refused
         return "worker %d (pid %d, generation %d%s): %d clients; since start %ds ago: %s" % (
             self.number, os.getpid(), self.generation,
             ", stopping" if self.stopping else ", finishing" if self.retiring else "",
             len(self.ctx.sessions), time.time() - self.started,
-            ", ".join("%s %d" % kv for kv in self.ctx.stats.items()))
+            ", ".join("%s %d" % kv for kv in counts.items()))
 
     def who(self):
         return "worker %d" % self.number

@@ -10,7 +10,9 @@ or a UDP relay (udp.py).  Once connected, the relay (relay.py) moves the
 bytes; the session keeps the deadlines, the counts and the log lines.
 
 Steps that block (name lookups, password checks) go to the loop's helper
-pool and come back as callbacks, so one slow client never holds up another.
+pools (pools.py) and come back as callbacks, so one slow client never holds
+up another; the session is their requester (``gone``, ``src_key``), and a
+step the pools refuse (its address has too many waiting) fails at once.
 Every failure is answered with the failure reply of the client's SOCKS
 version (``fail``, ``refuse``), and every refusal is logged once, naming the
 line or the limit that refused it.
@@ -34,6 +36,7 @@ from .connector import Connector
 from .limits import OK, REASONS
 from .log import clean
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN
+from .pools import NAMES
 from .relay import Relay, set_socket_options
 from .udp import Association
 
@@ -161,6 +164,12 @@ class Session:
         self.last = loop.now
         # The greeting has usually arrived with the connection: read it now.
         self.on_client(EPOLLIN)
+
+    @property
+    def gone(self):
+        """Closed: what the helper threads would find for it is of no use
+        (pools.py drops its jobs)."""
+        return self.state == CLOSED
 
     # --- descriptions ---------------------------------------------------------------------
     def desc(self):
@@ -415,7 +424,16 @@ class Session:
         self.state = WAIT
         self.user = msg.user
         self.pause_reading()
-        auth.check_password(self.ctx, msg.user, msg.password, self.on_auth)
+        busy = auth.check_password(self.ctx, self, msg.user, msg.password, self.on_auth)
+        if busy is not None:
+            # refused at once, as a failed login: the pool is not to be queued on without end
+            ctx = self.ctx
+            ctx.stats["refused"] += 1
+            if busy.log_it:
+                ctx.log.notice("refused -- username/password check for %s from %s not run: %s" % (
+                    self.user, self.client_ip, busy.text))
+            self.send_now(P.userpass_reply(False))
+            self.close()
 
     def on_auth(self, ok, error):
         if self.state != WAIT or self.hs is None:
@@ -462,7 +480,7 @@ class Session:
             self.udp_request()
             return
         if self.dst_host is not None:
-            self.loop.executor.submit(resolve, (self.dst_host, self.dst_port), self.on_resolved)
+            self.look_up("resolve", resolve, (self.dst_host, self.dst_port), self.on_resolved)
             return
         self.candidates = [(socket.AF_INET6 if ":" in self.dst_ip else socket.AF_INET, self.dst_ip)]
         self.lookup_names()
@@ -494,10 +512,24 @@ class Session:
         """The host names the rules need, looked up off the loop; then judge."""
         rs = self.ctx.ruleset
         if rs.needs_src_names or (rs.needs_dst_names and self.dst_host is None):
-            self.loop.executor.submit(lookup_names, (self.client_ip, self.dst_ip if self.dst_host is None else None,
-                                                     rs.needs_src_names, rs.needs_dst_names), self.on_names)
+            self.look_up("names", lookup_names, (self.client_ip, self.dst_ip if self.dst_host is None else None,
+                                                 rs.needs_src_names, rs.needs_dst_names), self.on_names)
             return
         self.judge()
+
+    def look_up(self, what, fn, args, done):
+        """Run ``fn(*args)`` on the helper pool for names, ``done`` after.
+        When the pool refuses it, the request fails at once: host
+        unreachable (without the names a rule asks for, it cannot be
+        judged either)."""
+        busy = self.loop.executor.submit(NAMES, self, fn, args, done)
+        if busy is None:
+            return
+        if busy.log_it:
+            self.fail(P.REP_HOST_UNREACHABLE, ".  Error code: %s not run: %s" % (what, busy.text))
+        else:
+            self.ctx.stats["failed"] += 1
+            self.fail(P.REP_HOST_UNREACHABLE)
 
     def on_names(self, result, error):
         if self.state != WAIT:

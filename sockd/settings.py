@@ -58,7 +58,7 @@ SETTINGS = [
     Setting("model", "fork|threads", "threads",
             "threads: pre-forked workers; fork: one child process per client", to_choice("fork", "threads"),
             cli="-m"),
-    Setting("threads", "N", 16, "helper threads per worker for the steps that block (names, identd, passwords)",
+    Setting("threads", "N", 16, "helper threads per worker for host-name lookups (passwords: helpers passwords)",
             to_int(1, 1024)),
     Setting("limit clients", "N", 0,
             "most clients served at once (0: no limit; in the fork model, 0 means 512 children)",
@@ -111,6 +111,14 @@ SETTINGS = [
     Setting("socks4 trust-userid", "yes|no", False,
             "serve SOCKS 4 and 4A, whose USERID is a claim without a password, even when methods "
             "names no method without one", to_bool),
+    # -- helper threads: bounded and fair per client address (issue 12: no client stalls a worker) --
+    Setting("helpers passwords", "N", 4, "helper threads per worker for password (bcrypt) checks",
+            to_int(1, 256)),
+    Setting("helpers per-address", "N", 4,
+            "helper jobs of one client address running at once, per pool (at most its threads less one)",
+            to_int(1, 1024)),
+    Setting("helpers queue", "N", 64,
+            "helper jobs of one client address waiting, per pool; more are refused at once", to_int(1, 100000)),
 ]
 BY_KEY = {s.key: s for s in SETTINGS}
 GROUPS = {k.split(" ", 1)[0] for k in BY_KEY if " " in k}

@@ -16,6 +16,14 @@ sockd.  Datagrams from remote hosts go back to the client only, wrapped in
 the SOCKS 5 header, and only from hosts the rules would let the client
 reach.
 
+Names are looked up on the helper pool for names, with the association
+as the requester (pools.py): at most pools.PER_REQUESTER lookups at once,
+so that one association cannot take the pool, and none run once it has
+closed.  Answers and failures are remembered (MAX_NAMES names, the oldest
+forgotten first; an answer for NAME_LIFE seconds, a failure for
+FAILURE_LIFE); a datagram to a new name while the association's lookups
+are all under way is dropped, and counted in the summary line.
+
 What it asks of its owner (the session), and nothing more: ``ctx`` (the
 worker's configuration, loop, log and buffer), ``client_ip``,
 ``local_ip``, ``src_key`` and ``user``; ``desc()`` for log lines;
@@ -28,9 +36,13 @@ from . import decision as D
 from . import protocol as P
 from .addresses import addr_text, resolve
 from .loop import EPOLLIN
+from .pools import NAMES
 
 MAX_MEMO = 256
 MAX_PENDING = 16          # datagrams waiting for one name to resolve
+MAX_NAMES = 256           # names remembered per association, answered or failed
+NAME_LIFE = 300.0         # seconds an answer is used before it is asked again
+FAILURE_LIFE = 10.0       # seconds a name that did not resolve is not asked again
 
 
 def resolve_named(name, port):
@@ -44,7 +56,7 @@ def resolve_named(name, port):
 class Association:
     __slots__ = ("session", "ctx", "loop", "csock", "cfd", "rsocks", "client_ip", "client_port",
                  "strict", "memo", "names", "pending", "n_in", "n_out", "d_in", "d_out", "dropped",
-                 "denied_logged")
+                 "denied_logged", "unlooked")
 
     def __init__(self, session, announced_port):
         self.session = session
@@ -56,10 +68,20 @@ class Association:
         self.client_port = announced_port or None
         self.strict = self.ctx.config.udp_strict
         self.memo = {}
-        self.names = {}
+        self.names = {}            # name -> (address or None: did not resolve, until when)
         self.pending = {}
         self.n_in = self.n_out = self.d_in = self.d_out = self.dropped = 0
+        self.unlooked = 0          # of those dropped: to names it could not look up then
         self.denied_logged = set()
+
+    # --- a helper pool's requester (pools.py) --------------------------------------------
+    @property
+    def gone(self):
+        return self.csock is None
+
+    @property
+    def src_key(self):
+        return self.session.src_key
 
     def start(self):
         """Open the client-facing socket; returns (address, port) to reply."""
@@ -118,10 +140,16 @@ class Association:
                 self.to_address(req.address, req.port, data[off:], None)
 
     def to_name(self, name, port, payload):
-        addr = self.names.get(name)
-        if addr is not None:
-            self.to_address(addr, port, payload, name)
-            return
+        known = self.names.get(name)
+        if known is not None:
+            addr, until = known
+            if until > self.loop.now:
+                if addr is None:
+                    self.dropped += 1
+                else:
+                    self.to_address(addr, port, payload, name)
+                return
+            del self.names[name]
         waiting = self.pending.get(name)
         if waiting is not None:
             if len(waiting) < MAX_PENDING:
@@ -129,8 +157,16 @@ class Association:
             else:
                 self.dropped += 1
             return
+        # before submitting: an inline executor answers at once
         self.pending[name] = [(port, payload)]
-        self.loop.executor.submit(resolve_named, (name, port), self.on_resolved)
+        busy = self.loop.executor.submit(NAMES, self, resolve_named, (name, port), self.on_resolved)
+        if busy is not None:
+            del self.pending[name]
+            self.dropped += 1
+            self.unlooked += 1
+            if busy.log_it:
+                self.ctx.log.notice("dropped -- %s: datagram to %s not looked up: %s" % (
+                    self.session.desc(), name, busy.text))
 
     def on_resolved(self, result, error):
         name, addresses, error = result if error is None else (None, None, error)
@@ -138,17 +174,25 @@ class Association:
         if self.csock is None:
             return
         if error is not None or not addresses:
+            if name is not None:
+                self.remember(name, None)
             self.dropped += len(waiting)
             if name not in self.denied_logged and len(self.denied_logged) < MAX_MEMO:
                 self.denied_logged.add(name)
                 self.ctx.log.notice("failed -- %s: cannot resolve %s" % (self.session.desc(), name))
             return
-        if len(self.names) >= MAX_MEMO:
-            self.names.clear()
         ip = addresses[0][1]
-        self.names[name] = ip
+        self.remember(name, ip)
         for p, data in waiting:
             self.to_address(ip, p, data, name)
+
+    def remember(self, name, ip):
+        """Keep a lookup's answer (``ip``, or None: it failed) for a while;
+        when MAX_NAMES are kept, the oldest goes."""
+        names = self.names
+        if len(names) >= MAX_NAMES:
+            del names[next(iter(names))]
+        names[name] = (ip, self.loop.now + (NAME_LIFE if ip is not None else FAILURE_LIFE))
 
     def permitted(self, ip, port, name=None):
         """The Verdict for one destination, memoised per association (the
@@ -251,8 +295,11 @@ class Association:
         self.rsocks = {}
 
     def summary(self):
-        return "%d bytes in %d datagrams from %s, %d bytes in %d datagrams to it, %d dropped" % (
+        text = "%d bytes in %d datagrams from %s, %d bytes in %d datagrams to it, %d dropped" % (
             self.n_in, self.d_in, self.client_ip, self.n_out, self.d_out, self.dropped)
+        if self.unlooked:
+            text += " (%d to names beyond its lookups at once)" % self.unlooked
+        return text
 
 
 def datagram_reason(verdict):

@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sockd import auth as A
-from sockd import loop as L
 from sockd import passwd as PW
+from sockd import pools as PO
 from sockd import protocol as P
 
 from loopkit import run_until
@@ -64,6 +64,13 @@ class Ctx:
         self.config = type("Config", (), {"passwd_db": db})()
 
 
+class Asker:
+    """A requester as the pools want it (a session)."""
+    gone = False
+    src_key = (4, 0x7F000001)
+    client_ip = "127.0.0.1"
+
+
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
     path = tmp_path_factory.mktemp("auth") / "users"
@@ -73,7 +80,7 @@ def db(tmp_path_factory):
 
 def test_without_a_passwd_file_every_password_is_refused_at_once(loop):
     got = []
-    A.check_password(Ctx(loop, None), "alice", b"right", lambda ok, err: got.append((ok, err)))
+    A.check_password(Ctx(loop, None), Asker(), "alice", b"right", lambda ok, err: got.append((ok, err)))
     assert got == [(False, None)]
 
 
@@ -81,17 +88,36 @@ def test_without_a_passwd_file_every_password_is_refused_at_once(loop):
                                               ("mallory", b"right", False)])
 def test_inline_check(loop, db, user, password, ok):
     got = []
-    A.check_password(Ctx(loop, db), user, password, lambda ok, err: got.append((ok, err)))
+    A.check_password(Ctx(loop, db), Asker(), user, password, lambda ok, err: got.append((ok, err)))
     assert got == [(ok, None)]
 
 
 def test_the_pool_checks_off_the_loop_and_answers_on_it(loop, db):
-    loop.executor = pool = L.ThreadExecutor(loop, 1)
+    loop.executor = ex = PO.ThreadExecutor(loop, 1, 1)
     main = threading.get_ident()
     got = []
-    A.check_password(Ctx(loop, db), "alice", b"right", lambda ok, err: got.append((ok, err, threading.get_ident())))
+    assert A.check_password(Ctx(loop, db), Asker(), "alice", b"right",
+                            lambda ok, err: got.append((ok, err, threading.get_ident()))) is None
     assert got == []                                 # not at once: bcrypt is slow on purpose
     assert run_until(loop, lambda: got)
     assert got == [(True, None, main)]
-    pool.shutdown()
+    pool = ex.pools[PO.PASSWORDS]
+    assert len(pool.threads) == 1 and not ex.pools[PO.NAMES].threads   # the pool for passwords
+    ex.shutdown()
     pool.threads[0].join(2)
+
+
+def test_a_check_the_pool_refuses_is_returned_and_never_answered(loop, db):
+    loop.executor = ex = PO.ThreadExecutor(loop, 1, 1, queued=1)
+    asker, got = Asker(), []
+    gate = threading.Event()
+    pool = ex.pools[PO.PASSWORDS]
+    pool.submit(Asker(), gate.wait, (5,), lambda r, e: None)       # the one thread, held
+    assert run_until(loop, lambda: pool.running)
+    assert A.check_password(Ctx(loop, db), asker, "alice", b"right", lambda ok, err: got.append(ok)) is None
+    busy = A.check_password(Ctx(loop, db), Asker(), "alice", b"right", lambda ok, err: got.append(ok))
+    assert isinstance(busy, PO.Refusal) and "too many password checks waiting from 127.0.0.1" in busy.text
+    gate.set()
+    assert run_until(loop, lambda: got)
+    assert got == [True]
+    ex.shutdown()

@@ -1,9 +1,9 @@
 """sockd.loop: the epoll loop, its timers (a heap for short ones, a wheel of
-one-second buckets for the rest), call_soon_threadsafe, the two executors
-and handle_error.
+one-second buckets for the rest), call_soon_threadsafe and handle_error.
+(The executors are pools.py's: test_pools.py.)
 
 Driven for real: a sockd.loop.Loop, socket pairs for events, real threads
-for the executor and the cross-thread call, real time for the timers
+for the cross-thread call, real time for the timers
 (short, and one wheel timer of about a second).  The loop's own log is
 recorded so that the internal-error lines can be checked.
 """
@@ -11,8 +11,6 @@ recorded so that the internal-error lines can be checked.
 import select
 import threading
 import time
-
-import pytest
 
 from sockd import loop as L
 
@@ -240,62 +238,6 @@ def test_call_soon_threadsafe_runs_the_callback_on_the_loop(loop):
     assert run_until(loop, lambda: got)
     t.join(2)
     assert got == [(main, ("x", 2))]
-
-
-def test_the_inline_executor_answers_at_once_and_refreshes_the_time(loop):
-    ex = L.InlineExecutor(loop)
-    got = []
-    loop.now = 0.0
-    ex.submit(lambda a, b: a + b, (2, 3), lambda r, e: got.append((r, e)))
-    assert got == [(5, None)] and loop.now > 0
-    ex.submit(lambda: 1 / 0, (), lambda r, e: got.append((r, type(e))))
-    assert got[1] == (None, ZeroDivisionError)
-    assert isinstance(loop.executor, L.InlineExecutor)
-
-
-@pytest.fixture
-def pool(loop):
-    ex = L.ThreadExecutor(loop, 2)
-    yield ex
-    ex.shutdown()
-    for t in ex.threads:
-        t.join(2)
-        assert not t.is_alive()
-
-
-def test_the_thread_pool_runs_jobs_off_the_loop_and_answers_on_it(loop, pool):
-    main = threading.get_ident()
-    gate = threading.Event()
-    got = []
-
-    def job(i):
-        assert gate.wait(2)
-        return i, threading.get_ident()
-
-    def done(result, error):
-        got.append((result, error, threading.get_ident()))
-    for i in range(5):
-        pool.submit(job, (i,), done)
-    assert len(pool.threads) == 2                     # bounded by size
-    gate.set()
-    assert run_until(loop, lambda: len(got) == 5)
-    assert sorted(r[0][0] for r in got) == [0, 1, 2, 3, 4]
-    assert all(err is None and where == main and r[1] != main for r, err, where in got)
-    assert pool.pending == 0
-
-
-def test_the_thread_pool_hands_errors_to_the_caller(loop, pool):
-    got = []
-    pool.submit(lambda: {}["missing"], (), lambda r, e: got.append((r, type(e))))
-    assert run_until(loop, lambda: got)
-    assert got == [(None, KeyError)]
-
-
-def test_a_failing_done_callback_closes_its_owner(loop, pool, looplog):
-    owner = Owner(loop)
-    pool.submit(lambda: 1, (), owner.boom)
-    assert run_until(loop, lambda: owner.closed == 1)
-    looplog.clear()
 
 
 def test_flags_are_epolls():

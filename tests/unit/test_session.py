@@ -20,6 +20,7 @@ import pytest
 
 from sockd import ident as I
 from sockd import passwd as PW
+from sockd import pools as PO
 from sockd import protocol as P
 from sockd import rules as R
 from sockd import session as S
@@ -195,6 +196,55 @@ def test_a_name_that_does_not_resolve(loop, server, log, monkeypatch):
     assert reply5(client.data)[0][0] == P.REP_HOST_UNREACHABLE
     assert log.lines("notice") == ["failed -- Connect from unknown(unknown)@127.0.0.1 to nosuch.test (http).  "
                                    "Error code: resolve Name or service not known"]
+
+
+class RefusingExecutor:
+    """The helper pools of a worker whose client address has too many jobs
+    waiting: every job refused, logged or not."""
+
+    def __init__(self, log_it=True):
+        self.log_it = log_it
+        self.asked = []
+
+    def submit(self, kind, requester, fn, args, done):
+        self.asked.append((kind, requester))
+        return PO.Refusal("too many %s waiting from 127.0.0.1 (helpers queue 64); logged at most once every 5 "
+                          "seconds" % PO.WORK[kind], self.log_it)
+
+    def shutdown(self):
+        pass
+
+
+@pytest.mark.parametrize("log_it", [True, False])
+def test_a_name_the_pool_will_not_look_up_fails_at_once(loop, server, log, log_it):
+    loop.executor = ex = RefusingExecutor(log_it)
+    srv = server()
+    client, sess = srv.client(GREETING + P.request5(P.CMD_CONNECT, "www.example.test", 80))
+    assert run_until(loop, lambda: client.eof)
+    assert reply5(client.data)[0][0] == P.REP_HOST_UNREACHABLE
+    assert ex.asked == [(PO.NAMES, sess)] and sess.gone
+    assert log.lines("notice") == ([
+        "failed -- Connect from unknown(unknown)@127.0.0.1 to www.example.test (http).  Error code: resolve not "
+        "run: too many name lookups waiting from 127.0.0.1 (helpers queue 64); logged at most once every 5 seconds"]
+        if log_it else [])
+    assert srv.ctx.stats["failed"] == 1
+
+
+def test_names_for_the_rules_the_pool_will_not_look_up_fail_the_socks4_request(loop, server, log):
+    loop.executor = RefusingExecutor()
+    srv = server("permit 127.0.0.0/8 .example.test\n")
+    client, sess = srv.client(connect4("127.0.0.1", 80))
+    assert run_until(loop, lambda: client.eof)
+    assert P.parse_reply4(bytes(client.data))[0][0] == P.S4_REJECTED
+    assert log.having("Error code: names not run: too many name lookups waiting from 127.0.0.1", "notice")
+
+
+def test_a_session_is_gone_once_closed(server):
+    srv = server()
+    client, sess = srv.client()
+    assert not sess.gone
+    sess.close()
+    assert sess.gone
 
 
 def test_a_refused_connection_is_answered_with_its_reply(loop, server, log):
@@ -408,11 +458,23 @@ class HeldExecutor:
     def __init__(self):
         self.jobs = []
 
-    def submit(self, fn, args, done):
+    def submit(self, kind, requester, fn, args, done):
         self.jobs.append((fn, args, done))
 
     def shutdown(self):
         pass
+
+
+def test_a_login_the_pool_will_not_check_is_refused_at_once(loop, log, server, passwd):
+    loop.executor = ex = RefusingExecutor()
+    srv = server("methods username\npasswd %s\npermit 0/0\n" % passwd)
+    client, sess = srv.client(P.greeting5([P.METHOD_USERPASS]) + P.userpass_request("alice", "right"))
+    assert run_until(loop, lambda: client.eof)
+    assert bytes(client.data) == b"\x05\x02\x01\x01" and ex.asked == [(PO.PASSWORDS, sess)]
+    assert log.lines("notice") == [
+        "refused -- username/password check for alice from 127.0.0.1 not run: too many password checks waiting "
+        "from 127.0.0.1 (helpers queue 64); logged at most once every 5 seconds"]
+    assert srv.ctx.stats["refused"] == 1
 
 
 def test_timeout_negotiate_covers_a_slow_password_check(loop, log, server, passwd):

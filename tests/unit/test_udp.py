@@ -9,14 +9,17 @@ header, datagrams dropped from other addresses and ports (strict, or the
 port learnt), fragments and bad headers dropped, denied destinations
 dropped and logged once, replies only from permitted hosts, the verdict
 memo per (address, port, name) and re-decided for a new configuration,
-names resolved once, and the end.
+names resolved once and remembered (answers and failures, bounded), at
+most two lookups at once on a real helper pool, and the end.
 """
 
 import socket
+import threading
 
 import pytest
 
 from sockd import decision as D
+from sockd import pools as PO
 from sockd import protocol as P
 from sockd import rules as R
 from sockd import udp as U
@@ -276,7 +279,7 @@ class HeldExecutor:
     def __init__(self):
         self.jobs = []
 
-    def submit(self, fn, args, done):
+    def submit(self, kind, requester, fn, args, done):
         self.jobs.append((fn, args, done))
 
     def release(self):
@@ -348,3 +351,77 @@ RULE = R.Rule(R.DENY, R.AddrSpec.any(), file="u.conf", line=3)
 ])
 def test_datagram_reason(verdict, text):
     assert U.datagram_reason(verdict) == text
+
+
+# --- names: remembered, and looked up a couple at a time (pools.py) ----------------------------------------------
+
+def test_a_failed_name_is_not_asked_again_for_a_while(loop, setup, monkeypatch):
+    asked = []
+
+    def fail(name, port):
+        asked.append(name)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    monkeypatch.setattr(U, "resolve", fail)
+    s = setup()
+    for i in range(3):
+        s.send(b"%d" % i, to="nosuch.test")
+    assert run_until(loop, lambda: s.assoc.dropped == 3)
+    assert asked == ["nosuch.test"]
+    addr, until = s.assoc.names["nosuch.test"]
+    assert addr is None and until == pytest.approx(loop.now + U.FAILURE_LIFE, abs=1)
+    s.assoc.names["nosuch.test"] = (None, loop.now - 1)        # its time is up: asked again
+    s.send(b"again", to="nosuch.test")
+    assert run_until(loop, lambda: s.assoc.dropped == 4)
+    assert asked == ["nosuch.test"] * 2 and s.assoc.unlooked == 0
+
+
+def test_the_names_remembered_are_bounded_and_the_oldest_go_first(loop, setup, monkeypatch):
+    monkeypatch.setattr(U, "resolve", lambda name, port: [(socket.AF_INET, "127.0.0.1")])
+    s = setup()
+    for i in range(U.MAX_NAMES + 5):
+        s.assoc.to_name("n%d.test" % i, s.echo.port, b"x")
+    assert len(s.assoc.names) == U.MAX_NAMES
+    assert "n0.test" not in s.assoc.names and "n5.test" in s.assoc.names
+    assert s.assoc.names["n5.test"][0] == "127.0.0.1"
+    assert s.assoc.names["n5.test"][1] == pytest.approx(loop.now + U.NAME_LIFE, abs=1)
+
+
+@pytest.fixture
+def pools(loop):
+    ex = loop.executor = PO.ThreadExecutor(loop, 8, 1)
+    gate = threading.Event()
+    yield ex, gate
+    gate.set()
+    ex.shutdown()
+    for t in ex.pools[PO.NAMES].threads:
+        t.join(5)
+
+
+def test_an_association_looks_up_two_names_at_once_and_drops_the_rest(loop, setup, monkeypatch, log, pools):
+    """Hundreds of names that never resolve: two lookups take threads, the
+    other datagrams are dropped, counted and logged once; once the
+    association has gone, its answers are of no use and ignored."""
+    ex, gate = pools
+    asked = []
+
+    def hangs(name, port):
+        asked.append(name)
+        assert gate.wait(5)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+    monkeypatch.setattr(U, "resolve", hangs)
+    s = setup()
+    for i in range(40):
+        s.send(b"%d" % i, to="n%d.nowhere.test" % i)
+    assert run_until(loop, lambda: s.assoc.d_in == 40 and len(asked) == 2)
+    assert sorted(asked) == ["n0.nowhere.test", "n1.nowhere.test"] and s.assoc.gone is False
+    assert (s.assoc.dropped, s.assoc.unlooked) == (38, 38)
+    assert s.assoc.summary().endswith(", 38 dropped (38 to names beyond its lookups at once)")
+    assert log.lines("notice") == [
+        "dropped -- UDP associate from unknown(unknown)@127.0.0.1: datagram to n2.nowhere.test not looked up: 2 name "
+        "lookups already under way for this client; logged at most once every 5 seconds"]
+    assert ex.stats()["names_refused"] == 38
+    s.assoc.release()
+    assert s.assoc.gone
+    gate.set()
+    run_for(loop, 0.1)
+    assert s.assoc.dropped == 38 and s.assoc.names == {}
