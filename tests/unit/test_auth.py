@@ -4,7 +4,9 @@ password check.
 ``choose`` is pure: a table, and hypothesis for "the first of ours that the
 client offers".  ``check_password`` runs a real bcrypt password file
 (cost 4) through a real loop's executors: inline (a fork-model child) and
-the thread pool (a worker), whose answer must come back on the loop.
+the thread pool (a worker), whose answer must come back on the loop; and
+with a real login back-off table, which refuses at once, with no check,
+once an address has failed too often.
 """
 
 import threading
@@ -14,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sockd import auth as A
+from sockd import backoff as B
 from sockd import loop as L
 from sockd import passwd as PW
 from sockd import protocol as P
@@ -45,10 +48,21 @@ def test_choose_is_the_first_of_ours_the_client_offers(preferred, offered):
     assert A.choose(preferred, offered) == want
 
 
+class Log:
+    def __init__(self):
+        self.lines = []
+
+    def notice(self, text):
+        self.lines.append(text)
+
+
 class Ctx:
-    def __init__(self, loop, db):
+    def __init__(self, loop, db, backoff=None, failures=(2, 60.0)):
         self.loop = loop
-        self.config = type("Config", (), {"passwd_db": db})()
+        self.config = type("Config", (), {"passwd_db": db, "auth_failures": failures, "auth_penalty": 30.0,
+                                          "auth_penalty_max": 300.0})()
+        self.backoff = backoff
+        self.log = Log()
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +96,62 @@ def test_the_pool_checks_off_the_loop_and_answers_on_it(loop, db):
     assert got == [(True, None, main)]
     pool.shutdown()
     pool.threads[0].join(2)
+
+
+class Counting:
+    """A passwd file that counts its checks."""
+
+    def __init__(self, db):
+        self.db, self.checks = db, 0
+
+    def verify(self, user, password):
+        self.checks += 1
+        return self.db.verify(user, password)
+
+
+def test_the_back_off_refuses_a_failing_address_without_checking(loop, db):
+    counting = Counting(db)
+    ctx = Ctx(loop, counting, B.Backoff())
+    got = []
+    answer = lambda ok, err: got.append((ok, err))             # noqa: E731
+    for _ in range(2):
+        A.check_password(ctx, "alice", b"wrong", answer, "192.0.2.7")
+    assert got == [(False, None)] * 2 and counting.checks == 2
+    assert ctx.log.lines == ["login back-off: 2 failed logins from 192.0.2.7 within 60s; its logins are refused "
+                             "for 30s (penalty 1 in a row; auth failures, auth penalty)"]
+    got.clear()
+    A.check_password(ctx, "alice", b"right", answer, "192.0.2.7")       # right, but refused at once
+    A.check_password(ctx, "mallory", b"x", answer, "192.0.2.7")
+    assert counting.checks == 2
+    (ok, err), (ok2, err2) = got
+    assert ok is ok2 is False and isinstance(err, A.BackedOff) and isinstance(err2, A.BackedOff)
+    assert err.text == ("too many failed logins from 192.0.2.7 (auth failures; refused for 30s more; "
+                        "logged at most once every 60 seconds)")
+    assert err2.text is None                                             # logged once per window
+    got.clear()
+    A.check_password(ctx, "alice", b"right", answer, "192.0.2.8")       # another address
+    A.check_password(ctx, "alice", b"right", answer)                    # not counted at all
+    assert got == [(True, None)] * 2 and counting.checks == 4
+
+
+def test_a_success_is_recorded_and_the_back_off_can_be_off(loop, db):
+    ctx = Ctx(loop, db, B.Backoff())
+    got = []
+    for _ in range(5):
+        A.check_password(ctx, "alice", b"right", lambda ok, err: got.append(ok), "192.0.2.7")
+    assert got == [True] * 5 and ctx.log.lines == []
+    ctx = Ctx(loop, db, B.Backoff(), failures=None)
+    for _ in range(5):
+        A.check_password(ctx, "alice", b"wrong", lambda ok, err: got.append(ok), "192.0.2.7")
+    assert got[5:] == [False] * 5 and ctx.log.lines == []
+
+
+def test_a_check_that_raises_is_no_failure(loop):
+    class Broken:
+        def verify(self, user, password):
+            raise OSError("disk")
+    ctx = Ctx(loop, Broken(), B.Backoff())
+    got = []
+    for _ in range(4):
+        A.check_password(ctx, "alice", b"x", lambda ok, err: got.append((ok, type(err))), "192.0.2.7")
+    assert got == [(None, OSError)] * 4 and ctx.log.lines == []
