@@ -66,8 +66,8 @@ def cost_warning(entries):
         return None
     common = dummy_cost(entries)
     odd = sum(n for cost, n in counts.items() if cost != common)
-    return ("bcrypt costs differ (%s): unknown names are checked at cost %d, so a wrong password for "
-            "the %d user%s of another cost takes a different time and tells that the name exists; "
+    return ("bcrypt costs differ (%s): unknown names are checked at cost %d, so a failed login as "
+            "one of the %d user%s of another cost takes a different time and tells that the name exists; "
             "give every user the same cost (sockd-passwd -C %d FILE USER)" % (
                 ", ".join("%d at cost %d" % (counts[c], c) for c in sorted(counts)),
                 common, odd, "" if odd == 1 else "s", common))

@@ -85,7 +85,7 @@ def test_a_passwd_file_of_mixed_costs_is_a_warning_on_its_line(tmp_path):
     (warning,) = [w for w in cfg.warnings if "bcrypt" in w[2]]
     assert warning[:2] == (p, 3)
     assert warning[2].startswith("passwd %s: bcrypt costs differ (2 at cost 4, 1 at cost 5): unknown names are "
-                                 "checked at cost 4, so a wrong password for the 1 user of another cost" % mixed)
+                                 "checked at cost 4, so a failed login as one of the 1 user of another cost" % mixed)
 
 
 def test_route_file_problems_keep_their_lines(tmp_path):

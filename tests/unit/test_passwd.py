@@ -75,7 +75,7 @@ def test_mixed_costs_are_warned_about():
     assert PW.cost_warning(hashes()) is None and PW.cost_warning(hashes(5, 5)) is None
     w = PW.cost_warning(hashes(5, 5, 5, 12, 14))
     assert w.startswith("bcrypt costs differ (3 at cost 5, 1 at cost 12, 1 at cost 14): unknown names are "
-                        "checked at cost 5, so a wrong password for the 2 users of another cost")
+                        "checked at cost 5, so a failed login as one of the 2 users of another cost")
     assert w.endswith("give every user the same cost (sockd-passwd -C 5 FILE USER)")
 
 
