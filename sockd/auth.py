@@ -8,12 +8,20 @@ at all.  The checks that block (bcrypt, on purpose slow) run on the loop's
 helper pool for passwords (pools.PASSWORDS) and report back with
 ``done(ok, error)`` on the loop.
 
+A password check is one decision in three steps: may this address try at
+all (the login back-off, backoff.py: refused at once, with no bcrypt
+work, while it is penalised), the check itself, and its outcome recorded
+for the address.  The session only sends the reply and logs it.
+
 A new method (GSS-API, RFC 1961) is a new entry in METHODS and a check of
 its own here; the session only routes its sub-negotiation messages.
 """
 
+from . import backoff as B
 from . import protocol as P
+from .errors import BackedOff
 from .pools import PASSWORDS
+from .rules import ip_key
 
 METHODS = {"none": P.METHOD_NONE, "username": P.METHOD_USERPASS}
 
@@ -37,15 +45,76 @@ def socks4_allowed(cfg):
     return cfg.socks4_trust_userid or choose(cfg.methods, (P.METHOD_NONE,)) is not None
 
 
-def check_password(ctx, requester, user, password, done):
+def check_password(ctx, requester, user, password, done, source=None):
     """RFC 1929: is ``password`` (bytes) ``user``'s in the passwd file?
     ``done(ok, error)`` runs on the loop, later; with no passwd file
     configured, at once and refusing.  ``requester``: the session asking
     (pools.py: the check is dropped if it has gone before its turn).
-    Returns None, or the pools.Refusal when the pool would not take the
-    check (``done`` is then never called)."""
+    ``source``: the client's address (text), whose failures the login
+    back-off counts (None: not counted); a login it refuses gets
+    ``done(False, BackedOff)`` at once.  Returns None, or the pools.Refusal
+    when the pool would not take the check (``done`` is then never called,
+    and the back-off counts nothing)."""
     db = ctx.config.passwd_db
     if db is None:
         done(False, None)
         return None
-    return ctx.loop.executor.submit(PASSWORDS, requester, db.verify, (user, password), done)
+    recorder = backed_off(ctx, source, done)
+    if recorder is None:
+        return None
+    busy = ctx.loop.executor.submit(PASSWORDS, requester, db.verify, (user, password), recorder)
+    if busy is not None and recorder is not done:
+        recorder.forget()
+    return busy
+
+
+def backed_off(ctx, source, done):
+    """The login back-off's part of a check: None when it refuses the login
+    (``done`` has been told), else the ``done`` to give the check: a
+    Recorder that records the outcome for ``source`` before passing it on
+    (or ``done`` itself when nothing is counted)."""
+    if source is None:
+        return done
+    table, pol = ctx.backoff, B.policy(ctx.config)
+    if table is None or pol is None:
+        return done
+    key = ip_key(source)
+    verdict, log_it, left, token = table.begin(key, pol)
+    if verdict != B.OK:
+        done(False, BackedOff(refusal_text(verdict, source, left, pol) if log_it else None))
+        return None
+    return Recorder(ctx, table, pol, key, token, source, done)
+
+
+class Recorder:
+    """The outcome of one counted check, recorded for its address, then
+    handed to the session's ``done``."""
+
+    __slots__ = ("ctx", "table", "pol", "key", "token", "source", "done")
+
+    def __init__(self, ctx, table, pol, key, token, source, done):
+        self.ctx, self.table, self.pol, self.key, self.token, self.source, self.done = \
+            ctx, table, pol, key, token, source, done
+
+    def __call__(self, ok, error):
+        # a check that raised says nothing about the password: not a failure
+        pol = self.pol
+        started = self.table.end(self.key, pol, self.token, failed=error is None and not ok)
+        if started is not None:
+            self.ctx.log.notice("login back-off: %d failed logins from %s within %gs; its logins are refused "
+                                "for %gs (penalty %d in a row; auth failures, auth penalty)" % (
+                                    pol.failures, self.source, pol.window, started[1], started[0]))
+        self.done(ok, error)
+
+    def forget(self):
+        """The check never ran (the pool refused it): it counts for nothing."""
+        self.table.end(self.key, self.pol, self.token, failed=False)
+
+
+def refusal_text(verdict, source, left, pol):
+    """Why the back-off refused a login from ``source``, for the log."""
+    if verdict == B.PENALISED:
+        what = "too many failed logins from %s (auth failures; refused for %ds more" % (source, left + 0.999)
+    else:
+        what = "too many logins at once from %s (auth failures" % source
+    return "%s; logged at most once every %g seconds)" % (what, pol.window)

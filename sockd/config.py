@@ -308,6 +308,21 @@ def check_together(cfg):
     username`` needs a ``passwd`` line.  Returns the problems."""
     if "username" in cfg.methods and not cfg.passwd:
         return [(cfg.path, cfg.line_of.get("methods", 0), "'methods username' needs a 'passwd FILE' line")]
+    return check_backoff(cfg)
+
+
+def check_backoff(cfg):
+    """The login back-off's penalties: a first one of some length, and a
+    longest one no shorter.  Returns the problems."""
+    if not cfg.auth_failures:
+        return []
+    if not cfg.auth_penalty > 0:
+        return [(cfg.path, cfg.line_of.get("auth penalty", 0),
+                 "'auth penalty' must be longer than 0 (to turn the back-off off: 'auth failures off')")]
+    if cfg.auth_penalty_max < cfg.auth_penalty:
+        return [(cfg.path, cfg.line_of.get("auth penalty-max", cfg.line_of.get("auth penalty", 0)),
+                 "'auth penalty-max' (%gs) is shorter than 'auth penalty' (%gs)" % (
+                     cfg.auth_penalty_max, cfg.auth_penalty))]
     return []
 
 

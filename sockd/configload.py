@@ -71,7 +71,8 @@ def check_system(cfg):
 def load_passwd(cfg):
     """Read the ``passwd`` file into ``cfg.passwd_db``.  Returns the
     problems: the file's own, by its lines, or -- when it cannot be read --
-    one on the ``passwd`` line."""
+    one on the ``passwd`` line.  Hashes of different costs are a warning on
+    the ``passwd`` line (timing tells some names apart)."""
     cfg.passwd_db = None
     if not cfg.passwd:
         return []
@@ -80,6 +81,9 @@ def load_passwd(cfg):
     except ValueError as exc:
         return [(cfg.path, cfg.line_of.get("passwd", 0), "passwd %s: %s" % (cfg.passwd, msg)) if line == 0
                 else (f, line, msg) for f, line, msg in exc.args[0]]
+    warning = PW.cost_warning(cfg.passwd_db.entries)
+    if warning:
+        cfg.warnings.append((cfg.path, cfg.line_of.get("passwd", 0), "passwd %s: %s" % (cfg.passwd, warning)))
     return []
 
 

@@ -13,6 +13,8 @@ each class means to the caller:
 * ``PrivilegeError``, ``PidfileError``: a start that cannot go on, with the
   message for the user.
 * ``Halt``: stop the whole server with a message and an exit status.
+* ``BackedOff``: a login the back-off refused before checking it (handed
+  to the session's callback, never raised).
 
 ``report_config_error`` is the one way a ConfigError reaches the user: its
 lines, each to every place the caller names (stderr, the log, both).
@@ -33,6 +35,16 @@ class Bad(Exception):
     def __init__(self, message, token=None):
         super().__init__(message)
         self.token = token
+
+
+class BackedOff(Exception):
+    """A login refused by the login back-off before any check: ``text`` is
+    the reason for the log line, or None when the address's refusals were
+    logged lately (then there is no line)."""
+
+    def __init__(self, text):
+        super().__init__(text or "backed off")
+        self.text = text
 
 
 class ConfigError(Exception):

@@ -12,6 +12,10 @@ admitted (and it is logged): a limit must never lock everyone out.
 Costs nothing when no limit is set: the server does not make one.  The
 ``limit rate`` value is read by ``validators.to_rate``.  Imports only
 ``log`` of sockd.
+
+``AddressTable`` is the shared table itself -- the mapping, the lock and
+the bounded probing -- for every per-address count of the server: the
+limits here, the login back-off (backoff.py).
 """
 
 import mmap
@@ -39,6 +43,65 @@ def key_bytes(key):
     return KEY.pack(fam, n.to_bytes(16, "big"))
 
 
+class AddressTable:
+    """Client addresses in an anonymous shared mapping, made by the master
+    before it forks so that every process sees the same table: SLOTS keys,
+    each with a ``record`` (a struct.Struct) of its owner's, then ``extra``
+    bytes the owner lays out itself (at ``extra_off``), all guarded by one
+    process-shared lock (``lock``: the caller holds it around every call).
+    Open addressing with at most PROBE probes: a slot is reused once its
+    owner's ``dead(slot)`` says it holds nothing worth keeping, and when
+    every slot probed is alive the address is not kept (-1): the owner then
+    lets the client through, for a full table must never lock anyone out."""
+
+    def __init__(self, record, extra=0):
+        self.record = record
+        self.slots = SLOTS
+        self.keys_off = 0
+        self.rec_off = SLOTS * KEY.size
+        self.extra_off = self.rec_off + SLOTS * record.size
+        self.mem = mmap.mmap(-1, self.extra_off + extra)    # anonymous and shared across fork
+        self.lock = multiprocessing.Lock()
+
+    def slot(self, kb, insert, dead, fresh):
+        """The slot of key bytes ``kb`` (key_bytes), or -1.  With
+        ``insert``, a missing key takes an empty or dead slot, its record
+        set to ``fresh`` (packed bytes).  Lock held."""
+        h = zlib.crc32(kb) % self.slots
+        reuse = -1
+        mem = self.mem
+        for i in range(PROBE):
+            s = (h + i) % self.slots
+            off = self.keys_off + s * KEY.size
+            cur = mem[off:off + KEY.size]
+            if cur == kb:
+                return s
+            if cur[0] == 0:
+                if reuse < 0:
+                    reuse = s
+                break
+            if reuse < 0 and dead(s):
+                reuse = s
+        if insert and reuse >= 0:
+            off = self.keys_off + reuse * KEY.size
+            mem[off:off + KEY.size] = kb
+            roff = self.rec_off + reuse * self.record.size
+            mem[roff:roff + self.record.size] = fresh
+            return reuse
+        return -1
+
+    def get(self, s):
+        """The record of slot ``s``, unpacked.  Lock held."""
+        return self.record.unpack_from(self.mem, self.rec_off + s * self.record.size)
+
+    def put(self, s, *values):
+        """Write the record of slot ``s``.  Lock held."""
+        self.record.pack_into(self.mem, self.rec_off + s * self.record.size, *values)
+
+
+FRESH_RATE = RATE.pack(0.0, -1e18, 0)
+
+
 class Limits:
     def __init__(self, total=0, per_address=0, rate=None, clock=time.monotonic):
         self.total = total
@@ -46,14 +109,15 @@ class Limits:
         self.rate = rate                      # (clients, seconds) or None
         self.columns = columns = COLUMNS
         self.clock = clock
-        self.lock = multiprocessing.Lock()
-        self.keys_off = 0
-        self.rate_off = SLOTS * KEY.size
-        self.count_off = self.rate_off + SLOTS * RATE.size
+        # the addresses and their rate windows; then the counts: a column of
+        # SLOTS per process, the processes' totals, how many columns are used
+        self.table = AddressTable(RATE, columns * SLOTS * COUNT.size + columns * COUNT.size + COUNT.size)
+        self.lock = self.table.lock
+        self.mem = self.table.mem
+        self.rate_off = self.table.rec_off
+        self.count_off = self.table.extra_off
         self.totals_off = self.count_off + columns * SLOTS * COUNT.size
         self.used_off = self.totals_off + columns * COUNT.size
-        size = self.used_off + COUNT.size
-        self.mem = mmap.mmap(-1, size)        # anonymous and shared across fork
         self.column = 0                       # this process's column
         self.full_logged = 0.0
         self.free = list(range(columns))      # the master's bookkeeping
@@ -88,28 +152,7 @@ class Limits:
     # --- the table ----------------------------------------------------------------------
     def _slot(self, kb, insert):
         """The slot of key bytes ``kb``, or -1.  Lock held."""
-        h = zlib.crc32(kb) % SLOTS
-        reuse = -1
-        mem = self.mem
-        for i in range(PROBE):
-            s = (h + i) % SLOTS
-            off = self.keys_off + s * KEY.size
-            cur = mem[off:off + KEY.size]
-            if cur == kb:
-                return s
-            if cur[0] == 0:
-                if reuse < 0:
-                    reuse = s
-                break
-            if reuse < 0 and self._dead(s):
-                reuse = s
-        if insert and reuse >= 0:
-            off = self.keys_off + reuse * KEY.size
-            mem[off:off + KEY.size] = kb
-            roff = self.rate_off + reuse * RATE.size
-            mem[roff:roff + RATE.size] = RATE.pack(0.0, -1e18, 0)
-            return reuse
-        return -1
+        return self.table.slot(kb, insert, self._dead, FRESH_RATE)
 
     def _dead(self, s):
         """No client of this address is connected and its rate window is over."""

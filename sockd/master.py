@@ -39,6 +39,7 @@ from select import POLLIN
 
 from . import privileges
 from .addresses import load_services
+from .backoff import Backoff
 from .configload import load as load_config
 from .errors import ConfigError, EXIT_ERROR, Halt, PrivilegeError, report_config_error
 from .listeners import open_listeners, sock_name
@@ -231,6 +232,9 @@ class Master:
         self.counts = {"workers started": 0, "workers died": 0, "clients": 0, "reloads": 0,
                        "failed reloads": 0}
         self.limits = make_limits(self.cfg)
+        # failed logins per address, for every process of every generation:
+        # made before any fork, kept across reloads (a SIGHUP forgives nobody)
+        self.backoff = Backoff()
         self.gone = collections.deque(maxlen=1024)   # pids reaped lately (limits bookkeeping)
         self.limit_held = {}       # pid -> (Limits, "column", n) for a worker, (Limits, "slot", n) for a child
         try:

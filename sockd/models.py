@@ -33,7 +33,8 @@ it through this interface, and never asks which model it runs:
 
 The model calls the master (``self.master``) for what only the master has:
 its OS facade, descriptors and proc table (``add``, ``live``, ``count``,
-``counts``, ``forget``), and its verdicts (``halt``, ``generation_failed``).
+``counts``, ``forget``), the login back-off its processes share
+(``backoff``), and its verdicts (``halt``, ``generation_failed``).
 The child side of each fork is in serving.py.  Must not import the master.
 """
 
@@ -183,7 +184,7 @@ class ThreadsModel(Model):
                     limits.column = column
                     apply_limits(limits, self.cfg)
                 w = Worker(number, self.generation, self.cfg, mine, master.ident_mode, old, self.identity,
-                           master.channel, master.alive_r, master.status_w, self.trust, limits)
+                           master.channel, master.alive_r, master.status_w, self.trust, limits, master.backoff)
             except BaseException:
                 os._exit(WORKER_BOOT_ERROR)
             w.run()
@@ -315,7 +316,8 @@ class ForkModel(Model):
             master.forget(close_status=not counting)
             client = OneClient(self.cfg, sock, master.ident_mode, self.generation, master.channel, master.alive_r,
                                inherited=True, proxy=trust, refusal=refusal, peer=peer,
-                               limits=ChildLimits(self.limits, master.status_w) if counting else None)
+                               limits=ChildLimits(self.limits, master.status_w) if counting else None,
+                               backoff=master.backoff)
         except BaseException:
             os._exit(1)
         serve_child(client, mask, self.identity)

@@ -7,11 +7,16 @@ refused with their line number: they are too weak to keep.
 
 ``PasswdFile`` checks a user's password (blocking: bcrypt is slow on
 purpose, so it runs on a helper thread, never on the poll loop), re-reading
-the file when it changes.  An unknown user costs the same bcrypt work as a
-known one, so timing does not tell which names exist.  Passwords are never
-logged.
+the file when it changes.  An unknown user's password is checked against a
+dummy hash of the cost most of the file's hashes use (``dummy_cost``,
+chosen again whenever the file is re-read), through the same steps as a
+known user's, so a failure takes the same time whatever the name and
+timing does not tell which names exist.  A file whose hashes have
+different costs cannot hide every name: it is warned about
+(``cost_warning``).  Passwords are never logged.
 """
 
+import collections
 import os
 import threading
 
@@ -19,13 +24,53 @@ import bcrypt
 
 BCRYPT_PREFIXES = ("$2y$", "$2b$", "$2a$")
 MAX_USER = 255
+MAX_PASSWORD = 72         # bcrypt reads no further; htpasswd -B hashes the first 72 bytes
 DEFAULT_COST = 10
-# What an unknown user's password is checked against, so that it costs the
-# same bcrypt work as a known one's: a hash of cost DEFAULT_COST, written
-# out rather than made at import time, which cost ~60 ms on every start of
-# every process that imports this module (every inetd-mode sockd).  Its
-# password is no secret: an unknown user is refused whatever matches it.
-_DUMMY = b"$2b$10$IOXSMs/RSG1/d5Ee2kpCceeNrrOdAPqWPClY2NvxQrKMW6Qy3Ml7."
+MIN_COST, MAX_COST = 4, 31
+# The salt and checksum of the dummy hashes an unknown user's password is
+# checked against.  bcrypt's work is set by the cost in a hash's prefix
+# alone, so a dummy of any cost is this text behind "$2b$NN$": nothing is
+# hashed to make one (a real hash of cost 12 would cost ~250 ms at every
+# start of every process that reads the file: every inetd-mode sockd).  No
+# password is known to match it, and an unknown user is refused whatever
+# matches.
+_DUMMY_TAIL = b"IOXSMs/RSG1/d5Ee2kpCceeNrrOdAPqWPClY2NvxQrKMW6Qy3Ml7."
+
+
+def cost_of(hashed):
+    """The cost of a bcrypt hash (bytes or text) that ``parse`` accepted."""
+    return int(hashed[4:6])
+
+
+def dummy_cost(entries):
+    """The cost an unknown user's check is made at: the one most of the
+    file's hashes use (a tie goes to the higher cost), DEFAULT_COST for a
+    file with no users.  Pure."""
+    counts = collections.Counter(cost_of(h) for h in entries.values())
+    if not counts:
+        return DEFAULT_COST
+    return max(counts, key=lambda cost: (counts[cost], cost))
+
+
+def dummy_hash(cost):
+    """A bcrypt hash of ``cost`` that no known password matches (bytes)."""
+    return b"$2b$%02d$" % cost + _DUMMY_TAIL
+
+
+def cost_warning(entries):
+    """None when every hash has the same cost; else what that tells an
+    attacker and what to do, for the log (the file's name is the caller's).
+    Pure."""
+    counts = collections.Counter(cost_of(h) for h in entries.values())
+    if len(counts) < 2:
+        return None
+    common = dummy_cost(entries)
+    odd = sum(n for cost, n in counts.items() if cost != common)
+    return ("bcrypt costs differ (%s): unknown names are checked at cost %d, so a failed login as "
+            "one of the %d user%s of another cost takes a different time and tells that the name exists; "
+            "give every user the same cost (sockd-passwd -C %d FILE USER)" % (
+                ", ".join("%d at cost %d" % (counts[c], c) for c in sorted(counts)),
+                common, odd, "" if odd == 1 else "s", common))
 
 
 def parse(text, path="-"):
@@ -49,7 +94,8 @@ def parse(text, path="-"):
             problems.append((path, lineno, "%s password of '%s' refused: only bcrypt hashes "
                                            "(htpasswd -B, sockd-passwd)" % (kind, user[:40])))
             continue
-        if len(hashed) != 60:
+        if len(hashed) != 60 or hashed[6] != "$" or not hashed[4:6].isdigit() or not (
+                MIN_COST <= int(hashed[4:6]) <= MAX_COST):
             problems.append((path, lineno, "malformed bcrypt hash for '%s'" % user[:40]))
             continue
         if user in entries:
@@ -76,12 +122,21 @@ def signature(st):
 
 
 class PasswdFile:
+    """The users of one passwd file, kept up to date with it.  ``state``
+    is (entries, dummy hash), replaced as one when the file is re-read, so
+    that a check never pairs the users of one version with the dummy of
+    another."""
+
     def __init__(self, path, entries, sig, log=None):
         self.path = path
-        self.entries = entries
+        self.state = (entries, dummy_hash(dummy_cost(entries)))
         self.sig = sig
         self.log = log
         self.lock = threading.Lock()
+
+    @property
+    def entries(self):
+        return self.state[0]
 
     @classmethod
     def load(cls, path, log=None):
@@ -109,21 +164,25 @@ class PasswdFile:
                     for f, line, msg in problems:
                         self.log.error("%s:%d: %s (keeping the previous passwords)" % (f, line, msg))
                 return
-            self.entries = entries
+            self.state = (entries, dummy_hash(dummy_cost(entries)))
             if self.log:
                 self.log.notice("re-read %s: %d users" % (self.path, len(entries)))
+                warning = cost_warning(entries)
+                if warning:
+                    self.log.warning("%s: %s" % (self.path, warning))
 
     def verify(self, user, password):
-        """Blocking.  True when ``password`` (bytes) is ``user``'s."""
+        """Blocking.  True when ``password`` (bytes) is ``user``'s.  A known
+        and an unknown name take the same steps, with the same bcrypt cost
+        when the file's hashes share one: only the hash differs."""
         self.refresh()
-        hashed = self.entries.get(user)
-        if hashed is None:
-            bcrypt.checkpw(password, _DUMMY)
-            return False
+        entries, dummy = self.state
+        hashed = entries.get(user)
         try:
-            return bcrypt.checkpw(password, hashed)
+            ok = bcrypt.checkpw(password[:MAX_PASSWORD], dummy if hashed is None else hashed)
         except ValueError:
-            return False
+            ok = False
+        return ok and hashed is not None
 
 
 def make_hash(password, cost=DEFAULT_COST):

@@ -33,6 +33,7 @@ from . import shell
 from .addresses import addr_text, errno_text, lookup_names, resolve, service_name
 from .bind import BindWait
 from .connector import Connector
+from .errors import BackedOff
 from .limits import OK, REASONS
 from .log import clean
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN
@@ -80,6 +81,7 @@ class Context:
         self.on_close = None
         self.runner = shell.Runner(log, config.limit_commands)
         self.limits = None        # a limits.Limits when any limit is set
+        self.backoff = None       # the master's backoff.Backoff, shared by every process (none in inetd mode)
         # a process that exits after its one client waits for its commands
         loop.close_hooks.append(self.drain_commands)
 
@@ -424,7 +426,7 @@ class Session:
         self.state = WAIT
         self.user = msg.user
         self.pause_reading()
-        busy = auth.check_password(self.ctx, self, msg.user, msg.password, self.on_auth)
+        busy = auth.check_password(self.ctx, self, msg.user, msg.password, self.on_auth, self.client_ip)
         if busy is not None:
             # refused at once, as a failed login: the pool is not to be queued on without end
             ctx = self.ctx
@@ -440,8 +442,12 @@ class Session:
             return
         if not ok:
             self.ctx.stats["refused"] += 1
-            self.ctx.log.notice("refused -- username/password authentication failed for %s from %s" % (
-                self.user, self.client_ip))
+            if not isinstance(error, BackedOff):
+                self.ctx.log.notice("refused -- username/password authentication failed for %s from %s" % (
+                    self.user, self.client_ip))
+            elif error.text is not None:
+                self.ctx.log.notice("refused -- username/password authentication for %s from %s: %s" % (
+                    self.user, self.client_ip, error.text))
             self.send_now(P.userpass_reply(False))
             self.close()
             return

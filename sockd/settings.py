@@ -10,9 +10,9 @@ Pure data; imports only ``validators`` of sockd.
 
 import os
 
-from .validators import (DEFAULT_PORT, to_address, to_bool, to_chroot, to_choice, to_facility, to_group,
-                         to_int, to_listen, to_pidfile, to_rate, to_seconds, to_user, system_chroot, system_group,
-                         system_user)
+from .validators import (DEFAULT_PORT, to_address, to_bool, to_chroot, to_choice, to_facility, to_failures,
+                         to_group, to_int, to_listen, to_pidfile, to_rate, to_seconds, to_user, system_chroot,
+                         system_group, system_user)
 
 
 def shell_path(text):
@@ -119,6 +119,15 @@ SETTINGS = [
             to_int(1, 1024)),
     Setting("helpers queue", "N", 64,
             "helper jobs of one client address waiting, per pool; more are refused at once", to_int(1, 100000)),
+    # -- the login back-off (issue 12): failed RFC 1929 logins per client address --
+    Setting("auth failures", "N/SECONDS|off", (10, 60.0),
+            "failed logins from one address within SECONDS that start a penalty (off: no back-off)",
+            to_failures),
+    Setting("auth penalty", "SECONDS", 60.0,
+            "how long an address's logins are refused after too many failures (doubled each time in a row)",
+            to_seconds),
+    Setting("auth penalty-max", "SECONDS", 600.0, "the longest penalty; also how long one is remembered",
+            to_seconds),
 ]
 BY_KEY = {s.key: s for s in SETTINGS}
 GROUPS = {k.split(" ", 1)[0] for k in BY_KEY if " " in k}

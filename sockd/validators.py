@@ -167,6 +167,16 @@ def to_rate(tok):
         raise Bad("expected N/SECONDS (%s)" % exc, tok) from None
 
 
+def to_failures(tok):
+    """``auth failures``: N/SECONDS (as to_rate), or off (None).  Raises Bad."""
+    if tok.lower() in ("off", "no", "none"):
+        return None
+    try:
+        return parse_rate(tok)
+    except ValueError as exc:
+        raise Bad("expected N/SECONDS or off (%s)" % exc, tok) from None
+
+
 def to_address(tok):
     """An IPv4 or IPv6 address literal, brackets allowed.  Returns it in
     compressed form, raises Bad."""

@@ -4,7 +4,9 @@ password check.
 ``choose`` is pure: a table, and hypothesis for "the first of ours that the
 client offers"; so is ``socks4_allowed``, a table of methods lines.  ``check_password`` runs a real bcrypt password file
 (cost 4) through a real loop's executors: inline (a fork-model child) and
-the thread pool (a worker), whose answer must come back on the loop.
+the thread pool (a worker), whose answer must come back on the loop; and
+with a real login back-off table, which refuses at once, with no check,
+once an address has failed too often.
 """
 
 import threading
@@ -14,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sockd import auth as A
+from sockd import backoff as B
 from sockd import passwd as PW
 from sockd import pools as PO
 from sockd import protocol as P
@@ -58,10 +61,21 @@ def test_socks4_allowed(methods, trust, allowed):
     assert A.socks4_allowed(cfg) is allowed
 
 
+class Log:
+    def __init__(self):
+        self.lines = []
+
+    def notice(self, text):
+        self.lines.append(text)
+
+
 class Ctx:
-    def __init__(self, loop, db):
+    def __init__(self, loop, db, backoff=None, failures=(2, 60.0)):
         self.loop = loop
-        self.config = type("Config", (), {"passwd_db": db})()
+        self.config = type("Config", (), {"passwd_db": db, "auth_failures": failures, "auth_penalty": 30.0,
+                                          "auth_penalty_max": 300.0})()
+        self.backoff = backoff
+        self.log = Log()
 
 
 class Asker:
@@ -120,4 +134,85 @@ def test_a_check_the_pool_refuses_is_returned_and_never_answered(loop, db):
     gate.set()
     assert run_until(loop, lambda: got)
     assert got == [True]
+    ex.shutdown()
+
+
+class Counting:
+    """A passwd file that counts its checks."""
+
+    def __init__(self, db):
+        self.db, self.checks = db, 0
+
+    def verify(self, user, password):
+        self.checks += 1
+        return self.db.verify(user, password)
+
+
+def test_the_back_off_refuses_a_failing_address_without_checking(loop, db):
+    counting = Counting(db)
+    ctx = Ctx(loop, counting, B.Backoff())
+    got = []
+    answer = lambda ok, err: got.append((ok, err))             # noqa: E731
+    for _ in range(2):
+        A.check_password(ctx, Asker(), "alice", b"wrong", answer, "192.0.2.7")
+    assert got == [(False, None)] * 2 and counting.checks == 2
+    assert ctx.log.lines == ["login back-off: 2 failed logins from 192.0.2.7 within 60s; its logins are refused "
+                             "for 30s (penalty 1 in a row; auth failures, auth penalty)"]
+    got.clear()
+    A.check_password(ctx, Asker(), "alice", b"right", answer, "192.0.2.7")       # right, but refused at once
+    A.check_password(ctx, Asker(), "mallory", b"x", answer, "192.0.2.7")
+    assert counting.checks == 2
+    (ok, err), (ok2, err2) = got
+    assert ok is ok2 is False and isinstance(err, A.BackedOff) and isinstance(err2, A.BackedOff)
+    assert err.text == ("too many failed logins from 192.0.2.7 (auth failures; refused for 30s more; "
+                        "logged at most once every 60 seconds)")
+    assert err2.text is None                                             # logged once per window
+    got.clear()
+    A.check_password(ctx, Asker(), "alice", b"right", answer, "192.0.2.8")       # another address
+    A.check_password(ctx, Asker(), "alice", b"right", answer)                    # not counted at all
+    assert got == [(True, None)] * 2 and counting.checks == 4
+
+
+def test_a_success_is_recorded_and_the_back_off_can_be_off(loop, db):
+    ctx = Ctx(loop, db, B.Backoff())
+    got = []
+    for _ in range(5):
+        A.check_password(ctx, Asker(), "alice", b"right", lambda ok, err: got.append(ok), "192.0.2.7")
+    assert got == [True] * 5 and ctx.log.lines == []
+    ctx = Ctx(loop, db, B.Backoff(), failures=None)
+    for _ in range(5):
+        A.check_password(ctx, Asker(), "alice", b"wrong", lambda ok, err: got.append(ok), "192.0.2.7")
+    assert got[5:] == [False] * 5 and ctx.log.lines == []
+
+
+def test_a_check_that_raises_is_no_failure(loop):
+    class Broken:
+        def verify(self, user, password):
+            raise OSError("disk")
+    ctx = Ctx(loop, Broken(), B.Backoff())
+    got = []
+    for _ in range(4):
+        A.check_password(ctx, Asker(), "alice", b"x", lambda ok, err: got.append((ok, type(err))), "192.0.2.7")
+    assert got == [(None, OSError)] * 4 and ctx.log.lines == []
+
+
+def test_a_check_the_pool_refuses_counts_for_nothing_in_the_back_off(loop, db):
+    loop.executor = ex = PO.ThreadExecutor(loop, 1, 1, queued=1)
+    gate = threading.Event()
+    pool = ex.pools[PO.PASSWORDS]
+    pool.submit(Asker(), gate.wait, (5,), lambda r, e: None)       # the one thread, held
+    assert run_until(loop, lambda: pool.running)
+    ctx = Ctx(loop, db, B.Backoff(), failures=(3, 60.0))
+    got = []
+    A.check_password(ctx, Asker(), "alice", b"wrong", lambda ok, err: got.append(ok), "192.0.2.9")   # queued
+    busy = A.check_password(ctx, Asker(), "alice", b"wrong", lambda ok, err: got.append(ok), "192.0.2.9")
+    assert isinstance(busy, PO.Refusal)
+    gate.set()
+    assert run_until(loop, lambda: got) and got == [False]
+    # the refused check was neither a failure nor left "being checked": two
+    # more failures, not one, start the penalty
+    for n in (2, 3):
+        A.check_password(ctx, Asker(), "alice", b"wrong", lambda ok, err: got.append(ok), "192.0.2.9")
+        assert run_until(loop, lambda: len(got) == n)
+        assert bool(ctx.log.lines) == (n == 3)
     ex.shutdown()

@@ -179,3 +179,19 @@ def test_config_parser(text):
         assert files == []
     assert isinstance(cfg, C.Config)
     assert set(cfg.line_of) == cfg.explicit
+
+
+def test_the_login_back_off_directives():
+    cfg = C.parse_text("permit 0/0\n")
+    assert (cfg.auth_failures, cfg.auth_penalty, cfg.auth_penalty_max) == ((10, 60.0), 60.0, 600.0)
+    cfg = C.parse_text("auth failures 3/10\nauth penalty 1m\nauth penalty-max 1m\npermit 0/0\n")
+    assert (cfg.auth_failures, cfg.auth_penalty, cfg.auth_penalty_max) == ((3, 10.0), 60.0, 60.0)
+    assert C.parse_text("auth failures off\nauth penalty 0\npermit 0/0\n").auth_failures is None
+    assert problems("auth failures 10\npermit 0/0\n") == [
+        ("bad.conf", 1, "expected N/SECONDS or off (expected N/SECONDS) (near '10')")]
+    assert problems("auth penalty 0\npermit 0/0\n") == [
+        ("bad.conf", 1, "'auth penalty' must be longer than 0 (to turn the back-off off: 'auth failures off')")]
+    assert problems("auth penalty 2m\nauth penalty-max 60\npermit 0/0\n") == [
+        ("bad.conf", 2, "'auth penalty-max' (60s) is shorter than 'auth penalty' (120s)")]
+    assert problems("auth backoff 1\npermit 0/0\n") == [
+        ("bad.conf", 1, "unknown 'auth' setting; expected one of: failures, penalty, penalty-max (near 'backoff')")]

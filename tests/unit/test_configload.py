@@ -74,6 +74,18 @@ def test_methods_username_needs_a_readable_passwd_file(tmp_path):
     p = write(tmp_path, "methods username\npasswd %s\npermit 0/0\n" % good, "x.conf")
     cfg = L.load(p)
     assert cfg.passwd_db.verify("alice", b"pw") and not cfg.passwd_db.verify("alice", b"no")
+    assert not [w for w in cfg.warnings if "bcrypt" in w[2]]
+
+
+def test_a_passwd_file_of_mixed_costs_is_a_warning_on_its_line(tmp_path):
+    mixed = write(tmp_path, "alice:%s\nbob:%s\ncarol:%s\n" % (
+        PW.make_hash(b"a", 4), PW.make_hash(b"b", 4), PW.make_hash(b"c", 5)), "users")
+    p = write(tmp_path, "methods username\n\npasswd %s\npermit 0/0\n" % mixed, "x.conf")
+    cfg = L.load(p)
+    (warning,) = [w for w in cfg.warnings if "bcrypt" in w[2]]
+    assert warning[:2] == (p, 3)
+    assert warning[2].startswith("passwd %s: bcrypt costs differ (2 at cost 4, 1 at cost 5): unknown names are "
+                                 "checked at cost 4, so a failed login as one of the 1 user of another cost" % mixed)
 
 
 def test_route_file_problems_keep_their_lines(tmp_path):

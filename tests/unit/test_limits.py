@@ -138,3 +138,32 @@ def test_a_full_table_admits_and_says_so(monkeypatch):
                                                (0, 0, (1, 1.0), True)])
 def test_per_address_table_only_when_needed(total, per, rate, on):
     assert L.Limits(total, per, rate).per_address_on is on
+
+
+def test_the_address_table_reuses_only_dead_slots_and_is_shared(monkeypatch):
+    monkeypatch.setattr(L, "SLOTS", 2)
+    monkeypatch.setattr(L, "PROBE", 2)
+    rec = L.struct.Struct("=d")
+    table = L.AddressTable(rec, extra=8)
+    alive = set()
+    dead = lambda s: s not in alive                  # noqa: E731
+    kb = [L.key_bytes(key("10.0.0.%d" % i)) for i in range(3)]
+    with table.lock:
+        s0 = table.slot(kb[0], True, dead, rec.pack(1.5))
+        alive.add(s0)
+        assert table.get(s0) == (1.5,) and table.slot(kb[0], False, dead, b"") == s0
+        assert table.slot(kb[1], False, dead, b"") == -1           # looking does not insert
+        s1 = table.slot(kb[1], True, dead, rec.pack(3.0))
+        alive.add(s1)
+        assert s1 != s0
+        assert table.slot(kb[2], True, dead, rec.pack(9.0)) == -1   # full of live addresses
+        table.put(s0, 2.5)
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if table.get(s0) == (2.5,) else 1)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    alive.discard(s0)
+    with table.lock:
+        assert table.slot(kb[2], True, dead, rec.pack(9.0)) == s0   # a dead slot is taken, fresh
+        assert table.get(s0) == (9.0,) and table.slot(kb[0], False, dead, b"") == -1
+    assert table.extra_off + 8 == len(table.mem)

@@ -4,6 +4,7 @@ line; a changed file is read again, a broken one keeps the old users."""
 import time
 
 import bcrypt
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -36,18 +37,111 @@ def test_passwd_verify_and_reload(tmp_path):
     assert db.verify("alice", b"new")
 
 
-def test_an_unknown_user_costs_a_known_ones_bcrypt_work():
-    assert PW._DUMMY.startswith(b"$2b$%02d$" % PW.DEFAULT_COST) and len(PW._DUMMY) == 60
-    assert bcrypt.checkpw(b"sockd-no-such-user", PW._DUMMY)
-    db = PW.PasswdFile("-", {"alice": PW.make_hash(b"pw").encode()}, None)
+def hashes(*costs):
+    """Fake entries: hashes of these costs (only the cost is read)."""
+    return {"u%d" % i: PW.dummy_hash(c) for i, c in enumerate(costs)}
+
+
+@pytest.mark.parametrize("costs,chosen", [
+    ((), PW.DEFAULT_COST),
+    ((5,), 5),
+    ((12, 12), 12),
+    ((5, 5, 12), 5),            # the cost most users have
+    ((5, 12, 12, 10), 12),
+    ((5, 12), 12),              # a tie: the higher cost
+    ((4, 4, 31, 31, 6), 31),
+])
+def test_the_dummy_cost_is_the_one_most_hashes_use(costs, chosen):
+    assert PW.dummy_cost(hashes(*costs)) == chosen
+
+
+def test_a_dummy_hash_costs_its_cost_and_matches_nothing():
+    for cost in (4, 5, 10, 12):
+        d = PW.dummy_hash(cost)
+        assert len(d) == 60 and PW.cost_of(d) == cost
+        entries, problems = PW.parse("x:%s\n" % d.decode())
+        assert not problems                       # a well-formed hash
+        assert not bcrypt.checkpw(b"", d) and not bcrypt.checkpw(b"sockd", d)
+    t0 = time.perf_counter()
+    bcrypt.checkpw(b"x", PW.dummy_hash(4))
+    cheap = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    bcrypt.checkpw(b"x", PW.dummy_hash(10))
+    dear = time.perf_counter() - t0
+    assert dear > 8 * cheap                       # 64 times the work, whatever a busy machine does
+
+
+def test_mixed_costs_are_warned_about():
+    assert PW.cost_warning(hashes()) is None and PW.cost_warning(hashes(5, 5)) is None
+    w = PW.cost_warning(hashes(5, 5, 5, 12, 14))
+    assert w.startswith("bcrypt costs differ (3 at cost 5, 1 at cost 12, 1 at cost 14): unknown names are "
+                        "checked at cost 5, so a failed login as one of the 2 users of another cost")
+    assert w.endswith("give every user the same cost (sockd-passwd -C 5 FILE USER)")
+
+
+def time_of(db, user, password, tries=3):
+    """The fastest of a few checks (the least disturbed by a busy machine)."""
+    best = None
+    for _ in range(tries):
+        t0 = time.perf_counter()
+        db.verify(user, password)
+        t = time.perf_counter() - t0
+        best = t if best is None else min(best, t)
+    return best
+
+
+@pytest.mark.parametrize("cost", [4, 11])
+def test_an_unknown_user_costs_what_a_known_one_costs(cost):
+    db = PW.PasswdFile("-", {"alice": PW.make_hash(b"pw", cost).encode()}, None)
     db.refresh = lambda: None
-    t0 = time.perf_counter()
-    assert not db.verify("alice", b"wrong")
-    known = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    assert not db.verify("mallory", b"wrong")
-    unknown = time.perf_counter() - t0
-    assert unknown > known / 4          # the same work, whatever a busy machine does to the figures
+    assert not db.verify("alice", b"wrong") and not db.verify("mallory", b"wrong")
+    known, unknown = time_of(db, "alice", b"wrong"), time_of(db, "mallory", b"wrong")
+    assert 0.5 < unknown / known < 2, (known, unknown)
+
+
+def test_the_dummy_follows_the_file_when_it_is_read_again(tmp_path):
+    f = tmp_path / "users"
+    f.write_text("alice:%s\n" % PW.make_hash(b"a", 4))
+    db = PW.PasswdFile.load(str(f))
+    assert db.state[1] == PW.dummy_hash(4)
+    f.write_text("alice:%s\nbob:%s\n" % (PW.make_hash(b"a", 6), PW.make_hash(b"b", 6)))
+    assert not db.verify("carol", b"x")
+    assert db.state[1] == PW.dummy_hash(6) and set(db.entries) == {"alice", "bob"}
+
+
+def test_a_changed_file_of_mixed_costs_is_logged(tmp_path):
+    class Log:
+        def __init__(self):
+            self.lines = []
+
+        def notice(self, text):
+            self.lines.append(("notice", text))
+
+        def warning(self, text):
+            self.lines.append(("warning", text))
+    f = tmp_path / "users"
+    f.write_text("alice:%s\n" % PW.make_hash(b"a", 4))
+    log = Log()
+    db = PW.PasswdFile.load(str(f), log)
+    f.write_text("alice:%s\nbob:%s\n" % (PW.make_hash(b"a", 4), PW.make_hash(b"b", 5)))
+    db.refresh()
+    assert log.lines[0] == ("notice", "re-read %s: 2 users" % f)
+    assert log.lines[1][0] == "warning" and log.lines[1][1].startswith("%s: bcrypt costs differ" % f)
+
+
+def test_passwords_longer_than_bcrypt_reads_are_cut_as_htpasswd_cuts_them():
+    long = bytes(range(33, 123)) + b"tail"                   # 94 bytes
+    db = PW.PasswdFile("-", {"alice": PW.make_hash(long[:72], 4).encode()}, None)
+    db.refresh = lambda: None
+    assert db.verify("alice", long) and db.verify("alice", long[:72])
+    assert not db.verify("alice", long[:71]) and not db.verify("mallory", long)
+
+
+@pytest.mark.parametrize("bad", ["$2b$99$", "$2b$03$", "$2b$1x$", "$2b$10-"])
+def test_a_hash_with_an_impossible_cost_is_refused(bad):
+    h = bad + PW.make_hash(b"x", 4)[7:]
+    _, problems = PW.parse("alice:%s\n" % h, "users")
+    assert problems == [("users", 1, "malformed bcrypt hash for 'alice'")]
 
 
 def test_an_unusable_file_raises_its_problems(tmp_path):

@@ -192,7 +192,9 @@ def test_an_ipv6_client_is_bounded_by_its_64():
 
 def test_too_many_waiting_from_one_address_are_refused_at_once_and_logged_once(loop, make):
     ex, held = make(names=2, per_address=1, queued=3)
-    for i in range(4):                                # one running, three waiting
+    assert submit(ex, Asker("127.0.0.1"), held, 0) is None
+    assert run_until(loop, lambda: held.ran)          # one running (its thread has taken it) ...
+    for i in range(1, 4):                             # ... and three waiting
         assert submit(ex, Asker("127.0.0.1"), held, i) is None
     first = submit(ex, Asker("127.0.0.1"), held, "over")
     again = submit(ex, Asker("127.0.0.1"), held, "over again")

@@ -89,6 +89,9 @@ def test_rate_address_pidfile():
         assert bad(V.to_rate, tok).startswith("expected N/SECONDS (")
     with pytest.raises(ValueError):
         V.parse_rate("20")
+    assert V.to_failures("10/60") == (10, 60.0) and V.to_failures("OFF") is None
+    for tok in ("10", "0/60", "10/0", "x/1"):
+        assert bad(V.to_failures, tok).startswith("expected N/SECONDS or off (")
     assert V.to_address("[2001:db8::0001]") == "2001:db8::1" and V.to_address("10.0.0.1") == "10.0.0.1"
     assert bad(V.to_address, "10.0.0.256") == "not an IP address"
     assert V.to_pidfile("/run/sockd.pid") == "/run/sockd.pid"
@@ -98,7 +101,7 @@ def test_rate_address_pidfile():
 # --- properties -------------------------------------------------------------------------------
 
 CONVERTERS = [V.to_int(0, 256), V.to_seconds, V.to_choice("a", "b"), V.to_bool, V.to_facility, V.to_port,
-              V.to_listen, V.to_rate, V.to_address, V.to_pidfile, V.to_user, V.to_group, V.to_chroot]
+              V.to_listen, V.to_rate, V.to_failures, V.to_address, V.to_pidfile, V.to_user, V.to_group, V.to_chroot]
 # what a token of a sockd.conf line can be: anything but blanks (NULs included)
 token = st.text(st.characters(blacklist_categories=("Cs", "Zs"), blacklist_characters=" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85"),
                 min_size=1, max_size=40)
