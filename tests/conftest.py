@@ -44,3 +44,7 @@ def echo_server():
 @pytest.fixture(params=["threads", "fork"])
 def model(request):
     return request.param
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "conf(text): lines a test adds to its fixture's sockd.conf")

@@ -143,12 +143,13 @@ def passwd(tmp_path):
 
 
 @pytest.fixture
-def setup(deadns, passwd, start_sockd):
+def setup(deadns, passwd, start_sockd, request):
     """sockd (one worker) in the namespace, and an echo server there that
-    HOST names."""
+    HOST names.  A test may add lines (``@pytest.mark.conf("...")``)."""
+    extra = "".join(m.args[0] for m in request.node.iter_markers("conf"))
     echo = deadns.call(helpers.TCPServer, helpers.echo_handler)
-    s = start_sockd("methods username none\npasswd %s\ndeny-private-destinations no\npermit 127.0.0.0/8\n"
-                    % passwd, workers=1, prefix=deadns.prefix)
+    s = start_sockd("methods username none\npasswd %s\ndeny-private-destinations no\npermit 127.0.0.0/8\n%s"
+                    % (passwd, extra), workers=1, prefix=deadns.prefix)
     yield deadns, s, echo
     echo.close()
     assert "internal error" not in s.log(), s.log()
@@ -222,6 +223,7 @@ def flood_logins(address, n):
     return out
 
 
+@pytest.mark.conf("auth failures off\n")      # the pool's own bounds, without the login back-off in front
 def test_a_flood_of_bogus_logins_does_not_stall_a_normal_client(setup):
     ns, s, echo = setup
     assert normal_client(ns, s, echo) < LIMIT                       # as it is without a flood
@@ -245,6 +247,22 @@ def test_a_flood_of_bogus_logins_does_not_stall_a_normal_client(setup):
     s.wait_log(r"refused -- username/password check for \S+ from 127\.0\.0\.1 not run: too many password checks "
                r"waiting from 127\.0\.0\.1 \(helpers queue 64\); logged at most once every 5 seconds")
     assert len(re.findall(r"not run: too many password checks", s.log())) <= 2       # once per 5 s window
+
+
+def test_with_the_login_back_off_on_the_flood_is_refused_before_the_pool(setup):
+    ns, s, echo = setup
+    flood = ns.call(flood_logins, s.addr, 400)
+    try:
+        took = normal_client(ns, s, echo)
+        assert took < LIMIT, "after 400 bogus logins a normal login and CONNECT took %.1f s" % took
+    finally:
+        for c in flood:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+    s.wait_log(r"refused -- username/password authentication for \S+ from 127\.0\.0\.1: too many logins at once "
+               r"from 127\.0\.0\.1 \(auth failures; logged at most once every 60 seconds\)")
+    assert len(re.findall(r"too many logins at once", s.log())) == 1                 # once per window
+    assert "not run: too many password checks" not in s.log()                       # never reached the pool's bound
 
 
 def udp_names_flood(ns, s, names):
