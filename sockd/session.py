@@ -34,7 +34,7 @@ from .connector import Connector
 from .limits import OK, REASONS
 from .log import clean
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN
-from .relay import Relay, set_socket_options
+from .relay import Budget, Relay, set_socket_options
 from .udp import Association
 
 
@@ -71,6 +71,8 @@ class Context:
         # them: a one-client process that relays a few bytes touches one.
         self.buf = mmap.mmap(-1, bufsize)
         self.mv = memoryview(self.buf)
+        # what the relays keep for slow receivers, in all (limit buffers)
+        self.budget = Budget(config.limit_buffers)
         self.sessions = set()
         self.stats = {"accepted": 0, "connected": 0, "refused": 0, "failed": 0, "errors": 0,
                       "bytes_in": 0, "bytes_out": 0}
@@ -706,7 +708,8 @@ class Session:
         for in the loop now (-1: not registered)."""
         self.state = RELAY
         early, self.early = self.early, b""
-        relay = self.relay = Relay(self, self.loop, self.ctx.buf, self.ctx.mv, self.c, r)
+        ctx = self.ctx
+        relay = self.relay = Relay(self, self.loop, ctx.buf, ctx.mv, self.c, r, ctx.budget)
         self.start_idle_timer()
         relay.start(self.cmask, rmask, early)
 

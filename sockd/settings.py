@@ -11,8 +11,8 @@ Pure data; imports only ``validators`` of sockd.
 import os
 
 from .validators import (DEFAULT_PORT, to_address, to_bool, to_chroot, to_choice, to_facility, to_group,
-                         to_int, to_listen, to_pidfile, to_rate, to_seconds, to_user, system_chroot, system_group,
-                         system_user)
+                         to_int, to_listen, to_pidfile, to_rate, to_seconds, to_size, to_user, system_chroot,
+                         system_group, system_user)
 
 
 def shell_path(text):
@@ -107,6 +107,10 @@ SETTINGS = [
     Setting("deny-private-destinations", "yes|no|auto", "auto",
             "refuse loopback, link-local and this host's addresses unless a rule names them "
             "(auto: for clients not on loopback)", to_choice("yes", "no", "auto")),
+    # -- issue 12: what BIND may listen on, pending BINDs, what a worker may buffer --
+    Setting("limit buffers", "SIZE", 64 << 20,
+            "most bytes one process keeps in all for receivers slower than their senders (k, M, G)",
+            to_size(0, 1 << 40)),
 ]
 BY_KEY = {s.key: s for s in SETTINGS}
 GROUPS = {k.split(" ", 1)[0] for k in BY_KEY if " " in k}
