@@ -208,7 +208,12 @@ class Worker(Serving):
         self.watch()
         loop.executor = ThreadExecutor(loop, self.cfg.threads)
         self.ctx = Context(self.cfg, loop, log, self.ident_mode)
-        self.ctx.limits = self.limits
+        lim = self.limits
+        if lim is not None:
+            # clients are counted only when a client limit is set; pending
+            # BINDs when limit binds is (its default)
+            self.ctx.limits = lim if lim.clients_on else None
+            self.ctx.bind_limits = lim if lim.binds else None
         self.ctx.on_close = self.on_session_closed
         self.start_accepting()
         self.set_title()

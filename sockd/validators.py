@@ -187,6 +187,21 @@ def to_size(lo, hi):
     return conv
 
 
+def to_port_range(tok):
+    """LOW-HIGH (or one PORT): ports from 1024 to 65535 that a BIND client
+    may ask for; below 1024 are services' ports, never handed out.
+    Returns (low, high), raises Bad."""
+    lo, sep, hi = tok.partition("-")
+    if not sep:
+        hi = lo
+    if not (lo.isascii() and lo.isdigit() and hi.isascii() and hi.isdigit()):
+        raise Bad("expected LOW-HIGH (port numbers)", tok)
+    lo, hi = int(lo), int(hi)
+    if not 1024 <= lo <= hi <= 65535:
+        raise Bad("expected ports from 1024 to 65535, the lower first", tok)
+    return lo, hi
+
+
 def to_address(tok):
     """An IPv4 or IPv6 address literal, brackets allowed.  Returns it in
     compressed form, raises Bad."""
