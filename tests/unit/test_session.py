@@ -557,6 +557,24 @@ def test_timeout_idle_closes_a_quiet_relay(loop, net, log, server):
     assert log.having(": idle for 0.1s", "notice")
 
 
+def test_a_session_paused_by_limit_buffers_still_meets_timeout_idle(loop, net, log, server):
+    """limit buffers 0: the relay keeps nothing; a client that stops
+    reading pauses its download (nothing held) and the idle timeout still
+    ends it."""
+    srv = server("limit buffers 0\ntimeout idle 0.3\npermit 0/0\n")
+    dest = net.listener("127.0.0.1")
+    client, sess = srv.client(GREETING + connect5("127.0.0.1", dest.getsockname()[1]))
+    client.pause()
+    assert run_until(loop, lambda: sess.state == S.RELAY)
+    conn, _ = dest.accept()
+    remote = net.peer(conn)
+    remote.write(b"x" * (8 << 20))
+    assert run_until(loop, lambda: sess.relay is not None and sess.relay.pend_rc is not None)
+    assert sess.relay.pend_rc == b"" and srv.ctx.budget.held == 0
+    assert run_until(loop, lambda: sess.state == S.CLOSED, timeout=3)
+    assert log.having(": idle for 0.3s", "notice") and srv.ctx.budget.held == 0
+
+
 def test_a_client_that_hangs_up_while_waiting_is_closed_once(loop, net, server, monkeypatch):
     identd = Identd(loop, net, lambda q: "silent")
     monkeypatch.setattr(I, "IDENT_PORT", identd.port)
