@@ -2,21 +2,29 @@
 client through sockd, as active FTP does.
 
 The session has been granted by the rules (destination = DSTIP/DSTPORT of
-the request).  ``start`` opens a listening socket on the address that faces
-the application server (the route file's interface for it, else the one the
-kernel would use to reach it; never 0.0.0.0) -- on the requested port when
-it is 1024 or above and free, else on one the system picks -- answers the
-first reply with that address and port, accepts exactly one connection,
-checks that it comes from DSTIP (``bind check-peer``), and hands the
-connection to the session, which sends the second reply and relays.  The
-session's ``timeout connect`` bounds the wait.
+the request; a request whose DSTIP is 0.0.0.0 or :: names no server and is
+granted on its client alone, as a UDP association is).  ``start`` counts
+the BIND against ``limit binds`` (the client address's BINDs waiting for
+their peer, across workers), opens a listening socket on the address that
+faces the application server (the route file's interface for it, else the
+one the kernel would use to reach it; never 0.0.0.0) -- on a port the
+kernel chooses, or on the requested one (DSTPORT) when it is within
+``bind ports`` and free -- answers the first reply with that address and
+port, and accepts exactly one connection.  The connection must come from
+DSTIP when the request names it (``bind check-peer yes``, the default);
+otherwise (no DSTIP, or ``bind check-peer no``) the session judges its
+address with the rules, as the same request naming it (``decision.decide``:
+the one answer to "may this client go there?", private-destination guard
+included).  The session's ``timeout connect`` bounds the whole wait.
 
 What it asks of its owner (the session), and nothing more: ``ctx``,
-``dst_ip``, ``dst_host``, ``dst_port`` and ``local_ip``; ``desc()`` for log
-lines; ``granted(address, port)`` (send the first reply; False if the
-client is gone); ``fail(rep5, detail)`` and ``connect_failed(errno)``
-(count, log, answer in the client's version and close); ``bound(conn, ip,
-port)``; ``close()``.
+``src_key``, ``dst_ip``, ``dst_host``, ``dst_port`` and ``local_ip``;
+``desc()`` for log lines; ``granted(address, port)`` (send the first
+reply; False if the client is gone); ``fail(rep5, detail)`` and
+``connect_failed(errno)`` (count, log, answer in the client's version and
+close); ``over_limit(reason, log_it)`` (refused by a limit); ``bound(conn,
+ip, port)``; ``judge_peer()`` (the rules are to judge ``peer``, then the
+session calls ``take()`` or closes); ``close()``.
 """
 
 import errno
@@ -25,6 +33,7 @@ import socket
 from . import protocol as P
 from .addresses import addr_text
 from .connector import route_source
+from .limits import OK, REASONS
 from .loop import EPOLLIN
 
 UNSPECIFIED = (None, "0.0.0.0", "::")
@@ -44,19 +53,43 @@ def facing_address(family, dst_ip, port, fallback):
         s.close()
 
 
+def listen_port(wanted, allowed):
+    """The port to bind for a BIND that asked for ``wanted`` (DSTPORT):
+    itself when ``bind ports`` (``allowed``, (low, high) or None) includes
+    it, else 0 (the kernel chooses).  Classic clients name the port of
+    their primary connection (21 for FTP), socksify the port the program
+    binds; only the administrator's range may be taken on request, so a
+    client cannot take the port of a service that is restarting."""
+    if allowed is not None and allowed[0] <= wanted <= allowed[1]:
+        return wanted
+    return 0
+
+
 class BindWait:
-    __slots__ = ("session", "lsock", "fd", "family")
+    __slots__ = ("session", "lsock", "fd", "family", "slot", "conn", "peer", "names")
 
     def __init__(self, session):
         self.session = session
         self.lsock = None
         self.fd = -1
+        self.slot = -2              # counted by limit binds while listening (release_bind)
+        self.conn = None            # the accepted connection while the rules judge it
+        self.peer = None            # (address, port) of that connection
+        self.names = None           # its names, once looked up (when rules name hosts)
 
     def start(self):
-        """Open the listener and send the first reply.  Returns False after
-        the session has been answered and closed on failure."""
+        """Count the BIND, open the listener and send the first reply.
+        Returns False after the session has been answered and closed on
+        failure."""
         s = self.session
         ctx = s.ctx
+        limits = ctx.bind_limits
+        if limits is not None:
+            verdict, slot, log_it = limits.admit_bind(s.src_key)
+            if verdict != OK:
+                s.over_limit(REASONS[verdict], log_it)
+                return False
+            self.slot = slot
         v6 = ":" in (s.dst_ip or "") or (s.dst_ip in (None, "0.0.0.0") and ":" in s.local_ip)
         fam = socket.AF_INET6 if v6 else socket.AF_INET
         self.family = fam
@@ -64,6 +97,7 @@ class BindWait:
         if table is not None and s.dst_ip not in UNSPECIFIED:
             route = route_source(table, s.dst_ip, s.dst_host, ctx.log)
             if route is None:
+                self.release()
                 s.fail(P.REP_NET_UNREACHABLE)
                 return False
             local = route.if_addr
@@ -72,24 +106,23 @@ class BindWait:
         try:
             ls = socket.socket(fam, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         except OSError as exc:
+            self.release()
             s.connect_failed(exc.errno)
             return False
         try:
             if fam == socket.AF_INET6:
                 ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            # A client that asks for a port of its own (1024 and up, as
-            # socksify does for a program's bind()) gets it when it is free;
-            # classic clients name the primary connection's port, usually a
-            # well-known one, and get one the system picks.
+            port = listen_port(s.dst_port, ctx.config.bind_ports)
             try:
-                if s.dst_port < 1024:
-                    raise OSError
-                ls.bind((local, s.dst_port))
+                ls.bind((local, port))
             except OSError:
-                ls.bind((local, 0))
+                if not port:
+                    raise
+                ls.bind((local, 0))         # the port asked for is taken: another one
             ls.listen(1)
         except OSError as exc:
             ls.close()
+            self.release()
             s.fail(P.REP_FAILURE, ".  Error code: bind %s" % exc.strerror)
             return False
         self.lsock = ls
@@ -115,22 +148,43 @@ class BindWait:
             self.release()
             s.connect_failed(exc.errno)
             return
-        self.release()
+        # one connection per BIND: the port is given back at once
+        self.stop_listening()
         peer_ip = addr_text(peer[0])
         expect = s.dst_ip
-        if s.ctx.config.bind_check_peer and expect not in UNSPECIFIED and peer_ip != expect:
-            conn.close()
-            s.fail(P.REP_NOT_ALLOWED, ". Error: connected to wrong host %s (%s)" % (peer_ip, peer[1]))
+        if expect not in UNSPECIFIED and (peer_ip == expect or s.ctx.config.bind_check_peer):
+            if peer_ip != expect:
+                conn.close()
+                s.fail(P.REP_NOT_ALLOWED, ". Error: connected to wrong host %s (%s)" % (peer_ip, peer[1]))
+                return
+            s.bound(conn, peer_ip, peer[1])
             return
-        s.bound(conn, peer_ip, peer[1])
+        # a host the request did not name: the rules judge it first
+        self.conn, self.peer = conn, (peer_ip, peer[1])
+        s.judge_peer()
+
+    def take(self):
+        """The judged connection, for the session to relay: (conn, ip, port)."""
+        conn, self.conn = self.conn, None
+        return conn, self.peer[0], self.peer[1]
 
     def close(self):
         """The loop's error handler: the wait ends with its session."""
         self.session.close()
 
-    def release(self):
-        """Close the listener (the session is closing, or it has its peer)."""
+    def stop_listening(self):
+        """Close the listener and stop counting the BIND as pending."""
         if self.lsock is not None:
             self.session.ctx.loop.remove(self.fd)
             self.lsock.close()
             self.lsock = None
+        if self.slot != -2:
+            self.session.ctx.bind_limits.release_bind(self.slot)
+            self.slot = -2
+
+    def release(self):
+        """Let go of everything: the session is closing, or it has its peer."""
+        self.stop_listening()
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None

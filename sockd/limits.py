@@ -1,15 +1,20 @@
 """Client limits shared by every worker: ``limit clients N`` (in all),
-``limit per-address N`` and ``limit rate N/SECONDS`` (per client address).
+``limit per-address N`` and ``limit rate N/SECONDS`` (per client address),
+and ``limit binds N``: the BINDs waiting for their peer, per client
+address (threads model).
 
 The counts live in an anonymous shared mapping made by the master before
 it forks, guarded by one process-shared lock.  Each worker counts its own
 clients in a column of its own, so when a worker dies the master zeroes
 that column and nothing leaks; an address's count is the sum of the
-columns.  The rate is a fixed window per address.  Addresses sit in an
+columns.  Pending BINDs are counted the same way, in a plane of columns
+of their own beside the clients'.  The rate is a fixed window per address.  Addresses sit in an
 open-addressing table with bounded probing; when it is full, clients are
 admitted (and it is logged): a limit must never lock everyone out.
 
-Costs nothing when no limit is set: the server does not make one.  The
+Costs nothing when no limit is set: the server does not make one; with
+only ``limit binds`` (its default) the table exists but only BIND requests
+touch it (``clients_on`` is false: no client is counted).  The
 ``limit rate`` value is read by ``validators.to_rate``.  Imports only
 ``log`` of sockd.
 
@@ -34,8 +39,9 @@ RATE = struct.Struct("=ddI")                # window start, refusal last logged,
 LOG_EVERY = 5.0                             # seconds between log lines about one address
 COUNT = struct.Struct("=i")
 
-OK, TOO_MANY, PER_ADDRESS, RATE_LIMITED = range(4)
-REASONS = {TOO_MANY: "limit clients", PER_ADDRESS: "limit per-address", RATE_LIMITED: "limit rate"}
+OK, TOO_MANY, PER_ADDRESS, RATE_LIMITED, TOO_MANY_BINDS = range(5)
+REASONS = {TOO_MANY: "limit clients", PER_ADDRESS: "limit per-address", RATE_LIMITED: "limit rate",
+           TOO_MANY_BINDS: "limit binds"}
 
 
 def key_bytes(key):
@@ -103,20 +109,24 @@ FRESH_RATE = RATE.pack(0.0, -1e18, 0)
 
 
 class Limits:
-    def __init__(self, total=0, per_address=0, rate=None, clock=time.monotonic):
+    def __init__(self, total=0, per_address=0, rate=None, clock=time.monotonic, binds=0):
         self.total = total
         self.per_address = per_address
         self.rate = rate                      # (clients, seconds) or None
+        self.binds = binds                    # pending BINDs per address (0: not counted)
         self.columns = columns = COLUMNS
         self.clock = clock
         # the addresses and their rate windows; then the counts: a column of
-        # SLOTS per process, the processes' totals, how many columns are used
-        self.table = AddressTable(RATE, columns * SLOTS * COUNT.size + columns * COUNT.size + COUNT.size)
+        # SLOTS per process for clients and another for pending BINDs, the
+        # processes' totals, how many columns are used
+        plane = columns * SLOTS * COUNT.size
+        self.table = AddressTable(RATE, 2 * plane + columns * COUNT.size + COUNT.size)
         self.lock = self.table.lock
         self.mem = self.table.mem
         self.rate_off = self.table.rec_off
         self.count_off = self.table.extra_off
-        self.totals_off = self.count_off + columns * SLOTS * COUNT.size
+        self.binds_off = self.count_off + plane
+        self.totals_off = self.binds_off + plane
         self.used_off = self.totals_off + columns * COUNT.size
         self.column = 0                       # this process's column
         self.full_logged = 0.0
@@ -149,22 +159,30 @@ class Limits:
     def per_address_on(self):
         return bool(self.per_address or self.rate)
 
+    @property
+    def clients_on(self):
+        """Are clients counted at all (else only pending BINDs are)?"""
+        return bool(self.total or self.per_address or self.rate)
+
     # --- the table ----------------------------------------------------------------------
     def _slot(self, kb, insert):
         """The slot of key bytes ``kb``, or -1.  Lock held."""
         return self.table.slot(kb, insert, self._dead, FRESH_RATE)
 
     def _dead(self, s):
-        """No client of this address is connected and its rate window is over."""
-        if self._address_count(s):
+        """No client of this address is connected, none of its BINDs waits,
+        and its rate window is over."""
+        if self._address_count(s) or self._address_count(s, self.binds_off):
             return False
         start, _logged, _n = RATE.unpack_from(self.mem, self.rate_off + s * RATE.size)
         return not self.rate or self.clock() - start >= self.rate[1]
 
-    def _address_count(self, s):
+    def _address_count(self, s, plane=None):
+        """Clients (or, with ``plane`` binds_off, pending BINDs) of slot ``s``."""
+        base = self.count_off if plane is None else plane
         total = 0
         for c in range(self._used()):
-            total += COUNT.unpack_from(self.mem, self.count_off + (c * SLOTS + s) * COUNT.size)[0]
+            total += COUNT.unpack_from(self.mem, base + (c * SLOTS + s) * COUNT.size)[0]
         return total
 
     def _add(self, off, delta):
@@ -233,9 +251,39 @@ class Limits:
                 self._add(self.count_off + (self.column * SLOTS + slot) * COUNT.size, -1)
             self._add(self.totals_off + self.column * COUNT.size, -1)
 
-    def clear_column(self, column):
-        """A worker died: forget its clients (the master calls this)."""
+    def admit_bind(self, key):
+        """Count a pending BIND of a client at ``key``.  Returns (verdict,
+        slot, log) as admit() does: OK and a slot for release_bind(), or
+        TOO_MANY_BINDS, -1 and whether to log it (the same window per
+        address as the client limits).  Nothing is counted (OK, -2) when
+        BINDs are not limited, in a process without a column, or when the
+        address table is full: a limit must never lock everyone out."""
+        if self.column < 0 or not self.binds:
+            return OK, -2, False
         with self.lock:
-            start = self.count_off + column * SLOTS * COUNT.size
-            self.mem[start:start + SLOTS * COUNT.size] = bytes(SLOTS * COUNT.size)
+            now = self.clock()
+            slot = self._slot(key_bytes(key), insert=True)
+            if slot < 0:
+                if now - self.full_logged > LOG_EVERY:
+                    self.full_logged = now
+                    log.error("limits: the address table is full; admitting without per-address limits")
+                return OK, -2, False
+            if self._address_count(slot, self.binds_off) >= self.binds:
+                return self._refuse(TOO_MANY_BINDS, slot, now)
+            self._add(self.binds_off + (self.column * SLOTS + slot) * COUNT.size, 1)
+            return OK, slot, False
+
+    def release_bind(self, slot):
+        """The BIND counted in ``slot`` has its peer, or has ended."""
+        if slot < 0:
+            return
+        with self.lock:
+            self._add(self.binds_off + (self.column * SLOTS + slot) * COUNT.size, -1)
+
+    def clear_column(self, column):
+        """A worker died: forget its clients and BINDs (the master calls this)."""
+        with self.lock:
+            for plane in (self.count_off, self.binds_off):
+                start = plane + column * SLOTS * COUNT.size
+                self.mem[start:start + SLOTS * COUNT.size] = bytes(SLOTS * COUNT.size)
             COUNT.pack_into(self.mem, self.totals_off + column * COUNT.size, 0)

@@ -29,6 +29,7 @@ it through this interface, and never asks which model it runs:
     report()                its part of the master's SIGUSR1 line
     reloaded()              its part of the "reloaded" line
     limits_total(cfg)       (static) the total that the shared Limits counts
+    limits_binds(cfg)       (static) the pending BINDs per address it counts
     kind, acks_retire       (class) its processes' name; whether they say "R pid"
 
 The model calls the master (``self.master``) for what only the master has:
@@ -93,6 +94,10 @@ class Model:
     def limits_total(cfg):
         return 0
 
+    @staticmethod
+    def limits_binds(cfg):
+        return 0
+
     def start(self):
         pass
 
@@ -145,6 +150,13 @@ class ThreadsModel(Model):
     @staticmethod
     def limits_total(cfg):
         return cfg.limit_clients          # the workers count their clients in the Limits
+
+    @staticmethod
+    def limits_binds(cfg):
+        # a worker holds many clients: each address's listening BINDs are
+        # counted across workers (a fork-model child is one client, bounded
+        # by limit clients and limit per-address)
+        return cfg.limit_binds
 
     def start(self):
         for number in range(1, self.size + 1):
@@ -281,7 +293,7 @@ class ForkModel(Model):
                     osys.sleep(0.1)
                 return
             refusal, slot = None, None
-            if limits is not None and trust is None:
+            if limits is not None and trust is None and limits.clients_on:
                 verdict, slot, log_it = limits.admit(ip_key(peer[0]))
                 if verdict != OK:
                     refusal, slot = (REASONS[verdict], log_it), None
@@ -311,7 +323,7 @@ class ForkModel(Model):
         try:
             # a child behind a balancer counts its real client itself and
             # tells the master, who releases the count if the child dies
-            counting = trust is not None and self.limits is not None
+            counting = trust is not None and self.limits is not None and self.limits.clients_on
             master = self.master
             master.forget(close_status=not counting)
             client = OneClient(self.cfg, sock, master.ident_mode, self.generation, master.channel, master.alive_r,
@@ -388,19 +400,22 @@ def make_limits(cfg, current=None):
     sets no limit (then they cost nothing at all), else ``current`` (the
     counts go on across a reload) or a new Limits.  Changes nothing in
     ``current``: see apply_limits."""
-    total = MODELS[cfg.model].limits_total(cfg)
-    if not (total or cfg.limit_per_address or cfg.limit_rate):
+    model = MODELS[cfg.model]
+    total, binds = model.limits_total(cfg), model.limits_binds(cfg)
+    if not (total or cfg.limit_per_address or cfg.limit_rate or binds):
         return None
     if current is not None:
         return current
-    return Limits(total, cfg.limit_per_address, cfg.limit_rate)
+    return Limits(total, cfg.limit_per_address, cfg.limit_rate, binds=binds)
 
 
 def apply_limits(limits, cfg):
     """This process's copy of ``limits`` judges by the totals of ``cfg``
     (the counts themselves are shared by every process)."""
-    limits.total = MODELS[cfg.model].limits_total(cfg)
+    model = MODELS[cfg.model]
+    limits.total = model.limits_total(cfg)
     limits.per_address, limits.rate = cfg.limit_per_address, cfg.limit_rate
+    limits.binds = model.limits_binds(cfg)
 
 
 def exit_text(code):

@@ -14,6 +14,8 @@ datagram is judged as it comes).
 
 from . import decision as D
 from .addresses import reverse_names
+from .bind import UNSPECIFIED
+from .protocol import CMD_BIND
 from .session import State
 
 CHECKED_STATES = (State.RELAY, State.BINDWAIT)
@@ -21,14 +23,21 @@ CHECKED_STATES = (State.RELAY, State.BINDWAIT)
 
 def ask_for(sess, ruleset, names):
     """The decision.Ask for a live session, or None when it cannot be
-    judged (no fixed destination)."""
-    if not sess.dst_ip:
+    judged (no fixed destination).  A BIND is judged by the host that
+    connected, once one has (the request may have named none, or another
+    with ``bind check-peer no``); until then by its request, and one that
+    named no server by its client alone, as when it was granted."""
+    dst = sess.dst_ip
+    if not dst:
         return None
+    if sess.command == CMD_BIND:
+        dst = sess.peer or (None if dst in UNSPECIFIED else dst)
     src_names = lookup(names, sess.client_ip) if ruleset.needs_src_names else ()
-    dst_names = lookup(names, sess.dst_ip) if ruleset.needs_dst_names else ()
+    dst_names = lookup(names, dst) if ruleset.needs_dst_names and dst else ()
     user = sess.user if sess.user is not None else sess.realuser
-    return D.Ask(sess.src_key, [sess.dst_ip], sess.dst_port, sess.command, user=user, ident_checks=False,
-                 dst_host=sess.dst_host, src_names=src_names, dst_names=dst_names)
+    return D.Ask(sess.src_key, [dst] if dst else None, sess.dst_port, sess.command, user=user,
+                 ident_checks=False, dst_host=sess.dst_host if dst == sess.dst_ip else None,
+                 src_names=src_names, dst_names=dst_names)
 
 
 def lookup(names, ip):

@@ -10,6 +10,20 @@ until that is gone, so TCP back-pressure reaches it.  An EOF from one side
 is passed on as shutdown(SHUT_WR) once its data has been delivered; when
 both directions are done, the relay ends its session.
 
+What all the relays of a process keep in all is bounded by one ``Budget``
+(``limit buffers``).  A relay reads at most what it could keep within the
+budget (whatever one read leaves behind is kept); when little room is
+left (under LEAN_BELOW) it moves data "lean" instead: it peeks at what
+the sender has, sends what the receiver takes and then drops exactly that
+much from the sender's socket (MSG_TRUNC: no copy), so the rest stays in
+the kernel, on the sender's side, and nothing is kept.  A
+receiver that takes nothing then pauses the sender (EPOLLIN off, EPOLLOUT
+on the receiver, as for kept data) until it has room.  Every session goes
+on at its receiver's pace, the idle timeout and half-closes work as
+before, and a relay goes back to the usual way by itself as soon as the
+total has fallen.  The cost on the usual path is one subtraction and one
+comparison per event.
+
 What it asks of its owner (the session): ``owner.close()`` when the relay
 is over, and nothing else; the owner calls ``release()`` as it closes.  It knows nothing of SOCKS or rules.
 """
@@ -19,6 +33,23 @@ import socket
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
 
 READS_PER_EVENT = 8          # full buffers moved per event before yielding to others
+WAITING = b""                # pend_*: the receiver is full; the data is still in the sender's socket
+LEAN_BELOW = 256 << 10       # less room than this in the budget: move data lean rather than in small reads
+UNLIMITED = 1 << 62
+
+
+class Budget:
+    """What the relays of one process keep for receivers slower than their
+    senders: ``held`` bytes now, at most ``cap`` (relays read no more than
+    would fit, and move data lean when almost nothing does).  Shared by
+    every relay of the process (``Context.budget``); single-threaded, like
+    the loop."""
+
+    __slots__ = ("held", "cap")
+
+    def __init__(self, cap=UNLIMITED):
+        self.held = 0
+        self.cap = cap
 
 
 def set_socket_options(sock):
@@ -40,13 +71,17 @@ class Relay:
     ``n_cr``/``n_rc`` count the bytes from the client and from the remote;
     ``last`` is the loop time of the latest traffic (the idle timeout)."""
 
-    __slots__ = ("owner", "loop", "buf", "mv", "c", "r", "cfd", "rfd", "cmask", "rmask",
+    __slots__ = ("owner", "loop", "buf", "mv", "budget", "c", "r", "cfd", "rfd", "cmask", "rmask",
                  "pend_cr", "pend_rc", "eof_c", "eof_r", "shut_c", "shut_r", "n_cr", "n_rc", "last")
 
-    def __init__(self, owner, loop, buf, mv, c, r):
+    def __init__(self, owner, loop, buf, mv, c, r, budget=None):
+        """``buf``/``mv``: the process's receive buffer and a memoryview of
+        it; ``budget``: the process's Budget (None: one of its own, without
+        a cap)."""
         self.owner = owner
         self.loop = loop
         self.buf, self.mv = buf, mv
+        self.budget = budget if budget is not None else Budget()
         self.c, self.r = c, r
         self.cfd, self.rfd = c.fileno(), r.fileno()
         self.cmask = self.rmask = 0
@@ -80,7 +115,9 @@ class Relay:
                 self.owner.close()
                 return
             if sent < len(early):
+                # already in memory (the session kept it): counted, even past the cap
                 self.pend_cr = early[sent:]
+                self.keep(len(early) - sent)
         # No reads here: the poll loop reports whatever is already waiting.
         self.update()
 
@@ -127,9 +164,16 @@ class Relay:
                 return True
         buf, mv = self.buf, self.mv
         size = len(buf)
+        budget = self.budget
+        room = budget.cap - budget.held
+        if room < size:
+            # what one read may leave behind must fit in what is left
+            if room < LEAN_BELOW:
+                return self.pump_lean(side, src, dst)
+            size = room
         for _ in range(READS_PER_EVENT):
             try:
-                n = src.recv_into(buf)
+                n = src.recv_into(buf, size)
             except (BlockingIOError, InterruptedError):
                 return True
             except OSError:
@@ -158,10 +202,80 @@ class Relay:
                     self.pend_cr = bytes(mv[m:n])
                 else:
                     self.pend_rc = bytes(mv[m:n])
+                self.keep(n - m)
                 return True
             if n < size:
                 return True
         return True
+
+    def pump_lean(self, side, src, dst):
+        """``pump`` when the process's budget is (nearly) used up: peek,
+        send what the receiver takes, drop that much from the sender's
+        socket; keep nothing.  A receiver that is full leaves
+        WAITING in place of kept data."""
+        buf, mv = self.buf, self.mv
+        size = len(buf)
+        for _ in range(READS_PER_EVENT):
+            try:
+                n = src.recv_into(buf, size, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError:
+                self.owner.close()
+                return False
+            if n == 0:
+                if side == 0:
+                    self.eof_c = True
+                else:
+                    self.eof_r = True
+                return True
+            try:
+                m = dst.send(mv[:n])
+            except (BlockingIOError, InterruptedError):
+                m = 0
+            except OSError:
+                self.owner.close()
+                return False
+            if m:
+                if not self.drop(src, m):
+                    return False
+                self.last = self.loop.now
+                if side == 0:
+                    self.n_cr += m
+                else:
+                    self.n_rc += m
+            if m < n:
+                if side == 0:
+                    self.pend_cr = WAITING
+                else:
+                    self.pend_rc = WAITING
+                return True
+            if n < size:
+                return True
+        return True
+
+    def drop(self, src, m):
+        """Take ``m`` bytes that were peeked at (and sent) out of ``src``
+        without copying them.  They are there: a peek saw them, and the
+        urgent mark stops a peek where it stops a read.  Returns False when
+        the relay has ended."""
+        buf = self.buf
+        while m > 0:
+            try:
+                k = src.recv_into(buf, m, socket.MSG_TRUNC)
+            except InterruptedError:
+                continue
+            except OSError:
+                k = 0
+            if k <= 0:
+                self.owner.close()
+                return False
+            m -= k
+        return True
+
+    def keep(self, n):
+        """``n`` more bytes kept for a receiver."""
+        self.budget.held += n
 
     def flush(self, direction):
         """Send what is waiting for the receiver of ``direction`` (0:
@@ -173,6 +287,14 @@ class Relay:
             data, dst = self.pend_rc, self.c
         if data is None:
             return True
+        if not data:
+            # WAITING, lean: nothing kept; the receiver has room again, so the
+            # sender's socket is read (peeked at) once more
+            if direction == 0:
+                self.pend_cr = None
+            else:
+                self.pend_rc = None
+            return self.pump(direction)
         try:
             m = dst.send(data)
         except (BlockingIOError, InterruptedError):
@@ -185,6 +307,7 @@ class Relay:
             self.pend_cr = rest
         else:
             self.pend_rc = rest
+        self.budget.held -= m
         if rest is None:
             self.last = self.loop.now
             # the sender may have more: read it now instead of waiting a round
@@ -260,5 +383,8 @@ class Relay:
         steady state)."""
         self.loop.remove(self.cfd)
         self.loop.remove(self.rfd)
+        for data in (self.pend_cr, self.pend_rc):
+            if data is not None:
+                self.budget.held -= len(data)
         self.pend_cr = self.pend_rc = None
         self.owner = None

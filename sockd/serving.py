@@ -212,8 +212,13 @@ class Worker(Serving):
         loop.executor = ThreadExecutor(loop, cfg.threads, cfg.helpers_passwords, cfg.helpers_per_address,
                                        cfg.helpers_queue)
         self.ctx = Context(self.cfg, loop, log, self.ident_mode)
-        self.ctx.limits = self.limits
         self.ctx.backoff = self.backoff
+        lim = self.limits
+        if lim is not None:
+            # clients are counted only when a client limit is set; pending
+            # BINDs when limit binds is (its default)
+            self.ctx.limits = lim if lim.clients_on else None
+            self.ctx.bind_limits = lim if lim.binds else None
         self.ctx.on_close = self.on_session_closed
         self.start_accepting()
         self.set_title()

@@ -31,14 +31,14 @@ from . import proxyproto as PP
 from . import rules as R
 from . import shell
 from .addresses import addr_text, errno_text, lookup_names, resolve, service_name
-from .bind import BindWait
+from .bind import UNSPECIFIED, BindWait
 from .connector import Connector
 from .errors import BackedOff
 from .limits import OK, REASONS
 from .log import clean
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN
 from .pools import NAMES
-from .relay import Relay, set_socket_options
+from .relay import Budget, Relay, set_socket_options
 from .udp import Association
 
 
@@ -57,7 +57,7 @@ PROXYHDR, NEG, WAIT, BINDWAIT, UDP, RELAY, CLOSED = State
 RECV_CHUNK = 4096
 MAX_EARLY = 65536           # bytes a client may send ahead of the relay
 LIMIT_TEXT = {"limit clients": "too many clients", "limit per-address": "too many clients from %s",
-              "limit rate": "too many new clients from %s"}
+              "limit rate": "too many new clients from %s", "limit binds": "too many BINDs waiting from %s"}
 
 
 class Context:
@@ -75,12 +75,15 @@ class Context:
         # them: a one-client process that relays a few bytes touches one.
         self.buf = mmap.mmap(-1, bufsize)
         self.mv = memoryview(self.buf)
+        # what the relays keep for slow receivers, in all (limit buffers)
+        self.budget = Budget(config.limit_buffers)
         self.sessions = set()
         self.stats = {"accepted": 0, "connected": 0, "refused": 0, "failed": 0, "errors": 0,
                       "bytes_in": 0, "bytes_out": 0}
         self.on_close = None
         self.runner = shell.Runner(log, config.limit_commands)
-        self.limits = None        # a limits.Limits when any limit is set
+        self.limits = None        # a limits.Limits when a client limit is set
+        self.bind_limits = None   # the same when pending BINDs are counted (limit binds)
         self.backoff = None       # the master's backoff.Backoff, shared by every process (none in inetd mode)
         # a process that exits after its one client waits for its commands
         loop.close_hooks.append(self.drain_commands)
@@ -344,9 +347,13 @@ class Session:
             self.timer = self.loop.call_later(5, self.on_negotiate_timeout)
 
     def refuse_over_limit(self):
+        self.over_limit(*self.refusal)
+
+    def over_limit(self, reason, log_it):
+        """Over the limit named ``reason``: a SOCKS failure reply, and a log
+        line when ``log_it`` (at most one every 5 seconds per address)."""
         ctx = self.ctx
         ctx.stats["refused"] += 1
-        reason, log_it = self.refusal
         if log_it:
             what = LIMIT_TEXT[reason].replace("%s", self.client_ip)
             ctx.log.notice("refused -- %s: %s (%s; logged at most once every 5 seconds)" % (
@@ -517,8 +524,9 @@ class Session:
     def lookup_names(self):
         """The host names the rules need, looked up off the loop; then judge."""
         rs = self.ctx.ruleset
-        if rs.needs_src_names or (rs.needs_dst_names and self.dst_host is None):
-            self.look_up("names", lookup_names, (self.client_ip, self.dst_ip if self.dst_host is None else None,
+        named = self.dst_host is None and not self.bind_unnamed()
+        if rs.needs_src_names or (rs.needs_dst_names and named):
+            self.look_up("names", lookup_names, (self.client_ip, self.dst_ip if named else None,
                                                  rs.needs_src_names, rs.needs_dst_names), self.on_names)
             return
         self.judge()
@@ -543,12 +551,28 @@ class Session:
         self.names = result if error is None else ((), ())
         self.judge()
 
-    def ask(self):
-        """This request as decision.decide wants it."""
+    def bind_unnamed(self):
+        """A BIND whose DSTIP is 0.0.0.0 or ::: it names no application
+        server, so no destination to judge until one connects."""
+        return self.command == P.CMD_BIND and self.dst_host is None and self.dst_ip in UNSPECIFIED
+
+    def ask(self, peer=None, peer_names=()):
+        """This request as decision.decide wants it.  A BIND that names no
+        server is asked about its client alone (dsts None: is there a
+        permit line for it?), as a UDP association is; the host that then
+        connects (``peer``) is asked about as the destination of the same
+        request, with its names ``peer_names``."""
         src_names, dst_names = self.names
-        return D.Ask(self.src_key, [ip for _, ip in self.candidates], self.dst_port, self.command,
+        if peer is not None:
+            dsts, dst_names = [peer], peer_names
+        elif self.bind_unnamed():
+            dsts = None
+        else:
+            dsts = [ip for _, ip in self.candidates]
+        return D.Ask(self.src_key, dsts, self.dst_port, self.command,
                      user=self.user, user_from_ident=self.version == 5 and not self.authenticated,
-                     ident=self.ident, ident_default=self.ctx.ident_mode, dst_host=self.dst_host,
+                     ident=self.ident, ident_default=self.ctx.ident_mode,
+                     dst_host=self.dst_host if peer is None else None,
                      src_names=src_names, dst_names=dst_names)
 
     def judge(self):
@@ -565,7 +589,7 @@ class Session:
         self.rule = verdict.rule
         if verdict.user is not None:
             self.user = verdict.user
-        if len(verdict.addresses) != len(self.candidates):
+        if verdict.addresses and len(verdict.addresses) != len(self.candidates):
             allowed = set(verdict.addresses)
             self.candidates = [c for c in self.candidates if c[1] in allowed]
             self.dst_ip = addr_text(self.candidates[0][1])
@@ -582,7 +606,7 @@ class Session:
 
     def on_ident(self, kind, value):
         self.identq = None
-        if self.state != WAIT:
+        if self.state != WAIT and not (self.state == BINDWAIT and self.aux is not None and self.aux.peer):
             return
         self.ident = (kind, value)
         if kind == I.USERID:
@@ -590,7 +614,10 @@ class Session:
         else:
             self.ctx.log.notice("cannot connect to identd on %s" % self.client_ip)
             self.run_hook(self.ctx.ruleset.no_identd)
-        self.judge()
+        if self.state == BINDWAIT:
+            self.judge_peer()
+        else:
+            self.judge()
 
     def run_hook(self, hook):
         """A #NO_IDENTD: or #BAD_ID: line: (file, line, command) or None."""
@@ -673,6 +700,48 @@ class Session:
         self.timer = None
         if self.state == BINDWAIT:
             self.fail(P.REP_TTL_EXPIRED, "", "timed-out")
+
+    def judge_peer(self):
+        """The BIND's connection comes from a host the request did not name
+        (it named none, or ``bind check-peer no``): the rules judge it as
+        the destination of the same request -- decision.decide, with the
+        private-destination guard and identd as for any request -- before a
+        byte is relayed.  Its names are looked up first when rules name
+        hosts.  Permitted: the second reply and the relay; refused: the
+        failure reply and a log line naming the line or the reason."""
+        bw = self.aux
+        ip, port = bw.peer
+        rs = self.ctx.ruleset
+        if rs.needs_dst_names and bw.names is None:
+            self.look_up("names", lookup_names, (self.client_ip, ip, False, True), self.on_peer_names)
+            return
+        verdict = D.decide(self.ask(ip, bw.names or ()), self.ctx.config)
+        if verdict.need_ident:
+            self.ask_ident()
+            return
+        if verdict.alert is not None:
+            self.ctx.log.warning("*Alert*: real user is %s, not %s" % (verdict.alert, self.user))
+            self.run_hook(rs.bad_id)
+        if not verdict.allowed:
+            ctx = self.ctx
+            ctx.stats["refused"] += 1
+            ctx.log.notice("refused -- %s: connection from %s port %d%s" % (
+                self.desc(), ip, port, verdict.reason(ctx.config.path)))
+            if verdict.run_rule_command:
+                self.run_command(verdict.rule.command, verdict.rule.where)
+            self.reply_failure(verdict.code5, verdict.code4)
+            self.close()
+            return
+        if verdict.user is not None:
+            self.user = verdict.user
+        self.bound(*bw.take())
+
+    def on_peer_names(self, result, error):
+        bw = self.aux
+        if self.state != BINDWAIT or bw is None or bw.conn is None:
+            return
+        bw.names = result[1] if error is None else ()
+        self.judge_peer()
 
     def bound(self, conn, peer_ip, peer_port):
         """The application server connected back: second reply, then relay."""
@@ -759,7 +828,8 @@ class Session:
         for in the loop now (-1: not registered)."""
         self.state = RELAY
         early, self.early = self.early, b""
-        relay = self.relay = Relay(self, self.loop, self.ctx.buf, self.ctx.mv, self.c, r)
+        ctx = self.ctx
+        relay = self.relay = Relay(self, self.loop, ctx.buf, ctx.mv, self.c, r, ctx.budget)
         self.start_idle_timer()
         relay.start(self.cmask, rmask, early)
 

@@ -11,8 +11,8 @@ Pure data; imports only ``validators`` of sockd.
 import os
 
 from .validators import (DEFAULT_PORT, to_address, to_bool, to_chroot, to_choice, to_facility, to_failures,
-                         to_group, to_int, to_listen, to_pidfile, to_rate, to_seconds, to_user, system_chroot,
-                         system_group, system_user)
+                         to_group, to_int, to_listen, to_pidfile, to_port_range, to_rate, to_seconds, to_size,
+                         to_user, system_chroot, system_group, system_user)
 
 
 def shell_path(text):
@@ -80,7 +80,8 @@ SETTINGS = [
     Setting("limit commands", "N", 4, "shell commands running at once, per worker", to_int(1, 256)),
     # -- BIND, UDP, routing --
     Setting("bind check-peer", "yes|no", True,
-            "BIND: the incoming connection must come from the address the request named", to_bool),
+            "BIND: the incoming connection must come from the address the request named "
+            "(no: from any host the rules let the client reach)", to_bool),
     Setting("udp strict", "yes|no", True,
             "UDP: drop datagrams from a client port other than the one announced (no: learn it)", to_bool),
     Setting("udp advertise", "ADDRESS", None,
@@ -128,6 +129,16 @@ SETTINGS = [
             to_seconds),
     Setting("auth penalty-max", "SECONDS", 600.0, "the longest penalty; also how long one is remembered",
             to_seconds),
+    # -- issue 12: what BIND may listen on, pending BINDs, what a worker may buffer --
+    Setting("bind ports", "LOW-HIGH", None,
+            "BIND: the ports a client may ask to listen on (default: none, the kernel chooses every one)",
+            to_port_range),
+    Setting("limit binds", "N", 16,
+            "BINDs waiting for their peer at once from one client address, across workers (0: no limit)",
+            to_int(0, 10 ** 6)),
+    Setting("limit buffers", "SIZE", 64 << 20,
+            "most bytes one process keeps in all for receivers slower than their senders (k, M, G)",
+            to_size(0, 1 << 40)),
 ]
 BY_KEY = {s.key: s for s in SETTINGS}
 GROUPS = {k.split(" ", 1)[0] for k in BY_KEY if " " in k}

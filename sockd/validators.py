@@ -177,6 +177,41 @@ def to_failures(tok):
         raise Bad("expected N/SECONDS or off (%s)" % exc, tok) from None
 
 
+def to_size(lo, hi):
+    """A converter for a size in bytes, with an optional unit: 65536, 512k,
+    64M, 1G (powers of 1024; K, M and G in either case), from ``lo`` to
+    ``hi`` bytes.  Returns the converter; it returns an int, raises Bad."""
+    mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+    def conv(tok):
+        t = tok.lower()
+        m = 1
+        if t and t[-1] in mult:
+            m, t = mult[t[-1]], t[:-1]
+        if not (t.isascii() and t.isdigit()):
+            raise Bad("not a size (bytes, or a number with k, M or G)", tok)
+        v = int(t) * m
+        if not lo <= v <= hi:
+            raise Bad("size out of range", tok)
+        return v
+    return conv
+
+
+def to_port_range(tok):
+    """LOW-HIGH (or one PORT): ports from 1024 to 65535 that a BIND client
+    may ask for; below 1024 are services' ports, never handed out.
+    Returns (low, high), raises Bad."""
+    lo, sep, hi = tok.partition("-")
+    if not sep:
+        hi = lo
+    if not (lo.isascii() and lo.isdigit() and hi.isascii() and hi.isdigit()):
+        raise Bad("expected LOW-HIGH (port numbers)", tok)
+    lo, hi = int(lo), int(hi)
+    if not 1024 <= lo <= hi <= 65535:
+        raise Bad("expected ports from 1024 to 65535, the lower first", tok)
+    return lo, hi
+
+
 def to_address(tok):
     """An IPv4 or IPv6 address literal, brackets allowed.  Returns it in
     compressed form, raises Bad."""

@@ -76,8 +76,10 @@ def udp_echo():
 def test_socksify_socat_listens_through_sockd(start_sockd, version, model):
     socksify = need("socksify")
     need("socat")
-    s = start_sockd(LOCAL, model=model)
     bp = free_port()
+    # socat listens on a port of its choosing: the administrator allows it
+    # (by default a BIND gets a port the kernel chooses: issue 12)
+    s = start_sockd("bind ports %d-%d\n" % (bp, bp) + LOCAL, model=model)
     p = subprocess.Popen([socksify, "socat", "-T", "5", "TCP-LISTEN:%d,bind=127.0.0.1" % bp,
                           "SYSTEM:echo bound-hello"], env=socksify_env(version, s.port),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -1,6 +1,7 @@
 """The shared client limits: admit and release, the per-worker columns, the
 rate window (with an injected clock), the refusal log pacing and the table
-that admits when full."""
+that admits when full; the pending BINDs (limit binds) counted beside the
+clients, in columns of their own."""
 
 import os
 
@@ -167,3 +168,46 @@ def test_the_address_table_reuses_only_dead_slots_and_is_shared(monkeypatch):
         assert table.slot(kb[2], True, dead, rec.pack(9.0)) == s0   # a dead slot is taken, fresh
         assert table.get(s0) == (9.0,) and table.slot(kb[0], False, dead, b"") == -1
     assert table.extra_off + 8 == len(table.mem)
+
+
+def test_pending_binds_per_address_across_columns():
+    clock = Clock()
+    lim = L.Limits(binds=2, clock=clock)
+    first, second = lim.take_column(), lim.take_column()
+    lim.column = first
+    a = lim.admit_bind(key("10.0.0.1"))
+    lim.column = second
+    b = lim.admit_bind(key("10.0.0.1"))
+    assert a[0] == b[0] == L.OK and a[1] == b[1] >= 0
+    assert lim.admit_bind(key("10.0.0.1")) == (L.TOO_MANY_BINDS, -1, True)
+    assert lim.admit_bind(key("10.0.0.1"))[2] is False            # logged once per window
+    assert lim.admit_bind(key("10.0.0.2"))[0] == L.OK             # another address
+    assert L.REASONS[L.TOO_MANY_BINDS] == "limit binds"
+    lim.release_bind(b[1])
+    assert lim.admit_bind(key("10.0.0.1"))[0] == L.OK
+    assert lim.admit_bind(key("10.0.0.1"))[0] == L.TOO_MANY_BINDS
+    lim.give_back(first)                                          # a worker died: its BIND went with it
+    assert lim.admit_bind(key("10.0.0.1"))[0] == L.OK
+    assert lim.admit_bind(key("10.0.0.1"))[0] == L.TOO_MANY_BINDS
+    lim.release_bind(-2)
+
+
+def test_binds_and_clients_are_counted_apart():
+    lim = limits(per_address=1, binds=1)
+    assert lim.clients_on and lim.admit(key("10.0.0.1"))[0] == L.OK
+    assert lim.admit_bind(key("10.0.0.1"))[0] == L.OK             # a client's BIND is not another client
+    assert lim.admit(key("10.0.0.1"))[0] == L.PER_ADDRESS
+    only = limits(binds=1)
+    assert not only.clients_on and only.admit_bind(key("10.0.0.1"))[0] == L.OK
+    assert limits().admit_bind(key("10.0.0.1")) == (L.OK, -2, False)   # not counted: no limit
+
+
+def test_a_slot_with_a_waiting_bind_is_not_taken_by_another_address(monkeypatch):
+    monkeypatch.setattr(L, "SLOTS", 2)
+    monkeypatch.setattr(L, "PROBE", 2)
+    lim = limits(binds=1)
+    one = lim.admit_bind(key("10.0.0.1"))
+    two = lim.admit_bind(key("10.0.0.2"))
+    assert one[1] >= 0 and two[1] >= 0 and one[1] != two[1]
+    assert lim.admit_bind(key("10.0.0.3")) == (L.OK, -2, False)    # full: admitted, not counted
+    assert lim.admit_bind(key("10.0.0.1"))[0] == L.TOO_MANY_BINDS  # its count is still its own

@@ -60,7 +60,11 @@ def test_the_configuration_names_the_model():
 
 
 def test_limits_only_when_some_limit_is_set_and_shared_across_generations():
-    assert MD.make_limits(C.parse_text(PERMIT)) is None
+    assert MD.make_limits(C.parse_text("limit binds 0\n" + PERMIT)) is None
+    # by default the threads model counts pending BINDs only: no client is counted
+    only_binds = MD.make_limits(C.parse_text(PERMIT))
+    assert only_binds.binds == 16 and not only_binds.clients_on
+    assert MD.make_limits(C.parse_text("model fork\n" + PERMIT)) is None     # a child is one client
     cfg = C.parse_text("limit clients 10\nlimit per-address 3\n" + PERMIT)
     lim = MD.make_limits(cfg)
     assert (lim.total, lim.per_address) == (10, 3)

@@ -22,8 +22,9 @@ from loopkit import RecordingLog, parse_conf
 
 class Live:
     def __init__(self, client_ip="10.1.1.1", dst_ip="192.0.2.9", dst_port=80, state=State.RELAY,
-                 command=P.CMD_CONNECT, user=None, realuser=None, dst_host=None):
+                 command=P.CMD_CONNECT, user=None, realuser=None, dst_host=None, peer=None):
         self.client_ip, self.dst_ip, self.dst_port, self.state = client_ip, dst_ip, dst_port, state
+        self.peer = peer                # BIND: the host that connected
         self.src_key = R.ip_key(client_ip)
         self.command, self.user, self.realuser, self.dst_host = command, user, realuser, dst_host
         self.closed = 0
@@ -117,3 +118,17 @@ def test_ask_for_builds_the_question_of_a_new_request_without_identd():
     assert (ask.src, ask.dsts, ask.port, ask.command, ask.user, ask.ident_checks, ask.dst_host) == (
         R.ip_key("10.1.1.1"), ["192.0.2.9"], 80, P.CMD_BIND, "carol", False, "www.example")
     assert RC.ask_for(Live(dst_ip=""), rs, {}) is None
+
+
+def test_a_bind_is_judged_by_the_host_that_connected_or_its_client_until_then():
+    rs = parse_conf("permit 0/0\n").ruleset
+    connected = Live(dst_ip="0.0.0.0", command=P.CMD_BIND, peer="192.0.2.5")
+    ask = RC.ask_for(connected, rs, {})
+    assert (ask.dsts, ask.dst_host) == (["192.0.2.5"], None)
+    waiting = Live(dst_ip="0.0.0.0", command=P.CMD_BIND, state=State.BINDWAIT)
+    assert RC.ask_for(waiting, rs, {}).dsts is None
+    # the new rules no longer let the client reach the host that connected
+    n, _ = recheck([connected, waiting], "deny 0/0 192.0.2.5/32\npermit 0/0\n")
+    assert n == 1 and connected.closed and not waiting.closed
+    n, _ = recheck([waiting], "permit 10.9.0.0/16\n")               # no permit line for its client
+    assert n == 1 and waiting.closed

@@ -7,7 +7,11 @@ the one method the relay asks for, close().  Checked: data both ways and
 byte counts, early data, half-close passed on only after pending data,
 back-pressure (at most one buffer pending, the sender's EPOLLIN off, in
 the relay's own masks and in the kernel's registration), resets, and the
-end of the relay once both directions are done.
+end of the relay once both directions are done.  The Budget shared by the
+relays of a process: what they keep is counted and given back, never goes
+past the cap, and a relay over it moves data lean (nothing kept, the
+sender paused while its receiver is full, no spinning) and goes back to
+the usual way by itself.
 """
 
 import hashlib
@@ -35,15 +39,16 @@ class Owner:
         self.relay.release()
 
 
-def make(loop, net, early=b"", bufsize=None, relay_buf=1 << 16, read_client=True, read_remote=True):
+def make(loop, net, early=b"", bufsize=None, relay_buf=1 << 16, read_client=True, read_remote=True, budget=None,
+         buf=None):
     """(relay, owner, client application peer, destination peer)."""
     app, c = net.tcp_pair(bufsize=bufsize)
     r, dest = net.tcp_pair(bufsize=bufsize)
     c.setblocking(False)
     r.setblocking(False)
     owner = Owner()
-    buf = bytearray(relay_buf)
-    relay = owner.relay = RL.Relay(owner, loop, buf, memoryview(buf), c, r)
+    buf = buf if buf is not None else bytearray(relay_buf)
+    relay = owner.relay = RL.Relay(owner, loop, buf, memoryview(buf), c, r, budget)
     client = net.peer(app, read=read_client)
     remote = net.peer(dest, read=read_remote)
     relay.start(-1, -1, early)
@@ -263,3 +268,173 @@ def test_socket_options_for_relayed_sockets(net):
     assert a.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
     u = net.keep(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     RL.set_socket_options(u)                         # not TCP: quietly nothing
+
+
+# --- the budget: what the relays of a process keep in all -----------------------------------------
+
+def held_by(*relays):
+    return sum(len(d) for r in relays for d in (r.pend_cr, r.pend_rc) if d is not None)
+
+
+def test_what_is_kept_is_counted_and_given_back(loop, net):
+    budget = RL.Budget(1 << 30)
+    relay, owner, client, remote = make(loop, net, bufsize=4096, relay_buf=16384, read_client=False,
+                                        budget=budget)
+    data = os.urandom(1 << 20)
+    remote.write(data)
+    assert run_until(loop, lambda: relay.pend_rc)
+    assert budget.held == len(relay.pend_rc) > 0
+    client.resume()
+    assert run_until(loop, lambda: len(client.data) == len(data), timeout=5)
+    assert bytes(client.data) == data and budget.held == 0
+
+
+def test_release_gives_back_what_waits(loop, net):
+    budget = RL.Budget(1 << 30)
+    relay, owner, client, remote = make(loop, net, early=os.urandom(1 << 20), bufsize=4096, read_remote=False,
+                                        budget=budget)
+    assert budget.held == len(relay.pend_cr) > 0          # early data is counted, as kept data is
+    relay.release()
+    assert budget.held == 0
+
+
+def test_early_data_is_counted_even_past_the_cap(loop, net):
+    """It is in memory already (the session kept it): counting it makes the
+    other relays go lean until it has gone."""
+    budget = RL.Budget(1000)
+    relay, owner, client, remote = make(loop, net, early=os.urandom(1 << 20), bufsize=4096, read_remote=False,
+                                        budget=budget)
+    assert budget.held == len(relay.pend_cr) > 1000
+    remote.resume()
+    assert run_until(loop, lambda: len(remote.data) == 1 << 20, timeout=5)
+    assert budget.held == 0
+
+
+@pytest.mark.parametrize("direction", ["client to remote", "remote to client"])
+def test_over_the_budget_nothing_is_kept_and_the_sender_pauses(loop, net, direction, monkeypatch):
+    """With no room in the budget a relay keeps nothing: what its receiver
+    cannot take stays in the sender's socket, the sender is not read (its
+    EPOLLIN off, the receiver's EPOLLOUT on) and the loop does not spin;
+    once the receiver reads, everything arrives, intact and in order, the
+    EOF after it."""
+    upstream = direction == "client to remote"
+    budget = RL.Budget(0)
+    relay, owner, client, remote = make(loop, net, bufsize=4096, relay_buf=16384, read_client=upstream,
+                                        read_remote=not upstream, budget=budget)
+    lean = []
+    real = RL.Relay.pump_lean
+    monkeypatch.setattr(RL.Relay, "pump_lean", lambda self, *a: lean.append(1) or real(self, *a))
+    sender, receiver = (client, remote) if upstream else (remote, client)
+    data = os.urandom(4 << 20)
+    sender.write(data, shutdown=True)
+
+    def pend():
+        return relay.pend_cr if upstream else relay.pend_rc
+    assert run_until(loop, lambda: pend() is not None and sender.pending)
+    assert pend() == RL.WAITING and budget.held == 0
+    sender_mask, receiver_mask = (relay.cmask, relay.rmask) if upstream else (relay.rmask, relay.cmask)
+    assert not sender_mask & EPOLLIN and receiver_mask & EPOLLOUT
+    assert kernel_agrees(loop, relay)
+    moved, calls = (relay.n_cr if upstream else relay.n_rc), len(lean)
+    run_for(loop, 0.1)
+    assert (relay.n_cr if upstream else relay.n_rc) == moved and len(lean) == calls     # paused, not spinning
+    assert not (relay.shut_r if upstream else relay.shut_c)
+    receiver.resume()
+    assert run_until(loop, lambda: receiver.eof, timeout=5)
+    assert hashlib.sha256(receiver.data).digest() == hashlib.sha256(data).digest()
+    assert (relay.n_cr if upstream else relay.n_rc) == len(data)
+    assert pend() is None and budget.held == 0 and owner.closed == 0 and len(lean) > calls
+
+
+def test_the_relays_of_a_process_share_one_cap(loop, net):
+    """Four relays whose clients do not read, a cap of one buffer: the
+    total kept never goes past it, whichever relay runs; once one keeps
+    something, the others move what their receivers take and keep
+    nothing; when the clients read, everything arrives."""
+    budget = RL.Budget(16384)
+    shared = bytearray(16384)
+    made = [make(loop, net, bufsize=4096, read_client=False, budget=budget, buf=shared) for _ in range(4)]
+    relays = [m[0] for m in made]
+    data = [os.urandom(1 << 20) for _ in made]
+    for (_, _, _, remote), d in zip(made, data):
+        remote.write(d)
+    most = [0]
+
+    def check():
+        assert budget.held == held_by(*relays) <= budget.cap
+        most[0] = max(most[0], budget.held)
+        return all(r.pend_rc is not None for r in relays)
+    assert run_until(loop, check)
+    run_for(loop, 0.05)
+    check()
+    assert 0 < most[0] <= budget.cap
+    assert sum(r.pend_rc == RL.WAITING for r in relays) >= 3
+    for _, _, client, _ in made:
+        client.resume()
+    assert run_until(loop, lambda: check() is not None and all(len(m[2].data) == 1 << 20 for m in made),
+                     timeout=10)
+    assert [bytes(m[2].data) for m in made] == data and budget.held == 0
+
+
+def test_a_relay_reads_the_usual_way_whenever_a_buffer_fits(loop, net, monkeypatch):
+    budget = RL.Budget(16384)
+    relay, owner, client, remote = make(loop, net, relay_buf=16384, budget=budget)
+    lean = []
+    real = RL.Relay.pump_lean
+    monkeypatch.setattr(RL.Relay, "pump_lean", lambda self, *a: lean.append(1) or real(self, *a))
+    remote.write(b"usual")
+    assert run_until(loop, lambda: client.data == b"usual")
+    assert not lean
+    budget.held = 1                                       # a byte kept elsewhere: a buffer no longer fits
+    remote.write(b" lean")
+    assert run_until(loop, lambda: client.data == b"usual lean")
+    assert lean
+    budget.held, n = 0, len(lean)                         # given back: the usual way again
+    remote.write(b" usual")
+    assert run_until(loop, lambda: client.data == b"usual lean usual")
+    assert len(lean) == n
+
+
+def test_a_relay_reads_no_more_than_the_room_left(loop, net, monkeypatch):
+    """Some room, but less than a buffer: reads are cut to it, so whatever
+    one leaves behind still fits."""
+    monkeypatch.setattr(RL, "LEAN_BELOW", 4096)
+    budget = RL.Budget(40000)
+    shared = bytearray(1 << 16)
+    a, _, a_client, a_remote = make(loop, net, bufsize=4096, read_client=False, budget=budget, buf=shared)
+    b, _, b_client, b_remote = make(loop, net, bufsize=4096, read_client=False, budget=budget, buf=shared)
+    budget.held = 30000                                   # kept elsewhere: 10000 bytes of room
+    a_remote.write(os.urandom(1 << 20))
+    assert run_until(loop, lambda: a.pend_rc is not None)
+    assert 0 < len(a.pend_rc) <= 10000 and budget.held == 30000 + len(a.pend_rc) <= budget.cap
+    b_remote.write(os.urandom(1 << 20))
+    assert run_until(loop, lambda: b.pend_rc is not None)
+    assert budget.held <= budget.cap
+    budget.held -= 30000
+    a_client.resume()
+    b_client.resume()
+    assert run_until(loop, lambda: len(a_client.data) == len(b_client.data) == 1 << 20, timeout=5)
+    assert budget.held == 0
+
+
+def test_a_lean_relay_passes_the_half_close_on_and_keeps_the_idle_clock(loop, net):
+    budget = RL.Budget(0)
+    relay, owner, client, remote = make(loop, net, budget=budget)
+    before = relay.last
+    remote.write(b"banner\r\n", shutdown=True)
+    assert run_until(loop, lambda: client.eof)
+    assert client.data == b"banner\r\n" and relay.last >= before and relay.n_rc == 8
+    client.write(b"QUIT\r\n", shutdown=True)
+    assert run_until(loop, lambda: remote.eof and owner.closed)
+    assert remote.data == b"QUIT\r\n" and budget.held == 0
+
+
+def test_a_hang_up_of_a_lean_relays_receiver_ends_it(loop, net):
+    budget = RL.Budget(0)
+    relay, owner, client, remote = make(loop, net, bufsize=4096, relay_buf=16384, read_client=False,
+                                        budget=budget)
+    remote.write(os.urandom(2 << 20))
+    assert run_until(loop, lambda: relay.pend_rc == RL.WAITING)
+    client.reset()
+    assert run_until(loop, lambda: owner.closed)
+    assert budget.held == 0

@@ -19,6 +19,7 @@ import weakref
 import pytest
 
 from sockd import ident as I
+from sockd import limits as LI
 from sockd import passwd as PW
 from sockd import pools as PO
 from sockd import protocol as P
@@ -509,6 +510,103 @@ def test_socks4_bind_two_replies_then_the_relay(loop, net, log, server):
                       % port2, "notice")
 
 
+def bind4(srv, loop, dst="0.0.0.0", port=21, source=None):
+    """A SOCKS 4 BIND; (client, session, listening address, port) once granted."""
+    client, sess = srv.client(P.request4(P.CMD_BIND, port, socket.inet_aton(dst), "fred"), source=source)
+    assert run_until(loop, lambda: len(client.data) >= 8)
+    (code, addr, lport), _ = P.parse_reply4(bytes(client.data[:8]))
+    assert code == P.S4_GRANTED and sess.state == S.BINDWAIT
+    return client, sess, addr, lport
+
+
+def test_a_bind_that_names_no_server_lets_in_only_what_the_rules_let_the_client_reach(loop, net, log, server):
+    """DSTIP 0.0.0.0: granted on the client alone; the host that connects
+    is judged as the destination of the same request (here a rule names
+    127.0.0.5, and the guard keeps the rest of loopback out)."""
+    srv = server("deny-private-destinations yes\npermit 127.0.0.0/8 127.0.0.5/32\npermit 127.0.0.0/8\n")
+    client, sess, addr, port = bind4(srv, loop)
+    local = net.connect((addr, port), source="127.0.0.1")            # a program on this host
+    assert run_until(loop, lambda: len(client.data) == 16 and sess.state == S.CLOSED)
+    assert P.parse_reply4(bytes(client.data[8:]))[0][0] == P.S4_REJECTED
+    assert log.having("refused -- Bind from fred(unknown)@127.0.0.1 for 0.0.0.0 (ftp): connection from "
+                      "127.0.0.1 port %d: 127.0.0.1 is private to this host" % local.getsockname()[1], "notice")
+    local.settimeout(2)
+    assert local.recv(10) == b""                                     # and it is hung up on
+    client, sess, addr, port = bind4(srv, loop)
+    named = net.peer(net.connect((addr, port), source="127.0.0.5"))   # the host a rule names
+    assert run_until(loop, lambda: len(client.data) == 16)
+    assert P.parse_reply4(bytes(client.data[8:]))[0] == (P.S4_GRANTED, "127.0.0.5", named.sock.getsockname()[1])
+    named.write(b"hello")
+    assert run_until(loop, lambda: client.data.endswith(b"hello"))
+
+
+def test_a_bind_that_names_no_server_needs_a_permit_line_for_its_client(loop, log, server):
+    srv = server("permit 10.0.0.0/8\n")
+    client, sess = srv.client(P.request4(P.CMD_BIND, 21, socket.inet_aton("0.0.0.0"), "fred"))
+    assert run_until(loop, lambda: len(client.data) == 8 and sess.state == S.CLOSED)
+    assert P.parse_reply4(bytes(client.data))[0][0] == P.S4_REJECTED
+
+
+def test_without_check_peer_the_rules_judge_the_host_that_connects(loop, net, log, server):
+    srv = server("bind check-peer no\ndeny 127.0.0.0/8 127.0.0.9/32\npermit 127.0.0.0/8\n")
+    client, sess, addr, port = bind4(srv, loop, dst="127.0.0.1")
+    net.connect((addr, port), source="127.0.0.9")
+    assert run_until(loop, lambda: sess.state == S.CLOSED)
+    assert log.having("refused -- Bind from fred(unknown)@127.0.0.1 for 127.0.0.1 (ftp): connection from 127.0.0.9",
+                      "notice")
+    client, sess, addr, port = bind4(srv, loop, dst="127.0.0.1")
+    net.connect((addr, port), source="127.0.0.8")
+    assert run_until(loop, lambda: len(client.data) == 16)
+    assert P.parse_reply4(bytes(client.data[8:]))[0][:2] == (P.S4_GRANTED, "127.0.0.8")
+
+
+def test_rules_that_name_hosts_see_the_names_of_the_host_that_connects(loop, net, log, server, monkeypatch):
+    asked = []
+
+    def lookup_names(client_ip, dst_ip, want_src, want_dst):
+        asked.append(dst_ip)
+        return (), (("app.example",) if dst_ip == "127.0.0.7" else ())
+    monkeypatch.setattr(S, "lookup_names", lookup_names)
+    srv = server("deny 127.0.0.0/8 app.example\npermit 127.0.0.0/8\n")
+    client, sess, addr, port = bind4(srv, loop)
+    net.connect((addr, port), source="127.0.0.7")
+    assert run_until(loop, lambda: sess.state == S.CLOSED)
+    assert "127.0.0.7" in asked and "0.0.0.0" not in asked          # no name for "no server"
+    assert log.having("connection from 127.0.0.7 port", "notice")
+
+
+def test_identd_is_asked_when_a_rule_needs_it_for_the_host_that_connects(loop, net, log, server, monkeypatch):
+    answers = []
+
+    class FakeIdent:
+        def __init__(self, loop, local_ip, client_ip, client_port, local_port, timeout, callback):
+            answers.append(client_ip)
+            loop.call_later(0.01, lambda: callback(I.USERID, "mallory"))
+
+        def cancel(self):
+            pass
+    monkeypatch.setattr(S.I, "IdentQuery", FakeIdent)
+    srv = server("permit ?=I *=fred 127.0.0.0/8\n")
+    client, sess, addr, port = bind4(srv, loop)
+    net.connect((addr, port))
+    assert run_until(loop, lambda: sess.state == S.CLOSED and len(client.data) == 16)
+    assert answers == ["127.0.0.1"] and sess.realuser == "mallory"
+    assert P.parse_reply4(bytes(client.data[8:16]))[0][0] == P.S4_BAD_ID
+
+
+def test_pending_binds_past_limit_binds_are_refused_with_a_failure_reply(loop, net, log, server):
+    srv = server("permit 127.0.0.0/8\n")
+    srv.ctx.bind_limits = LI.Limits(binds=2)
+    waiting = [bind4(srv, loop) for _ in range(2)]
+    client, sess = srv.client(P.request4(P.CMD_BIND, 21, socket.inet_aton("0.0.0.0"), "fred"))
+    assert run_until(loop, lambda: len(client.data) == 8 and sess.state == S.CLOSED)
+    assert P.parse_reply4(bytes(client.data))[0][0] == P.S4_REJECTED
+    assert log.having("refused -- Bind from fred(unknown)@127.0.0.1 for 0.0.0.0 (ftp): too many BINDs waiting "
+                      "from 127.0.0.1 (limit binds; logged at most once every 5 seconds)", "notice")
+    waiting[0][1].close()                                            # one ends: room again
+    bind4(srv, loop)
+
+
 def test_udp_associate_opens_a_relay_that_lives_with_the_control_connection(loop, net, log, server):
     echo = net.udp(echo=True)
     me = net.udp()
@@ -546,6 +644,24 @@ def test_timeout_idle_closes_a_quiet_relay(loop, net, log, server):
     client, sess = srv.client(GREETING + connect5("127.0.0.1", echo.port))
     assert run_until(loop, lambda: client.eof)
     assert log.having(": idle for 0.1s", "notice")
+
+
+def test_a_session_paused_by_limit_buffers_still_meets_timeout_idle(loop, net, log, server):
+    """limit buffers 0: the relay keeps nothing; a client that stops
+    reading pauses its download (nothing held) and the idle timeout still
+    ends it."""
+    srv = server("limit buffers 0\ntimeout idle 0.3\npermit 0/0\n")
+    dest = net.listener("127.0.0.1")
+    client, sess = srv.client(GREETING + connect5("127.0.0.1", dest.getsockname()[1]))
+    client.pause()
+    assert run_until(loop, lambda: sess.state == S.RELAY)
+    conn, _ = dest.accept()
+    remote = net.peer(conn)
+    remote.write(b"x" * (8 << 20))
+    assert run_until(loop, lambda: sess.relay is not None and sess.relay.pend_rc is not None)
+    assert sess.relay.pend_rc == b"" and srv.ctx.budget.held == 0
+    assert run_until(loop, lambda: sess.state == S.CLOSED, timeout=3)
+    assert log.having(": idle for 0.3s", "notice") and srv.ctx.budget.held == 0
 
 
 def test_a_client_that_hangs_up_while_waiting_is_closed_once(loop, net, server, monkeypatch):

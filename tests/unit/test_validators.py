@@ -98,10 +98,31 @@ def test_rate_address_pidfile():
     assert bad(V.to_pidfile, "sockd.pid") == "the pid file must be an absolute path"
 
 
+def test_sizes_with_units():
+    conv = V.to_size(0, 1 << 40)
+    assert conv("65536") == 65536 and conv("0") == 0
+    assert conv("512k") == conv("512K") == 512 << 10
+    assert conv("64M") == conv("64m") == 64 << 20 and conv("1G") == 1 << 30
+    for tok in ("", "M", "1.5M", "-1", "64MB", "1T", "\u00b2", "0x10"):
+        assert bad(conv, tok) == "not a size (bytes, or a number with k, M or G)"
+    assert bad(conv, "2048G") == "size out of range"
+    assert bad(V.to_size(1, 10), "0") == "size out of range"
+
+
+def test_port_ranges():
+    assert V.to_port_range("40000-40999") == (40000, 40999)
+    assert V.to_port_range("50000") == (50000, 50000) and V.to_port_range("1024-65535") == (1024, 65535)
+    for tok in ("x", "1-", "-5", "40000-x", "4e4-5e4", "40000:40999", "\u00b2-\u00b3"):
+        assert bad(V.to_port_range, tok) == "expected LOW-HIGH (port numbers)"
+    for tok in ("21", "1000-2000", "50000-40000", "40000-70000"):
+        assert bad(V.to_port_range, tok) == "expected ports from 1024 to 65535, the lower first"
+
+
 # --- properties -------------------------------------------------------------------------------
 
 CONVERTERS = [V.to_int(0, 256), V.to_seconds, V.to_choice("a", "b"), V.to_bool, V.to_facility, V.to_port,
-              V.to_listen, V.to_rate, V.to_failures, V.to_address, V.to_pidfile, V.to_user, V.to_group, V.to_chroot]
+              V.to_listen, V.to_rate, V.to_failures, V.to_address, V.to_pidfile, V.to_user, V.to_group, V.to_chroot,
+              V.to_size(0, 1 << 40), V.to_port_range]
 # what a token of a sockd.conf line can be: anything but blanks (NULs included)
 token = st.text(st.characters(blacklist_categories=("Cs", "Zs"), blacklist_characters=" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85"),
                 min_size=1, max_size=40)
