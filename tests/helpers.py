@@ -1,6 +1,7 @@
 """Shared test machinery: starting sockd for real, small local servers, and
 raw SOCKS clients.  Every process a test starts is stopped by its own PID."""
 
+import contextlib
 import hashlib
 import http.server
 import os
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -232,13 +234,68 @@ def hash_handler(conn):
     conn.sendall(sha256_until_eof(conn).encode())
 
 
-def closed_port():
-    """A port on 127.0.0.1 where nothing listens (connections are refused)."""
-    t = socket.socket()
-    t.bind(("127.0.0.1", 0))
+def free_port(host="127.0.0.1"):
+    """A port free on ``host`` now, for a program that must be told one."""
+    t = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    t.bind((host, 0))
     port = t.getsockname()[1]
     t.close()
     return port
+
+
+def closed_port():
+    """A port on 127.0.0.1 where nothing listens (connections are refused)."""
+    return free_port()
+
+
+class UDPEcho:
+    """A UDP server on ``host`` that answers every datagram with ``prefix``
+    and the datagram; ``seen`` lists what came, as (data, peer)."""
+
+    def __init__(self, host="127.0.0.1", prefix=b""):
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.prefix = prefix
+        self.seen = []
+        self.stop = False
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        while not self.stop:
+            try:
+                d, a = self.sock.recvfrom(65535)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.seen.append((d, a))
+            self.sock.sendto(self.prefix + d, a)
+
+    def close(self):
+        self.stop = True
+        self.t.join(2)
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def network_namespace(tag="sockd", setup=()):
+    """A network namespace of the test's own with loopback up, then each
+    command of ``setup`` (the arguments after ``ip netns exec NAME``) run
+    in it; deleted at the end.  Yields (its name, the ip command)."""
+    ip = need("ip")
+    name = "%s-%s" % (tag, uuid.uuid4().hex[:8])
+    r = subprocess.run([ip, "netns", "add", name], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.fail("cannot make a network namespace: %s" % r.stderr)
+    try:
+        for cmd in [[ip, "link", "set", "lo", "up"]] + [list(c) for c in setup]:
+            subprocess.run([ip, "netns", "exec", name] + cmd, check=True)
+        yield name, ip
+    finally:
+        subprocess.run([ip, "netns", "del", name])
 
 
 def recv_exact(sock, n):

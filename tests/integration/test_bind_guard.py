@@ -9,22 +9,14 @@ import struct
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 
 import helpers
-from helpers import need
+from helpers import free_port
 
 LOCAL = "permit 127.0.0.0 255.0.0.0\n"
 
-
-def free_port(host="127.0.0.1"):
-    s = socket.socket()
-    s.bind((host, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def bind4(proxy, ip, port, source=None):
@@ -126,18 +118,9 @@ def hostns():
     10.77.0.1 and 10.77.0.2 on it, addresses that are not loopback, for
     clients that are not on loopback (so deny-private-destinations auto
     applies to them) and hosts that are not either."""
-    ip = need("ip")
-    name = "sockd-%s" % uuid.uuid4().hex[:8]
-    r = subprocess.run([ip, "netns", "add", name], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.fail("cannot make a network namespace: %s" % r.stderr)
-    try:
-        subprocess.run([ip, "netns", "exec", name, ip, "link", "set", "lo", "up"], check=True)
-        for addr in ("10.77.0.1/32", "10.77.0.2/32"):
-            subprocess.run([ip, "netns", "exec", name, ip, "addr", "add", addr, "dev", "lo"], check=True)
+    setup = [["ip", "addr", "add", addr, "dev", "lo"] for addr in ("10.77.0.1/32", "10.77.0.2/32")]
+    with helpers.network_namespace(setup=setup) as (name, _):
         yield name
-    finally:
-        subprocess.run([ip, "netns", "del", name])
 
 
 # Runs in the namespace: a client at 10.77.0.1 sends BIND with DSTIP

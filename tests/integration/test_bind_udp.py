@@ -5,24 +5,15 @@ import os
 import socket
 import struct
 import subprocess
-import threading
 import time
 
 import pytest
 
 import helpers
-from helpers import need
+from helpers import free_port, need
 
 LOCAL = "permit 127.0.0.0 255.0.0.0\npermit ::1/128\n"
 
-
-def free_port(host="127.0.0.1"):
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.socket(fam)
-    s.bind((host, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def socksify_env(version, port):
@@ -34,33 +25,8 @@ def socksify_env(version, port):
     return env
 
 
-class UDPEcho:
-    def __init__(self, host="127.0.0.1"):
-        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.socket(fam, socket.SOCK_DGRAM)
-        self.sock.bind((host, 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.seen = []
-        self.stop = False
-        self.t = threading.Thread(target=self.run, daemon=True)
-        self.t.start()
-
-    def run(self):
-        while not self.stop:
-            try:
-                d, a = self.sock.recvfrom(65535)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.seen.append((d, a))
-            self.sock.sendto(b"echo:" + d, a)
-
-    def close(self):
-        self.stop = True
-        self.t.join(2)
-        self.sock.close()
+def UDPEcho(host="127.0.0.1"):
+    return helpers.UDPEcho(host, prefix=b"echo:")
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import threading
 import pytest
 
 import helpers
-from helpers import ROOT, need, kill_pid, wait_for
+from helpers import ROOT, free_port, need, kill_pid, wait_for
 
 from sockd import protocol as P
 from sockd.client import core
@@ -38,13 +38,6 @@ except OSError as exc:
 sys.stdout.write(page.decode())
 """
 
-
-def free_port(host="127.0.0.1"):
-    s = socket.socket()
-    s.bind((host, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def wait_listening(host, port, proc, timeout=15):

@@ -10,7 +10,6 @@ import re
 import signal
 import socket
 import struct
-import threading
 
 import pytest
 
@@ -29,35 +28,11 @@ CASES = [
 IDS = [c[0] for c in CASES]
 
 
-class UDPEcho:
-    def __init__(self, host):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((host, 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.stop = False
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
-
-    def _run(self):
-        while not self.stop:
-            try:
-                data, peer = self.sock.recvfrom(65535)
-            except OSError:
-                continue
-            self.sock.sendto(data, peer)
-
-    def close(self):
-        self.stop = True
-        self.t.join(2)
-        self.sock.close()
-
-
 @pytest.fixture(params=CASES, ids=IDS)
 def case(request):
     name, rules, dst, ok = request.param
     tcp = helpers.TCPServer(helpers.echo_handler, host=dst)
-    udp = UDPEcho(dst)
+    udp = helpers.UDPEcho(dst)
     yield rules, dst, ok, tcp, udp
     tcp.close()
     udp.close()

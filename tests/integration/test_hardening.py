@@ -12,7 +12,6 @@ import struct
 import subprocess
 import threading
 import time
-import uuid
 
 import pytest
 
@@ -202,17 +201,8 @@ print(r[3])
 def netns():
     """A network namespace with only loopback up: destinations elsewhere are
     unreachable without a packet leaving the machine."""
-    ip = need("ip")
-    name = "sockd-%s" % uuid.uuid4().hex[:8]
-    r = subprocess.run([ip, "netns", "add", name], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.fail("cannot make a network namespace: %s" % r.stderr)
-    try:
-        subprocess.run([ip, "netns", "exec", name, ip, "link", "set", "lo", "up"], check=True)
-        subprocess.run([ip, "netns", "exec", name, ip, "route", "add", "unreachable", "10.9.9.0/24"], check=True)
+    with helpers.network_namespace(setup=[["ip", "route", "add", "unreachable", "10.9.9.0/24"]]) as (name, _):
         yield name
-    finally:
-        subprocess.run([ip, "netns", "del", name])
 
 
 def test_unreachable_destinations(start_sockd, netns):

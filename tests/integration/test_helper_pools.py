@@ -26,7 +26,6 @@ import socket
 import struct
 import subprocess
 import time
-import uuid
 
 import bcrypt
 import pytest
@@ -104,12 +103,14 @@ def connect_from(address, source, timeout):
 def deadns(tmp_path):
     """A namespace with loopback up, a resolver that drops every query, a
     hosts file naming HOST; removed at the end, with /etc/netns/NAME."""
-    ip = helpers.need("ip")
-    name = "sockd-pools-%s" % uuid.uuid4().hex[:8]
+    with helpers.network_namespace("sockd-pools") as (name, ip):
+        yield from dead_resolver(name, ip)
+
+
+def dead_resolver(name, ip):
+    """In namespace ``name``: its own resolv.conf and hosts, and a resolver
+    on 127.0.0.1:53 that drops every query."""
     etc = "/etc/netns/" + name
-    r = subprocess.run([ip, "netns", "add", name], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.fail("cannot make a network namespace: %s" % r.stderr)
     hole = None
     ns = None
     try:
@@ -118,7 +119,6 @@ def deadns(tmp_path):
             f.write("nameserver 127.0.0.1\n")           # the resolver's own timeouts and attempts
         with open(etc + "/hosts", "w") as f:
             f.write("127.0.0.1 localhost\n127.0.0.1 %s\n" % HOST)
-        subprocess.run([ip, "netns", "exec", name, ip, "link", "set", "lo", "up"], check=True)
         hole = subprocess.Popen([ip, "netns", "exec", name, helpers.PYTHON, "-c", BLACKHOLE],
                                 stdout=subprocess.PIPE, text=True, start_new_session=True)
         assert hole.stdout.readline().strip() == "ready"
@@ -130,7 +130,6 @@ def deadns(tmp_path):
         if hole is not None:
             helpers.kill_pid(hole)
             hole.stdout.close()
-        subprocess.run([ip, "netns", "del", name])
         shutil.rmtree(etc, ignore_errors=True)
 
 
