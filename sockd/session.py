@@ -580,9 +580,7 @@ class Session:
         if verdict.need_ident:
             self.ask_ident()
             return
-        if verdict.alert is not None:
-            self.ctx.log.warning("*Alert*: real user is %s, not %s" % (verdict.alert, self.user))
-            self.run_hook(self.ctx.ruleset.bad_id)
+        self.alert(verdict)
         if not verdict.allowed:
             self.refuse(verdict)
             return
@@ -630,12 +628,20 @@ class Session:
         snap = Snapshot(self)
         self.ctx.runner.submit(template, snap.values, where)
 
-    def refuse(self, verdict):
-        """The rules refuse: log which line (or why), run the refusing line's
+    def alert(self, verdict):
+        """identd named another user than the client claimed: the classic
+        *Alert* line and the #BAD_ID: hook."""
+        if verdict.alert is not None:
+            self.ctx.log.warning("*Alert*: real user is %s, not %s" % (verdict.alert, self.user))
+            self.run_hook(self.ctx.ruleset.bad_id)
+
+    def refuse(self, verdict, about=""):
+        """The rules refuse: log which line (or why), after ``about`` (what
+        was refused, when more than the request), run the refusing line's
         command, answer and close."""
         ctx = self.ctx
         ctx.stats["refused"] += 1
-        ctx.log.notice("refused -- %s%s" % (self.desc(), verdict.reason(ctx.config.path)))
+        ctx.log.notice("refused -- %s%s%s" % (self.desc(), about, verdict.reason(ctx.config.path)))
         if verdict.run_rule_command:
             self.run_command(verdict.rule.command, verdict.rule.where)
         self.reply_failure(verdict.code5, verdict.code4)
@@ -719,18 +725,9 @@ class Session:
         if verdict.need_ident:
             self.ask_ident()
             return
-        if verdict.alert is not None:
-            self.ctx.log.warning("*Alert*: real user is %s, not %s" % (verdict.alert, self.user))
-            self.run_hook(rs.bad_id)
+        self.alert(verdict)
         if not verdict.allowed:
-            ctx = self.ctx
-            ctx.stats["refused"] += 1
-            ctx.log.notice("refused -- %s: connection from %s port %d%s" % (
-                self.desc(), ip, port, verdict.reason(ctx.config.path)))
-            if verdict.run_rule_command:
-                self.run_command(verdict.rule.command, verdict.rule.where)
-            self.reply_failure(verdict.code5, verdict.code4)
-            self.close()
+            self.refuse(verdict, ": connection from %s port %d" % (ip, port))
             return
         if verdict.user is not None:
             self.user = verdict.user
