@@ -13,8 +13,11 @@ all (the login back-off, backoff.py: refused at once, with no bcrypt
 work, while it is penalised), the check itself, and its outcome recorded
 for the address.  The session only sends the reply and logs it.
 
-A new method (GSS-API, RFC 1961) is a new entry in METHODS and a check of
-its own here; the session only routes its sub-negotiation messages.
+GSS-API (RFC 1961) is the third method: its context steps (``gss_step``)
+run on the same pool as password checks, bounded and fair per client
+address in the same way; the session routes its frames (gss1961) and
+holds the context (gss.Acceptor).  A failed context is not counted by the
+login back-off: a ticket is not a password that can be guessed.
 """
 
 from . import backoff as B
@@ -23,7 +26,8 @@ from .errors import BackedOff
 from .pools import PASSWORDS
 from .rules import ip_key
 
-METHODS = {"none": P.METHOD_NONE, "username": P.METHOD_USERPASS}
+METHODS = {"none": P.METHOD_NONE, "username": P.METHOD_USERPASS, "gssapi": P.METHOD_GSSAPI}
+METHOD_NAMES = {code: name for name, code in METHODS.items()}
 
 
 def choose(preferred, offered):
@@ -66,6 +70,13 @@ def check_password(ctx, requester, user, password, done, source=None):
     if busy is not None and recorder is not done:
         recorder.forget()
     return busy
+
+
+def gss_step(ctx, requester, acceptor, token, done):
+    """One GSS-API context token for ``acceptor`` (gss.Acceptor.step) on the
+    pool for logins; ``done(result, error)`` on the loop, later.  Returns
+    None, or the pools.Refusal when the pool would not take it."""
+    return ctx.loop.executor.submit(PASSWORDS, requester, acceptor.step, (token,), done)
 
 
 def backed_off(ctx, source, done):

@@ -106,9 +106,15 @@ def parse_rule(tokens, command, file="-", line=0, text=""):
     """Parse one permit/deny line (already split).  Raises Bad."""
     action = tokens[0].lower()
     i = 1
-    ident = users = None
+    ident = users = methods = None
     seen = set()
-    while i < len(tokens) and tokens[i][:2] in ("?=", "*="):
+    while i < len(tokens) and (tokens[i][:2] in ("?=", "*=") or tokens[i][:7].lower() == "method="):
+        if tokens[i][:7].lower() == "method=":
+            if methods is not None:
+                raise Bad("method= given twice", tokens[i])
+            methods = parse_methods(tokens[i])
+            i += 1
+            continue
         tok = tokens[i]
         kind = tok[:2]
         if kind in seen:
@@ -133,7 +139,22 @@ def parse_rule(tokens, command, file="-", line=0, text=""):
     rest = tokens[i:]
     src, dst, port_op, port = parse_fields(rest)
     return R.Rule(action, src, dst, ident=ident, users=users, port_op=port_op, port=port,
-                  command=command, file=file, line=line, text=text)
+                  command=command, file=file, line=line, text=text, methods=methods)
+
+
+RULE_METHODS = ("none", "username", "gssapi")
+
+
+def parse_methods(tok):
+    """A rule's ``method=gssapi[,username...]`` field: the SOCKS 5 methods a
+    client must have authenticated with for the line to apply (a SOCKS 4
+    client has none, so such a line never applies to it).  Returns a
+    frozenset; raises Bad."""
+    names = tok[7:].lower().split(",")
+    for n in names:
+        if n not in RULE_METHODS:
+            raise Bad("unknown method in method= (expected %s)" % ", ".join(RULE_METHODS), tok)
+    return frozenset(names)
 
 
 def addr_candidates(rest, what):

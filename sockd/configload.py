@@ -17,7 +17,13 @@ The cli, the tools and the server call this; the client library never does
 (it must not pull in the passwd code and bcrypt).
 """
 
+import grp
+import os
+import pwd
+import stat
+
 from . import config as C
+from . import gss
 from . import netinfo
 from . import passwd as PW
 from . import route
@@ -32,7 +38,7 @@ def load(path):
     cfg, problems = C.read_lines(read_text(path), path)
     problems = sorted(problems + check_system(cfg), key=lambda p: p[1])    # stable: line order
     if not problems:
-        problems = C.check_together(cfg) + load_passwd(cfg) + load_route(cfg)
+        problems = C.check_together(cfg) + check_gssapi(cfg) + load_passwd(cfg) + load_route(cfg)
     if problems:
         raise ConfigError(problems)
     read_userfiles(cfg)
@@ -66,6 +72,51 @@ def check_system(cfg):
         except Bad as exc:
             problems.append(C.located(cfg.path, cfg.line_of[s.key], str(exc), exc.token))
     return problems
+
+
+def check_gssapi(cfg):
+    """``methods gssapi`` needs the gssapi package (the optional extra) and
+    a keytab that the workers can read: they run as ``user`` when one is
+    set, and read the keytab at every client's first context step.  Returns
+    the problems, on the ``methods`` or the ``gssapi keytab`` line."""
+    if "gssapi" not in cfg.methods:
+        return []
+    if not gss.available():
+        return [C.located(cfg.path, cfg.line_of.get("methods", 0), "'methods gssapi': " + gss.MISSING, "gssapi")]
+    keytab = cfg.gssapi_keytab
+    if not keytab:
+        return []
+    line = cfg.line_of.get("gssapi keytab", 0)
+    path = keytab[5:] if keytab.startswith("FILE:") else keytab
+    if ":" in path.split("/", 1)[0]:
+        return []             # another keytab type (MEMORY:, KEYRING:...): Kerberos' to read
+    try:
+        st = os.stat(path)
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        return [C.located(cfg.path, line, "gssapi keytab %s: %s" % (path, exc.strerror), keytab)]
+    if cfg.user and not readable_by(st, cfg.user, cfg.group):
+        return [C.located(cfg.path, line, "gssapi keytab %s cannot be read by user %s, whom the workers run as "
+                          "(e.g. chgrp that user's group and chmod 640)" % (path, cfg.user), keytab)]
+    return []
+
+
+def readable_by(st, user, group=None):
+    """May ``user`` (and ``group``, when given, else the user's groups)
+    read a file of stat ``st``, by its mode bits?"""
+    pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    if pw.pw_uid == 0:
+        return True
+    if group:
+        gids = {grp.getgrgid(int(group)).gr_gid if group.isdigit() else grp.getgrnam(group).gr_gid}
+    else:
+        gids = set(os.getgrouplist(pw.pw_name, pw.pw_gid))
+    if st.st_uid == pw.pw_uid:
+        return bool(st.st_mode & stat.S_IRUSR)
+    if st.st_gid in gids:
+        return bool(st.st_mode & stat.S_IRGRP)
+    return bool(st.st_mode & stat.S_IROTH)
 
 
 def load_passwd(cfg):

@@ -51,13 +51,18 @@ class Ask:
     order they would be tried (None: a UDP association being granted,
     whose datagrams are each decided later).  ``dst_host``: the name the
     client asked for, if any; ``dst_names`` and ``src_names``: the names
-    looked up for the addresses (lower-case), for rules that name hosts."""
+    looked up for the addresses (lower-case), for rules that name hosts.
+    ``method``: how a SOCKS 5 client authenticated (none, username,
+    gssapi; None for SOCKS 4), for rules with a ``method=`` field; a
+    gssapi ``user`` is the principal, ``alice@REALM``."""
 
     __slots__ = ("src", "user", "user_from_ident", "ident", "ident_default", "ident_checks", "command",
-                 "dsts", "port", "dst_host", "src_names", "dst_names")
+                 "dsts", "port", "dst_host", "src_names", "dst_names", "method")
 
     def __init__(self, src, dsts, port, command=CONNECT, user=None, user_from_ident=False, ident=None,
-                 ident_default=None, ident_checks=True, dst_host=None, src_names=(), dst_names=()):
+                 ident_default=None, ident_checks=True, dst_host=None, src_names=(), dst_names=(),
+                 method=None):
+        self.method = method
         self.src = src
         self.dsts = dsts
         self.port = port
@@ -163,7 +168,7 @@ def decide(ask, cfg):
     Returns a Verdict; never raises for a well-formed Ask."""
     rs = cfg.ruleset
     if ask.dsts is None:
-        rule = rs.may_permit(ask.src, ask.user)
+        rule = rs.may_permit(ask.src, ask.user, ask.method)
         if rule is None:
             return Verdict(False, why="no permit line for this client")
         return Verdict(True, rule)
@@ -189,7 +194,8 @@ def decide(ask, cfg):
             if first is None:
                 first = Verdict(False, why="%s is the unspecified address: this host, to the kernel" % ip)
             continue
-        rule = rs.match(R.Request(ask.src, key, ask.port, user, src_names, dst_names), user_of=user_of)
+        rule = rs.match(R.Request(ask.src, key, ask.port, user, src_names, dst_names, ask.method),
+                        user_of=user_of)
         if isinstance(rule, R.NEED_USER):
             return NEED_IDENT
         if guard and rule is not None and rule.action == R.PERMIT and not names_literally(rule.dst) \

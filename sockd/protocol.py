@@ -398,7 +398,7 @@ def parse_reply5(buf):
 
 # --- the server side of a handshake, as one state machine ----------------------
 
-START, WAIT, AUTH, REQUEST, DONE = range(5)
+START, WAIT, AUTH, REQUEST, DONE, METHOD = range(6)
 
 
 class ServerHandshake:
@@ -407,26 +407,45 @@ class ServerHandshake:
 
     ``feed(data)`` adds bytes; ``next()`` returns the next complete message
     (Socks4Request, Greeting, UserPass or Socks5Request) or None.  After a
-    Greeting the session says what comes next with ``expect_auth()`` or
-    ``expect_request()``.  ``rest()`` returns what the client sent beyond the
-    request (early application data).  Input is bounded: the buffer never
-    holds more than one maximal message plus one read."""
+    Greeting the session says what comes next with ``expect_auth()``,
+    ``expect_method(parse)`` (a method's own messages: ``parse(buf)`` returns
+    (message, bytes used) or None, as the parsers here do; RFC 1961's
+    frames) or ``expect_request()``.  ``protect(p)``: from now on what
+    arrives is ``p.feed``'s plaintext (RFC 1961 levels 1 and 2).  ``rest()``
+    returns what the client sent beyond the request (early application
+    data).  Input is bounded: the buffer never holds more than one maximal
+    message plus one read."""
 
-    __slots__ = ("buf", "state")
+    __slots__ = ("buf", "state", "parser", "prot")
     MAX_BUFFER = 8 + MAX_USERID + 1 + MAX_HOSTNAME + 1 + 65536
 
     def __init__(self, data=b""):
         self.buf = data
         self.state = START
+        self.parser = None
+        self.prot = None
 
     def feed(self, data):
+        if self.prot is not None:
+            data = self.prot.feed(data)
         self.buf = self.buf + data if self.buf else data
 
     def expect_auth(self):
         self.state = AUTH
 
+    def expect_method(self, parse):
+        self.parser = parse
+        self.state = METHOD
+
     def expect_request(self):
         self.state = REQUEST
+
+    def protect(self, prot):
+        """What is buffered and what comes next are protected frames."""
+        self.prot = prot
+        buf, self.buf = self.buf, b""
+        if buf:
+            self.feed(buf)
 
     def rest(self):
         data, self.buf = self.buf, b""
@@ -455,6 +474,10 @@ class ServerHandshake:
                 self.state = DONE
         elif state == AUTH:
             got = parse_userpass(buf)
+            if got is not None:
+                self.state = WAIT
+        elif state == METHOD:
+            got = self.parser(buf)
             if got is not None:
                 self.state = WAIT
         elif state == WAIT:

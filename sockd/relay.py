@@ -31,11 +31,13 @@ is over, and nothing else; the owner calls ``release()`` as it closes.  It knows
 import socket
 
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
+from .protocol import ProtocolError
 
 READS_PER_EVENT = 8          # full buffers moved per event before yielding to others
 WAITING = b""                # pend_*: the receiver is full; the data is still in the sender's socket
 LEAN_BELOW = 256 << 10       # less room than this in the budget: move data lean rather than in small reads
 UNLIMITED = 1 << 62
+PROTECTED_MIN_READ = 16 << 10  # a protected relay reads at least this much, even with the budget spent
 
 
 class Budget:
@@ -72,7 +74,7 @@ class Relay:
     ``last`` is the loop time of the latest traffic (the idle timeout)."""
 
     __slots__ = ("owner", "loop", "buf", "mv", "budget", "c", "r", "cfd", "rfd", "cmask", "rmask",
-                 "pend_cr", "pend_rc", "eof_c", "eof_r", "shut_c", "shut_r", "n_cr", "n_rc", "last")
+                 "pend_cr", "pend_rc", "eof_c", "eof_r", "shut_c", "shut_r", "n_cr", "n_rc", "last", "error")
 
     def __init__(self, owner, loop, buf, mv, c, r, budget=None):
         """``buf``/``mv``: the process's receive buffer and a memoryview of
@@ -89,6 +91,7 @@ class Relay:
         self.eof_c = self.eof_r = self.shut_c = self.shut_r = False
         self.n_cr = self.n_rc = 0
         self.last = loop.now
+        self.error = None       # why the relay ended, when the client broke its protocol
 
     def start(self, cmask, rmask, early=b""):
         """Take over both sockets' events.  ``cmask``/``rmask``: what each
@@ -388,3 +391,84 @@ class Relay:
                 self.budget.held -= len(data)
         self.pend_cr = self.pend_rc = None
         self.owner = None
+
+
+class ProtectedRelay(Relay):
+    """A relay whose client side speaks RFC 1961 per-message protection
+    (GSS-API levels 1 and 2): what the client sends is unwrapped
+    (``prot.feed``, a partial frame kept until the rest arrives) before it
+    goes to the remote, and what the remote sends is wrapped
+    (``prot.seal``, in tokens of at most 65535 bytes) before it goes to the
+    client.  The counts are of plaintext; ``prot`` counts the wire.  What
+    it keeps for a slow receiver is bounded and counted as the plain relay's
+    is; it never moves data lean (the bytes change on the way), but reads
+    less, down to PROTECTED_MIN_READ, as the budget runs out.  A frame that
+    does not unwrap ends the relay (``error`` says why)."""
+
+    __slots__ = ("prot",)
+
+    def __init__(self, owner, loop, buf, mv, c, r, budget, prot):
+        super().__init__(owner, loop, buf, mv, c, r, budget)
+        self.prot = prot
+
+    def pump(self, side):
+        if side == 0:
+            src, dst = self.c, self.r
+            if self.pend_cr is not None:
+                return True
+        else:
+            src, dst = self.r, self.c
+            if self.pend_rc is not None:
+                return True
+        buf, mv, prot = self.buf, self.mv, self.prot
+        size = len(buf)
+        budget = self.budget
+        room = budget.cap - budget.held
+        if room < size:
+            size = max(room, PROTECTED_MIN_READ)
+        for _ in range(READS_PER_EVENT):
+            try:
+                n = src.recv_into(buf, size)
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError:
+                self.owner.close()
+                return False
+            if n == 0:
+                if side == 0:
+                    self.eof_c = True
+                else:
+                    self.eof_r = True
+                return True
+            self.last = self.loop.now
+            if side == 0:
+                try:
+                    data = prot.feed(mv[:n])
+                except ProtocolError as exc:
+                    self.error = str(exc)
+                    self.owner.close()
+                    return False
+                self.n_cr += len(data)
+                if not data:
+                    continue
+            else:
+                data = prot.seal(mv[:n])
+                self.n_rc += n
+            try:
+                m = dst.send(data)
+            except (BlockingIOError, InterruptedError):
+                m = 0
+            except OSError:
+                self.owner.close()
+                return False
+            if m < len(data):
+                rest = data[m:]
+                if side == 0:
+                    self.pend_cr = rest
+                else:
+                    self.pend_rc = rest
+                self.keep(len(rest))
+                return True
+            if n < size:
+                return True
+        return True

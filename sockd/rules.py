@@ -173,14 +173,15 @@ def looks_like_mask(tok):
 class Rule:
     """One permit/deny line, with where it came from."""
 
-    __slots__ = ("action", "ident", "users", "src", "dst", "port_op", "port", "command",
+    __slots__ = ("action", "ident", "users", "methods", "src", "dst", "port_op", "port", "command",
                  "file", "line", "text")
 
     def __init__(self, action, src, dst=None, ident=None, users=None, port_op=None, port=0,
-                 command=None, file="-", line=0, text=""):
+                 command=None, file="-", line=0, text="", methods=None):
         self.action = action
         self.ident = ident          # None: the global -i/-I setting; else "I", "i" or "n"
         self.users = users          # None: any user; else a tuple of names and /userfiles
+        self.methods = methods      # None: any method; else the SOCKS 5 methods (names) it needs
         self.src = src
         self.dst = dst or AddrSpec.any()
         self.port_op = port_op
@@ -201,13 +202,14 @@ class Request:
     lower-case tuples (empty when not looked up)."""
 
     __slots__ = ("src_family", "src_addr", "src_names", "dst_family", "dst_addr", "dst_names",
-                 "port", "user")
+                 "port", "user", "method")
 
-    def __init__(self, src, dst, port, user=None, src_names=(), dst_names=()):
+    def __init__(self, src, dst, port, user=None, src_names=(), dst_names=(), method=None):
         self.src_family, self.src_addr = src
         self.dst_family, self.dst_addr = dst if dst is not None else (0, 0)
         self.port = port
         self.user = user
+        self.method = method        # how the client authenticated: none, username, gssapi (None: SOCKS 4)
         self.src_names = src_names
         self.dst_names = dst_names
 
@@ -247,6 +249,7 @@ class Ruleset:
         # Without any *= list no line ever looks at the user, so callers
         # need not supply one (and the decision memo applies).
         self.has_users = any(r.users is not None for r in self.rules)
+        self.has_methods = any(r.methods is not None for r in self.rules)
         self._memo = {}
         self._compiled = [self._compile(r) for r in self.rules]
         self._build_index()
@@ -333,19 +336,23 @@ class Ruleset:
                     names.add(u)
             users = (frozenset(names), tuple(files))
         op = PORT_OPS[r.port_op] if r.port_op else None
-        return (r, r.src, r.dst, users, op, r.port)
+        return (r, r.src, r.dst, users, op, r.port, r.methods)
 
-    def user_matches(self, users, user):
+    def user_matches(self, users, user, method=None):
+        """Is ``user`` in a rule's *= list ``users``?  A GSS-API principal
+        (``method`` gssapi) matches by its whole name, ``alice@REALM``, and by
+        the name before the realm, ``alice``, for lists that name none."""
         if users is None:
             return True
         if user is None:
             return False
         names, files = users
-        if user in names:
+        short = user.rsplit("@", 1)[0] if method == "gssapi" and "@" in user else None
+        if user in names or (short is not None and short in names):
             return True
         for f in files:
             content = self.userfiles.get(f)
-            if content is not None and user in content:
+            if content is not None and (user in content or (short is not None and short in content)):
                 return True
         return False
 
@@ -360,7 +367,7 @@ class Ruleset:
         if user_of is not None:
             return self._scan(req, trace, user_of)
         if trace is None and not req.src_names and not req.dst_names:
-            key = (req.src_family, req.src_addr, req.dst_family, req.dst_addr, req.port, req.user)
+            key = (req.src_family, req.src_addr, req.dst_family, req.dst_addr, req.port, req.user, req.method)
             memo = self._memo
             hit = memo.get(key, self)
             if hit is not self:
@@ -372,12 +379,12 @@ class Ruleset:
             return rule
         return self._scan(req, trace)
 
-    def may_permit(self, src, user):
+    def may_permit(self, src, user, method=None):
         """Could any permit line apply to this client and user, whatever the
         destination?  (A UDP association is granted on this; each datagram
         is then decided on its own.)"""
         fam, addr = src
-        for rule, srcspec, _dst, users, _op, _port in self._compiled:
+        for rule, srcspec, _dst, users, _op, _port, methods in self._compiled:
             if rule.action != PERMIT:
                 continue
             if srcspec.kind == "net":
@@ -385,21 +392,23 @@ class Ruleset:
                     continue
             elif srcspec.kind != "all":
                 continue
-            if users is not None and not self.user_matches(users, user):
+            if methods is not None and method not in methods:
+                continue
+            if users is not None and not self.user_matches(users, user, method):
                 continue
             return rule
         return None
 
     def _scan(self, req, trace, user_of=None):
-        sf, sa, df, da, port, user = (req.src_family, req.src_addr, req.dst_family, req.dst_addr,
-                                      req.port, req.user)
+        sf, sa, df, da, port, user, method = (req.src_family, req.src_addr, req.dst_family, req.dst_addr,
+                                              req.port, req.user, req.method)
         sn, dn = req.src_names, req.dst_names
         compiled = self._compiled
         if trace is None:
             picks = self._candidates(req)
             if picks is not None:
                 compiled = [compiled[i] for i in picks]
-        for rule, src, dst, users, op, rport in compiled:
+        for rule, src, dst, users, op, rport, methods in compiled:
             if trace is not None:
                 trace.append(rule)
             if src.kind == "net":
@@ -414,11 +423,13 @@ class Ruleset:
                 continue
             if op is not None and not op(port, rport):
                 continue
+            if methods is not None and method not in methods:
+                continue
             if users is not None:
                 u = user if user_of is None else user_of(rule)
                 if isinstance(u, _NeedUser):
                     return u
-                if not self.user_matches(users, u):
+                if not self.user_matches(users, u, method):
                     continue
             return rule
         return None

@@ -24,6 +24,8 @@ import socket
 
 from . import auth
 from . import decision as D
+from . import gss
+from . import gss1961 as G
 from . import ident as I
 from . import netinfo
 from . import protocol as P
@@ -38,7 +40,7 @@ from .limits import OK, REASONS
 from .log import clean
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN
 from .pools import NAMES
-from .relay import Budget, Relay, set_socket_options
+from .relay import Budget, ProtectedRelay, Relay, set_socket_options
 from .udp import Association
 
 
@@ -101,7 +103,8 @@ class Session:
         "ctx", "loop", "c", "cfd", "client_ip", "client_port", "local_ip", "local_port", "src_key",
         "state", "hs", "version", "command", "user", "realuser", "dst_host", "dst_ip", "dst_port",
         "candidates", "rule", "timer", "cmask", "early", "last", "ident", "identq", "authenticated",
-        "names", "aux", "relay", "peer", "logdesc", "lslot", "refusal", "__weakref__",
+        "names", "aux", "relay", "peer", "logdesc", "lslot", "refusal", "method", "gss", "prot", "level",
+        "__weakref__",
     )
 
     def __init__(self, ctx, sock, peer, local, inherited=False, proxy=None, refusal=None):
@@ -142,6 +145,10 @@ class Session:
         self.logdesc = None         # desc(), once the request is granted
         self.lslot = None           # counted by the limits (release at close)
         self.refusal = refusal
+        self.method = None          # SOCKS 5: the method chosen (none, username, gssapi)
+        self.gss = None             # method gssapi: the gss.Acceptor
+        self.prot = None            # RFC 1961 levels 1 and 2: the gss1961.Protection of the connection
+        self.level = None           # method gssapi: the protection level granted
         ctx.sessions.add(self)
         ctx.stats["accepted"] += 1
         sock.setblocking(False)
@@ -182,6 +189,8 @@ class Session:
         user = self.user if self.user is not None else "unknown"
         real = self.realuser if self.realuser is not None else "unknown"
         host = self.dst_host or self.dst_ip or "Unspecified.Host"
+        if self.level is not None:
+            user = "gssapi/%s%%%s" % (G.level_name(self.level), user)
         who = "%s(%s)@%s" % (user, real, self.client_ip)
         if self.command == P.CMD_BIND:
             return "Bind from %s for %s (%s)" % (who, host, service_name(self.dst_port))
@@ -262,6 +271,10 @@ class Session:
         except OSError:
             self.close()
             return
+        if data and self.prot is not None:
+            data = self.unprotect(data)
+            if data is None:
+                return
         if data:
             self.early += data
         if not data or len(self.early) >= MAX_EARLY:
@@ -280,7 +293,20 @@ class Session:
         if not data:
             self.close()
         elif self.state == BINDWAIT and len(self.early) < MAX_EARLY:
+            if self.prot is not None:
+                data = self.unprotect(data)
+                if data is None:
+                    return
             self.early += data
+
+    def unprotect(self, data):
+        """The plaintext of what a client at level 1 or 2 sent, or None when
+        it does not unwrap (the session is closed)."""
+        try:
+            return self.prot.feed(data)
+        except P.ProtocolError as exc:
+            self.protocol_error(exc)
+            return None
 
     def read_proxy_header(self):
         """A load balancer's connection: first the PROXY protocol header that
@@ -410,6 +436,8 @@ class Session:
             self.request()
         elif isinstance(msg, P.UserPass):
             self.userpass(msg)
+        elif isinstance(msg, G.Frame) or msg is G.ABORTED:
+            self.gss_message(msg)
 
     def greeting(self, msg):
         """Choose the first of our methods, in our order, that the client offers."""
@@ -422,8 +450,13 @@ class Session:
             self.close()
             return
         self.send_now(P.method_reply(code))
+        self.method = auth.METHOD_NAMES[code]
         if code == P.METHOD_USERPASS:
             self.hs.expect_auth()
+        elif code == P.METHOD_GSSAPI:
+            cfg = self.ctx.config
+            self.gss = gss.Acceptor(cfg.gssapi_keytab, cfg.gssapi_service)
+            self.hs.expect_method(G.parse_frame)
         else:
             self.hs.expect_request()
 
@@ -466,6 +499,88 @@ class Session:
         self.hs.expect_request()
         self.resume_reading()
         self.process_handshake()
+
+    # --- GSS-API, RFC 1961 ----------------------------------------------------------------------
+    def gss_message(self, msg):
+        """A frame of the GSS-API sub-negotiation: a context token (its
+        step runs on the helper pool for logins, like a password check; the
+        client is not read meanwhile), then the protection level."""
+        acc = self.gss
+        if msg is G.ABORTED:
+            self.gss_refuse("the client aborted", abort=False)
+            return
+        if not acc.complete:
+            if msg.mtyp != G.MTYP_AUTH:
+                self.gss_refuse("a frame of type %d before the context was established" % msg.mtyp)
+                return
+            self.state = WAIT
+            self.pause_reading()
+            busy = auth.gss_step(self.ctx, self, acc, msg.token, self.on_gss_step)
+            if busy is not None:
+                self.gss_refuse("context step not run: %s" % busy.text, log_it=busy.log_it)
+            return
+        if msg.mtyp != G.MTYP_LEVEL:
+            self.gss_refuse("a frame of type %d where the protection level belongs" % msg.mtyp)
+            return
+        self.gss_level(msg.token)
+
+    def on_gss_step(self, result, error):
+        if self.state != WAIT or self.hs is None:
+            return
+        if error is not None:
+            self.gss_refuse(str(error) if isinstance(error, gss.GssFailure) else "internal error: %r" % error)
+            return
+        out, established = result
+        if out and not self.send_now(G.frame(G.MTYP_AUTH, out)):
+            self.close()
+            return
+        if established:
+            self.user = self.gss.principal
+            self.authenticated = True
+        self.state = NEG
+        self.hs.expect_method(G.parse_frame)
+        self.resume_reading()
+        self.process_handshake()
+
+    def gss_level(self, token):
+        """The client's protection level: granted as asked when ``gssapi
+        levels`` allows it, else the next stronger one allowed (the client
+        may close), else the abort.  At levels 1 and 2 everything from here
+        on is wrapped (``prot``)."""
+        cfg = self.ctx.config
+        try:
+            requested, nec = self.gss.read_level(token)
+        except P.ProtocolError as exc:
+            self.gss_refuse(str(exc))
+            return
+        if nec and not cfg.gssapi_nec:
+            self.gss_refuse("the NEC variant's unwrapped protection level (gssapi nec no)")
+            return
+        level = G.choose_level(requested, cfg.gssapi_levels)
+        if level is None:
+            self.gss_refuse("%s asked for protection level %s; gssapi levels grants %s" % (
+                self.user, G.level_name(requested), " ".join(G.level_name(lv) for lv in cfg.gssapi_levels)))
+            return
+        if not self.send_now(G.frame(G.MTYP_LEVEL, self.gss.level_token(level, nec))):
+            self.close()
+            return
+        self.level = level
+        if level != G.CLEAR:
+            self.prot = self.gss.protection(level)
+            self.hs.protect(self.prot)
+        self.hs.expect_request()
+
+    def gss_refuse(self, why, abort=True, log_it=True):
+        """GSS-API authentication failed or was refused: the abort frame
+        (RFC 1961 section 3.8) and a log line."""
+        ctx = self.ctx
+        ctx.stats["refused"] += 1
+        if log_it:
+            who = self.user if self.gss is not None and self.gss.complete else "unknown"
+            ctx.log.notice("refused -- GSS-API authentication of %s from %s: %s" % (who, self.client_ip, why))
+        if abort:
+            self.send_now(G.ABORT)
+        self.close()
 
     def on_negotiate_timeout(self):
         self.timer = None
@@ -573,7 +688,7 @@ class Session:
                      user=self.user, user_from_ident=self.version == 5 and not self.authenticated,
                      ident=self.ident, ident_default=self.ctx.ident_mode,
                      dst_host=self.dst_host if peer is None else None,
-                     src_names=src_names, dst_names=dst_names)
+                     src_names=src_names, dst_names=dst_names, method=self.method)
 
     def judge(self):
         verdict = D.decide(self.ask(), self.ctx.config)
@@ -757,7 +872,8 @@ class Session:
 
     # --- UDP ASSOCIATE -----------------------------------------------------------------------------
     def udp_request(self):
-        verdict = D.decide(D.Ask(self.src_key, None, self.dst_port, P.CMD_UDP, user=self.user), self.ctx.config)
+        verdict = D.decide(D.Ask(self.src_key, None, self.dst_port, P.CMD_UDP, user=self.user, method=self.method),
+                           self.ctx.config)
         if not verdict.allowed:
             self.refuse(verdict)
             return
@@ -785,9 +901,12 @@ class Session:
 
     # --- replies ---------------------------------------------------------------------------------
     def send_now(self, data):
-        """Send a short message (a reply) on the client socket.  Replies are
-        a few bytes on an empty socket buffer; if even that does not fit the
-        client is not reading and is dropped.  Returns success."""
+        """Send a short message (a reply) on the client socket, wrapped at
+        RFC 1961 levels 1 and 2.  Replies are a few bytes on an empty socket
+        buffer; if even that does not fit the client is not reading and is
+        dropped.  Returns success."""
+        if self.prot is not None:
+            data = self.prot.seal(data)
         try:
             return self.c.send(data) == len(data)
         except OSError:
@@ -826,7 +945,11 @@ class Session:
         self.state = RELAY
         early, self.early = self.early, b""
         ctx = self.ctx
-        relay = self.relay = Relay(self, self.loop, ctx.buf, ctx.mv, self.c, r, ctx.budget)
+        if self.prot is None:
+            relay = Relay(self, self.loop, ctx.buf, ctx.mv, self.c, r, ctx.budget)
+        else:
+            relay = ProtectedRelay(self, self.loop, ctx.buf, ctx.mv, self.c, r, ctx.budget, self.prot)
+        self.relay = relay
         self.start_idle_timer()
         relay.start(self.cmask, rmask, early)
 
@@ -871,6 +994,8 @@ class Session:
             self.identq.cancel()
             self.identq = None
         aux, self.aux = self.aux, None
+        if self.gss is not None:
+            self.gss.close()
         if aux is not None:
             if isinstance(aux, Connector):
                 aux.cancel()
@@ -894,9 +1019,14 @@ class Session:
         if relay is not None:
             ctx.stats["bytes_in"] += relay.n_cr
             ctx.stats["bytes_out"] += relay.n_rc
-            ctx.log.notice("terminated -- %s. %d bytes from %s, %d bytes from %s" % (
+            if relay.error is not None:
+                ctx.stats["errors"] += 1
+                ctx.log.notice("error -- %s from host %s." % (relay.error, self.client_ip))
+            wire = "" if self.prot is None else " (on the wire: %d bytes from %s, %d to it)" % (
+                self.prot.wire_in, self.client_ip, self.prot.wire_out)
+            ctx.log.notice("terminated -- %s. %d bytes from %s, %d bytes from %s%s" % (
                 self.logdesc or self.desc(), relay.n_cr, self.client_ip, relay.n_rc,
-                self.peer or self.dst_host or self.dst_ip))
+                self.peer or self.dst_host or self.dst_ip, wire))
         if ctx.on_close is not None:
             ctx.on_close(self)
 

@@ -11,7 +11,7 @@ Pure data; imports only ``validators`` of sockd.
 import os
 
 from .validators import (DEFAULT_PORT, to_address, to_bool, to_chroot, to_choice, to_facility, to_failures,
-                         to_group, to_int, to_listen, to_pidfile, to_port_range, to_rate, to_seconds, to_size,
+                         to_group, to_gss_level, to_gss_service, to_int, to_listen, to_pidfile, to_port_range, to_rate, to_seconds, to_size,
                          to_user, system_chroot, system_group, system_user)
 
 
@@ -74,7 +74,8 @@ SETTINGS = [
     # -- who is asking: identd, methods, passwords --
     Setting("timeout ident", "SECONDS", 15.0, "time the client's identd has to answer", to_seconds),
     Setting("methods", "METHOD...", ("none",),
-            "SOCKS 5 methods offered, in order of preference: none, username", to_choice("none", "username"),
+            "SOCKS 5 methods offered, in order of preference: none, username, gssapi",
+            to_choice("none", "username", "gssapi"),
             many=True),
     Setting("passwd", "FILE", None, "RFC 1929 users: an htpasswd file with bcrypt hashes", str),
     Setting("limit commands", "N", 4, "shell commands running at once, per worker", to_int(1, 256)),
@@ -139,6 +140,16 @@ SETTINGS = [
     Setting("limit buffers", "SIZE", 64 << 20,
             "most bytes one process keeps in all for receivers slower than their senders (k, M, G)",
             to_size(0, 1 << 40)),
+    # -- issue 13: GSS-API (RFC 1961), method gssapi --
+    Setting("gssapi keytab", "FILE", None,
+            "the service keytab (default: Kerberos' own, KRB5_KTNAME or /etc/krb5.keytab)", str),
+    Setting("gssapi service", "NAME...", ("rcmd",),
+            "service names a client may ask for: rcmd (any host), rcmd/HOST, rcmd/HOST@REALM",
+            to_gss_service, many=True),
+    Setting("gssapi levels", "LEVEL...", (0, 1, 2),
+            "protection levels granted: clear (0), integrity (1), confidentiality (2)", to_gss_level, many=True),
+    Setting("gssapi nec", "yes|no", True,
+            "accept the NEC variant's unwrapped level octet (curl --socks5-gssapi-nec)", to_bool),
 ]
 BY_KEY = {s.key: s for s in SETTINGS}
 GROUPS = {k.split(" ", 1)[0] for k in BY_KEY if " " in k}

@@ -26,7 +26,8 @@ are all under way is dropped, and counted in the summary line.
 
 What it asks of its owner (the session), and nothing more: ``ctx`` (the
 worker's configuration, loop, log and buffer), ``client_ip``,
-``local_ip``, ``src_key`` and ``user``; ``desc()`` for log lines;
+``local_ip``, ``src_key``, ``user``, ``method`` and ``prot`` (RFC 1961
+per-message protection, or None); ``desc()`` for log lines;
 ``touch()`` on traffic (the idle timeout); ``close()`` to end it all.
 """
 
@@ -124,6 +125,15 @@ class Association:
                 self.client_port = peer[1]
             self.session.touch()
             data = bytes(mv[:n])
+            prot = self.session.prot
+            if prot is not None:
+                # RFC 1961 levels 1 and 2: each datagram is one protected frame
+                try:
+                    data = prot.open_datagram(data)
+                except P.ProtocolError:
+                    self.dropped += 1
+                    continue
+                n = len(data)
             try:
                 frag, req, off = P.parse_udp_header(data)
             except P.ProtocolError:
@@ -204,7 +214,7 @@ class Association:
         if got is None or got[0] is not cfg:
             s = self.session
             verdict = D.decide(D.Ask(s.src_key, [ip], port, D.UDP, user=s.user, ident_checks=False,
-                                     dst_host=name), cfg)
+                                     dst_host=name, method=s.method), cfg)
             if len(self.memo) >= MAX_MEMO:
                 self.memo.clear()
             self.memo[key] = (cfg, verdict)
@@ -273,8 +283,15 @@ class Association:
             self.session.touch()
             self.d_out += 1
             self.n_out += n
+            out = P.udp_header(ip, peer[1]) + mv[:n]
+            prot = self.session.prot
+            if prot is not None:
+                out = prot.seal_datagram(out)
+                if out is None:          # too big for one token
+                    self.dropped += 1
+                    continue
             try:
-                self.csock.sendto(P.udp_header(ip, peer[1]) + mv[:n], (self.client_ip, self.client_port))
+                self.csock.sendto(out, (self.client_ip, self.client_port))
             except OSError:
                 self.dropped += 1
 

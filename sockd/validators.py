@@ -77,6 +77,27 @@ def to_choice(*choices):
     return conv
 
 
+GSS_LEVELS = {"clear": 0, "integrity": 1, "confidentiality": 2, "0": 0, "1": 1, "2": 2}
+
+
+def to_gss_level(tok):
+    """A GSS-API protection level, by name or number (RFC 1961 section 4;
+    0 is Dante's "clear").  Returns 0, 1 or 2; raises Bad."""
+    level = GSS_LEVELS.get(tok.lower())
+    if level is None:
+        raise Bad("expected a protection level: clear, integrity or confidentiality (0, 1, 2; "
+                  "3, per-message, is not offered)", tok)
+    return level
+
+
+def to_gss_service(tok):
+    """A service name for GSS-API: ``rcmd``, ``rcmd/HOST``, ``rcmd/HOST@REALM``
+    or ``rcmd@HOST``.  Returns it; raises Bad."""
+    if len(tok) > 255 or not all(c.isalnum() or c in "-_.@/" for c in tok) or tok[0] in "@/":
+        raise Bad("expected a service name such as rcmd or rcmd/HOST", tok)
+    return tok
+
+
 def to_bool(tok):
     """yes/on/true/1 or no/off/false/0, in any case.  Returns a bool, raises Bad."""
     t = tok.lower()

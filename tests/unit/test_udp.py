@@ -43,6 +43,8 @@ class FakeSession:
         self.local_ip = client_ip
         self.src_key = R.ip_key(client_ip)
         self.user = user
+        self.method = None
+        self.prot = None
         self.touched = 0
         self.closed = 0
         self.assoc = None
