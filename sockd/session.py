@@ -558,8 +558,8 @@ class Session:
             return
         level = G.choose_level(requested, cfg.gssapi_levels)
         if level is None:
-            self.gss_refuse("%s asked for protection level %s; gssapi levels grants %s" % (
-                self.user, G.level_name(requested), " ".join(G.level_name(lv) for lv in cfg.gssapi_levels)))
+            self.gss_refuse("asked for protection level %s; gssapi levels grants %s" % (
+                G.level_name(requested), " ".join(G.level_name(lv) for lv in cfg.gssapi_levels)))
             return
         if not self.send_now(G.frame(G.MTYP_LEVEL, self.gss.level_token(level, nec))):
             self.close()
