@@ -181,3 +181,16 @@ def test_gssapi_settings_parse_with_their_defaults(tmp_path):
     with pytest.raises(ConfigError) as e:
         L.load(write(tmp_path, "gssapi levels clear per-message\n"))
     assert "near 'per-message'" in e.value.lines()[0]
+
+
+def test_a_replay_cache_directory_the_workers_cannot_write_is_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setattr(L.gss, "available", lambda: True)
+    rc = tmp_path / "rc"
+    rc.mkdir()
+    os.chmod(rc, 0o755)
+    monkeypatch.setenv("KRB5RCACHEDIR", str(rc))
+    path = write(tmp_path, "user nobody\nmethods gssapi\npermit 127.0.0.0/8\n")
+    [w] = [w for w in L.load(path).warnings if "replay cache" in w[2]]
+    assert w[:2] == (path, 2) and "%s (KRB5RCACHEDIR) is not writable by user nobody" % rc in w[2]
+    os.chmod(rc, 0o1777)
+    assert not [w for w in L.load(path).warnings if "replay cache" in w[2]]
