@@ -565,6 +565,9 @@ class Session:
             self.close()
             return
         self.level = level
+        self.ctx.log.info("authenticated -- GSS-API %s from %s for %s; protection %s%s" % (
+            self.user, self.client_ip, self.gss.target, G.level_name(level),
+            " (NEC variant)" if nec else "" if level == requested else " (asked for %s)" % G.level_name(requested)))
         if level != G.CLEAR:
             self.prot = self.gss.protection(level)
             self.hs.protect(self.prot)
