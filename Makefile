@@ -57,10 +57,11 @@ gss-build-dante gss-build-curl:
 test: test-deps
 	$(VPY) -m pytest -q -ra tests
 
-# sockd side by side with direct loopback, Dante and microsocks: one table and
+# sockd side by side with direct loopback, Dante and microsocks (and GSS-API, so
+# the test bed first): one table and
 # the performance targets, in a few minutes.  `make bench BENCH_ARGS=--quick`
 # for a smoke run; bench/bench.py --help for the rest.
-bench: venv
+bench: test-deps
 	$(VPY) bench/bench.py $(BENCH_ARGS)
 
 # Lint the manual pages.
