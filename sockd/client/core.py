@@ -519,6 +519,10 @@ def via(r, command, port=None, timeout=None, first=None, announce=None, source=N
     wanted = _versions()
     for srv, sa, fam in addrs:
         versions = (4,) if wanted == (5, 4) and sa in _state.v4_only else wanted
+        kind = getattr(srv, "kind", "socks")
+        if kind != "socks":
+            # a URL says what the server speaks (socks4://, socks5h://...)
+            versions = (4,) if kind.startswith("socks4") else (5,)
         for v in versions:
             left = deadline - time.monotonic()
             if left <= 0:
