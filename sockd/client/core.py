@@ -468,11 +468,21 @@ class _Link:
         return "gssapi/%s" % G.level_name(self.level)
 
 
-def _gss_offer(gs):
-    """(credentials or None, why GSS-API is not offered or None)."""
-    if gs.mode == gss.NO:
-        return None, "SOCKS_GSSAPI=no"
-    return gss.probe()
+class _Offer:
+    """Whether to offer GSS-API, decided once per connection: the
+    settings, the user's credentials (None: not offered) and why not."""
+
+    __slots__ = ("settings", "creds", "why")
+
+    def __init__(self):
+        self.settings = _gss_settings()
+        if self.settings.mode == gss.NO:
+            self.creds, self.why = None, "SOCKS_GSSAPI=no"
+        else:
+            self.creds, self.why = gss.probe()
+        if self.settings.mode == gss.REQUIRE and self.creds is None:
+            # before any server is asked: nothing it could say would help
+            raise SocksRefused("SOCKS_GSSAPI=require, but GSS-API cannot be used: %s" % self.why)
 
 
 def _gss_handshake(conn, server, proxy_host, creds, gs, deadline):
@@ -494,18 +504,15 @@ def _gss_handshake(conn, server, proxy_host, creds, gs, deadline):
     return init, level
 
 
-def _socks5(conn, sa, command, host, port, deadline, proxy_host=None):
+def _socks5(conn, sa, command, host, port, deadline, proxy_host=None, offer=None):
     """SOCKS 5 on ``conn``: methods, request, reply.  Returns ((5, bound
     address, bound port), _Link or None).  ``proxy_host``: the server as
-    written, for GSS-API's host-based service name."""
+    written, for GSS-API's host-based service name; ``offer``: the _Offer."""
     creds = _credentials()
     server = _fmt_sa(sa)
-    gs = _gss_settings()
-    gss_creds, gss_why = _gss_offer(gs)
+    offer = offer or _Offer()
+    gs, gss_creds, gss_why = offer.settings, offer.creds, offer.why
     if gs.mode == gss.REQUIRE:
-        if gss_creds is None:
-            raise SocksRefused("SOCKS server %s: SOCKS_GSSAPI=require, but GSS-API cannot be used: %s"
-                               % (server, gss_why), server=server, version=5)
         methods = [P.METHOD_GSSAPI]
     else:
         methods = [P.METHOD_NONE] + ([P.METHOD_USERPASS] if creds else []) + \
@@ -612,6 +619,11 @@ def via(r, command, port=None, timeout=None, first=None, announce=None, source=N
     port = r.port if port is None else port
     addrs, failures = _server_addrs(r.decision.servers, first)
     wanted = _versions()
+    try:
+        offer = _Offer()
+    except SocksRefused as exc:
+        exc.where = r.where
+        raise
     for srv, sa, fam in addrs:
         versions = (4,) if wanted == (5, 4) and sa in _state.v4_only else wanted
         for v in versions:
@@ -632,7 +644,7 @@ def via(r, command, port=None, timeout=None, first=None, announce=None, source=N
                     dst_host, dst_port = r.host, port
                     if announce is not None:
                         dst_host, dst_port = announce(conn)
-                    got, link = _socks5(conn, sa, command, dst_host, dst_port, deadline, srv[0])
+                    got, link = _socks5(conn, sa, command, dst_host, dst_port, deadline, srv[0], offer)
                 else:
                     if command == P.CMD_UDP:
                         raise SocksServerError("SOCKS server %s: UDP needs SOCKS 5, and SOCKS 4 is what "

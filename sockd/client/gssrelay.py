@@ -347,6 +347,11 @@ class Relay:
         _registry.remove(self)
         for s in (self.app, self.net):
             try:
+                # reaches the peer even while a forked child holds a copy
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
                 s.close()
             except OSError:
                 pass
