@@ -12,7 +12,7 @@ PIP       = $(VPY) -m pip --disable-pip-version-check -q
 SCRIPTS  := $(notdir $(wildcard bin/*))
 MANPAGES := $(wildcard man/*.[1-8])
 
-.PHONY: all venv run test test-deps debs check lint man install uninstall clean bench
+.PHONY: all venv run test test-deps debs gss-deps gss-build-dante gss-build-curl check lint man install uninstall clean bench
 
 all: venv
 
@@ -32,21 +32,36 @@ run: venv
 	$(VENV)/bin/sockd -F -f etc/sockd.conf
 
 # Everything the tests need: Python packages into the venv, Debian packages
-# with apt-get when they are missing.
-test-deps: venv $(VENV)/.test-deps debs
-$(VENV)/.test-deps: tests/requirements.txt
+# with apt-get when they are missing, then the GSS-API test bed.
+test-deps: venv $(VENV)/.test-deps debs gss-deps
+$(VENV)/.test-deps: tests/requirements.txt | venv
 	$(PIP) install -r tests/requirements.txt
 	touch $@
 debs:
 	sh tests/install-debs.sh
 
+# The GSS-API test bed needs the Debian packages first (krb5, the compilers):
+# Python's gssapi into the venv (no Linux wheel: pip builds the sdist against
+# libkrb5-dev once, then reuses its wheel cache), and Dante and curl built with
+# GSS-API (tests/gssapi/build-cached.sh: once per machine, keyed by the hash
+# of its build scripts).  The three run side by side: each is one core most of its
+# time (configure scripts, one Cython file after another).
+gss-deps: debs $(VENV)/.test-deps
+	@$(MAKE) --no-print-directory -j3 $(VENV)/.gssapi gss-build-dante gss-build-curl
+$(VENV)/.gssapi: setup.cfg pyproject.toml
+	$(PIP) install -e '.[gssapi]'
+	touch $@
+gss-build-dante gss-build-curl:
+	@bash tests/gssapi/build-cached.sh $(@:gss-build-%=%) >/dev/null
+
 test: test-deps
 	$(VPY) -m pytest -q -ra tests
 
-# sockd side by side with direct loopback, Dante and microsocks: one table and
+# sockd side by side with direct loopback, Dante and microsocks (and GSS-API, so
+# the test bed first): one table and
 # the performance targets, in a few minutes.  `make bench BENCH_ARGS=--quick`
 # for a smoke run; bench/bench.py --help for the rest.
-bench: venv
+bench: test-deps
 	$(VPY) bench/bench.py $(BENCH_ARGS)
 
 # Lint the manual pages.

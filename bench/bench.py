@@ -29,6 +29,15 @@ What is measured (columns):
   steady %         a fresh sockd (threads model): worker PSS after --steady
                    connections against after --steady/20 (200,000 vs 10,000)
 
+GSS-API (RFC 1961; rows `gss`, when the test bed is there: make test-deps):
+one session down and up through Dante's GSS-API socksify (loadgen bulk
+direct, its connect() handed to the SOCKS server by the preloaded client
+library), against sockd -N 2 with methods gssapi none and against Dante's
+GSS-API server, for method none ("plain", the same client path), GSS-API
+level 0 (clear) and level 2 (confidentiality).  The realm is a throwaway
+MIT KDC on loopback (tests/gsskit.py).  CPU s/GB: the server's whole process
+tree, user+system, per GiB moved.
+
 Every process is started in its own session and stopped by its own process
 group; nothing is found or killed by name.
 """
@@ -48,7 +57,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-ROWS = ["direct", "sockd-threads", "sockd-fork", "danted", "microsocks"]
+ROWS = ["direct", "sockd-threads", "sockd-fork", "danted", "microsocks", "gss"]
 COLS = ["conn/s", "p99 us", "rate err", "down MB/s", "up MB/s", "32x MB/s", "held", "KB/sess",
         "rules c/s", "rules p99", "steady %"]
 FAIL = "fail"
@@ -160,6 +169,20 @@ def rollup(pid):
     pss = re.search(r"^Pss:\s+(\d+) kB", text, re.M)
     rss = re.search(r"^Rss:\s+(\d+) kB", text, re.M)
     return (int(pss.group(1)) if pss else 0), (int(rss.group(1)) if rss else 0)
+
+
+def tree_cpu(root):
+    """User+system CPU seconds of ``root`` and its descendants, so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in tree(root):
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                fields_ = f.read().rsplit(")", 1)[1].split()
+            total += int(fields_[11]) + int(fields_[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / tick
 
 
 def tree_pss(root):
@@ -343,6 +366,9 @@ def steady(opts, workdir):
 
 
 def run_row(name, opts, workdir, rows, extra):
+    if name == "gss":
+        gss_rows(opts, workdir, extra)
+        return
     if name == "direct":
         rows[name] = measure(name, opts, "direct")
         return
@@ -363,6 +389,107 @@ def run_row(name, opts, workdir, rows, extra):
         st = steady(opts, workdir)
         extra["steady"] = st
         rows[name]["steady %"] = growth(st["pss"])
+
+
+# ------------------------------------------------------------ GSS-API
+
+GSS_MODES = [("none", None), ("gssapi clear", "clear"), ("gssapi confidentiality", "confidentiality")]
+SOCKS_CONF = """route {
+    from: 0.0.0.0/0 to: 0.0.0.0/0 via: 127.0.0.1 port = %d
+    proxyprotocol: socks_v5
+    command: connect
+    method: %s
+%s}
+"""
+
+
+def gss_bed():
+    """(gsskit, Dante's GSS-API prefix), or raises RuntimeError saying what
+    is missing."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    try:
+        import gsskit             # the test bed: the realm and the builds' places
+    except ImportError as exc:
+        raise RuntimeError("the GSS-API test bed is not installed (make test-deps): %s" % exc)
+    r = subprocess.run(["bash", gsskit.BUILD_CACHED, "dante"], capture_output=True, text=True, timeout=1800)
+    if r.returncode != 0:
+        raise RuntimeError("Dante with GSS-API is not built (make test-deps): %s" % r.stderr[-300:])
+    return gsskit, r.stdout.strip()
+
+
+def gss_rows(opts, workdir, extra):
+    """The GSS-API table: [(server, mode, down, up, cpu s/GB)]."""
+    gsskit, prefix = gss_bed()
+    try:
+        realm = gsskit.Realm()
+    except BaseException as exc:          # pytest's skip too: a tool of the realm is missing
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise RuntimeError("cannot start a Kerberos realm: %s" % exc)
+    out = []
+    try:
+        env = realm.env(ccache=realm.ticket("alice"))
+        d = tempfile.mkdtemp(prefix="gss-", dir=workdir)
+        conf = os.path.join(d, "sockd.conf")
+        with open(conf, "w") as f:
+            f.write("listen 127.0.0.1:0\nmethods gssapi none\ngssapi keytab %s\npermit 127.0.0.0 255.0.0.0\n"
+                    % realm.keytab)
+        log_path = os.path.join(d, "sockd.log")
+        with open(log_path, "w") as log:
+            proc = spawn([opts.sockd, "-F", "-f", conf, "-N", str(opts.workers)], stdout=log,
+                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        port, end = None, time.monotonic() + 20
+        while port is None and time.monotonic() < end and proc.poll() is None:
+            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", open(log_path, errors="replace").read())
+            port = int(m.group(1)) if m else None
+            time.sleep(0.1)
+        if port is None:
+            stop(proc)
+            raise RuntimeError("sockd (methods gssapi) did not start: %s" % tail(log_path))
+        time.sleep(0.5)
+        try:
+            for mode, level in GSS_MODES:
+                out.append(("sockd-threads", mode) + gss_measure(opts, prefix, env, d, port, proc.pid, level))
+        finally:
+            stop(proc, signal.SIGINT)
+        dante = gsskit.DantedGss(realm, d, levels=(0, 2), name="danted-gss-bench")
+        try:
+            for mode, level in GSS_MODES[1:]:
+                out.append(("danted-gss", mode) + gss_measure(opts, prefix, env, d, dante.port, dante.proc.pid,
+                                                               level))
+        finally:
+            dante.stop()
+    finally:
+        realm.stop()
+    extra["gss"] = out
+    return out
+
+
+def gss_measure(opts, prefix, env, d, port, root, level):
+    """(down MB/s, up MB/s, server CPU s per GiB) for one session each way
+    under socksify through ``port``; ``level`` None: method none."""
+    conf = os.path.join(d, "socks-%d-%s.conf" % (port, level))
+    with open(conf, "w") as f:
+        f.write(SOCKS_CONF % (port, "gssapi" if level else "none",
+                              "    gssapi.servicename: rcmd\n    gssapi.enctype: %s\n" % level if level else ""))
+    e = dict(env, SOCKS_CONF=conf, SOCKS_AUTOADD_LANROUTES="no")
+    mib = opts.mib if level != "confidentiality" else min(opts.mib, 512)
+    res, cpu, moved = [], 0.0, 0.0
+    for direction in ("down", "up"):
+        note("gss: %s through port %d, %s, %g MiB %s" % ("method none" if not level else level, port,
+                                                        "server tree", mib, direction))
+        c0 = tree_cpu(root)
+        r = subprocess.run([os.path.join(prefix, "bin", "socksify"), opts.loadgen, "bulk", "direct",
+                            str(opts.target_port), "1", str(mib), direction], env=e, capture_output=True, text=True,
+                           timeout=600, start_new_session=True)
+        cpu += tree_cpu(root) - c0
+        f = fields(r.stdout)
+        if not f or f.get("failed", 1) != 0:
+            res.append(FAIL)
+        else:
+            res.append(f["MB_per_s"])
+            moved += mib / 1024.0
+    return res[0], res[1], round(cpu / moved, 2) if moved else FAIL
 
 
 def growth(pair):
@@ -477,10 +604,22 @@ def report(rows, extra, errors, opts, started_at, secs):
     print()
     print("%-14s" % "server" + "".join("%11s" % c for c in COLS))
     for name in opts.rows:
+        if name == "gss":
+            continue
         if name in errors:
             print("%-14s %s" % (name, errors[name]))
         elif name in rows:
             print("%-14s" % name + "".join("%11s" % cell(rows[name].get(c)) for c in COLS))
+    gss = extra.get("gss")
+    if gss or "gss" in errors:
+        print()
+        print("GSS-API (RFC 1961): one session through Dante's GSS-API socksify, %g MiB (level 2: at most 512)"
+              % opts.mib)
+        if "gss" in errors:
+            print("  %s" % errors["gss"])
+        for server, mode, down, up, cpu in gss or ():
+            print("  %-14s %-24s down %9s MB/s   up %9s MB/s   server CPU %6s s/GB" % (
+                server, mode, cell(down), cell(up), cell(cpu)))
     st = extra.get("steady")
     if st:
         print()
@@ -503,10 +642,18 @@ def report(rows, extra, errors, opts, started_at, secs):
         a, b = num(a.get(k)), num(b.get(k))
         return round(a / b, 2) if a is not None and b else None
     print()
+    g = {(srv, mode): (down, up) for srv, mode, down, up, _ in extra.get("gss") or ()}
+
+    def gr(a, b):
+        a, b = num(g.get(a, (None,))[0]), num(g.get(b, (None,))[0])
+        return round(a / b, 2) if a is not None and b else None
     print("RATIOS conn_vs_dante=%s down_vs_dante=%s up_vs_dante=%s multi_vs_dante=%s down_vs_direct=%s "
-          "p99_vs_dante=%s held=%s kb_per_session=%s" % (
+          "p99_vs_dante=%s held=%s kb_per_session=%s gss0_vs_plain=%s gss2_vs_plain=%s gss2_vs_dante=%s" % (
               r(s, d, "conn/s"), r(s, d, "down MB/s"), r(s, d, "up MB/s"), r(s, d, "32x MB/s"),
-              r(s, direct, "down MB/s"), r(s, d, "p99 us"), s.get("held"), s.get("KB/sess")))
+              r(s, direct, "down MB/s"), r(s, d, "p99 us"), s.get("held"), s.get("KB/sess"),
+              gr(("sockd-threads", "gssapi clear"), ("sockd-threads", "none")),
+              gr(("sockd-threads", "gssapi confidentiality"), ("sockd-threads", "none")),
+              gr(("sockd-threads", "gssapi confidentiality"), ("danted-gss", "gssapi confidentiality"))))
 
 
 # ------------------------------------------------------------ main

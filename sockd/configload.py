@@ -83,6 +83,16 @@ def check_gssapi(cfg):
         return []
     if not gss.available():
         return [C.located(cfg.path, cfg.line_of.get("methods", 0), "'methods gssapi': " + gss.MISSING, "gssapi")]
+    rcdir = os.environ.get("KRB5RCACHEDIR") or "/var/tmp"
+    if cfg.user:
+        try:
+            st = os.stat(rcdir)
+        except OSError:
+            st = None
+        if st is None or not writable_by(st, cfg.user, cfg.group):
+            cfg.warnings.append((cfg.path, cfg.line_of.get("methods", 0),
+                                 "'methods gssapi': Kerberos' replay cache directory %s (KRB5RCACHEDIR) is not "
+                                 "writable by user %s: every GSS-API login will fail" % (rcdir, cfg.user)))
     keytab = cfg.gssapi_keytab
     if not keytab:
         return []
@@ -105,6 +115,16 @@ def check_gssapi(cfg):
 def readable_by(st, user, group=None):
     """May ``user`` (and ``group``, when given, else the user's groups)
     read a file of stat ``st``, by its mode bits?"""
+    return allowed_by(st, user, group, stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)
+
+
+def writable_by(st, user, group=None):
+    """May ``user`` create files in a directory of stat ``st``?"""
+    return allowed_by(st, user, group, stat.S_IWUSR | stat.S_IXUSR, stat.S_IWGRP | stat.S_IXGRP,
+                      stat.S_IWOTH | stat.S_IXOTH)
+
+
+def allowed_by(st, user, group, owner_bits, group_bits, other_bits):
     pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
     if pw.pw_uid == 0:
         return True
@@ -113,10 +133,12 @@ def readable_by(st, user, group=None):
     else:
         gids = set(os.getgrouplist(pw.pw_name, pw.pw_gid))
     if st.st_uid == pw.pw_uid:
-        return bool(st.st_mode & stat.S_IRUSR)
-    if st.st_gid in gids:
-        return bool(st.st_mode & stat.S_IRGRP)
-    return bool(st.st_mode & stat.S_IROTH)
+        bits = owner_bits
+    elif st.st_gid in gids:
+        bits = group_bits
+    else:
+        bits = other_bits
+    return st.st_mode & bits == bits
 
 
 def load_passwd(cfg):

@@ -558,13 +558,16 @@ class Session:
             return
         level = G.choose_level(requested, cfg.gssapi_levels)
         if level is None:
-            self.gss_refuse("%s asked for protection level %s; gssapi levels grants %s" % (
-                self.user, G.level_name(requested), " ".join(G.level_name(lv) for lv in cfg.gssapi_levels)))
+            self.gss_refuse("asked for protection level %s; gssapi levels grants %s" % (
+                G.level_name(requested), " ".join(G.level_name(lv) for lv in cfg.gssapi_levels)))
             return
         if not self.send_now(G.frame(G.MTYP_LEVEL, self.gss.level_token(level, nec))):
             self.close()
             return
         self.level = level
+        self.ctx.log.info("authenticated -- GSS-API %s from %s for %s; protection %s%s" % (
+            self.user, self.client_ip, self.gss.target, G.level_name(level),
+            " (NEC variant)" if nec else "" if level == requested else " (asked for %s)" % G.level_name(requested)))
         if level != G.CLEAR:
             self.prot = self.gss.protection(level)
             self.hs.protect(self.prot)

@@ -67,6 +67,10 @@ def test_sockd_conf_parser():
                    help="simulate identd naming another user (the real user becomes 'unknown')")
     p.add_argument("-C", dest="config", default="/etc/sockd.conf", metavar="FILE",
                    help="configuration file (default /etc/sockd.conf)")
+    p.add_argument("-M", dest="method", choices=("none", "username", "gssapi"), metavar="METHOD",
+                   help="the SOCKS 5 method the client authenticated with (none, username, gssapi: "
+                        "USER is then a principal, alice@REALM), for method= lines; default: none given, "
+                        "as a SOCKS 4 client")
     p.add_argument("user")
     p.add_argument("src")
     p.add_argument("dst")
@@ -103,12 +107,13 @@ def test_sockd_conf(argv=None):
 def explain(cfg, a, src, src_names, dst, dst_names, port):
     """Print the lines examined and the verdict; returns the status."""
     rs = cfg.ruleset
-    print("USER:%s, SRC:%s, DST:%s, PORT:%d" % (a.user, a.src, a.dst, port))
+    print("USER:%s, SRC:%s, DST:%s, PORT:%d%s" % (a.user, a.src, a.dst, port,
+                                                 ", METHOD:%s" % a.method if a.method else ""))
     if not auth.socks4_allowed(cfg):
         print("Note: SOCKS 4 and 4A clients are refused before these lines (methods %s, socks4 trust-userid no); "
               "a SOCKS 5 client must log in as %s." % (" ".join(cfg.methods), a.user))
     trace = []
-    rs.match(R.Request(R.ip_key(src), R.ip_key(dst), port, a.user, src_names, dst_names), trace)
+    rs.match(R.Request(R.ip_key(src), R.ip_key(dst), port, a.user, src_names, dst_names, a.method), trace)
     for r in trace:
         print("Line %d: %s" % (r.line, r.text + (" : " + r.command if r.command else "")))
     # identd's answer as the flags say: another user (-B), no answer (-i,
@@ -121,7 +126,7 @@ def explain(cfg, a, src, src_names, dst, dst_names, port):
         ident = (I.USERID, a.user)
     v = D.decide(D.Ask(R.ip_key(src), [dst], port, D.CONNECT, user=a.user, ident=ident,
                        ident_default=a.mode or ("i" if a.bad else None), src_names=src_names,
-                       dst_names=dst_names), cfg)
+                       dst_names=dst_names, method=a.method), cfg)
     rule = v.rule
 
     def show_command(label, template, realuser="unknown"):

@@ -4,6 +4,12 @@
 # loopback themselves, by PID.
 set -eu
 PKGS="curl netcat-openbsd socat mandoc iproute2 procps dante-server dante-client microsocks oidentd openbsd-inetd rsyslog systemd util-linux passwd haproxy gcc libc6-dev"
+# GSS-API: an MIT realm (KDC, kadmin.local, kinit), the headers pip's gssapi
+# and the Dante/curl builds compile against, and those builds' tools.
+# krb5-config's debconf writes /etc/krb5.conf; harmless, as every process the
+# tests start is given KRB5_CONFIG.
+PKGS="$PKGS krb5-kdc krb5-admin-server krb5-user libkrb5-dev"
+PKGS="$PKGS build-essential autoconf automake libtool libtool-bin flex bison dpkg-dev"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

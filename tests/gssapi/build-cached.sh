@@ -2,8 +2,10 @@
 # Build the GSS-API reference parts the tests use, once per machine:
 #   dante  Dante 1.4.2 with GSS-API (danted-gss and socksify), build-dante-gss.sh
 #   curl   curl 7.88.1 with the SOCKS5 GSS-API fix, build-curl-gss.sh
-# Each lands in $SOCKD_TEST_CACHE/NAME-HASH, HASH being the build script's
-# SHA-256, so a changed script builds afresh and an unchanged one costs nothing.
+# Each lands in $SOCKD_TEST_CACHE/NAME-gss-HASH, HASH being the SHA-256 of the
+# build script and of common.sh (which it sources), so a changed script builds
+# afresh and an unchanged one costs nothing.  Dante and curl may build at the
+# same time (one lock per NAME; common.sh shares the rest).
 # The cache lives outside the checkout (default /var/cache/sockd-tests).
 # Prints the prefix on stdout; the build's own output goes to a log beside it.
 set -euo pipefail
@@ -11,7 +13,7 @@ name=$1
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${SOCKD_TEST_CACHE:-/var/cache/sockd-tests}
 script=$here/build-$name-gss.sh
-hash=$(sha256sum "$script" | cut -c1-16)
+hash=$(cat "$script" "$here/common.sh" | sha256sum | cut -c1-16)
 prefix=$cache/$name-gss-$hash
 if [ -e "$prefix/.built" ]; then echo "$prefix"; exit 0; fi
 mkdir -p "$cache"
@@ -26,4 +28,5 @@ if ! PREFIX=$prefix WORK=$cache/src APTDIR=$cache/apt bash "$script" >"$prefix.l
     exit 1
 fi
 touch "$prefix/.built"
+echo "built $name in ${SECONDS}s: $prefix" >&2
 echo "$prefix"

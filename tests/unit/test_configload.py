@@ -140,3 +140,57 @@ def test_the_files_read_are_the_ones_the_cache_depends_on(tmp_path):
     with cache.Recording() as files:
         L.load(p)
     assert {p, uf, pw} <= set(files)
+
+
+# --- issue 13: methods gssapi -----------------------------------------------------------
+
+def test_methods_gssapi_without_the_package_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(L.gss, "gssapi", None)
+    path = write(tmp_path, "# x\nmethods gssapi none\npermit 127.0.0.0/8\n")
+    [line] = problems(path)
+    assert line.startswith(path + ":2: 'methods gssapi': the Python package gssapi is not installed")
+    assert "pip install 'sockd[gssapi]'" in line and "near 'gssapi'" in line
+
+
+def test_the_gssapi_keytab_must_be_there(tmp_path, monkeypatch):
+    monkeypatch.setattr(L.gss, "available", lambda: True)
+    path = write(tmp_path, "methods gssapi\ngssapi keytab FILE:/nonexistent/k.keytab\npermit 127.0.0.0/8\n")
+    [line] = problems(path)
+    assert line.startswith(path + ":2: gssapi keytab /nonexistent/k.keytab: No such file")
+
+
+def test_the_gssapi_keytab_must_be_readable_by_the_workers_user(tmp_path, monkeypatch):
+    monkeypatch.setattr(L.gss, "available", lambda: True)
+    kt = tmp_path / "k.keytab"
+    kt.write_bytes(b"\x05\x02")
+    os.chmod(kt, 0o600)
+    path = write(tmp_path, "user nobody\nmethods gssapi\ngssapi keytab %s\npermit 127.0.0.0/8\n" % kt)
+    [line] = problems(path)
+    assert line.startswith(path + ":3: gssapi keytab %s cannot be read by user nobody" % kt)
+    os.chmod(kt, 0o644)
+    assert L.load(path).gssapi_keytab == str(kt)
+
+
+def test_gssapi_settings_parse_with_their_defaults(tmp_path):
+    cfg = L.load(write(tmp_path, "permit 127.0.0.0/8\n"))
+    assert (cfg.gssapi_service, cfg.gssapi_levels, cfg.gssapi_nec, cfg.gssapi_keytab) == (("rcmd",), (0, 1, 2),
+                                                                                         True, None)
+    cfg = L.load(write(tmp_path, "gssapi levels integrity 2\ngssapi service rcmd/localhost socks\n"
+                                 "gssapi nec no\npermit 127.0.0.0/8\n"))
+    assert (cfg.gssapi_levels, cfg.gssapi_service, cfg.gssapi_nec) == ((1, 2), ("rcmd/localhost", "socks"), False)
+    with pytest.raises(ConfigError) as e:
+        L.load(write(tmp_path, "gssapi levels clear per-message\n"))
+    assert "near 'per-message'" in e.value.lines()[0]
+
+
+def test_a_replay_cache_directory_the_workers_cannot_write_is_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setattr(L.gss, "available", lambda: True)
+    rc = tmp_path / "rc"
+    rc.mkdir()
+    os.chmod(rc, 0o755)
+    monkeypatch.setenv("KRB5RCACHEDIR", str(rc))
+    path = write(tmp_path, "user nobody\nmethods gssapi\npermit 127.0.0.0/8\n")
+    [w] = [w for w in L.load(path).warnings if "replay cache" in w[2]]
+    assert w[:2] == (path, 2) and "%s (KRB5RCACHEDIR) is not writable by user nobody" % rc in w[2]
+    os.chmod(rc, 0o1777)
+    assert not [w for w in L.load(path).warnings if "replay cache" in w[2]]

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sockd import gss1961 as G1961
 from sockd import protocol as P
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -355,3 +356,35 @@ def test_udp_header_and_replies(data):
         except P.ProtocolError:
             continue
         assert got is None or isinstance(got, tuple)
+
+
+# --- issue 13: a method's own messages, and protected requests --------------------------------
+
+def test_a_method_parser_runs_between_the_greeting_and_the_request():
+    hs = P.ServerHandshake()
+    hs.feed(b"\x05\x01\x01")
+    assert hs.next() == P.Greeting((1,))
+    hs.expect_method(G1961.parse_frame)
+    tok = G1961.frame(1, b"ctx") + G1961.frame(2, b"lv")
+    for i in range(len(tok)):
+        hs.feed(tok[i:i + 1])
+    assert hs.next() == G1961.Frame(1, b"ctx")
+    assert hs.next() is None                 # the session says what comes next
+    hs.expect_method(G1961.parse_frame)
+    assert hs.next() == G1961.Frame(2, b"lv")
+
+
+def test_a_protected_request_is_parsed_from_the_plaintext():
+    flip = lambda d: bytes(b ^ 0xFF for b in d)
+    sender, receiver = G1961.Protection(flip, flip, 2), G1961.Protection(flip, flip, 2)
+    req = P.request5(P.CMD_CONNECT, "example.org", 80)
+    wire = sender.seal(req + b"GET /")
+    hs = P.ServerHandshake()
+    hs.feed(b"\x05\x01\x01" + wire[:5])      # the frame's start arrives with the greeting
+    assert hs.next() == P.Greeting((1,))
+    hs.protect(receiver)
+    hs.expect_request()
+    assert hs.next() is None
+    hs.feed(wire[5:])
+    assert hs.next() == P.Socks5Request(P.CMD_CONNECT, P.ATYP_DOMAIN, "example.org", 80)
+    assert hs.rest() == b"GET /"

@@ -20,6 +20,7 @@ import socket
 
 import pytest
 
+from sockd import gss1961 as G
 from sockd import relay as RL
 from sockd.loop import EPOLLIN, EPOLLOUT
 
@@ -438,3 +439,52 @@ def test_a_hang_up_of_a_lean_relays_receiver_ends_it(loop, net):
     client.reset()
     assert run_until(loop, lambda: owner.closed)
     assert budget.held == 0
+
+
+# --- issue 13: the client side under RFC 1961 protection (GSS-API levels 1 and 2) ------------
+
+def toy(data):
+    """A stand-in for GSS_Wrap that changes every byte (pure tests: the
+    real mechanism is in tests/integration/test_gssapi.py)."""
+    return bytes(b ^ 0xA5 for b in data)
+
+
+def make_protected(loop, net, chunk=1000, early=b""):
+    app, c = net.tcp_pair()
+    r, dest = net.tcp_pair()
+    c.setblocking(False)
+    r.setblocking(False)
+    owner = Owner()
+    buf = bytearray(1 << 16)
+    prot = G.Protection(toy, toy, G.CONFIDENTIALITY, chunk)
+    relay = owner.relay = RL.ProtectedRelay(owner, loop, buf, memoryview(buf), c, r, None, prot)
+    client = net.peer(app)
+    remote = net.peer(dest)
+    relay.start(-1, -1, early)
+    return relay, owner, client, remote
+
+
+def test_a_protected_relay_unwraps_the_client_and_wraps_the_remote(loop, net):
+    relay, owner, client, remote = make_protected(loop, net)
+    sender = G.Protection(toy, toy, G.CONFIDENTIALITY, 1000)
+    msg = os.urandom(5000)
+    wire = sender.seal(msg)
+    for i in range(0, len(wire), 777):            # frames split across reads
+        client.write(wire[i:i + 777])
+    assert run_until(loop, lambda: remote.data == msg)
+    back = os.urandom(70000)
+    remote.write(back, shutdown=True)
+    receiver = G.Protection(toy, toy, G.CONFIDENTIALITY, 1000)
+    assert run_until(loop, lambda: client.eof)
+    assert receiver.feed(client.data) == back and receiver.pending == b""
+    assert (relay.n_cr, relay.n_rc) == (5000, 70000)
+    assert relay.prot.wire_in == len(wire) and relay.prot.wire_out == len(client.data)
+    client.shutdown()
+    assert run_until(loop, lambda: owner.closed == 1)
+
+
+def test_a_frame_that_does_not_unwrap_ends_the_relay_with_the_reason(loop, net):
+    relay, owner, client, remote = make_protected(loop, net)
+    client.write(G.frame(G.MTYP_AUTH, b"not data"))
+    assert run_until(loop, lambda: owner.closed == 1)
+    assert "type 1" in relay.error and remote.data == b""

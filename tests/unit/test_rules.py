@@ -232,3 +232,51 @@ def test_a_network_matches_what_ipaddress_says_it_contains(net, ip):
 ])
 def test_ip_key_sees_every_ipv6_spelling_of_an_ipv4_address(text, want):
     assert R.ip_key(text) == want
+
+
+# --- issue 13: GSS-API principals and method= ---------------------------------------------
+
+def test_a_gssapi_principal_matches_with_and_without_its_realm(tmp_path):
+    uf = tmp_path / "krb"
+    uf.write_text("carol\n")
+    text = "permit *=alice,bob@OTHER.TEST,%s 0/0\n" % uf
+    ok = lambda user, method="gssapi": decide(text, user, "1.1.1.1", "2.2.2.2", 1, method=method)[0] == 1
+    assert ok("alice@SOCKS.TEST") and ok("alice")
+    assert ok("bob@OTHER.TEST") and not ok("bob@SOCKS.TEST")
+    assert ok("carol@SOCKS.TEST")                       # userfiles too
+    assert not ok("mallory@SOCKS.TEST")
+    # the realm is dropped only for principals: an RFC 1929 or SOCKS 4 name is taken whole
+    assert not ok("alice@SOCKS.TEST", "username") and not ok("alice@SOCKS.TEST", None)
+
+
+def test_method_lines_apply_to_that_method_only():
+    text = "permit method=gssapi *=alice 0/0\npermit method=username,none 10.0.0.0/8\n"
+    assert decide(text, "alice@R", "1.1.1.1", "2.2.2.2", 1, method="gssapi")[0] == 1
+    assert decide(text, "alice", "1.1.1.1", "2.2.2.2", 1, method="username")[0] is None
+    assert decide(text, "alice", "10.1.1.1", "2.2.2.2", 1, method="username")[0] == 2
+    assert decide(text, None, "10.1.1.1", "2.2.2.2", 1, method="none")[0] == 2
+    assert decide(text, "alice", "10.1.1.1", "2.2.2.2", 1, method=None)[0] is None     # SOCKS 4
+
+
+def test_the_memo_keeps_methods_apart():
+    cfg = C.parse_text("permit method=gssapi *=alice 0/0\n", "m.conf")
+    rs = cfg.ruleset
+    req = lambda method: R.Request(R.ip_key("1.1.1.1"), R.ip_key("2.2.2.2"), 1, "alice@R", method=method)
+    assert rs.match(req("gssapi")) is not None
+    assert rs.match(req("username")) is None
+    assert rs.match(req("gssapi")) is not None
+
+
+def test_may_permit_looks_at_the_method():
+    rs = C.parse_text("permit method=gssapi 0/0\n", "m.conf").ruleset
+    assert rs.may_permit(R.ip_key("1.1.1.1"), None, "gssapi") is not None
+    assert rs.may_permit(R.ip_key("1.1.1.1"), None, "none") is None
+
+
+@pytest.mark.parametrize("line, near", [("permit method=kerberos 0/0", "method=kerberos"),
+                                        ("permit method=gssapi method=none 0/0", "method=none"),
+                                        ("permit method= 0/0", "method=")])
+def test_bad_method_fields_name_their_token(line, near):
+    with pytest.raises(C.ConfigError) as e:
+        C.parse_text(line + "\n", "m.conf")
+    assert "m.conf:1:" in e.value.lines()[0] and "near '%s'" % near in e.value.lines()[0]

@@ -143,3 +143,18 @@ def test_its_status_is_decision_decides(golden, capsys, args):
     ident = (I.USERID, "other") if "-B" in flags else (I.UNREACHABLE, "x") if mode else (I.USERID, user)
     v = D.decide(D.Ask(R.ip_key(src), [dst], V.to_port(port), user=user, ident=ident, ident_default=mode), cfg)
     assert tools.test_sockd_conf(flags + ["-C", golden, user, src, dst, port]) == (1 if v.allowed else 0)
+
+
+def test_test_sockd_conf_judges_method_lines_with_M(tmp_path, capsys):
+    conf = tmp_path / "sockd.conf"
+    conf.write_text("permit method=gssapi *=alice 0/0\ndeny 0/0\n")
+    args = ["-C", str(conf), "alice@SOCKS.TEST", "10.1.1.1", "10.0.0.1", "80"]
+    assert tools.test_sockd_conf(args) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "*** Denied by line 2."
+    assert tools.test_sockd_conf(["-M", "gssapi"] + args) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "USER:alice@SOCKS.TEST, SRC:10.1.1.1, DST:10.0.0.1, PORT:80, METHOD:gssapi"
+    assert out[-1] == "*** Permitted by line 1."
+    assert tools.test_sockd_conf(["-M", "username"] + args) == 0
+    capsys.readouterr()
+    assert tools.test_sockd_conf(["-M", "kerberos"] + args) == 255
