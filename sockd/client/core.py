@@ -1008,8 +1008,11 @@ class _Assoc:
     def seal(self, datagram):
         if self.prot is None:
             return datagram
-        with self.lock:
-            out = self.prot.seal_datagram(datagram)
+        try:
+            with self.lock:
+                out = self.prot.seal_datagram(datagram)
+        except P.ProtocolError as exc:
+            raise OSError(errno.EIO, str(exc)) from None
         if out is None:
             raise OSError(errno.EMSGSIZE, "datagram too long for one GSS-API token")
         return out

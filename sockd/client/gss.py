@@ -176,7 +176,12 @@ def handshake(init, send, recv, server):
     if problem is not None:
         abort(send)
         raise GssRefused("SOCKS server %s: %s" % (server, problem))
-    send(G.frame(G.MTYP_LEVEL, init.level_token(init.wanted)))
+    try:
+        token = init.level_token(init.wanted)
+    except GssRefused as exc:
+        abort(send)
+        raise GssRefused("SOCKS server %s: %s" % (server, exc)) from None
+    send(G.frame(G.MTYP_LEVEL, token))
     fr = read_frame(recv)
     if fr is G.ABORTED:
         raise GssRefused("SOCKS server %s refused GSS-API protection level %s for %s; try another "
@@ -333,8 +338,12 @@ class Initiator:
         return None
 
     def level_token(self, level):
-        """The mtyp 2 token asking for ``level`` (wrapped, conf_req false)."""
-        return graw.wrap(self.ctx, bytes((level,)), False).message
+        """The mtyp 2 token asking for ``level`` (wrapped, conf_req false).
+        Raises GssRefused."""
+        try:
+            return graw.wrap(self.ctx, bytes((level,)), False).message
+        except GSSError as exc:
+            raise GssRefused("the protection level cannot be wrapped: %s" % advice(exc, self.name)) from None
 
     def read_level(self, token):
         """The level of the server's mtyp 2 answer.  Raises ProtocolError."""
@@ -356,7 +365,11 @@ class Initiator:
         wrap, unwrap = graw.wrap, graw.unwrap
 
         def seal(data):
-            return wrap(ctx, data, conf).message
+            try:
+                return wrap(ctx, data, conf).message
+            except GSSError as exc:
+                # e.g. the context outlived the service ticket it was made with
+                raise ProtocolError("GSS-API message cannot be sealed: %s" % error_text(exc)) from None
 
         def unseal(token):
             try:

@@ -358,3 +358,22 @@ def test_sealing_is_not_the_plaintext(bed):
             break
         wire += data
     assert b"secret" not in wire and wire == frame(3, fake_wrap(b"secret words"))
+
+
+def test_a_message_that_cannot_be_sealed_ends_the_connection_and_is_logged(caplog):
+    def refuse(data):
+        raise ProtocolError("GSS-API message cannot be sealed: fake")
+    srv, net = socket.socketpair()
+    srv.settimeout(WAIT)
+    prog, relay = gssrelay.start(net, G.Protection(refuse, fake_protection().unwrap, 2, 1000), b"", "the test server")
+    prog.settimeout(WAIT)
+    try:
+        with caplog.at_level("WARNING", logger="sockd.client"):
+            prog.sendall(b"anything")
+            assert recv_all(prog) == b"" and srv.recv(100) == b""      # both ends see the end
+            relay.thread.join(WAIT)
+        assert not relay.thread.is_alive()
+        assert "ended: GSS-API message cannot be sealed: fake" in caplog.text
+    finally:
+        prog.close()
+        srv.close()
