@@ -37,7 +37,7 @@ class Config:
     rules; ``warnings`` the (file, line, message) notes that are not errors;
     ``line_of`` the line each setting was given on, for the messages about
     it that come later (configload's system checks).  ``passwd_db``,
-    ``route_table`` and ``own_addresses`` stay empty until configload fills
+    ``route_table``, ``wayout`` and ``own_addresses`` stay empty until configload fills
     them."""
 
     def __init__(self, path):
@@ -45,6 +45,7 @@ class Config:
         self.ruleset = R.Ruleset([])
         self.passwd_db = None
         self.route_table = None
+        self.wayout = None             # the upstream way-out file, parsed (wayout.SocksConf)
         self.listen_proxy = {}    # (host, port, n-th such line) -> trusted balancer AddrSpecs
         self.own_addresses = frozenset()   # this host's addresses, for deny-private
         self.warnings = []

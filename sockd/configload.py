@@ -27,6 +27,7 @@ from . import gss
 from . import netinfo
 from . import passwd as PW
 from . import route
+from . import wayout
 from .errors import Bad, ConfigError
 from .settings import SETTINGS
 
@@ -38,7 +39,8 @@ def load(path):
     cfg, problems = C.read_lines(read_text(path), path)
     problems = sorted(problems + check_system(cfg), key=lambda p: p[1])    # stable: line order
     if not problems:
-        problems = C.check_together(cfg) + check_gssapi(cfg) + load_passwd(cfg) + load_route(cfg)
+        problems = C.check_together(cfg) + check_gssapi(cfg) + load_passwd(cfg) + load_route(cfg) + \
+            load_wayout(cfg)
     if problems:
         raise ConfigError(problems)
     read_userfiles(cfg)
@@ -171,6 +173,40 @@ def load_route(cfg):
     cfg.route_table = table
     return [(cfg.path, cfg.line_of.get("route", 0), msg) if line == 0 else (f, line, msg)
             for f, line, msg in problems]
+
+
+def load_wayout(cfg):
+    """Read the ``upstream`` way-out file into ``cfg.wayout`` (None: every
+    connection direct).  Returns the problems: the file's own, by its
+    lines; one on the ``upstream`` line when it cannot be read; a sockd
+    line without servers; credentials in a file that anyone but root may
+    read."""
+    cfg.wayout = None
+    if not cfg.upstream:
+        return []
+    line = cfg.line_of.get("upstream", 0)
+    try:
+        with open(cfg.upstream, "rb") as f:
+            st = os.fstat(f.fileno())
+            text = f.read(1 << 22).decode("utf-8", "replace")
+    except OSError as exc:
+        return [(cfg.path, line, "upstream %s: cannot read: %s" % (cfg.upstream, exc.strerror))]
+    try:
+        conf = wayout.parse_text(text, cfg.upstream, read_userfile=C.read_userfile)
+    except wayout.WayoutError as exc:
+        return [(f, ln, msg) if ln else (cfg.path, line, "upstream %s: %s" % (cfg.upstream, msg))
+                for f, ln, msg in exc.problems]
+    problems = wayout.server_problems(conf)
+    secret = wayout.has_credentials(conf)
+    if secret is not None and (st.st_uid != 0 or st.st_mode & 0o077):
+        problems.append((secret.file, secret.line, "credentials in a file that others may read (owner uid %d, "
+                         "mode %04o): chown root and chmod 600 %s" % (st.st_uid, st.st_mode & 0o7777,
+                                                                       cfg.upstream)))
+    if problems:
+        return problems
+    cfg.warnings.extend(conf.warnings)
+    cfg.wayout = conf
+    return []
 
 
 def read_userfiles(cfg):

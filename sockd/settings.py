@@ -150,6 +150,10 @@ SETTINGS = [
             "protection levels granted: clear (0), integrity (1), confidentiality (2)", to_gss_level, many=True),
     Setting("gssapi nec", "yes|no", True,
             "accept the NEC variant's unwrapped level octet (curl --socks5-gssapi-nec)", to_bool),
+    # -- issue 14: ways out --
+    Setting("upstream", "FILE", None,
+            "the way-out file (socks.conf(5) grammar): which destinations go direct, through which "
+            "SOCKS or HTTP proxies, or nowhere (default: all direct)", str),
 ]
 BY_KEY = {s.key: s for s in SETTINGS}
 GROUPS = {k.split(" ", 1)[0] for k in BY_KEY if " " in k}

@@ -8,9 +8,12 @@ socks.conf (conf.py) and then
 * connects directly, like the plain call, or
 * tries the line's servers in order, every address of each name, skipping
   (and logging) the dead ones; on the first that answers it speaks SOCKS 5
-  (no authentication, or RFC 1929 with SOCKS_USERNAME / SOCKS_PASSWORD)
-  and falls back to SOCKS 4A/4 when the server does not speak 5; the
-  socket is then the relayed stream itself, or
+  (no authentication, RFC 1929 with SOCKS_USERNAME / SOCKS_PASSWORD, or
+  GSS-API, RFC 1961, with the user's Kerberos ticket: gss.py) and falls
+  back to SOCKS 4A/4 when the server does not speak 5; the socket is then
+  the relayed stream itself -- or, at GSS-API protection levels 1 and 2,
+  one end of a socketpair whose relay (gssrelay.py) seals and opens what
+  goes through, so that the program still reads and writes plaintext -- or
 * refuses with a SocksError whose message says why (the socks.conf line,
   or the server's reply in words).
 
@@ -20,7 +23,8 @@ SOCKS BIND at the same server, for the same host; getsockname() returns the
 address the server listens on, listen() does nothing, and accept() waits
 for the server's second reply and returns the connection.  A datagram
 socket sending to a destination that goes through a server gets a SOCKS 5
-UDP ASSOCIATE; sendto()/recvfrom() wrap and unwrap the RFC 1928 header.
+UDP ASSOCIATE; sendto()/recvfrom() wrap and unwrap the RFC 1928 header
+(and, at GSS-API levels 1 and 2, make each datagram one protected frame).
 
 Every wait is bounded (the socket's own timeout, else CONNECT_TIMEOUT), and
 every reply is read to its exact length, so no byte of the relayed data is
@@ -40,10 +44,13 @@ import threading
 import time
 
 from .. import __version__
+from .. import gss1961 as G
 from .. import protocol as P
 from .. import rules as R
 from ..addresses import service_name
 from . import conf as K
+from . import gss
+from . import gssrelay
 from . import shell
 
 log = logging.getLogger("sockd.client")
@@ -234,12 +241,25 @@ def check_config():
     _versions()
 
 
+def _gss_settings():
+    """SOCKS_GSSAPI, SOCKS_GSSAPI_SERVICE, SOCKS_GSSAPI_LEVEL (gss.py)."""
+    try:
+        return gss.settings()
+    except ValueError as exc:
+        raise SocksConfigError(str(exc)) from None
+
+
 def _versions():
-    """The SOCKS versions to try with a server, in order."""
+    """The SOCKS versions to try with a server, in order.  SOCKS_GSSAPI=require
+    speaks only 5: a fallback to 4 would drop the authentication it insists on."""
     try:
         v = K.env_version()
     except K.ConfError as exc:
         raise SocksConfigError(str(exc)) from None
+    if _gss_settings().mode == gss.REQUIRE:
+        if v == 4:
+            raise SocksConfigError("SOCKS_GSSAPI=require needs SOCKS 5, but SOCKS_VERSION is 4")
+        return (5,)
     return (v,) if v else (5, 4)
 
 
@@ -405,11 +425,16 @@ def _recv_exact(sock, n, deadline):
 
 def read_reply5(sock, deadline):
     """Exactly one SOCKS 5 reply: (rep, address, port)."""
-    head = _recv_exact(sock, 5, deadline)
+    return _read_reply5_with(lambda n: _recv_exact(sock, n, deadline))
+
+
+def _read_reply5_with(read):
+    """One SOCKS 5 reply from ``read(n)``, which returns exactly n bytes."""
+    head = read(5)
     if head[0] != 5:
         raise P.ProtocolError("bad SOCKS 5 reply version (0x%02x)" % head[0])
     size = P.reply5_size(head)
-    got = P.parse_reply5(head + _recv_exact(sock, size - 5, deadline))
+    got = P.parse_reply5(head + read(size - 5))
     return got[0]
 
 
@@ -427,9 +452,71 @@ def _credentials():
     return (u, p) if u and p else None
 
 
-def _socks5(conn, sa, command, host, port, deadline):
+class _Link:
+    """What SOCKS 5 method 1 (GSS-API) left on a connection: the ``level``
+    granted, the gss1961.Protection at levels 1 and 2 (None at 0), the
+    plaintext the server sent after its reply (``early``), and who the
+    user was (``principal``)."""
+
+    __slots__ = ("level", "prot", "early", "principal")
+
+    def __init__(self, level, prot, early, principal):
+        self.level, self.prot, self.early, self.principal = level, prot, early, principal
+
+    @property
+    def method(self):
+        return "gssapi/%s" % G.level_name(self.level)
+
+
+class _Offer:
+    """Whether to offer GSS-API, decided once per connection: the
+    settings, the user's credentials (None: not offered) and why not."""
+
+    __slots__ = ("settings", "creds", "why")
+
+    def __init__(self):
+        self.settings = _gss_settings()
+        if self.settings.mode == gss.NO:
+            self.creds, self.why = None, "SOCKS_GSSAPI=no"
+        else:
+            self.creds, self.why = gss.probe()
+        if self.settings.mode == gss.REQUIRE and self.creds is None:
+            # before any server is asked: nothing it could say would help
+            raise SocksRefused("SOCKS_GSSAPI=require, but GSS-API cannot be used: %s" % self.why)
+
+
+def _gss_handshake(conn, server, proxy_host, creds, gs, deadline):
+    """Method 1 once the server has chosen it: the context and the level
+    (gss.handshake).  Returns (Initiator, level).  Raises SocksRefused."""
+    name, hostbased = gss.target(gs.service, proxy_host)
+    init = gss.Initiator(creds, name, hostbased, gs.level)
+    try:
+        level = gss.handshake(init, conn.sendall, lambda n: _recv_exact(conn, n, deadline), server)
+    except gss.GssRefused as exc:
+        raise SocksRefused(str(exc), server=server, version=5) from None
+    except EOFError:
+        # Dante closes without the abort frame when it does not like the
+        # context or the level; its log says which
+        raise SocksRefused("SOCKS server %s closed the connection during the GSS-API negotiation for %s "
+                           "(service %s, protection level %s): its log says why; check SOCKS_GSSAPI_SERVICE "
+                           "and SOCKS_GSSAPI_LEVEL" % (server, init.principal, name, G.level_name(gs.level)),
+                           server=server, version=5) from None
+    return init, level
+
+
+def _socks5(conn, sa, command, host, port, deadline, proxy_host=None, offer=None):
+    """SOCKS 5 on ``conn``: methods, request, reply.  Returns ((5, bound
+    address, bound port), _Link or None).  ``proxy_host``: the server as
+    written, for GSS-API's host-based service name; ``offer``: the _Offer."""
     creds = _credentials()
-    methods = [P.METHOD_NONE] + ([P.METHOD_USERPASS] if creds else [])
+    server = _fmt_sa(sa)
+    offer = offer or _Offer()
+    gs, gss_creds, gss_why = offer.settings, offer.creds, offer.why
+    if gs.mode == gss.REQUIRE:
+        methods = [P.METHOD_GSSAPI]
+    else:
+        methods = [P.METHOD_NONE] + ([P.METHOD_USERPASS] if creds else []) + \
+                  ([P.METHOD_GSSAPI] if gss_creds is not None else [])
     conn.sendall(P.greeting5(methods))
     try:
         ans = _recv_exact(conn, 2, min(deadline, time.monotonic() + GREETING_TIMEOUT))
@@ -438,7 +525,7 @@ def _socks5(conn, sa, command, host, port, deadline):
     if ans[0] != 5:
         raise _NotSocks5()
     method = ans[1]
-    server = _fmt_sa(sa)
+    link = None
     if method == P.METHOD_USERPASS and creds:
         try:
             conn.sendall(P.userpass_request(*creds))
@@ -450,18 +537,33 @@ def _socks5(conn, sa, command, host, port, deadline):
             raise SocksRefused("SOCKS server %s refused the user name and password of %s "
                                "(SOCKS_USERNAME, SOCKS_PASSWORD)" % (server, creds[0]),
                                server=server, version=5)
-    elif method != P.METHOD_NONE:
+    elif method == P.METHOD_GSSAPI and gss_creds is not None:
+        init, level = _gss_handshake(conn, server, proxy_host or sa[0], gss_creds, gs, deadline)
+        link = _Link(level, init.protection(level) if level != G.CLEAR else None, b"", init.principal)
+    elif method != P.METHOD_NONE or method not in methods:
         hint = "" if creds else "; set SOCKS_USERNAME and SOCKS_PASSWORD if it wants a password"
+        if gss_creds is None and gs.mode != gss.NO:
+            hint += "; GSS-API (Kerberos) was not offered: %s" % gss_why
         raise SocksRefused("SOCKS server %s accepts none of the authentication methods offered%s"
                            % (server, hint), server=server, version=5)
-    conn.sendall(P.request5(command, host, port))
-    rep, addr, bport = read_reply5(conn, deadline)
+    request = P.request5(command, host, port)
+    if link is not None and link.prot is not None:
+        conn.sendall(link.prot.seal(request))
+        reader = gss.Unsealer(link.prot, lambda n: _recv_exact(conn, n, deadline))
+        try:
+            rep, addr, bport = _read_reply5_with(reader.read)
+        except gss.GssRefused as exc:
+            raise SocksRefused("SOCKS server %s: %s" % (server, exc), server=server, version=5) from None
+        link.early = reader.buffer
+    else:
+        conn.sendall(request)
+        rep, addr, bport = read_reply5(conn, deadline)
     if rep != P.REP_SUCCEEDED:
         raise SocksRefused("SOCKS server %s refused %s to %s port %d: SOCKS 5 reply %d, %s"
                            % (server, P.COMMAND_NAMES.get(command, "request"), host, port, rep,
                               P.REPLY_TEXT.get(rep, "unknown reply")),
                            server=server, code=rep, version=5)
-    return 5, addr, bport
+    return (5, addr, bport), link
 
 
 def _socks4(conn, sa, command, host, ip, port, user, deadline):
@@ -480,7 +582,7 @@ def _socks4(conn, sa, command, host, ip, port, user, deadline):
                            % (server, P.COMMAND_NAMES.get(command, "request"), host, port, code,
                               S4_TEXT.get(code, "unknown reply")),
                            server=server, code=code, version=4)
-    return 4, addr, bport
+    return (4, addr, bport), None
 
 
 def _server_addrs(servers, first=None):
@@ -508,7 +610,7 @@ def _server_addrs(servers, first=None):
 def via(r, command, port=None, timeout=None, first=None, announce=None, source=None):
     """Open a SOCKS session for Route ``r``: try each server address in
     order until one answers.  Returns (conn, (version, bound address,
-    bound port), server sockaddr).  ``announce(conn)`` gives the address
+    bound port), server sockaddr, _Link or None).  ``announce(conn)`` gives the address
     for a UDP ASSOCIATE once connected; ``source`` is the local address
     the program bound (its address is kept).  Raises SocksRefused (a server said
     no: the next is not asked) or SocksServerError (none could be used)."""
@@ -517,8 +619,17 @@ def via(r, command, port=None, timeout=None, first=None, announce=None, source=N
     port = r.port if port is None else port
     addrs, failures = _server_addrs(r.decision.servers, first)
     wanted = _versions()
+    try:
+        offer = _Offer()
+    except SocksRefused as exc:
+        exc.where = r.where
+        raise
     for srv, sa, fam in addrs:
         versions = (4,) if wanted == (5, 4) and sa in _state.v4_only else wanted
+        kind = getattr(srv, "kind", "socks")
+        if kind != "socks":
+            # a URL says what the server speaks (socks4://, socks5h://...)
+            versions = (4,) if kind.startswith("socks4") else (5,)
         for v in versions:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -537,13 +648,13 @@ def via(r, command, port=None, timeout=None, first=None, announce=None, source=N
                     dst_host, dst_port = r.host, port
                     if announce is not None:
                         dst_host, dst_port = announce(conn)
-                    got = _socks5(conn, sa, command, dst_host, dst_port, deadline)
+                    got, link = _socks5(conn, sa, command, dst_host, dst_port, deadline, srv[0], offer)
                 else:
                     if command == P.CMD_UDP:
                         raise SocksServerError("SOCKS server %s: UDP needs SOCKS 5, and SOCKS 4 is what "
                                                "is spoken here" % _fmt_sa(sa), server=_fmt_sa(sa), where=r.where)
-                    got = _socks4(conn, sa, command, r.host, r.ip, port, r.user, deadline)
-                return conn, got, sa
+                    got, link = _socks4(conn, sa, command, r.host, r.ip, port, r.user, deadline)
+                return conn, got, sa, link
             except _NotSocks5:
                 conn.close()
                 if 4 in versions:
@@ -582,16 +693,28 @@ def _remember(r, server):
         _state.last = _Last(r.host, r.ip, r.port, r.decision, server)
 
 
-def _adopt(sock, conn):
+def _adopt(sock, conn, link=None, server=None):
     """Make ``sock``'s descriptor the connection ``conn`` holds (dup2), and
-    give it back ``sock``'s own blocking mode and timeout."""
+    give it back ``sock``'s own blocking mode and timeout.  At GSS-API
+    levels 1 and 2 (``link.prot``) it becomes the program's end of a
+    socketpair instead, and a relay thread keeps ``conn``."""
     timeout = sock.gettimeout()
     # An IPv4 socket may now hold a connection to an IPv6 server (or the
     # reverse); the object keeps its family, so keep the real local address.
     sock._local = conn.getsockname() if conn.family != sock.family else None
-    os.dup2(conn.fileno(), sock.fileno(), inheritable=False)
-    conn.close()
+    if link is not None and link.prot is not None:
+        sock._local = conn.getsockname()        # the descriptor is a socketpair's now
+        end, sock._relay = gssrelay.start(conn, link.prot, link.early, server or "the SOCKS server")
+        os.dup2(end.fileno(), sock.fileno(), inheritable=False)
+        end.close()
+    else:
+        os.dup2(conn.fileno(), sock.fileno(), inheritable=False)
+        conn.close()
     sock.settimeout(timeout)
+
+
+def _how(version, link):
+    return "SOCKS %d" % version if link is None else "SOCKS %d, %s as %s" % (version, link.method, link.principal)
 
 
 class _Meta(type):
@@ -627,6 +750,7 @@ class socksocket(_socket, metaclass=_Meta):
         self._udp_route = None
         self._local = None                       # local address when families differ
         self._source = None                      # the local address the program bound
+        self._relay = None                       # GSS-API levels 1 and 2: the gssrelay.Relay
 
     # -- which sockets are ours --
     def _routed(self, kind):
@@ -660,9 +784,9 @@ class socksocket(_socket, metaclass=_Meta):
             return None
         if r.action == K.DENY:
             refuse(r)
-        conn, (version, _, _), sa = via(r, P.CMD_CONNECT, timeout=self.gettimeout(), source=self._source)
-        log.info("connect() from %s to %s using sockd at %s (SOCKS %d)", _who(r), r.dest, _fmt_sa(sa), version)
-        _adopt(self, conn)
+        conn, (version, _, _), sa, link = via(r, P.CMD_CONNECT, timeout=self.gettimeout(), source=self._source)
+        log.info("connect() from %s to %s using sockd at %s (%s)", _who(r), r.dest, _fmt_sa(sa), _how(version, link))
+        _adopt(self, conn, link, _fmt_sa(sa))
         self._peer = (r.ip or r.host, r.port)
         _remember(r, sa)
         return None
@@ -675,6 +799,20 @@ class socksocket(_socket, metaclass=_Meta):
         except OSError as exc:
             return exc.errno or errno.ECONNREFUSED
         return 0
+
+    def setsockopt(self, level, optname, value, optlen=None):
+        # at GSS-API levels 1 and 2 the descriptor is a socketpair's: TCP
+        # options are the connection's to the server, which the relay holds
+        target = self._relay.net if self._relay is not None and level == socket.IPPROTO_TCP else super()
+        if optlen is None:
+            return target.setsockopt(level, optname, value)
+        return target.setsockopt(level, optname, value, optlen)
+
+    def getsockopt(self, level, optname, buflen=None):
+        target = self._relay.net if self._relay is not None and level == socket.IPPROTO_TCP else super()
+        if buflen is None:
+            return target.getsockopt(level, optname)
+        return target.getsockopt(level, optname, buflen)
 
     def getpeername(self):
         if self._peer is not None:
@@ -700,12 +838,12 @@ class socksocket(_socket, metaclass=_Meta):
         self._pending_bind = None
         last = _state.last
         r = Route(last.decision, last.host, last.ip, (), last.port, *_users(), kind="bind")
-        conn, (version, addr, port), sa = via(r, P.CMD_BIND, timeout=self.gettimeout(), first=last.server)
+        conn, (version, addr, port), sa, link = via(r, P.CMD_BIND, timeout=self.gettimeout(), first=last.server)
         if addr in ("0.0.0.0", "::"):
             addr = sa[0]        # the server listens on the address we reached it at
-        log.info("bind() from %s for %s using sockd at %s (SOCKS %d): listening on %s",
-                 _who(r), r.dest, _fmt_sa(sa), version, K.fmt_server((addr, port)))
-        _adopt(self, conn)
+        log.info("bind() from %s for %s using sockd at %s (%s): listening on %s",
+                 _who(r), r.dest, _fmt_sa(sa), _how(version, link), K.fmt_server((addr, port)))
+        _adopt(self, conn, link, _fmt_sa(sa))
         self._bind = [(addr, port), False, version]
 
     def getsockname(self):
@@ -753,7 +891,12 @@ class socksocket(_socket, metaclass=_Meta):
         if not ok:
             raise SocksRefused("SOCKS BIND: the server refused the incoming connection: %s" % text,
                                code=code, version=version)
-        conn = _socket(fileno=os.dup(self.fileno()))
+        if self._relay is not None:
+            # a socketpair's end: keep the addresses it stands for
+            conn = socksocket(self.family, socket.SOCK_STREAM, fileno=os.dup(self.fileno()))
+            conn._peer, conn._local, conn._relay = (addr, port), self._local, self._relay
+        else:
+            conn = _socket(fileno=os.dup(self.fileno()))
         conn.settimeout(timeout)
         return conn, self._sockaddr(addr, port)
 
@@ -787,13 +930,13 @@ class socksocket(_socket, metaclass=_Meta):
             if ip in ("0.0.0.0", "::"):
                 ip = ctrl.getsockname()[0]
             return ip, bound[1]
-        conn, (version, addr, port), sa = via(r, P.CMD_UDP, timeout=self.gettimeout(), announce=announce)
+        conn, (version, addr, port), sa, link = via(r, P.CMD_UDP, timeout=self.gettimeout(), announce=announce)
         if addr in ("0.0.0.0", "::"):
             addr = sa[0]
         relay = socket.getaddrinfo(addr, port, self.family, socket.SOCK_DGRAM)[0][4]
-        log.info("udp associate from %s for %s using sockd at %s: relay %s",
-                 _who(r), r.dest, _fmt_sa(sa), K.fmt_server((addr, port)))
-        self._udp = _Assoc(conn, relay)
+        log.info("udp associate from %s for %s using sockd at %s (%s): relay %s",
+                 _who(r), r.dest, _fmt_sa(sa), _how(version, link), K.fmt_server((addr, port)))
+        self._udp = _Assoc(conn, relay, link.prot if link is not None else None)
         return self._udp
 
     def sendto(self, data, flags_or_addr, addr=None):
@@ -811,7 +954,7 @@ class socksocket(_socket, metaclass=_Meta):
 
     def _send_via(self, data, flags, host, port, r):
         assoc = self._ensure_assoc(r)
-        super().sendto(P.udp_header(host, port) + bytes(data), flags, assoc.relay)
+        super().sendto(assoc.seal(P.udp_header(host, port) + bytes(data)), flags, assoc.relay)
         return len(data)
 
     def send(self, data, flags=0):
@@ -834,6 +977,7 @@ class socksocket(_socket, metaclass=_Meta):
             if src[:2] != self._udp.relay[:2]:
                 return data[:bufsize], src
             try:
+                data = self._udp.open(data)
                 frag, hdr, off = P.parse_udp_header(data)
             except P.ProtocolError:
                 continue            # not a datagram the relay could have sent: drop it
@@ -854,11 +998,36 @@ class socksocket(_socket, metaclass=_Meta):
 
 
 class _Assoc:
-    """A UDP association: the TCP control connection it lives on, and the
-    relay address datagrams go to."""
+    """A UDP association: the TCP control connection it lives on, the
+    relay address datagrams go to, and at GSS-API levels 1 and 2 the
+    connection's gss1961.Protection (``prot``): each datagram, SOCKS
+    header included, is then one mtyp 3 frame (RFC 1961 section 5).  The
+    context is shared by both directions, and a program may send and
+    receive from two threads: the lock keeps its calls one at a time."""
 
-    def __init__(self, ctrl, relay):
-        self.ctrl, self.relay = ctrl, relay
+    def __init__(self, ctrl, relay, prot=None):
+        self.ctrl, self.relay, self.prot = ctrl, relay, prot
+        self.lock = threading.Lock()
+
+    def seal(self, datagram):
+        if self.prot is None:
+            return datagram
+        try:
+            with self.lock:
+                out = self.prot.seal_datagram(datagram)
+        except P.ProtocolError as exc:
+            raise OSError(errno.EIO, str(exc)) from None
+        if out is None:
+            raise OSError(errno.EMSGSIZE, "datagram too long for one GSS-API token")
+        return out
+
+    def open(self, datagram):
+        """The plaintext of a datagram from the relay; raises ProtocolError
+        for one that is not a frame that opens (it is dropped)."""
+        if self.prot is None:
+            return datagram
+        with self.lock:
+            return self.prot.open_datagram(datagram)
 
     def close(self):
         self.ctrl.close()

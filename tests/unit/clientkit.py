@@ -10,8 +10,10 @@ loopback that the test scripts, and the environment the library reads.
   taken from sockd.protocol: the tests compare the library's bytes with an
   independent reading of RFC 1928 and the SOCKS 4/4A papers.
 * ``socksenv`` (a fixture) points the library at a socks.conf in the
-  test's directory, clears the other SOCKS_* variables, and forgets the
-  library's cached configuration and remembered servers before and after.
+  test's directory, clears the other SOCKS_* variables, points Kerberos
+  at a ticket cache that does not exist (so GSS-API is not offered), and
+  forgets the library's cached configuration and remembered servers
+  before and after.
 """
 
 import ipaddress
@@ -39,7 +41,10 @@ NODOMAIN = NONAME[4:]           # SOCKS_DNAME that makes "www" into NONAME
 BADNAME = "\u00fc" * 60 + ".invalid"
 assert len(NONAME) == 254
 ENV = ("SOCKS_CONF", "SOCKS_SERVER", "SOCKS_VERSION", "SOCKS_USERNAME", "SOCKS_PASSWORD",
-       "SOCKS_BANNER", "SOCKS_DNAME", "SOCKS_LOG")
+       "SOCKS_BANNER", "SOCKS_DNAME", "SOCKS_LOG", "SOCKS_GSSAPI", "SOCKS_GSSAPI_SERVICE", "SOCKS_GSSAPI_LEVEL")
+# No Kerberos ticket, whatever the host has: GSS-API is then never offered
+# (a client keytab would get one silently, hence the second variable).
+NO_TICKET = {"KRB5CCNAME": "FILE:/nonexistent/sockd-unit-tests", "KRB5_CLIENT_KTNAME": "FILE:/nonexistent"}
 
 
 class Conn:
@@ -312,6 +317,8 @@ def socksenv(tmp_path, monkeypatch):
     file, every connection direct)."""
     for var in ENV:
         monkeypatch.delenv(var, raising=False)
+    for var, value in NO_TICKET.items():
+        monkeypatch.setenv(var, value)
     path = tmp_path / "socks.conf"
     monkeypatch.setenv("SOCKS_CONF", str(path))
     monkeypatch.setenv("SOCKS_LOG", "stderr")

@@ -194,3 +194,37 @@ def test_a_replay_cache_directory_the_workers_cannot_write_is_a_warning(tmp_path
     assert w[:2] == (path, 2) and "%s (KRB5RCACHEDIR) is not writable by user nobody" % rc in w[2]
     os.chmod(rc, 0o1777)
     assert not [w for w in L.load(path).warnings if "replay cache" in w[2]]
+
+
+# --- issue 14: the way-out file -------------------------------------------------------
+
+def test_the_way_out_file_is_read_with_its_own_lines(tmp_path):
+    up = tmp_path / "up.conf"
+    up.write_text("direct 10.0.0.0/8\nsockd @=socks5://up1:0 ALL\n")
+    path = write(tmp_path, "upstream %s\npermit 127.0.0.0/8\n" % up)
+    [line] = problems(path)
+    assert line.startswith("%s:2: bad server port" % up)
+    up.write_text("direct 10.0.0.0/8\nsockd ALL\n")
+    assert problems(path) == ["%s:2: a sockd line needs its servers here (@=SERVER,... or sockd@SERVER)" % up]
+    up.write_text("direct 10.0.0.0/8\nsockd@socks5h://up1:1081 ALL\n")
+    cfg = L.load(path)
+    assert [e.line for e in cfg.wayout.entries] == [1, 2]
+    assert L.load(write(tmp_path, "permit 127.0.0.0/8\n", "plain.conf")).wayout is None
+
+
+def test_an_unreadable_way_out_file_is_an_error_on_its_directive(tmp_path):
+    path = write(tmp_path, "# x\nupstream /nonexistent/up.conf\npermit 127.0.0.0/8\n")
+    assert problems(path) == [path + ":2: upstream /nonexistent/up.conf: cannot read: No such file or directory"]
+
+
+def test_credentials_need_a_file_only_root_may_read(tmp_path):
+    up = tmp_path / "up.conf"
+    up.write_text("sockd@socks5://alice:s3cret@up1:1081 ALL\n")
+    os.chmod(up, 0o644)
+    path = write(tmp_path, "upstream %s\npermit 127.0.0.0/8\n" % up)
+    [line] = problems(path)
+    assert line == ("%s:1: credentials in a file that others may read (owner uid 0, mode 0644): chown root and "
+                    "chmod 600 %s" % (up, up))
+    assert "s3cret" not in line
+    os.chmod(up, 0o600)
+    assert L.load(path).wayout.entries[0].servers[0].password == "s3cret"
