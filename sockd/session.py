@@ -32,16 +32,19 @@ from . import protocol as P
 from . import proxyproto as PP
 from . import rules as R
 from . import shell
+from . import wayout as W
 from .addresses import addr_text, errno_text, lookup_names, resolve, service_name
 from .bind import UNSPECIFIED, BindWait
 from .connector import Connector
 from .errors import BackedOff
+from .health import Health
 from .limits import OK, REASONS
 from .log import clean
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN
 from .pools import NAMES
 from .relay import Budget, ProtectedRelay, Relay, set_socket_options
 from .udp import Association
+from .upstream import UpstreamConnector, attempt_seconds
 
 
 class State(enum.IntEnum):
@@ -87,6 +90,7 @@ class Context:
         self.limits = None        # a limits.Limits when a client limit is set
         self.bind_limits = None   # the same when pending BINDs are counted (limit binds)
         self.backoff = None       # the master's backoff.Backoff, shared by every process (none in inetd mode)
+        self.health = None        # the master's health.Health, shared likewise; a table of its own without one
         # a process that exits after its one client waits for its commands
         loop.close_hooks.append(self.drain_commands)
 
@@ -104,6 +108,7 @@ class Session:
         "state", "hs", "version", "command", "user", "realuser", "dst_host", "dst_ip", "dst_port",
         "candidates", "rule", "timer", "cmask", "early", "last", "ident", "identq", "authenticated",
         "names", "aux", "relay", "peer", "logdesc", "lslot", "refusal", "method", "gss", "prot", "level",
+        "via",
         "__weakref__",
     )
 
@@ -149,6 +154,7 @@ class Session:
         self.gss = None             # method gssapi: the gss.Acceptor
         self.prot = None            # RFC 1961 levels 1 and 2: the gss1961.Protection of the connection
         self.level = None           # method gssapi: the protection level granted
+        self.via = None             # the upstream (its label) the way-out file sent this through
         ctx.sessions.add(self)
         ctx.stats["accepted"] += 1
         sock.setblocking(False)
@@ -196,6 +202,8 @@ class Session:
             return "Bind from %s for %s (%s)" % (who, host, service_name(self.dst_port))
         if self.command == P.CMD_UDP:
             return "UDP associate from %s" % who
+        if self.via is not None:
+            return "Connect from %s to %s (%s) via %s" % (who, host, service_name(self.dst_port), self.via)
         return "Connect from %s to %s (%s)" % (who, host, service_name(self.dst_port))
 
     def title(self):
@@ -767,21 +775,83 @@ class Session:
 
     # --- CONNECT ---------------------------------------------------------------------------------
     def connect(self):
-        self.aux = Connector(self.loop, self.candidates, self.dst_port, self.ctx.config.route_table,
+        cfg = self.ctx.config
+        if cfg.wayout is not None:
+            self.way_out(cfg)
+            return
+        self.aux = Connector(self.loop, self.candidates, self.dst_port, cfg.route_table,
                              self.dst_host, self.ctx.log, self)
         self.aux.start()
+
+    def way_out(self, cfg, names=None):
+        """The rules have permitted the request; the way-out file says how
+        it leaves: direct, through its upstreams, or not at all (a refusal
+        naming its line).  Its host-name lines need the destination's names:
+        the client's name, else those looked up for the rules, else a
+        lookup now."""
+        wo = cfg.wayout
+        if names is None:
+            if self.dst_host is not None:
+                names = (self.dst_host,)
+            else:
+                names = self.names[1]
+                if not names and wo.needs_names and not cfg.ruleset.needs_dst_names:
+                    self.look_up("names", lookup_names, (self.client_ip, self.dst_ip, False, True),
+                                 self.on_wayout_names)
+                    return
+        d = W.decide_server(wo, self.user, R.ip_key(self.dst_ip), self.dst_port, names)
+        if d.action == W.DIRECT:
+            self.aux = Connector(self.loop, self.candidates, self.dst_port, cfg.route_table,
+                                 self.dst_host, self.ctx.log, self)
+        elif d.action == W.DENY:
+            self.refuse_way_out(d)
+            return
+        else:
+            health = self.ctx.health
+            if health is None:
+                # inetd mode: no master to share a table with
+                health = self.ctx.health = Health()
+            self.aux = UpstreamConnector(self.loop, self.ctx.log, self, d.servers, self.command, self.dst_host,
+                                         self.candidates, self.dst_port, health,
+                                         attempt_seconds(cfg.timeout_upstream, cfg.timeout_connect),
+                                         cfg.route_table)
+        self.aux.start()
+
+    def on_wayout_names(self, result, error):
+        if self.state != WAIT:
+            return
+        self.way_out(self.ctx.config, result[1] if error is None else ())
+
+    def refuse_way_out(self, decision):
+        """A deny line of the way-out file (or none matched): refused, by
+        its line, before any upstream is asked."""
+        ctx = self.ctx
+        ctx.stats["refused"] += 1
+        ctx.log.notice("refused -- %s: way out %s" % (self.desc(), decision.reason))
+        self.reply_failure(P.REP_NOT_ALLOWED)
+        self.close()
 
     def on_connected(self, sock, ip, err):
         connector, self.aux = self.aux, None
         if sock is None:
-            self.connect_failed(err)
+            if isinstance(err, int):
+                self.connect_failed(err)
+            else:
+                self.fail(err.rep, ".  Error code: %s" % err.detail)
             return
         self.dst_ip = ip
         self.cancel_timer()
-        try:
-            bnd = sock.getsockname()
-        except OSError:
-            bnd = ("0.0.0.0", 0)
+        bnd = None
+        first = b""
+        if type(connector) is not Connector:
+            self.via = connector.server.label
+            bnd = connector.bound
+            first = connector.first
+        if bnd is None:
+            try:
+                bnd = sock.getsockname()
+            except OSError:
+                bnd = ("0.0.0.0", 0)
         ctx = self.ctx
         ctx.stats["connected"] += 1
         self.logdesc = desc = self.desc()
@@ -792,7 +862,7 @@ class Session:
             sock.close()
             self.close()
             return
-        self.start_relay(sock, connector.mask)
+        self.start_relay(sock, connector.mask, first)
 
     def on_connect_timeout(self):
         self.timer = None
@@ -942,9 +1012,11 @@ class Session:
         self.close()
 
     # --- relay -----------------------------------------------------------------------------------
-    def start_relay(self, r, rmask):
+    def start_relay(self, r, rmask, first=b""):
         """Hand both sockets to a Relay; ``rmask``: what ``r`` is registered
-        for in the loop now (-1: not registered)."""
+        for in the loop now (-1: not registered); ``first``: what the remote
+        sent before the relay began (behind an upstream's reply), for the
+        client."""
         self.state = RELAY
         early, self.early = self.early, b""
         ctx = self.ctx
@@ -954,7 +1026,7 @@ class Session:
             relay = ProtectedRelay(self, self.loop, ctx.buf, ctx.mv, self.c, r, ctx.budget, self.prot)
         self.relay = relay
         self.start_idle_timer()
-        relay.start(self.cmask, rmask, early)
+        relay.start(self.cmask, rmask, early, first)
 
     def start_idle_timer(self):
         idle = self.ctx.config.timeout_idle

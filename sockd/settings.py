@@ -154,6 +154,10 @@ SETTINGS = [
     Setting("upstream", "FILE", None,
             "the way-out file (socks.conf(5) grammar): which destinations go direct, through which "
             "SOCKS or HTTP proxies, or nowhere (default: all direct)", str),
+    # -- issue 14: upstream proxies, their failover --
+    Setting("timeout upstream", "SECONDS", 10.0,
+            "time one upstream proxy has to answer before the next is tried (at most half of timeout connect; "
+            "0: only timeout connect)", to_seconds),
 ]
 BY_KEY = {s.key: s for s in SETTINGS}
 GROUPS = {k.split(" ", 1)[0] for k in BY_KEY if " " in k}

@@ -25,9 +25,10 @@ from sockd import pools as PO
 from sockd import protocol as P
 from sockd import rules as R
 from sockd import session as S
+from sockd import wayout as W
 from sockd.addresses import service_name
 
-from loopkit import Identd, closed_port, parse_conf, run_for, run_until, watched
+from loopkit import Identd, Scripted, closed_port, parse_conf, run_for, run_until, watched
 
 GREETING = P.greeting5([P.METHOD_NONE])
 METHOD_NONE_REPLY = b"\x05\x00"
@@ -709,3 +710,106 @@ def test_the_context_shares_one_buffer_and_waits_for_commands_at_the_end(loop, l
     assert len(ctx.buf) == 1 << 16 and ctx.mv.nbytes == 1 << 16
     assert ctx.ruleset is ctx.config.ruleset
     assert ctx.drain_commands in loop.close_hooks
+
+
+# --- the way-out file (issue 14) -----------------------------------------------------------------
+
+def with_wayout(srv, text):
+    srv.ctx.config.wayout = W.parse_text(text, "up.conf")
+    return srv
+
+
+def test_wayout_deny_refuses_naming_its_line(loop, net, log, server):
+    echo = net.echo_server()
+    srv = with_wayout(server(), "direct 10.0.0.0/8\ndeny 127.0.0.0/8\n")
+    client, sess = srv.client(GREETING + connect5("127.0.0.1", echo.port))
+    assert run_until(loop, lambda: client.eof)
+    assert reply5(client.data)[0][0] == P.REP_NOT_ALLOWED
+    assert echo.peers == []
+    assert log.lines("notice") == [
+        "refused -- Connect from unknown(unknown)@127.0.0.1 to 127.0.0.1 (%s): way out up.conf:2: denied by "
+        "'deny 127.0.0.0/8'" % service_name(echo.port)]
+    # SOCKS 4: 91
+    client, sess = srv.client(connect4("127.0.0.1", echo.port))
+    assert run_until(loop, lambda: client.eof)
+    assert bytes(client.data) == P.reply4(P.S4_REJECTED)
+
+
+def test_wayout_rules_refuse_first(loop, net, log, server):
+    """sockd.conf refuses before the way-out file (and any upstream) is asked."""
+    up = Scripted(loop, [])
+    try:
+        srv = with_wayout(server("deny 0/0 127.0.0.1/32\npermit 127.0.0.0/8\n"),
+                          "sockd @=socks5://127.0.0.1:%d ALL\n" % up.port)
+        client, sess = srv.client(GREETING + connect5("127.0.0.1", 9))
+        assert run_until(loop, lambda: client.eof)
+        assert reply5(client.data)[0][0] == P.REP_NOT_ALLOWED
+        run_for(loop, 0.05)
+        assert up.got == []
+    finally:
+        up.close()
+
+
+def test_wayout_direct_is_todays_connect(loop, net, log, server):
+    echo = net.echo_server()
+    srv = with_wayout(server(), "direct 127.0.0.0/8\ndeny ALL\n")
+    client, sess = srv.client(GREETING + connect5("127.0.0.1", echo.port) + b"hi")
+    assert run_until(loop, lambda: client.data.endswith(b"hi"))
+    assert log.lines("notice")[0].endswith("(%s)" % service_name(echo.port))          # no "via"
+
+
+def test_wayout_through_an_upstream(loop, net, log, server):
+    """SOCKS 5 upstream: its reply's address reaches the client, then the
+    destination's first bytes (which came with the reply), then the relay;
+    the log line names the upstream, never the credentials."""
+    dst = ("127.0.0.1", 4444)
+    req = P.request5(1, *dst)
+    up = Scripted(loop, [(4, b"\x05\x02"), (4 + 6, b"\x01\x00"),
+                         (4 + 6 + len(req), P.reply5(0, "10.1.2.3", 5555) + b"banner\r\n")])
+    try:
+        srv = with_wayout(server(), "sockd @=socks5://u:pw@127.0.0.1:%d ALL\n" % up.port)
+        client, sess = srv.client(GREETING + connect5(*dst) + b"early")
+        assert run_until(loop, lambda: client.data.endswith(b"banner\r\n") and up.got and up.got[0].endswith(
+            b"early"))
+        (rep, addr, port), rest = reply5(client.data)
+        assert (rep, addr, port, rest) == (0, "10.1.2.3", 5555, b"banner\r\n")
+        assert up.got[0] == b"\x05\x02\x00\x02" + b"\x01\x01u\x02pw" + req + b"early"
+        label = "socks5://127.0.0.1:%d" % up.port
+        assert log.lines("notice")[0] == "connected -- Connect from unknown(unknown)@127.0.0.1 to 127.0.0.1 " \
+            "(%s) via %s" % (service_name(4444), label)
+        up.conns[0].send(b"more")
+        assert run_until(loop, lambda: client.data.endswith(b"more"))
+        assert sess.relay.n_rc == len(b"banner\r\nmore")
+        assert not any("pw" in m for m in log.lines())
+    finally:
+        up.close()
+
+
+def test_wayout_upstream_refusal_reaches_the_client(loop, net, log, server):
+    up = Scripted(loop, [(3, b"\x05\x00"), (13, P.reply5(P.REP_REFUSED))])
+    try:
+        srv = with_wayout(server(), "sockd @=socks5://127.0.0.1:%d ALL\n" % up.port)
+        client, sess = srv.client(GREETING + connect5("127.0.0.1", 4444))
+        assert run_until(loop, lambda: client.eof)
+        assert reply5(client.data)[0][0] == P.REP_REFUSED
+        assert log.lines("notice") == [
+            "failed -- Connect from unknown(unknown)@127.0.0.1 to 127.0.0.1 (%s).  Error code: upstream "
+            "socks5://127.0.0.1:%d refused: connection refused (5)" % (service_name(4444), up.port)]
+        assert nothing_left(loop, sess)
+    finally:
+        up.close()
+
+
+def test_wayout_timeout_connect_while_an_upstream_is_silent(loop, net, log, server):
+    up = Scripted(loop, [])
+    try:
+        srv = with_wayout(server("timeout connect 0.3\ntimeout upstream 0\npermit 127.0.0.0/8\n"),
+                          "sockd @=socks5://127.0.0.1:%d ALL\n" % up.port)
+        client, sess = srv.client(GREETING + connect5("127.0.0.1", 4444))
+        assert run_until(loop, lambda: client.eof)
+        assert reply5(client.data)[0][0] == P.REP_TTL_EXPIRED
+        assert nothing_left(loop, sess)
+        assert sess.aux is None
+        assert up.conns[0].recv(1) == b""            # sockd's end of the silent upstream is closed
+    finally:
+        up.close()
