@@ -199,6 +199,8 @@ class Session:
             user = "gssapi/%s%%%s" % (G.level_name(self.level), user)
         who = "%s(%s)@%s" % (user, real, self.client_ip)
         if self.command == P.CMD_BIND:
+            if self.via is not None:
+                return "Bind from %s for %s (%s) via %s" % (who, host, service_name(self.dst_port), self.via)
             return "Bind from %s for %s (%s)" % (who, host, service_name(self.dst_port))
         if self.command == P.CMD_UDP:
             return "UDP associate from %s" % who
@@ -718,7 +720,10 @@ class Session:
             self.candidates = [c for c in self.candidates if c[1] in allowed]
             self.dst_ip = addr_text(self.candidates[0][1])
         self.run_command(self.rule.command, self.rule.where)
-        if self.command == P.CMD_BIND:
+        cfg = self.ctx.config
+        if cfg.wayout is not None:
+            self.way_out(cfg)
+        elif self.command == P.CMD_BIND:
             self.bind_start()
         else:
             self.connect()
@@ -775,11 +780,7 @@ class Session:
 
     # --- CONNECT ---------------------------------------------------------------------------------
     def connect(self):
-        cfg = self.ctx.config
-        if cfg.wayout is not None:
-            self.way_out(cfg)
-            return
-        self.aux = Connector(self.loop, self.candidates, self.dst_port, cfg.route_table,
+        self.aux = Connector(self.loop, self.candidates, self.dst_port, self.ctx.config.route_table,
                              self.dst_host, self.ctx.log, self)
         self.aux.start()
 
@@ -795,15 +796,18 @@ class Session:
                 names = (self.dst_host,)
             else:
                 names = self.names[1]
-                if not names and wo.needs_names and not cfg.ruleset.needs_dst_names:
+                if not names and wo.needs_names and not cfg.ruleset.needs_dst_names and not self.bind_unnamed():
                     self.look_up("names", lookup_names, (self.client_ip, self.dst_ip, False, True),
                                  self.on_wayout_names)
                     return
         d = W.decide_server(wo, self.user, R.ip_key(self.dst_ip), self.dst_port, names)
         if d.action == W.DIRECT:
-            self.aux = Connector(self.loop, self.candidates, self.dst_port, cfg.route_table,
-                                 self.dst_host, self.ctx.log, self)
-        elif d.action == W.DENY:
+            if self.command == P.CMD_BIND:
+                self.bind_start()
+            else:
+                self.connect()
+            return
+        if d.action == W.DENY:
             self.refuse_way_out(d)
             return
         else:
@@ -838,6 +842,9 @@ class Session:
                 self.connect_failed(err)
             else:
                 self.fail(err.rep, ".  Error code: %s" % err.detail)
+            return
+        if self.command == P.CMD_BIND:
+            self.upstream_peer(connector, sock)
             return
         self.dst_ip = ip
         self.cancel_timer()
@@ -928,20 +935,57 @@ class Session:
         bw.names = result[1] if error is None else ()
         self.judge_peer()
 
-    def bound(self, conn, peer_ip, peer_port):
-        """The application server connected back: second reply, then relay."""
+    def bound(self, conn, peer_ip, peer_port, rmask=-1, first=b""):
+        """The application server connected back: second reply, then relay.
+        Through an upstream, ``conn`` is the connection to it, registered
+        for ``rmask``, and ``first`` what the peer sent with the reply."""
         self.cancel_timer()
         self.aux = None
-        conn.setblocking(False)
-        set_socket_options(conn)
+        if rmask < 0:
+            conn.setblocking(False)
+            set_socket_options(conn)
         self.peer = peer_ip
         self.ctx.stats["connected"] += 1
         self.ctx.log.notice("connected -- %s: %s port %d connected" % (self.desc(), peer_ip, peer_port))
         if not self.granted(peer_ip, peer_port):
+            if rmask >= 0:
+                self.loop.remove(conn.fileno())
             conn.close()
             self.close()
             return
-        self.start_relay(conn, -1)
+        self.start_relay(conn, rmask, first)
+
+    # --- BIND through an upstream ----------------------------------------------------------------
+    def on_upstream_bound(self, addr, port):
+        """The upstream's first BIND reply: where it listens for the peer.
+        It is the client's first reply; then the wait, as for a BIND of
+        sockd's own."""
+        self.via = self.aux.server.label
+        if not self.granted(addr, port):
+            self.close()
+            return
+        self.ctx.log.info("bind -- %s: listening on %s port %d" % (self.desc(), addr, port))
+        self.state = BINDWAIT
+        self.resume_reading()
+        self.set_deadline(self.on_bind_timeout)
+
+    def upstream_peer(self, connector, sock):
+        """The upstream's second BIND reply: who connected to it.  Checked
+        as a peer of sockd's own BIND would be: the host the request named
+        (``bind check-peer``), else judged by the rules."""
+        peer = PeerThrough(self, sock, connector.bound or ("0.0.0.0", 0), connector.mask, connector.first)
+        ip, port = peer.peer
+        expect = self.dst_ip
+        if expect not in UNSPECIFIED and (ip == expect or self.ctx.config.bind_check_peer):
+            if ip != expect:
+                peer.release()
+                self.fail(P.REP_NOT_ALLOWED, ". Error: connected to wrong host %s (%s)" % (ip, port))
+                return
+            self.bound(*peer.take())
+            return
+        self.aux = peer
+        peer.hold()
+        self.judge_peer()
 
     # --- UDP ASSOCIATE -----------------------------------------------------------------------------
     def udp_request(self):
@@ -1104,6 +1148,43 @@ class Session:
                 self.peer or self.dst_host or self.dst_ip, wire))
         if ctx.on_close is not None:
             ctx.on_close(self)
+
+
+class PeerThrough:
+    """The peer of a BIND through an upstream, while the rules judge it:
+    BindWait's ``peer``, ``names``, ``conn``, ``take()`` and ``release()``
+    over the connection to the upstream, whose events (a hang-up) end the
+    session meanwhile."""
+
+    __slots__ = ("session", "conn", "peer", "names", "mask", "first")
+
+    def __init__(self, session, conn, peer, mask, first):
+        self.session, self.conn, self.peer, self.mask, self.first = session, conn, peer, mask, first
+        self.names = None
+
+    def hold(self):
+        loop = self.session.loop
+        loop.rebind(self.conn.fileno(), self.on_event)
+        if self.mask != 0:
+            loop.modify(self.conn.fileno(), 0)
+            self.mask = 0
+
+    def on_event(self, ev):
+        self.session.close()
+
+    def take(self):
+        conn, self.conn = self.conn, None
+        return conn, self.peer[0], self.peer[1], self.mask, self.first
+
+    def close(self):
+        self.session.close()
+
+    def release(self):
+        if self.conn is not None:
+            if self.mask >= 0:
+                self.session.loop.remove(self.conn.fileno())
+            self.conn.close()
+            self.conn = None
 
 
 class Snapshot:

@@ -119,7 +119,7 @@ def destination_for(server, command, dst_host, candidates):
 class UpstreamConnector:
     __slots__ = ("loop", "log", "owner", "health", "table", "attempt", "command", "dst_host", "candidates",
                  "port", "queue", "live", "server", "tries", "connector", "sock", "fd", "hs", "out", "mask",
-                 "timer", "bound", "first", "upstream_ip", "failures", "uncarried", "handed")
+                 "timer", "bound", "first", "upstream_ip", "failures", "uncarried", "handed", "listening")
 
     def __init__(self, loop, log, owner, servers, command, dst_host, candidates, port, health,
                  attempt=10.0, table=None):
@@ -155,6 +155,7 @@ class UpstreamConnector:
         self.failures = []          # "label: why" of each upstream that failed
         self.uncarried = []         # "label: why" of those that cannot carry the request
         self.handed = -1            # the descriptor handed to the owner, still registered here
+        self.listening = False      # BIND: the first reply is in
 
     # --- one upstream after the other ------------------------------------------------------
     def start(self):
@@ -288,14 +289,15 @@ class UpstreamConnector:
             elif isinstance(e, U.Send):
                 if not self.send(e.data):
                     return
-            elif hs.done:
-                self.succeed(e)
-                return
-            else:
+            elif self.command == P.CMD_BIND and not self.listening:
                 # BIND's first reply: where the upstream listens for the peer
+                self.listening = True
                 self.owner.on_upstream_bound(*self.announced(e))
                 if not self.live:
                     return
+            else:
+                self.succeed(e)
+                return
 
     def announced(self, reply):
         """A reply's address as the client should see it: the upstream's own

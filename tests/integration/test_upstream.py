@@ -317,3 +317,36 @@ def test_sockd_conf_refuses_before_any_upstream(start_sockd, tmp_path, www, blac
     s.wait_log(r"(?m)refused -- Connect from .* by .*sockd0\.conf:2$")
     time.sleep(0.2)
     assert black_hole.conns == []
+
+
+# --- BIND two hops out --------------------------------------------------------------------------------
+
+from test_client_tools import COMMANDS, TARGET, check_transfer, client_env, rftp  # noqa: E402
+from test_client_tools import ftpd  # noqa: E402,F401 (a fixture)
+
+
+@pytest.mark.parametrize("back_kind", ["sockd", "danted"])
+def test_rftp_active_mode_two_hops(front, start_sockd, danted, ftpd, tmp_path, back_kind):  # noqa: F811
+    """rftp (the client library's BIND) -> sockd -> a second SOCKS server
+    (sockd, or Dante) -> pyftpdlib: the data connection comes back through
+    both hops."""
+    if back_kind == "sockd":
+        back = start_sockd(PERMIT_LOCAL, name="back")
+        port = back.port
+    else:
+        back = danted()
+        port = back.port
+    s = front("sockd @=socks5://127.0.0.1:%d ALL\n" % port)
+    env = client_env(tmp_path, "sockd @=127.0.0.1:%d 127.0.0.0/8\n" % s.port)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "up.txt").write_text("uploaded through SOCKS\n")
+    r, work = rftp(tmp_path, env, TARGET, str(ftpd.port), commands=COMMANDS)
+    check_transfer(r, work, ftpd, active=True)
+    s.wait_log(r"bind -- Bind from .* for 127\.0\.0\.2 \(\w+\) via socks5://127\.0\.0\.1:%d: listening on "
+               r"127\.0\.0\.1 port \d+" % port)
+    s.wait_log(r"connected -- Bind from .* for 127\.0\.0\.2 \(\w+\) via socks5://127\.0\.0\.1:%d: 127\.0\.0\.2 port "
+               r"\d+ connected" % port)
+    if back_kind == "sockd":
+        back.wait_log(r"connected -- Bind from unknown\(unknown\)@127\.0\.0\.1 for 127\.0\.0\.2")
+    else:
+        assert "tcp/bindreply" in back.log()

@@ -813,3 +813,54 @@ def test_wayout_timeout_connect_while_an_upstream_is_silent(loop, net, log, serv
         assert up.conns[0].recv(1) == b""            # sockd's end of the silent upstream is closed
     finally:
         up.close()
+
+
+def bind5(ip, port):
+    return P.request5(P.CMD_BIND, ip, port)
+
+
+@pytest.mark.parametrize("peer,ok", [("127.0.0.1", True), ("127.0.0.9", False)])
+def test_wayout_bind_through_an_upstream(loop, net, log, server, peer, ok):
+    """The upstream's first reply (its own address where it announced
+    0.0.0.0) is the client's first; its second, checked against the host
+    the request named, the client's second; then the relay."""
+    req = bind5("127.0.0.1", 21)
+    up = Scripted(loop, [(3, b"\x05\x00"), (3 + len(req), P.reply5(0, "0.0.0.0", 40000))])
+    try:
+        srv = with_wayout(server(), "sockd @=socks5://127.0.0.1:%d ALL\n" % up.port)
+        client, sess = srv.client(GREETING + req)
+        assert run_until(loop, lambda: len(client.data) >= 12)
+        (rep, addr, port), _ = reply5(client.data)
+        assert (rep, addr, port) == (0, "127.0.0.1", 40000)
+        assert sess.state == S.BINDWAIT
+        up.conns[0].send(P.reply5(0, peer, 2020) + b"from the peer")
+        if not ok:
+            assert run_until(loop, lambda: client.eof)
+            assert client.data.endswith(P.reply5(P.REP_NOT_ALLOWED))
+            assert log.having("connected to wrong host 127.0.0.9 (2020)")
+            return
+        assert run_until(loop, lambda: client.data.endswith(b"from the peer"))
+        assert P.reply5(0, "127.0.0.1", 2020) in bytes(client.data)
+        label = "socks5://127.0.0.1:%d" % up.port
+        assert log.having("connected -- Bind from unknown(unknown)@127.0.0.1 for 127.0.0.1 (%s) via %s: "
+                          "127.0.0.1 port 2020 connected" % (service_name(21), label))
+        client.write(b"to the peer")
+        assert run_until(loop, lambda: up.got[0].endswith(b"to the peer"))
+    finally:
+        up.close()
+
+
+def test_wayout_bind_unnamed_peer_is_judged(loop, net, log, server):
+    req = bind5("0.0.0.0", 0)
+    up = Scripted(loop, [(3, b"\x05\x00"), (3 + len(req), P.reply5(0, "10.0.0.1", 40000) +
+                                             P.reply5(0, "10.9.9.9", 20))])
+    try:
+        srv = with_wayout(server("permit 127.0.0.0/8 127.0.0.0/8\n"), "sockd @=socks5://127.0.0.1:%d ALL\n" % up.port)
+        client, sess = srv.client(GREETING + req)
+        assert run_until(loop, lambda: client.eof)
+        assert client.data.endswith(P.reply5(P.REP_NOT_ALLOWED))
+        assert log.having("refused -- Bind from unknown(unknown)@127.0.0.1 for 0.0.0.0 (0) via socks5://127.0.0.1:"
+                          "%d: connection from 10.9.9.9 port 20" % up.port)
+        assert nothing_left(loop, sess)
+    finally:
+        up.close()

@@ -323,3 +323,13 @@ def test_attempt_seconds():
     assert UP.attempt_seconds(0, 8) == 0
     assert UP.attempt_seconds(10, 0) == 10
     assert UP.attempt_seconds(0, 0) == 0
+
+
+def test_bind_both_replies_in_one_read(loop, log, health, ups):
+    req = len(P.request5(2, "192.0.2.7", 21))
+    u = ups(GREETED + [(3 + req, P.reply5(0, "10.0.0.9", 40000) + P.reply5(0, "192.0.2.7", 20))])
+    c, owner = connect(loop, log, health, [server("socks5", u.port)], command=P.CMD_BIND, port=21)
+    assert run_until(loop, lambda: owner.calls)
+    assert owner.bound == [("10.0.0.9", 40000)]
+    assert owner.result[2] is None and c.bound == ("192.0.2.7", 20)
+    owner.result[0].close()
