@@ -97,6 +97,13 @@ class Context:
     def drain_commands(self):
         self.runner.drain(10)
 
+    def upstream_health(self):
+        """The marks on upstream proxies: the master's, shared by every
+        process; under inetd (no master) a table of this process's own."""
+        if self.health is None:
+            self.health = Health()
+        return self.health
+
     @property
     def ruleset(self):
         return self.config.ruleset
@@ -811,12 +818,8 @@ class Session:
             self.refuse_way_out(d)
             return
         else:
-            health = self.ctx.health
-            if health is None:
-                # inetd mode: no master to share a table with
-                health = self.ctx.health = Health()
             self.aux = UpstreamConnector(self.loop, self.ctx.log, self, d.servers, self.command, self.dst_host,
-                                         self.candidates, self.dst_port, health,
+                                         self.candidates, self.dst_port, self.ctx.upstream_health(),
                                          attempt_seconds(cfg.timeout_upstream, cfg.timeout_connect),
                                          cfg.route_table)
         self.aux.start()

@@ -350,3 +350,72 @@ def test_rftp_active_mode_two_hops(front, start_sockd, danted, ftpd, tmp_path, b
         back.wait_log(r"connected -- Bind from unknown\(unknown\)@127\.0\.0\.1 for 127\.0\.0\.2")
     else:
         assert "tcp/bindreply" in back.log()
+
+
+# --- UDP two hops out ---------------------------------------------------------------------------------
+
+from test_bind_udp import hdr, udp_associate  # noqa: E402
+
+
+@pytest.mark.parametrize("back_kind", ["sockd", "danted"])
+def test_udp_two_hops(front, start_sockd, danted, back_kind):
+    """A datagram echoed back through sockd and a second SOCKS 5 server
+    (sockd, or Dante): association to association; a destination the
+    way-out file sends direct skips the upstream, one it denies is
+    dropped."""
+    echo = helpers.UDPEcho(prefix=b"echo:")
+    near = helpers.UDPEcho(prefix=b"near:")
+    denied = helpers.UDPEcho(prefix=b"no:")
+    try:
+        if back_kind == "sockd":
+            back = start_sockd(PERMIT_LOCAL, name="back")
+        else:
+            back = danted()
+        s = front("direct 127.0.0.1 255.255.255.255 eq %d\ndeny 127.0.0.1 255.255.255.255 eq %d\n"
+                  "sockd @=socks5://127.0.0.1:%d ALL\n" % (near.port, denied.port, back.port))
+        c, u, relay = udp_associate(s.addr)
+        u.settimeout(5)
+        for i in range(3):
+            u.sendto(hdr("127.0.0.1", echo.port) + b"hello %d" % i, relay)
+            data, src = u.recvfrom(1000)
+            assert data == hdr("127.0.0.1", echo.port) + b"echo:hello %d" % i
+            assert src == relay
+        # the echo saw the back server's relay, not the front's
+        assert all(peer != relay for _, peer in echo.seen)
+        u.sendto(hdr("127.0.0.1", near.port) + b"direct", relay)
+        assert u.recvfrom(1000)[0] == hdr("127.0.0.1", near.port) + b"near:direct"
+        u.sendto(hdr("127.0.0.1", denied.port) + b"denied", relay)
+        u.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            u.recvfrom(1000)
+        assert not denied.seen
+        s.wait_log(r"connected -- UDP associate from .*: through socks5://127\.0\.0\.1:%d, its relay on "
+                   r"127\.0\.0\.1 port \d+" % back.port)
+        s.wait_log(r"refused -- UDP associate from .*: datagram to 127\.0\.0\.1 \(%d\): way out .*:2: denied"
+                   % denied.port)
+        c.close()
+        s.wait_log(r"terminated -- UDP associate .* in 5 datagrams from 127\.0\.0\.1, .* in 4 datagrams to it, "
+                   r"1 dropped")
+        if back_kind == "sockd":
+            back.wait_log(r"terminated -- UDP associate from unknown\(unknown\)@127\.0\.0\.1\. .* in 3 datagrams")
+        else:
+            wait_for(lambda: "udpassociate" in back.log() or "udpreply" in back.log(), 5, what="danted's log")
+    finally:
+        for e in (echo, near, denied):
+            e.close()
+
+
+def test_udp_through_a_dead_upstream_fails_over(front, start_sockd):
+    echo = helpers.UDPEcho(prefix=b"echo:")
+    try:
+        back = start_sockd(PERMIT_LOCAL, name="back")
+        dead = helpers.closed_port()
+        s = front("sockd @=socks5://127.0.0.1:%d,socks5://127.0.0.1:%d ALL\n" % (dead, back.port))
+        c, u, relay = udp_associate(s.addr)
+        u.settimeout(5)
+        u.sendto(hdr("127.0.0.1", echo.port) + b"x", relay)
+        assert u.recvfrom(1000)[0].endswith(b"echo:x")
+        s.wait_log(r"upstream socks5://127\.0\.0\.1:%d is down: connect: Connection refused" % dead)
+        c.close()
+    finally:
+        echo.close()
