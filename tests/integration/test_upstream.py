@@ -229,20 +229,25 @@ def test_through_an_http_proxy(front, tinyproxy, www):
     assert "tpPassw0rd" not in s.log()
 
 
-def test_direct_and_through_per_the_file(front, danted, www, tmp_path):
-    """The two-line way-out file of the issue: one destination direct, the
-    rest through Dante."""
+def test_direct_and_through_per_the_file(front, danted, tinyproxy, www, tmp_path):
+    """As a new user would: one destination direct, one through Dante, the
+    rest through an HTTP proxy, each as the file says."""
     d = danted()
-    s = front("direct 127.0.0.1 255.255.255.255\nsockd @=socks5://127.0.0.1:%d ALL\n" % d.port)
+    tp = tinyproxy()
+    s = front("direct 127.0.0.1 255.255.255.255\nsockd @=socks5://127.0.0.1:%d 127.0.0.2 255.255.255.255\n"
+              "sockd @=http://127.0.0.1:%d ALL\n" % (d.port, tp.port))
     fetched(curl("socks5://127.0.0.1:%d" % s.port, www.url("hello.txt", "127.0.0.1")), www)
     s.wait_log(r"(?m)connected -- Connect from .* to 127\.0\.0\.1 \(%d\)$" % www.port)
-    www2 = helpers.HTTPServer(tmp_path / "www", host="127.0.0.2")
+    servers = [helpers.HTTPServer(tmp_path / "www", host=h) for h in ("127.0.0.2", "127.0.0.3")]
     try:
-        fetched(curl("socks5://127.0.0.1:%d" % s.port, www2.url("hello.txt")), www)
-        s.wait_log(r"connected -- Connect from .* to 127\.0\.0\.2 \(%d\) via socks5://127\.0\.0\.1:%d" % (
-            www2.port, d.port))
+        for srv, via in zip(servers, ("socks5://127.0.0.1:%d" % d.port, "http://127.0.0.1:%d" % tp.port)):
+            fetched(curl("socks5h://127.0.0.1:%d" % s.port, srv.url("hello.txt")), www)
+            s.wait_log(r"connected -- Connect from .* to %s \(%d\) via %s" % (
+                re.escape(srv.host), srv.port, re.escape(via)))
+        wait_for(lambda: "CONNECT 127.0.0.3:%d" % servers[1].port in tp.log(), 10, what="tinyproxy's CONNECT")
     finally:
-        www2.close()
+        for srv in servers:
+            srv.close()
 
 
 # --- failover -----------------------------------------------------------------------------------------
