@@ -817,11 +817,9 @@ class Session:
         if d.action == W.DENY:
             self.refuse_way_out(d)
             return
-        else:
-            self.aux = UpstreamConnector(self.loop, self.ctx.log, self, d.servers, self.command, self.dst_host,
-                                         self.candidates, self.dst_port, self.ctx.upstream_health(),
-                                         attempt_seconds(cfg.timeout_upstream, cfg.timeout_connect),
-                                         cfg.route_table)
+        self.aux = UpstreamConnector(self.loop, self.ctx.log, self, d.servers, self.command, self.dst_host,
+                                     self.candidates, self.dst_port, self.ctx.upstream_health(),
+                                     attempt_seconds(cfg.timeout_upstream, cfg.timeout_connect), cfg.route_table)
         self.aux.start()
 
     def on_wayout_names(self, result, error):

@@ -51,10 +51,10 @@ from . import decision as D
 from . import protocol as P
 from . import rules as R
 from . import wayout as W
-from .addresses import addr_text, resolve
+from .addresses import addr_text, errno_text, resolve
 from .loop import EPOLLIN
 from .pools import NAMES
-from .upstream import UpstreamConnector, attempt_seconds
+from .upstream import UpstreamConnector, attempt_seconds, literal_family
 
 MAX_MEMO = 256
 MAX_PENDING = 16          # datagrams waiting for one name to resolve
@@ -470,7 +470,7 @@ class Through:
         assoc = self.assoc
         log = assoc.ctx.log
         if sock is None:
-            self.failed(err.detail if not isinstance(err, int) else "connect %s" % err)
+            self.failed(err.detail if not isinstance(err, int) else "connect: %s" % errno_text(err))
             return
         loop = assoc.loop
         self.server = connector.server
@@ -480,7 +480,11 @@ class Through:
         if connector.mask != EPOLLIN:
             loop.modify(sock.fileno(), EPOLLIN)
         relay_ip = self.relay[0]
-        fam = socket.AF_INET6 if ":" in relay_ip else socket.AF_INET
+        fam = literal_family(relay_ip)
+        if fam is None:
+            # a name would be looked up by sendto, on the loop, for every datagram
+            self.failed("its relay is named %s, not given as an address" % relay_ip)
+            return
         try:
             us = socket.socket(fam, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         except OSError as exc:
