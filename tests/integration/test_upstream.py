@@ -192,7 +192,7 @@ def test_through_dante(front, danted, www, scheme):
 
 def test_through_microsocks_with_a_password(front, microsocks, www):
     port = microsocks("-u", "mu", "-P", "Sekr1tPw")
-    s = front("sockd @=socks5h://mu:Sekr1tPw@127.0.0.1:%d ALL\n" % port)
+    s = front("sockd @=socks5h://mu:Sekr1tPw@127.0.0.1:%d ALL\n" % port, args=["-d", "2"])   # debug lines too
     fetched(curl("socks5h://127.0.0.1:%d" % s.port, www.url("hello.txt", "localhost")), www)
     s.wait_log(r"via socks5h://127\.0\.0\.1:%d" % port)
     # without the password microsocks refuses sockd: down, one line, and the client is told

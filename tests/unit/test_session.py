@@ -864,3 +864,30 @@ def test_wayout_bind_unnamed_peer_is_judged(loop, net, log, server):
         assert nothing_left(loop, sess)
     finally:
         up.close()
+
+
+@pytest.mark.parametrize("credentials", [None, ("up", "uppw")])
+def test_wayout_never_forwards_the_clients_password(loop, net, log, server, passwd, credentials):
+    """The client logs in with RFC 1929; the upstream gets the URL's
+    credentials (offered with method 0), or none: never the client's."""
+    dst = ("127.0.0.1", 4444)
+    req = P.request5(1, *dst)
+    greeting = P.greeting5([0, 2] if credentials else [0])
+    auth = P.userpass_request(*credentials) if credentials else b""
+    script = [(len(greeting), b"\x05\x02" if credentials else b"\x05\x00")]
+    if credentials:
+        script.append((len(greeting) + len(auth), b"\x01\x00"))
+    script.append((len(greeting) + len(auth) + len(req), P.reply5(0, "10.1.2.3", 5555)))
+    up = Scripted(loop, script)
+    try:
+        url = "socks5://%s127.0.0.1:%d" % ("%s:%s@" % credentials if credentials else "", up.port)
+        srv = with_wayout(server("methods username\npasswd %s\npermit *=alice 127.0.0.0/8\n" % passwd),
+                          "sockd @=%s ALL\n" % url)
+        client, sess = srv.client(P.greeting5([P.METHOD_USERPASS]) + P.userpass_request("alice", "right")
+                                  + connect5(*dst))
+        assert run_until(loop, lambda: len(client.data) >= 4 + 10)
+        assert up.got[0] == greeting + auth + req
+        assert b"right" not in up.got[0] and b"alice" not in up.got[0]
+        assert log.having("connected -- Connect from alice(unknown)@127.0.0.1")
+    finally:
+        up.close()
