@@ -12,7 +12,7 @@ import os
 
 from .validators import (DEFAULT_PORT, to_address, to_bool, to_chroot, to_choice, to_facility, to_failures,
                          to_group, to_gss_level, to_gss_service, to_int, to_listen, to_pidfile, to_port_range, to_rate, to_seconds, to_size,
-                         to_user, system_chroot, system_group, system_user)
+                         to_stagger, to_user, system_chroot, system_group, system_user)
 
 
 def shell_path(text):
@@ -150,6 +150,10 @@ SETTINGS = [
             "protection levels granted: clear (0), integrity (1), confidentiality (2)", to_gss_level, many=True),
     Setting("gssapi nec", "yes|no", True,
             "accept the NEC variant's unwrapped level octet (curl --socks5-gssapi-nec)", to_bool),
+    # -- issue 14: Happy Eyeballs (RFC 8305) for sockd's own connects; the resolver cache of a worker --
+    Setting("connect stagger", "SECONDS", 0.25,
+            "a destination with several addresses: the next one is tried after this long without an answer, "
+            "or at once when one fails (RFC 8305; 0: one after another)", to_stagger),
 ]
 BY_KEY = {s.key: s for s in SETTINGS}
 GROUPS = {k.split(" ", 1)[0] for k in BY_KEY if " " in k}
