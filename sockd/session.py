@@ -767,8 +767,9 @@ class Session:
 
     # --- CONNECT ---------------------------------------------------------------------------------
     def connect(self):
-        self.aux = Connector(self.loop, self.candidates, self.dst_port, self.ctx.config.route_table,
-                             self.dst_host, self.ctx.log, self)
+        cfg = self.ctx.config
+        self.aux = Connector(self.loop, self.candidates, self.dst_port, cfg.route_table, self.dst_host,
+                             self.ctx.log, self, cfg.connect_stagger)
         self.aux.start()
 
     def on_connected(self, sock, ip, err):
