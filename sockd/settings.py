@@ -154,6 +154,12 @@ SETTINGS = [
     Setting("connect stagger", "SECONDS", 0.25,
             "a destination with several addresses: the next one is tried after this long without an answer, "
             "or at once when one fails (RFC 8305; 0: one after another)", to_stagger),
+    Setting("resolve cache", "N", 1024, "host names each worker remembers the addresses of (0: no cache)",
+            to_int(0, 100000)),
+    Setting("resolve life", "SECONDS", 60.0, "how long a remembered answer is used before the name is asked again",
+            to_seconds),
+    Setting("resolve failure-life", "SECONDS", 10.0,
+            "how long a name that did not resolve is answered as failed without asking again", to_seconds),
 ]
 BY_KEY = {s.key: s for s in SETTINGS}
 GROUPS = {k.split(" ", 1)[0] for k in BY_KEY if " " in k}
