@@ -298,6 +298,22 @@ def live(net, host="127.0.0.1", port=0):
     return ls, ls.getsockname()[1]
 
 
+def live_and_holes(net, host, holes):
+    """A listener on ``host`` and black holes on each of ``holes``, all on
+    one port (a port free on every one of those addresses)."""
+    for _ in range(50):
+        ls, port = live(net, host)
+        try:
+            for h in holes:
+                black_hole(net, h, port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            continue
+        return ls, port
+    raise AssertionError("no port free on %s and %s" % (host, holes))
+
+
 def timed_finish(loop, c, done, timeout=2.0):
     t0 = time.monotonic()
     c.start()
@@ -308,8 +324,7 @@ def timed_finish(loop, c, done, timeout=2.0):
 
 
 def test_a_black_holed_first_address_gives_way_after_the_stagger(loop, net, log):
-    ls, port = live(net, "127.0.0.1")
-    black_hole(net, "127.0.0.2", port)
+    ls, port = live_and_holes(net, "127.0.0.1", ["127.0.0.2"])
     c, done = connector(loop, log, ["127.0.0.2", "127.0.0.1"], port, host="both.test", stagger=0.2)
     (sock, address, err), took = timed_finish(loop, c, done)
     net.keep(sock)
@@ -333,15 +348,13 @@ def test_a_refused_first_address_gives_way_at_once(loop, net, log):
 
 
 def test_dead_ipv6_live_ipv4_and_the_reverse(loop, net, log):
-    ls, port = live(net, "127.0.0.1")
-    black_hole(net, "::1", port)
+    ls, port = live_and_holes(net, "127.0.0.1", ["::1"])
     c, done = connector(loop, log, ["::1", "127.0.0.1"], port, stagger=0.1)
     (sock, address, err), took = timed_finish(loop, c, done)
     net.keep(sock)
     assert (address, err, sock.family) == ("127.0.0.1", None, socket.AF_INET) and took < 0.5
 
-    ls6, port6 = live(net, "::1")
-    black_hole(net, "127.0.0.1", port6)
+    ls6, port6 = live_and_holes(net, "::1", ["127.0.0.1"])
     c, done = connector(loop, log, ["127.0.0.1", "::1"], port6, stagger=0.1)
     (sock, address, err), took = timed_finish(loop, c, done)
     net.keep(sock)
@@ -351,8 +364,7 @@ def test_dead_ipv6_live_ipv4_and_the_reverse(loop, net, log):
 def test_the_families_take_turns(loop, net, log):
     """Two dead IPv6 addresses first, then the live IPv4 one: interleaved,
     IPv4 is the second attempt, not the third."""
-    ls, port = live(net, "127.0.0.1")
-    black_hole(net, "::1", port)
+    ls, port = live_and_holes(net, "127.0.0.1", ["::1"])
     c, done = connector(loop, log, ["::1", "::1", "127.0.0.1"], port, stagger=0.15)
     (sock, address, err), took = timed_finish(loop, c, done)
     net.keep(sock)
@@ -360,8 +372,7 @@ def test_the_families_take_turns(loop, net, log):
 
 
 def test_stagger_0_tries_one_address_after_another(loop, net, log):
-    ls, port = live(net, "127.0.0.1")
-    black_hole(net, "127.0.0.2", port)
+    ls, port = live_and_holes(net, "127.0.0.1", ["127.0.0.2"])
     c, done = connector(loop, log, ["127.0.0.2", "127.0.0.1"], port, stagger=0)
     c.start()
     run_for(loop, 0.4)
@@ -379,10 +390,8 @@ def test_stagger_0_still_moves_on_when_one_is_refused(loop, net, log):
 
 
 def test_at_most_max_in_flight_at_once(loop, net, log):
-    port = black_hole(net, "127.0.0.2", 0)
     holes = ["127.0.0.%d" % i for i in range(2, 9)]
-    for h in holes[1:]:
-        black_hole(net, h, port)
+    ls, port = live_and_holes(net, "127.0.0.1", holes)
     c, done = connector(loop, log, holes, port, stagger=0.01)
     c.start()
     run_for(loop, 0.3)
@@ -396,9 +405,7 @@ def test_at_most_max_in_flight_at_once(loop, net, log):
 def test_a_failure_at_the_bound_lets_the_next_one_start(loop, net, log):
     """Four black holes and a refused address under way: when the refused
     one fails, the next (live) candidate starts at once."""
-    ls, port = live(net, "127.0.0.1")
-    for h in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
-        black_hole(net, h, port)
+    ls, port = live_and_holes(net, "127.0.0.1", ["127.0.0.2", "127.0.0.3", "127.0.0.4"])
     # .5 is refused, so that the one after it (.1, live) starts when it fails
     c, done = connector(loop, log, ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.1"], port,
                         stagger=0.05)
@@ -420,8 +427,7 @@ def test_every_candidate_black_holed_or_refused_waits_for_the_deadline(loop, net
 
 
 def test_the_winner_after_the_stagger_is_registered_as_mask_says(loop, net, log):
-    ls, port = live(net, "127.0.0.1")
-    black_hole(net, "127.0.0.2", port)
+    ls, port = live_and_holes(net, "127.0.0.1", ["127.0.0.2"])
     c, done = connector(loop, log, ["127.0.0.2", "127.0.0.1"], port, stagger=0.05)
     (sock, _, _), _ = timed_finish(loop, c, done)
     net.keep(sock)
@@ -434,8 +440,7 @@ def test_the_winner_after_the_stagger_is_registered_as_mask_says(loop, net, log)
 
 
 def test_cancel_during_the_stagger_leaves_nothing(loop, net, log):
-    ls, port = live(net, "127.0.0.1")
-    black_hole(net, "127.0.0.2", port)
+    ls, port = live_and_holes(net, "127.0.0.1", ["127.0.0.2"])
     c, done = connector(loop, log, ["127.0.0.2", "127.0.0.1"], port, stagger=0.1)
     c.start()
     assert c.timer is not None and len(c.attempts) == 1
