@@ -66,8 +66,10 @@ def interleave(candidates):
 
 
 class Attempt:
-    """One non-blocking connect under way; its socket's events go to the
-    connector that started it."""
+    """One non-blocking connect under way beside another; its socket's
+    events go to the connector that started it.  (The connector's own
+    ``sock``, ``fd`` and ``ip`` carry one attempt, so that the common case,
+    one address, makes no object more.)"""
 
     __slots__ = ("connector", "sock", "fd", "ip")
 
@@ -96,7 +98,7 @@ class Connector:
     it over without a system call."""
 
     __slots__ = ("loop", "candidates", "port", "table", "host", "log", "owner", "live", "stagger",
-                 "attempts", "timer", "error", "fd", "mask")
+                 "attempts", "timer", "error", "sock", "fd", "ip", "mask")
 
     def __init__(self, loop, candidates, port, table, host, log, owner, stagger=STAGGER):
         self.loop = loop
@@ -110,10 +112,12 @@ class Connector:
         self.owner = owner
         self.live = True            # until on_connected is called, or cancel()
         self.stagger = stagger      # seconds before the next attempt (0: only once one fails)
-        self.attempts = []          # Attempts under way, oldest first
+        self.attempts = []          # attempts under way, oldest first: Attempts, or self
         self.timer = None           # the stagger's, while another attempt is due
         self.error = None           # errno of the last attempt that failed
-        self.fd = -1
+        self.sock = None            # the attempt this object carries itself, while under way
+        self.fd = -1                # its descriptor; once connected, the winner's
+        self.ip = None
         self.mask = -1
 
     def start(self):
@@ -154,7 +158,11 @@ class Connector:
                 self.won(r, ip, r.fileno(), -1)
                 return
             if err == errno.EINPROGRESS:
-                a = Attempt(self, r, ip)
+                if self.sock is None:
+                    a = self
+                    self.sock, self.fd, self.ip = r, r.fileno(), ip
+                else:
+                    a = Attempt(self, r, ip)
                 self.attempts.append(a)
                 self.loop.add(a.fd, EPOLLOUT, a.on_event)
                 break
@@ -200,26 +208,34 @@ class Connector:
             return exc.errno
         return 0
 
+    def on_event(self, ev):
+        """The events of the attempt this object carries itself."""
+        self.attempt_done(self)
+
     def attempt_done(self, a):
         """An attempt's socket is writable: connected, or failed."""
-        err = a.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        sock, fd, ip = a.sock, a.fd, a.ip
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         self.attempts.remove(a)
+        if a is self:
+            self.sock, self.fd = None, -1
         if err:
-            self.loop.remove(a.fd)
-            a.sock.close()
-            self.failed(a.ip, err)
+            self.loop.remove(fd)
+            sock.close()
+            self.failed(ip, err)
             if self.live:
                 self.launch()
             return
-        self.won(a.sock, a.ip, a.fd, EPOLLOUT)
+        self.won(sock, ip, fd, EPOLLOUT)
 
     def won(self, sock, ip, fd, mask):
         """``sock`` connected first (still registered for ``mask``): the
         other attempts are closed, and the owner told."""
-        if self.attempts:
-            self.log.debug("connect to %s: %s port %d answered first; %d other attempts closed" % (
-                self.host or addr_text(ip), addr_text(ip), self.port, len(self.attempts)))
-        self.drop()
+        if self.attempts or self.timer is not None:
+            if self.attempts:
+                self.log.debug("connect to %s: %s port %d answered first; %d other attempts closed" % (
+                    self.host or addr_text(ip), addr_text(ip), self.port, len(self.attempts)))
+            self.drop()
         self.fd, self.mask = fd, mask
         self.finish(sock, ip, None)
 
@@ -228,10 +244,13 @@ class Connector:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        for a in self.attempts:
+        attempts = self.attempts
+        while attempts:
+            a = attempts.pop()
             self.loop.remove(a.fd)
             a.sock.close()
-        self.attempts = []
+            if a is self:
+                self.sock, self.fd = None, -1
 
     def finish(self, sock, ip, err):
         if not self.live:
