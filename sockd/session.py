@@ -11,7 +11,8 @@ bytes; the session keeps the deadlines, the counts and the log lines.
 
 Steps that block (name lookups, password checks) go to the loop's helper
 pools (pools.py) and come back as callbacks, so one slow client never holds
-up another; the session is their requester (``gone``, ``src_key``), and a
+up another (a destination's name goes there only when the process's
+resolver cache, resolver.py, does not have it); the session is their requester (``gone``, ``src_key``), and a
 step the pools refuse (its address has too many waiting) fails at once.
 Every failure is answered with the failure reply of the client's SOCKS
 version (``fail``, ``refuse``), and every refusal is logged once, naming the
