@@ -17,11 +17,15 @@ even be asked) or an ``UpstreamFailure``: the SOCKS 5 reply code for the
 client and the words for the log.
 
 Each upstream in turn, those the health table (health.py) marks down
-after the others: its name is resolved on the helper pool for names (as
-the session's own lookups are), its addresses are reached with a
-``connector.Connector`` (the route file's source address, every address
-tried), and the handshake (upstreamproto.py) runs on the loop, never
-blocking.  What it sends is the destination's name when the upstream
+after the others: its name is resolved through the process's resolver
+(resolver.py: its cache, then the helper pool for names, as the
+session's own lookups are), its addresses are reached with a
+``connector.Connector`` (Happy Eyeballs over them, the route file's
+source address), and the handshake (upstreamproto.py) runs on the loop,
+never blocking.  What it takes of the process, through ``ctx`` (the
+session's Context): ``loop``, ``log``, ``resolver``, ``upstream_health()``
+and ``config`` (``timeout upstream``, ``timeout connect``, ``connect
+stagger``, the route file).  What it sends is the destination's name when the upstream
 resolves names (socks4a, socks5h, http and the classic form) and the
 client gave one, else the address sockd resolved and the rules permitted.
 The client's own user name and password are never sent: an upstream gets
@@ -51,10 +55,9 @@ import socket
 from . import health as H
 from . import protocol as P
 from . import upstreamproto as U
-from .addresses import addr_text, errno_text, resolve
+from .addresses import addr_text, errno_text
 from .connector import Connector
 from .loop import EPOLLIN, EPOLLOUT
-from .pools import NAMES
 
 RECV = 8192
 UNSPECIFIED = ("0.0.0.0", "::", None)
@@ -117,23 +120,25 @@ def destination_for(server, command, dst_host, candidates):
 
 
 class UpstreamConnector:
-    __slots__ = ("loop", "log", "owner", "health", "table", "attempt", "command", "dst_host", "candidates",
-                 "port", "queue", "live", "server", "tries", "connector", "sock", "fd", "hs", "out", "mask",
+    __slots__ = ("loop", "log", "owner", "resolver", "health", "table", "stagger", "attempt", "command",
+                 "dst_host", "candidates", "port", "queue", "live", "server", "tries", "connector", "sock", "fd",
+                 "hs", "out", "mask",
                  "timer", "bound", "first", "upstream_ip", "failures", "uncarried", "handed", "listening")
 
-    def __init__(self, loop, log, owner, servers, command, dst_host, candidates, port, health,
-                 attempt=10.0, table=None):
-        """``owner``: the session (also the requester of the helper pool's
-        jobs: ``gone``, ``src_key``, ``client_ip``); ``servers``: the
-        Decision's; ``dst_host``: the client's name or None; ``candidates``:
-        the permitted [(family, address)]; ``attempt``: attempt_seconds;
-        ``table``: the route file's RouteTable or None."""
-        self.loop = loop
-        self.log = log
+    def __init__(self, ctx, owner, servers, command, dst_host, candidates, port):
+        """``owner``: the session (also the requester of the resolver's
+        jobs: ``gone``, ``src_key``, ``client_ip``, ``close()``);
+        ``servers``: the Decision's; ``dst_host``: the client's name or
+        None; ``candidates``: the permitted [(family, address)]."""
+        cfg = ctx.config
+        self.loop = ctx.loop
+        self.log = ctx.log
         self.owner = owner
-        self.health = health
-        self.table = table
-        self.attempt = attempt
+        self.resolver = ctx.resolver
+        self.health = health = ctx.upstream_health()
+        self.table = cfg.route_table
+        self.stagger = cfg.connect_stagger
+        self.attempt = attempt_seconds(cfg.timeout_upstream, cfg.timeout_connect)
         self.command = command
         self.dst_host = dst_host
         self.candidates = candidates
@@ -179,8 +184,8 @@ class UpstreamConnector:
                 self.reach([(fam, server.host)])
                 return
             tries = self.tries
-            busy = self.loop.executor.submit(NAMES, self.owner, resolve, (server.host, server.port),
-                                             lambda result, error: self.on_resolved(tries, result, error))
+            busy = self.resolver.resolve(self.owner, server.host,
+                                         lambda name, addresses, error: self.on_resolved(tries, addresses, error))
             if busy is not None:
                 self.stop_attempt()
                 self.finish(None, UpstreamFailure(P.REP_FAILURE, "lookup of upstream %s not run: %s" % (
@@ -200,7 +205,7 @@ class UpstreamConnector:
 
     def reach(self, addresses):
         self.connector = Connector(self.loop, addresses, self.server.port, self.table, self.server.host,
-                                   self.log, self)
+                                   self.log, self, self.stagger)
         self.connector.start()
 
     # --- the connector's owner ---------------------------------------------------------------

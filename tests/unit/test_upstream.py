@@ -16,11 +16,12 @@ import pytest
 
 from sockd import health as H
 from sockd import protocol as P
+from sockd import resolver as RS
 from sockd import upstream as UP
 from sockd import wayout as W
 from sockd.loop import EPOLLIN
 
-from loopkit import _Handler as Handler, Scripted, closed_port, epoll_masks, run_for, run_until, watched
+from loopkit import _Handler as Handler, Scripted, closed_port, epoll_masks, parse_conf, run_for, run_until, watched
 
 
 class Owner:
@@ -78,11 +79,23 @@ def server(kind, port, host="127.0.0.1", user=None, password=None):
     return W.Server(host, port, kind, user, password)
 
 
+class Ctx:
+    """What the connector takes of the session's Context."""
+
+    def __init__(self, loop, log, health, attempt):
+        self.loop, self.log, self.health = loop, log, health
+        self.config = parse_conf("timeout upstream %g\npermit 127.0.0.0/8\n" % attempt)
+        self.resolver = RS.Resolver(self)
+
+    def upstream_health(self):
+        return self.health
+
+
 def connect(loop, log, health, servers, command=P.CMD_CONNECT, dst_host=None, candidates=(("192.0.2.7",)),
             port=80, attempt=1.0):
     owner = Owner(loop)
     cands = [(socket.AF_INET6 if ":" in ip else socket.AF_INET, ip) for ip in candidates]
-    c = UP.UpstreamConnector(loop, log, owner, servers, command, dst_host, cands, port, health, attempt)
+    c = UP.UpstreamConnector(Ctx(loop, log, health, attempt), owner, servers, command, dst_host, cands, port)
     owner.connector = c
     c.start()
     return c, owner
