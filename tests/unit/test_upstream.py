@@ -346,3 +346,23 @@ def test_bind_both_replies_in_one_read(loop, log, health, ups):
     assert owner.bound == [("10.0.0.9", 40000)]
     assert owner.result[2] is None and c.bound == ("192.0.2.7", 20)
     owner.result[0].close()
+
+
+def test_an_upstream_name_through_the_cache_and_every_address(loop, log, health, ups):
+    """The upstream's name comes from the process's resolver (here its
+    cache: no helper thread), and a dead first address does not make the
+    upstream dead: the Connector tries the next (Happy Eyeballs)."""
+    u = ups(socks5_ok())
+    owner = Owner(loop)
+    ctx = Ctx(loop, log, health, 1.0)
+    ctx.resolver.cached("up.test")          # the configuration's cache bounds apply
+    ctx.resolver.cache.put("up.test", ((socket.AF_INET, "127.0.0.3"), (socket.AF_INET, "127.0.0.1")), None,
+                           loop.now)
+    c = UP.UpstreamConnector(ctx, owner, [server("socks5", u.port, host="up.test")], P.CMD_CONNECT, None,
+                             [(socket.AF_INET, "192.0.2.7")], 80)
+    owner.connector = c
+    c.start()
+    assert run_until(loop, lambda: owner.calls)
+    assert owner.result[2] is None and c.upstream_ip == "127.0.0.1"
+    owner.result[0].close()
+    assert log.lines("warning") == []
