@@ -40,6 +40,7 @@ from select import POLLIN
 from . import privileges
 from .addresses import load_services
 from .backoff import Backoff
+from .health import Health
 from .configload import load as load_config
 from .errors import ConfigError, EXIT_ERROR, Halt, PrivilegeError, report_config_error
 from .listeners import open_listeners, sock_name
@@ -235,6 +236,9 @@ class Master:
         # failed logins per address, for every process of every generation:
         # made before any fork, kept across reloads (a SIGHUP forgives nobody)
         self.backoff = Backoff()
+        # upstream proxies marked down, likewise for every process: one line
+        # when one goes down, one when it is back, for the whole server
+        self.health = Health()
         self.gone = collections.deque(maxlen=1024)   # pids reaped lately (limits bookkeeping)
         self.limit_held = {}       # pid -> (Limits, "column", n) for a worker, (Limits, "slot", n) for a child
         try:

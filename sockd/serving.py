@@ -157,11 +157,12 @@ class Worker(Serving):
     Built in the master; run() runs after the fork and never returns."""
 
     def __init__(self, number, generation, cfg, listeners, ident_mode, sigmask=(), identity=None,
-                 channel=None, alive_fd=-1, status_fd=-1, proxy_trust=None, limits=None, backoff=None):
+                 channel=None, alive_fd=-1, status_fd=-1, proxy_trust=None, limits=None, backoff=None, health=None):
         super().__init__(cfg, ident_mode, generation, channel, alive_fd)
         self.proxy_trust = proxy_trust or {}    # listener fd -> trusted PROXY protocol sources
         self.limits = limits                    # shared Limits, this worker's column set
         self.backoff = backoff                  # the master's shared login back-off
+        self.health = health                    # the master's shared marks on upstream proxies
         self.number = number
         self.listeners = listeners
         self.sigmask = sigmask
@@ -213,6 +214,7 @@ class Worker(Serving):
                                        cfg.helpers_queue)
         self.ctx = Context(self.cfg, loop, log, self.ident_mode)
         self.ctx.backoff = self.backoff
+        self.ctx.health = self.health
         lim = self.limits
         if lim is not None:
             # clients are counted only when a client limit is set; pending
@@ -390,11 +392,12 @@ class OneClient(Serving):
     signals, a title, the master's channel) or an inetd-mode sockd."""
 
     def __init__(self, cfg, sock, ident_mode=None, generation=0, channel=None, alive_fd=-1,
-                 inherited=False, proxy=None, refusal=None, peer=None, limits=None, backoff=None):
+                 inherited=False, proxy=None, refusal=None, peer=None, limits=None, backoff=None, health=None):
         super().__init__(cfg, ident_mode, generation, channel, alive_fd)
         self.peer = peer                # from the master's accept, when it has it
         self.limits = limits            # fork model behind a balancer: a ChildLimits
         self.backoff = backoff          # fork model: the master's shared login back-off
+        self.health = health            # fork model: the master's shared marks on upstream proxies
         self.inherited = inherited      # accepted from one of our listeners: options set
         self.proxy = proxy              # PROXY protocol sources this listener trusts
         self.refusal = refusal          # over a limit (the master counted): refuse politely
@@ -410,6 +413,7 @@ class OneClient(Serving):
         if self.limits is not None:
             ctx.limits = self.limits
         ctx.backoff = self.backoff
+        ctx.health = self.health
         try:
             # a fork-model child knows its peer from the master's accept: a
             # balancer's health check that has already gone is not an error

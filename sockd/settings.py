@@ -164,6 +164,10 @@ SETTINGS = [
             to_seconds),
     Setting("resolve failure-life", "SECONDS", 10.0,
             "how long a name that did not resolve is answered as failed without asking again", to_seconds),
+    # -- issue 14: upstream proxies, their failover --
+    Setting("timeout upstream", "SECONDS", 10.0,
+            "time one upstream proxy has to answer before the next is tried (at most half of timeout connect; "
+            "0: only timeout connect)", to_seconds),
 ]
 BY_KEY = {s.key: s for s in SETTINGS}
 GROUPS = {k.split(" ", 1)[0] for k in BY_KEY if " " in k}
