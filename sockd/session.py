@@ -652,12 +652,28 @@ class Session:
         if self.state != WAIT:
             return
         if error is not None or not result:
+            if self.upstream_resolves():
+                # judged by its name; the upstream resolves it (decision.unresolved)
+                self.candidates = []
+                self.lookup_names()
+                return
             reason = getattr(error, "strerror", None) or str(error or "no address")
             self.fail(P.REP_HOST_UNREACHABLE, ".  Error code: resolve %s" % clean(reason))
             return
         self.candidates = result
         self.dst_ip = addr_text(result[0][1])
         self.lookup_names()
+
+    def upstream_resolves(self):
+        """A CONNECT to a name that does not resolve here: does the way-out
+        file send it through upstreams that each resolve names themselves
+        (socks5h://, socks4a://, http://, the classic form)?  Then it is not
+        sockd's to resolve."""
+        wo = self.ctx.config.wayout
+        if wo is None or self.command != P.CMD_CONNECT or self.dst_host is None:
+            return False
+        d = W.decide_server(wo, self.user, (0, 0), self.dst_port, (self.dst_host,))
+        return d.action == W.SOCKD and all(s.remote_names for s in d.servers)
 
     def lookup_names(self):
         """The host names the rules need, looked up off the loop; then judge."""
@@ -813,7 +829,13 @@ class Session:
                     self.look_up("names", lookup_names, (self.client_ip, self.dst_ip, False, True),
                                  self.on_wayout_names)
                     return
-        d = W.decide_server(wo, self.user, R.ip_key(self.dst_ip), self.dst_port, names)
+        d = W.decide_server(wo, self.user, R.ip_key(self.dst_ip) if self.candidates else (0, 0), self.dst_port,
+                            names)
+        if not self.candidates and not (d.action == W.SOCKD and all(s.remote_names for s in d.servers)):
+            # a name only an upstream can resolve, but the line (for this user) goes another way
+            self.fail(P.REP_HOST_UNREACHABLE, ".  Error code: resolve: %s does not resolve here, and %s" % (
+                self.dst_host, d.reason))
+            return
         if d.action == W.DIRECT:
             if self.command == P.CMD_BIND:
                 self.bind_start()

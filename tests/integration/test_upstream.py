@@ -424,3 +424,29 @@ def test_udp_through_a_dead_upstream_fails_over(front, start_sockd):
         c.close()
     finally:
         echo.close()
+
+
+def test_a_name_only_the_upstream_can_resolve_is_left_to_it(front, start_sockd, www, tmp_path):
+    """socks5h:// (and socks4a://, http://) upstreams resolve names
+    themselves: a name the front sockd cannot resolve is judged by its name
+    and passed on.  The back sockd has its own /etc/hosts (a mount
+    namespace; the host's file is never touched)."""
+    need("unshare")
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n127.0.0.1 only-upstream.test\n")
+    before = open("/etc/hosts", "rb").read()
+    prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+              'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts)]
+    back = start_sockd(PERMIT_LOCAL, name="back", prefix=prefix)
+    url = "http://only-upstream.test:%d/hello.txt" % www.port
+    s = front("sockd @=socks5h://127.0.0.1:%d .test\ndirect ALL\n" % back.port)
+    fetched(curl("socks5h://127.0.0.1:%d" % s.port, url), www)
+    s.wait_log(r"connected -- Connect from unknown\(unknown\)@127\.0\.0\.1 to only-upstream\.test \(%d\) via "
+               r"socks5h://127\.0\.0\.1:%d" % (www.port, back.port))
+    back.wait_log(r"connected -- Connect from unknown\(unknown\)@127\.0\.0\.1 to only-upstream\.test")
+    # an upstream that wants sockd to resolve (socks5://) cannot take it: host unreachable, saying why
+    s2 = front("sockd @=socks5://127.0.0.1:%d .test\ndirect ALL\n" % back.port)
+    r = curl("socks5h://127.0.0.1:%d" % s2.port, url)
+    assert r.returncode == 97 and r.stdout == "", r.stderr
+    s2.wait_log(r"failed -- Connect from .* to only-upstream\.test .*Error code: resolve")
+    assert open("/etc/hosts", "rb").read() == before
