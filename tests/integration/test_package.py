@@ -171,6 +171,7 @@ def init(action):
 
 def test_install_start_curl_remove_purge(deb, host, tmp_path, www):
     pkg, _, _ = deb
+    before = named_sockd()
     run(["dpkg", "-i", str(pkg)], timeout=300)
     assert installed() == "install ok installed"
     listed = run(["dpkg", "-L", "sockd"]).stdout.split()
@@ -189,6 +190,10 @@ def test_install_start_curl_remove_purge(deb, host, tmp_path, www):
              "/lib/systemd/system/sockd.service"], check=False)
     assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), r.stdout + r.stderr
     assert not os.path.exists(PIDFILE)                    # policy-rc.d: dpkg did not start it
+    # sockd.service enabled (for the next boot under systemd), the socket unit not
+    wants = "/etc/systemd/system/multi-user.target.wants/"
+    assert os.path.islink(wants + "sockd.service") and not os.path.lexists("/etc/systemd/system/sockets.target.wants/"
+                                                                          "sockd.socket")
 
     # inetd mode of the installed program on the file as installed: its
     # cache goes to /var/cache/sockd, which it trusts
@@ -248,7 +253,14 @@ def test_install_start_curl_remove_purge(deb, host, tmp_path, www):
         assert not os.path.lexists(path), path
     assert not [f for d in os.listdir("/etc") if d.startswith("rc") and d.endswith(".d")
                 for f in os.listdir(os.path.join("/etc", d)) if f.endswith("sockd")]
+    assert named_sockd() == before                        # unit links, rc.d links, state files: gone
     assert user_exists()
+
+
+def named_sockd():
+    """Paths under /etc and systemd's state whose name says sockd."""
+    return {os.path.join(d, n) for top in ("/etc", "/var/lib/systemd") for d, dirs, files in os.walk(top)
+            for n in dirs + files if "sockd" in n}
 
 
 def inetd_once():
