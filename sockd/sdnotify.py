@@ -165,8 +165,9 @@ class Notifier:
 
 def status_line(master):
     """The master's state for STATUS=: its phase, the generation new
-    clients get, the clients served now and its processes.  Reads
-    ``master``'s phase, stopping, generation, cfg, live and clients_now()."""
+    clients get, the clients served now and its workers.  Reads
+    ``master``'s phase, stopping, generation, generations, cfg, live and
+    clients_now()."""
     clients = master.clients_now()
     what = "%d client%s" % (clients, "" if clients == 1 else "s")
     workers = master.live["worker"]
