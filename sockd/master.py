@@ -29,6 +29,12 @@ comes while the master is still starting or reloading is acted on after
 that.  Once stopping, the master waits for its processes, and kills them
 KILL_GRACE seconds after ``timeout shutdown``.
 
+systemd hears of the phases (sdnotify.py): READY=1 when the first
+generation serves, RELOADING=1 when a reload begins and READY=1 when it is
+committed or has failed, STOPPING=1; the loop sends STATUS= and the
+watchdog's pings.  Sockets systemd passed (activation.py) are held from
+bind() to the end, whatever a reload reads.
+
 Every system call goes through ``self.os`` (osfacade.OS, or a test's fake).
 Must not be imported by the models or the serving processes.
 """
