@@ -418,7 +418,9 @@ def parse_directive(cfg, tokens, lineno):
     if key == "listen" and len(args) > 1:
         parse_listen_proxy(cfg, args, lineno)
         return
-    if s.many:
+    if s.whole:
+        value = s.convert(args)
+    elif s.many:
         if not args:
             raise Bad("'%s' needs at least one argument: %s %s" % (key, key, s.args), tokens[0])
         value = tuple(s.convert(a) for a in args)
