@@ -7,7 +7,9 @@ with the master's poller (``attach``); the master hands it their events
 (``on_event``) and calls ``tick`` once a pass, which closes what has taken
 longer than TIMEOUT.  A scrape is one request per connection (the answer
 says ``Connection: close``): read the head, at most MAX_REQUEST bytes,
-answer, close.  At most MAX_CONNS connections at once; a client outside
+answer, then half-close and read what the client may still send until it
+closes (at most LINGER seconds): closing with unread bytes would reset the
+connection and could lose the answer.  At most MAX_CONNS connections at once; a client outside
 the access list, or one too many, is closed at once without a word.
 
 ``answer(head, body)`` (pure) turns a request head into the response
@@ -19,6 +21,7 @@ serving processes.
 """
 
 import errno
+import socket
 from select import POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT
 
 from .addresses import addr_text
@@ -29,6 +32,8 @@ TIMEOUT = 5.0             # seconds a connection may take, from accept to the la
 MAX_CONNS = 8             # connections at once
 ACCEPTS = 16              # connections taken per readable event of the listener
 REFUSED_LOG_EVERY = 60.0  # seconds between two log lines about refused clients
+LINGER = 1.0              # seconds an answered connection is read (and dropped) until the client closes
+LINGER_BYTES = 65536      # ... or until this much more has come
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
            431: "Request Header Fields Too Large"}
@@ -75,12 +80,13 @@ class Scrape:
     """One connection: what it has sent so far, what is left to send to
     it, and its deadline."""
 
-    __slots__ = ("sock", "fd", "data", "out", "until")
+    __slots__ = ("sock", "fd", "data", "out", "until", "lingering")
 
     def __init__(self, sock, until):
         self.sock, self.fd, self.until = sock, sock.fileno(), until
         self.data = b""
         self.out = None
+        self.lingering = 0                # answered: bytes read (and dropped) since
 
 
 class Endpoint:
@@ -120,6 +126,8 @@ class Endpoint:
             return
         if ev & (POLLERR | POLLNVAL) or (ev & POLLHUP and c.out is None and not ev & POLLIN):
             self.drop(c)
+        elif c.lingering:
+            self.linger(c)
         elif c.out is None:
             self.read(c)
         else:
@@ -206,6 +214,29 @@ class Endpoint:
             return
         c.out = c.out[n:]
         if not len(c.out):
+            self.answered(c)
+
+    def answered(self, c):
+        """All sent: half-close, then read until the client closes."""
+        try:
+            c.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.drop(c)
+            return
+        c.out = None
+        c.lingering = 1
+        c.until = min(c.until, self.clock() + LINGER)
+        self.poller.modify(c.fd, POLLIN)
+
+    def linger(self, c):
+        try:
+            data = c.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        c.lingering += len(data)
+        if not data or c.lingering > LINGER_BYTES:
             self.drop(c)
 
     def drop(self, c):
