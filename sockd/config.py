@@ -45,7 +45,7 @@ class Config:
     ``line_of`` the line each setting was given on, for the messages about
     it that come later (configload's system checks).  ``passwd_db``,
     ``route_table``, ``wayout`` and ``own_addresses`` stay empty until configload fills
-    them."""
+    them; ``traffic_periods`` until the master does."""
 
     def __init__(self, path):
         self.path = path
@@ -55,6 +55,7 @@ class Config:
         self.wayout = None             # the upstream way-out file, parsed (wayout.SocksConf)
         self.listen_proxy = {}    # (host, port, n-th such line) -> trusted balancer AddrSpecs
         self.own_addresses = frozenset()   # this host's addresses, for deny-private
+        self.traffic_periods = None    # period -> shared count index, the master's (traffic.period_indexes)
         self.warnings = []
         self.explicit = set()
         self.line_of = {}         # setting key -> the line it was (first) given on
