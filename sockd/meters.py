@@ -123,6 +123,16 @@ class TrafficTable:
     def holder(self):
         return Q.unpack_from(self.mem, self.holder_off)[0]
 
+    def holder_gone(self):
+        """The lock has been held for seconds by nobody alive (a process
+        died between taking it and writing its pid): let it go."""
+        Q.pack_into(self.mem, self.holder_off, 0)
+        try:
+            self.lock.release()
+        except ValueError:
+            return
+        log.error("traffic: the traffic table's lock was held by a process that has gone; released")
+
     # --- slots ------------------------------------------------------------------------
     def rec(self, s):
         """The offset of slot ``s``'s record."""
@@ -179,7 +189,7 @@ class TrafficTable:
         return out
 
     # --- the master's side ------------------------------------------------------------
-    def drain(self, timeout=1.0):
+    def drain(self, timeout=0.2):
         """Take what every key has pending: zeroed in the table and added to
         its bases at once (in the same hold of the lock, so that a key's use
         never drops while the master writes it).  Returns [(key, up, down)],
