@@ -1065,8 +1065,8 @@ class Session:
                 ctx.log.notice("error -- %s from host %s." % (relay.error, self.client_ip))
             wire = "" if self.prot is None else " (on the wire: %d bytes from %s, %d to it)" % (
                 self.prot.wire_in, self.client_ip, self.prot.wire_out)
-            meter = getattr(relay, "meter", None)
-            if meter is not None:
+            if self.tplan is not None:
+                meter = relay.meter
                 wire += meter.shaped()
                 if meter.cut is not None:
                     key, q = meter.cut
