@@ -352,6 +352,7 @@ class Worker(Serving):
     def status_line(self):
         counts = dict(self.ctx.stats)
         counts.update(self.loop.executor.stats())     # helper jobs dropped and refused
+        counts.update(self.ctx.resolver.stats())      # the resolver cache's hits, misses and names
         return "worker %d (pid %d, generation %d%s): %d clients; since start %ds ago: %s" % (
             self.number, os.getpid(), self.generation,
             ", stopping" if self.stopping else ", finishing" if self.retiring else "",

@@ -11,7 +11,8 @@ bytes; the session keeps the deadlines, the counts and the log lines.
 
 Steps that block (name lookups, password checks) go to the loop's helper
 pools (pools.py) and come back as callbacks, so one slow client never holds
-up another; the session is their requester (``gone``, ``src_key``), and a
+up another (a destination's name goes there only when the process's
+resolver cache, resolver.py, does not have it); the session is their requester (``gone``, ``src_key``), and a
 step the pools refuse (its address has too many waiting) fails at once.
 Every failure is answered with the failure reply of the client's SOCKS
 version (``fail``, ``refuse``), and every refusal is logged once, naming the
@@ -32,7 +33,7 @@ from . import protocol as P
 from . import proxyproto as PP
 from . import rules as R
 from . import shell
-from .addresses import addr_text, errno_text, lookup_names, resolve, service_name
+from .addresses import addr_text, errno_text, lookup_names, service_name
 from .bind import UNSPECIFIED, BindWait
 from .connector import Connector
 from .errors import BackedOff
@@ -41,6 +42,7 @@ from .log import clean
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN
 from .pools import NAMES
 from .relay import Budget, ProtectedRelay, Relay, ShapedProtectedRelay, ShapedRelay, set_socket_options
+from .resolver import Resolver
 from .traffic import period_text
 from .udp import Association
 
@@ -81,6 +83,7 @@ class Context:
         # what the relays keep for slow receivers, in all (limit buffers)
         self.budget = Budget(config.limit_buffers)
         self.sessions = set()
+        self.resolver = Resolver(self)      # names to addresses, with the process's cache
         self.stats = {"accepted": 0, "connected": 0, "refused": 0, "failed": 0, "errors": 0,
                       "bytes_in": 0, "bytes_out": 0}
         self.on_close = None
@@ -614,7 +617,7 @@ class Session:
             self.udp_request()
             return
         if self.dst_host is not None:
-            self.look_up("resolve", resolve, (self.dst_host, self.dst_port), self.on_resolved)
+            self.pool_refused("resolve", self.ctx.resolver.resolve(self, self.dst_host, self.on_resolved))
             return
         self.candidates = [(socket.AF_INET6 if ":" in self.dst_ip else socket.AF_INET, self.dst_ip)]
         self.lookup_names()
@@ -631,7 +634,7 @@ class Session:
         self.reply_failure(P.REP_NOT_ALLOWED)
         self.close()
 
-    def on_resolved(self, result, error):
+    def on_resolved(self, name, result, error):
         if self.state != WAIT:
             return
         if error is not None or not result:
@@ -653,11 +656,13 @@ class Session:
         self.judge()
 
     def look_up(self, what, fn, args, done):
-        """Run ``fn(*args)`` on the helper pool for names, ``done`` after.
-        When the pool refuses it, the request fails at once: host
-        unreachable (without the names a rule asks for, it cannot be
-        judged either)."""
-        busy = self.loop.executor.submit(NAMES, self, fn, args, done)
+        """Run ``fn(*args)`` on the helper pool for names, ``done`` after."""
+        self.pool_refused(what, self.loop.executor.submit(NAMES, self, fn, args, done))
+
+    def pool_refused(self, what, busy):
+        """When the pool refused a lookup (``busy``, its Refusal), the
+        request fails at once: host unreachable (without the names a rule
+        asks for, it cannot be judged either)."""
         if busy is None:
             return
         if busy.log_it:
@@ -795,8 +800,9 @@ class Session:
 
     # --- CONNECT ---------------------------------------------------------------------------------
     def connect(self):
-        self.aux = Connector(self.loop, self.candidates, self.dst_port, self.ctx.config.route_table,
-                             self.dst_host, self.ctx.log, self)
+        cfg = self.ctx.config
+        self.aux = Connector(self.loop, self.candidates, self.dst_port, cfg.route_table, self.dst_host,
+                             self.ctx.log, self, cfg.connect_stagger)
         self.aux.start()
 
     def on_connected(self, sock, ip, err):

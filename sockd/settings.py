@@ -12,7 +12,7 @@ import os
 
 from .validators import (DEFAULT_PORT, to_address, to_bool, to_chroot, to_choice, to_facility, to_failures,
                          to_group, to_gss_level, to_gss_service, to_int, to_listen, to_pidfile, to_port_range, to_rate, to_seconds, to_size,
-                         to_user, system_chroot, system_group, system_user, to_db_path, to_interval,
+                         to_stagger, to_user, system_chroot, system_group, system_user, to_db_path, to_interval,
                          to_limit, to_quota)
 
 
@@ -155,6 +155,16 @@ SETTINGS = [
     Setting("upstream", "FILE", None,
             "the way-out file (socks.conf(5) grammar): which destinations go direct, through which "
             "SOCKS or HTTP proxies, or nowhere (default: all direct)", str),
+    # -- issue 14: Happy Eyeballs (RFC 8305) for sockd's own connects; the resolver cache of a worker --
+    Setting("connect stagger", "SECONDS", 0.25,
+            "a destination with several addresses: the next one is tried after this long without an answer, "
+            "or at once when one fails (RFC 8305; 0: one after another)", to_stagger),
+    Setting("resolve cache", "N", 1024, "host names each worker remembers the addresses of (0: no cache)",
+            to_int(0, 100000)),
+    Setting("resolve life", "SECONDS", 60.0, "how long a remembered answer is used before the name is asked again",
+            to_seconds),
+    Setting("resolve failure-life", "SECONDS", 10.0,
+            "how long a name that did not resolve is answered as failed without asking again", to_seconds),
     # -- issue 15: traffic control -- bandwidth limits, quotas, the accounting database --
     Setting("limit bandwidth", "KEY RATE [burst SIZE]", [],
             "bytes per second each way for KEY (session, address CIDR [each], user NAME|*, rule TAG), "

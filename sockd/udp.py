@@ -16,16 +16,18 @@ sockd.  Datagrams from remote hosts go back to the client only, wrapped in
 the SOCKS 5 header, and only from hosts the rules would let the client
 reach.
 
-Names are looked up on the helper pool for names, with the association
-as the requester (pools.py): at most pools.PER_REQUESTER lookups at once,
-so that one association cannot take the pool, and none run once it has
-closed.  Answers and failures are remembered (MAX_NAMES names, the oldest
-forgotten first; an answer for NAME_LIFE seconds, a failure for
-FAILURE_LIFE); a datagram to a new name while the association's lookups
-are all under way is dropped, and counted in the summary line.
+Names are resolved through the process's resolver and its cache
+(resolver.py, shared with the sessions: an answer or a failure is kept
+for ``resolve life`` or ``resolve failure-life``); a miss is looked up on
+the helper pool for names, with the association as the requester
+(pools.py): at most pools.PER_REQUESTER lookups at once, so that one
+association cannot take the pool, and none run once it has closed.
+Datagrams to a name whose lookup is under way wait for it (MAX_PENDING);
+a datagram to a new name while the association's lookups are all under
+way is dropped, and counted in the summary line.
 
 What it asks of its owner (the session), and nothing more: ``ctx`` (the
-worker's configuration, loop, log and buffer), ``client_ip``,
+worker's configuration, loop, log, buffer and resolver), ``client_ip``,
 ``local_ip``, ``src_key``, ``user``, ``method`` and ``prot`` (RFC 1961
 per-message protection, or None); ``desc()`` for log lines;
 ``touch()`` on traffic (the idle timeout); ``close()`` to end it all.
@@ -35,28 +37,16 @@ import socket
 
 from . import decision as D
 from . import protocol as P
-from .addresses import addr_text, resolve
+from .addresses import addr_text
 from .loop import EPOLLIN
-from .pools import NAMES
 
 MAX_MEMO = 256
 MAX_PENDING = 16          # datagrams waiting for one name to resolve
-MAX_NAMES = 256           # names remembered per association, answered or failed
-NAME_LIFE = 300.0         # seconds an answer is used before it is asked again
-FAILURE_LIFE = 10.0       # seconds a name that did not resolve is not asked again
-
-
-def resolve_named(name, port):
-    """Blocking (a helper thread): (name, addresses, error)."""
-    try:
-        return name, resolve(name, port), None
-    except Exception as exc:       # handed to the association, which drops and logs
-        return name, None, exc
 
 
 class Association:
     __slots__ = ("session", "ctx", "loop", "csock", "cfd", "rsocks", "client_ip", "client_port",
-                 "strict", "memo", "names", "pending", "n_in", "n_out", "d_in", "d_out", "dropped",
+                 "strict", "memo", "pending", "n_in", "n_out", "d_in", "d_out", "dropped",
                  "denied_logged", "unlooked")
 
     def __init__(self, session, announced_port):
@@ -69,8 +59,7 @@ class Association:
         self.client_port = announced_port or None
         self.strict = self.ctx.config.udp_strict
         self.memo = {}
-        self.names = {}            # name -> (address or None: did not resolve, until when)
-        self.pending = {}
+        self.pending = {}          # name -> [(port, payload)] waiting for its lookup
         self.n_in = self.n_out = self.d_in = self.d_out = self.dropped = 0
         self.unlooked = 0          # of those dropped: to names it could not look up then
         self.denied_logged = set()
@@ -150,16 +139,6 @@ class Association:
                 self.to_address(req.address, req.port, data[off:], None)
 
     def to_name(self, name, port, payload):
-        known = self.names.get(name)
-        if known is not None:
-            addr, until = known
-            if until > self.loop.now:
-                if addr is None:
-                    self.dropped += 1
-                else:
-                    self.to_address(addr, port, payload, name)
-                return
-            del self.names[name]
         waiting = self.pending.get(name)
         if waiting is not None:
             if len(waiting) < MAX_PENDING:
@@ -167,9 +146,18 @@ class Association:
             else:
                 self.dropped += 1
             return
+        resolver = self.ctx.resolver
+        known = resolver.cached(name)
+        if known is not None:
+            addresses = known[0]
+            if addresses is None:
+                self.unresolved(name, 1)
+            else:
+                self.to_address(addresses[0][1], port, payload, name)
+            return
         # before submitting: an inline executor answers at once
         self.pending[name] = [(port, payload)]
-        busy = self.loop.executor.submit(NAMES, self, resolve_named, (name, port), self.on_resolved)
+        busy = resolver.submit(self, name, self.on_resolved)
         if busy is not None:
             del self.pending[name]
             self.dropped += 1
@@ -178,31 +166,24 @@ class Association:
                 self.ctx.log.notice("dropped -- %s: datagram to %s not looked up: %s" % (
                     self.session.desc(), name, busy.text))
 
-    def on_resolved(self, result, error):
-        name, addresses, error = result if error is None else (None, None, error)
+    def on_resolved(self, name, addresses, error):
         waiting = self.pending.pop(name, [])
         if self.csock is None:
             return
         if error is not None or not addresses:
-            if name is not None:
-                self.remember(name, None)
-            self.dropped += len(waiting)
-            if name not in self.denied_logged and len(self.denied_logged) < MAX_MEMO:
-                self.denied_logged.add(name)
-                self.ctx.log.notice("failed -- %s: cannot resolve %s" % (self.session.desc(), name))
+            self.unresolved(name, len(waiting))
             return
         ip = addresses[0][1]
-        self.remember(name, ip)
         for p, data in waiting:
             self.to_address(ip, p, data, name)
 
-    def remember(self, name, ip):
-        """Keep a lookup's answer (``ip``, or None: it failed) for a while;
-        when MAX_NAMES are kept, the oldest goes."""
-        names = self.names
-        if len(names) >= MAX_NAMES:
-            del names[next(iter(names))]
-        names[name] = (ip, self.loop.now + (NAME_LIFE if ip is not None else FAILURE_LIFE))
+    def unresolved(self, name, n):
+        """``n`` datagrams to a name that does not resolve are dropped; the
+        first time, for this association, logged."""
+        self.dropped += n
+        if name not in self.denied_logged and len(self.denied_logged) < MAX_MEMO:
+            self.denied_logged.add(name)
+            self.ctx.log.notice("failed -- %s: cannot resolve %s" % (self.session.desc(), name))
 
     def permitted(self, ip, port, name=None):
         """The Verdict for one destination, memoised per association (the

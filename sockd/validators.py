@@ -69,6 +69,16 @@ def to_seconds(tok):
     return v * m
 
 
+def to_stagger(tok):
+    """``connect stagger``: 0 (one address after another), or seconds from
+    0.01 to 2 (RFC 8305 section 5: a Connection Attempt Delay of at least
+    10 ms, at most 2 s).  Returns a float, raises Bad."""
+    v = to_seconds(tok)
+    if v != 0 and not 0.01 <= v <= 2:
+        raise Bad("out of range: 0, or 0.01 to 2 seconds", tok)
+    return v
+
+
 def to_choice(*choices):
     """A converter for one word of ``choices``, in any case.  Returns the
     converter; it returns the word in lower case, raises Bad."""

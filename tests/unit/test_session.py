@@ -23,6 +23,7 @@ from sockd import limits as LI
 from sockd import passwd as PW
 from sockd import pools as PO
 from sockd import protocol as P
+from sockd import resolver as RS
 from sockd import rules as R
 from sockd import session as S
 from sockd.addresses import service_name
@@ -174,7 +175,7 @@ def test_socks4_connect_and_its_reply(loop, net, log, server):
 
 def test_a_name_tries_its_permitted_addresses_in_order(loop, net, log, server, monkeypatch):
     echo = net.echo_server()
-    monkeypatch.setattr(S, "resolve", lambda host, port: [
+    monkeypatch.setattr(RS, "resolve", lambda host, port: [
         (socket.AF_INET, "127.0.0.2"), (socket.AF_INET, "127.0.0.3"), (socket.AF_INET, "127.0.0.1")])
     srv = server("deny 0/0 127.0.0.2/32\npermit 127.0.0.0/8\n")
     client, sess = srv.client(connect4(None, echo.port, host="Echo.Test"))
@@ -187,10 +188,36 @@ def test_a_name_tries_its_permitted_addresses_in_order(loop, net, log, server, m
                                    % service_name(echo.port)]
 
 
+def test_a_second_connect_to_a_name_is_answered_by_the_cache(loop, net, log, server, monkeypatch):
+    """The sessions of a process share its resolver cache: the second
+    CONNECT to a name (in any case) asks no resolver, and a name that did
+    not resolve is answered as failed from the cache too."""
+    echo = net.echo_server()
+    asked = []
+
+    def resolve(host, port):
+        asked.append(host)
+        if host == "nosuch.test":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, "127.0.0.1")]
+    monkeypatch.setattr(RS, "resolve", resolve)
+    srv = server()
+    for host in ("echo.test", "ECHO.test"):
+        client, sess = srv.client(connect4(None, echo.port, host=host))
+        assert run_until(loop, lambda: len(client.data) == 8)
+        assert P.parse_reply4(bytes(client.data))[0][0] == P.S4_GRANTED
+    for _ in range(2):
+        client, sess = srv.client(GREETING + P.request5(P.CMD_CONNECT, "nosuch.test", 80))
+        assert run_until(loop, lambda: client.eof)
+        assert reply5(client.data)[0][0] == P.REP_HOST_UNREACHABLE
+    assert asked == ["echo.test", "nosuch.test"]
+    assert len(log.having("Error code: resolve Name or service not known", "notice")) == 2
+
+
 def test_a_name_that_does_not_resolve(loop, server, log, monkeypatch):
     def fail(host, port):
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-    monkeypatch.setattr(S, "resolve", fail)
+    monkeypatch.setattr(RS, "resolve", fail)
     srv = server()
     client, sess = srv.client(GREETING + P.request5(P.CMD_CONNECT, "nosuch.test", 80))
     assert run_until(loop, lambda: client.eof)

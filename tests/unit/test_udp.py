@@ -9,7 +9,8 @@ header, datagrams dropped from other addresses and ports (strict, or the
 port learnt), fragments and bad headers dropped, denied destinations
 dropped and logged once, replies only from permitted hosts, the verdict
 memo per (address, port, name) and re-decided for a new configuration,
-names resolved once and remembered (answers and failures, bounded), at
+names resolved once through the process's resolver cache (answers and
+failures; shared with every association and session of the process), at
 most two lookups at once on a real helper pool, and the end.
 """
 
@@ -21,6 +22,7 @@ import pytest
 from sockd import decision as D
 from sockd import pools as PO
 from sockd import protocol as P
+from sockd import resolver as RS
 from sockd import rules as R
 from sockd import udp as U
 
@@ -34,6 +36,7 @@ class Ctx:
         self.config, self.loop, self.log = config, loop, log
         self.buf = bytearray(bufsize)
         self.mv = memoryview(self.buf)
+        self.resolver = RS.Resolver(self)
 
 
 class FakeSession:
@@ -241,7 +244,7 @@ def test_names_are_resolved_by_sockd_once(loop, setup, monkeypatch):
     def resolve(name, port):
         looked_up.append(name)
         return [(socket.AF_INET, "127.0.0.1")]
-    monkeypatch.setattr(U, "resolve", resolve)
+    monkeypatch.setattr(RS, "resolve", resolve)
     s = setup()
     s.send(b"one", to="Echo.Test")
     s.send(b"two", to="echo.test")
@@ -253,7 +256,7 @@ def test_names_are_resolved_by_sockd_once(loop, setup, monkeypatch):
 
 
 def test_a_rule_naming_the_host_applies_to_datagrams_sent_by_name(loop, setup, monkeypatch, log):
-    monkeypatch.setattr(U, "resolve", lambda name, port: [(socket.AF_INET, "127.0.0.1")])
+    monkeypatch.setattr(RS, "resolve", lambda name, port: [(socket.AF_INET, "127.0.0.1")])
     s = setup(conf="deny 0/0 blocked.test\npermit 127.0.0.0/8 127.0.0.1/32\n")
     s.send(b"by name", to="blocked.test")
     s.send(b"by address")
@@ -265,7 +268,7 @@ def test_a_rule_naming_the_host_applies_to_datagrams_sent_by_name(loop, setup, m
 def test_a_name_that_does_not_resolve_is_dropped_and_logged_once(loop, setup, monkeypatch, log):
     def fail(name, port):
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-    monkeypatch.setattr(U, "resolve", fail)
+    monkeypatch.setattr(RS, "resolve", fail)
     s = setup()
     s.send(b"a", to="nosuch.test")
     s.send(b"b", to="nosuch.test")
@@ -294,7 +297,7 @@ class HeldExecutor:
 
 
 def test_datagrams_waiting_for_a_name_are_bounded(loop, setup, monkeypatch):
-    monkeypatch.setattr(U, "resolve", lambda name, port: [(socket.AF_INET, "127.0.0.1")])
+    monkeypatch.setattr(RS, "resolve", lambda name, port: [(socket.AF_INET, "127.0.0.1")])
     held = loop.executor = HeldExecutor()
     s = setup()
     for i in range(U.MAX_PENDING + 4):
@@ -308,7 +311,7 @@ def test_datagrams_waiting_for_a_name_are_bounded(loop, setup, monkeypatch):
 
 
 def test_an_answer_after_the_end_is_ignored(loop, setup, monkeypatch):
-    monkeypatch.setattr(U, "resolve", lambda name, port: [(socket.AF_INET, "127.0.0.1")])
+    monkeypatch.setattr(RS, "resolve", lambda name, port: [(socket.AF_INET, "127.0.0.1")])
     held = loop.executor = HeldExecutor()
     s = setup()
     s.send(b"late", to="slow.test")
@@ -355,37 +358,64 @@ def test_datagram_reason(verdict, text):
     assert U.datagram_reason(verdict) == text
 
 
-# --- names: remembered, and looked up a couple at a time (pools.py) ----------------------------------------------
+# --- names: the process's resolver cache, and looked up a couple at a time (pools.py) ----------------------------
 
-def test_a_failed_name_is_not_asked_again_for_a_while(loop, setup, monkeypatch):
+def test_a_failed_name_is_not_asked_again_for_a_while(loop, setup, monkeypatch, log):
     asked = []
 
     def fail(name, port):
         asked.append(name)
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-    monkeypatch.setattr(U, "resolve", fail)
+    monkeypatch.setattr(RS, "resolve", fail)
     s = setup()
     for i in range(3):
         s.send(b"%d" % i, to="nosuch.test")
     assert run_until(loop, lambda: s.assoc.dropped == 3)
     assert asked == ["nosuch.test"]
-    addr, until = s.assoc.names["nosuch.test"]
-    assert addr is None and until == pytest.approx(loop.now + U.FAILURE_LIFE, abs=1)
-    s.assoc.names["nosuch.test"] = (None, loop.now - 1)        # its time is up: asked again
+    addresses, error, stored = s.ctx.resolver.cache.entries["nosuch.test"]
+    assert addresses is None and error.strerror == "Name or service not known"
+    # its time is up (resolve failure-life): asked again
+    s.ctx.resolver.cache.entries["nosuch.test"] = (None, error, loop.now - s.ctx.config.resolve_failure_life - 1)
     s.send(b"again", to="nosuch.test")
     assert run_until(loop, lambda: s.assoc.dropped == 4)
     assert asked == ["nosuch.test"] * 2 and s.assoc.unlooked == 0
+    assert len(log.having("cannot resolve nosuch.test", "notice")) == 1
 
 
-def test_the_names_remembered_are_bounded_and_the_oldest_go_first(loop, setup, monkeypatch):
-    monkeypatch.setattr(U, "resolve", lambda name, port: [(socket.AF_INET, "127.0.0.1")])
-    s = setup()
-    for i in range(U.MAX_NAMES + 5):
-        s.assoc.to_name("n%d.test" % i, s.echo.port, b"x")
-    assert len(s.assoc.names) == U.MAX_NAMES
-    assert "n0.test" not in s.assoc.names and "n5.test" in s.assoc.names
-    assert s.assoc.names["n5.test"][0] == "127.0.0.1"
-    assert s.assoc.names["n5.test"][1] == pytest.approx(loop.now + U.NAME_LIFE, abs=1)
+def test_associations_share_the_processs_cache(loop, net, log, monkeypatch):
+    """A name one association has looked up is not looked up again for
+    another association of the same process: a hit, without a helper."""
+    asked = []
+
+    def resolve(name, port):
+        asked.append(name)
+        return [(socket.AF_INET, "127.0.0.1")]
+    monkeypatch.setattr(RS, "resolve", resolve)
+    one = Setup(loop, net, log)
+    two = Setup(loop, net, log)
+    two.ctx = two.sess.ctx = two.assoc.ctx = one.ctx
+    one.send(b"first", to="echo.test")
+    assert run_until(loop, lambda: one.client.got)
+    loop.executor = HeldExecutor()                   # a lookup now would wait for ever
+    two.send(b"second", to="echo.test")
+    assert run_until(loop, lambda: two.client.got)
+    assert asked == ["echo.test"] and loop.executor.jobs == []
+    assert [p for p, _ in two.echo.got] == [b"second"]
+
+
+def test_with_the_cache_off_every_datagram_to_a_name_is_looked_up(loop, setup, monkeypatch):
+    asked = []
+
+    def resolve(name, port):
+        asked.append(name)
+        return [(socket.AF_INET, "127.0.0.1")]
+    monkeypatch.setattr(RS, "resolve", resolve)
+    s = setup(conf="resolve cache 0\npermit 127.0.0.0/8 127.0.0.1/32\n")
+    s.send(b"one", to="echo.test")
+    assert run_until(loop, lambda: len(s.echo.got) == 1)
+    s.send(b"two", to="echo.test")
+    assert run_until(loop, lambda: len(s.echo.got) == 2)
+    assert asked == ["echo.test"] * 2 and len(s.ctx.resolver.cache) == 0
 
 
 @pytest.fixture
@@ -410,7 +440,7 @@ def test_an_association_looks_up_two_names_at_once_and_drops_the_rest(loop, setu
         asked.append(name)
         assert gate.wait(5)
         raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
-    monkeypatch.setattr(U, "resolve", hangs)
+    monkeypatch.setattr(RS, "resolve", hangs)
     s = setup()
     for i in range(40):
         s.send(b"%d" % i, to="n%d.nowhere.test" % i)
@@ -426,4 +456,4 @@ def test_an_association_looks_up_two_names_at_once_and_drops_the_rest(loop, setu
     assert s.assoc.gone
     gate.set()
     run_for(loop, 0.1)
-    assert s.assoc.dropped == 38 and s.assoc.names == {}
+    assert s.assoc.dropped == 38 and s.assoc.pending == {}

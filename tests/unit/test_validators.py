@@ -40,6 +40,14 @@ def test_seconds_with_units():
     assert bad(V.to_seconds, "-0.5m") == "duration out of range"
 
 
+def test_stagger_is_0_or_from_10_ms_to_2_s():
+    assert [V.to_stagger(t) for t in ("0", "0.25", "0.01", "2", "2s")] == [0, 0.25, 0.01, 2, 2]
+    assert bad(V.to_stagger, "0.005") == "out of range: 0, or 0.01 to 2 seconds"
+    assert bad(V.to_stagger, "3") == "out of range: 0, or 0.01 to 2 seconds"
+    assert bad(V.to_stagger, "1m") == "out of range: 0, or 0.01 to 2 seconds"
+    assert "not a duration" in bad(V.to_stagger, "soon")
+
+
 def test_choice_bool_facility():
     conv = V.to_choice("fork", "threads")
     assert conv("FORK") == "fork"
@@ -122,7 +130,7 @@ def test_port_ranges():
 
 CONVERTERS = [V.to_int(0, 256), V.to_seconds, V.to_choice("a", "b"), V.to_bool, V.to_facility, V.to_port,
               V.to_listen, V.to_rate, V.to_failures, V.to_address, V.to_pidfile, V.to_user, V.to_group, V.to_chroot,
-              V.to_size(0, 1 << 40), V.to_port_range]
+              V.to_size(0, 1 << 40), V.to_port_range, V.to_stagger]
 # what a token of a sockd.conf line can be: anything but blanks (NULs included)
 token = st.text(st.characters(blacklist_categories=("Cs", "Zs"), blacklist_characters=" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85"),
                 min_size=1, max_size=40)
