@@ -399,6 +399,26 @@ class Meter:
         if self.since >= COUNT_EVERY and self.counted:
             self.count()
 
+    def admit(self, d, n):
+        """A datagram of ``n`` bytes in direction ``d`` (UDP): True when the
+        budget has room for all of it (then it is spent and counted), False
+        when it is to be dropped.  While a direction waits for its tokens,
+        datagrams are refused without taking the lock."""
+        if self.cut is not None:
+            return False
+        if not self.has_limit[d]:
+            self.spent(d, n)
+            return True
+        if self.grant[d] < n:
+            if self.paused[d] and self.clock() < self.due[d]:
+                return False
+            self.paused[d] = False
+            self.take(d)
+            if self.grant[d] < n:
+                return False
+        self.spent(d, n)
+        return True
+
     def retry(self, d):
         """A pause is over (the timer came): take again.  Returns whether
         the direction may go on."""
@@ -446,7 +466,7 @@ class Meter:
         if got:
             if local is not None:
                 local.tokens -= got
-            self.grant[d] = got
+            self.grant[d] += got
             return got
         # how long until every bucket of this direction has ``least``
         wait, short = 0.0, None

@@ -26,11 +26,18 @@ Datagrams to a name whose lookup is under way wait for it (MAX_PENDING);
 a datagram to a new name while the association's lookups are all under
 way is dropped, and counted in the summary line.
 
+Under traffic control (the session has a plan, ``tplan``) every datagram
+that would be relayed goes through the session's meters.Meter first
+(``admit``): one over the budget of its direction is dropped, and counted
+in the summary line as over the bandwidth limit; a quota with ``cut``
+that is reached ends the association.
+
 What it asks of its owner (the session), and nothing more: ``ctx`` (the
-worker's configuration, loop, log, buffer and resolver), ``client_ip``,
-``local_ip``, ``src_key``, ``user``, ``method`` and ``prot`` (RFC 1961
-per-message protection, or None); ``desc()`` for log lines;
-``touch()`` on traffic (the idle timeout); ``close()`` to end it all.
+worker's configuration, loop, log, buffer, resolver and traffic control),
+``client_ip``, ``local_ip``, ``src_key``, ``user``, ``method``, ``prot``
+(RFC 1961 per-message protection, or None) and ``tplan`` (a
+traffic.Plan, or None); ``desc()`` for log lines; ``touch()`` on traffic
+(the idle timeout); ``close()`` to end it all.
 """
 
 import socket
@@ -47,7 +54,7 @@ MAX_PENDING = 16          # datagrams waiting for one name to resolve
 class Association:
     __slots__ = ("session", "ctx", "loop", "csock", "cfd", "rsocks", "client_ip", "client_port",
                  "strict", "memo", "pending", "n_in", "n_out", "d_in", "d_out", "dropped",
-                 "denied_logged", "unlooked")
+                 "denied_logged", "unlooked", "meter", "over")
 
     def __init__(self, session, announced_port):
         self.session = session
@@ -63,6 +70,11 @@ class Association:
         self.n_in = self.n_out = self.d_in = self.d_out = self.dropped = 0
         self.unlooked = 0          # of those dropped: to names it could not look up then
         self.denied_logged = set()
+        self.meter = None          # traffic control: the session's meters.Meter
+        self.over = 0              # of those dropped: over the bandwidth limit
+        if session.tplan is not None:
+            self.meter = self.ctx.traffic.meter(session.tplan, self.ctx.config)
+            self.meter.on_quota = self.quota_reached
 
     # --- a helper pool's requester (pools.py) --------------------------------------------
     @property
@@ -220,6 +232,10 @@ class Association:
             if rs is None:
                 self.dropped += 1
                 return
+        if self.meter is not None and not self.meter.admit(0, len(payload)):
+            self.dropped += 1
+            self.over += 1
+            return
         try:
             rs.sendto(payload, (ip, port))
         except OSError:
@@ -261,6 +277,10 @@ class Association:
             if self.client_port is None or not self.permitted(ip, peer[1]).allowed:
                 self.dropped += 1
                 continue
+            if self.meter is not None and not self.meter.admit(1, n):
+                self.dropped += 1
+                self.over += 1
+                continue
             self.session.touch()
             self.d_out += 1
             self.n_out += n
@@ -281,8 +301,17 @@ class Association:
         its session."""
         self.session.close()
 
+    def quota_reached(self):
+        """A quota with ``cut`` is reached: the association ends, at the
+        next turn of the loop."""
+        self.loop.call_later(0, self.close)
+
     def release(self):
-        """Close the relay's sockets (the session is closing)."""
+        """Close the relay's sockets (the session is closing); the meter's
+        last counts."""
+        if self.meter is not None:
+            self.meter.on_quota = None
+            self.meter.close()
         if self.csock is not None:
             self.loop.remove(self.cfd)
             self.csock.close()
@@ -297,6 +326,11 @@ class Association:
             self.n_in, self.d_in, self.client_ip, self.n_out, self.d_out, self.dropped)
         if self.unlooked:
             text += " (%d to names beyond its lookups at once)" % self.unlooked
+        if self.over:
+            text += " (%d over the bandwidth limit)" % self.over
+        if self.meter is not None and self.meter.cut is not None:
+            key, q = self.meter.cut
+            text += "; cut: %s reached for %s (%s)" % (q.text(), key, q.where)
         return text
 
 

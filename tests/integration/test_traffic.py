@@ -325,3 +325,45 @@ def test_the_accounting_tool_shows_the_totals(start_sockd, tmp_path, passwd, web
     assert accounted(db, "user erin") == 0
     os.kill(s.proc.pid, signal.SIGUSR1)
     s.wait_log(r"traffic: today's top consumers: address 127.0.0.1 \d+ bytes")
+
+
+def test_udp_over_the_budget_is_dropped_and_counted(start_sockd, tmp_path, passwd):
+    db = tmp_path / "acct.db"
+    s = start_sockd(conf(passwd, db, "limit bandwidth user alice 20K/1M burst 10K/1M\n"))
+    echo = helpers.UDPEcho()
+    try:
+        c = socket.create_connection(s.addr, 10)
+        c.sendall(b"\x05\x01\x02")
+        assert helpers.recv_exact(c, 2) == b"\x05\x02"
+        c.sendall(b"\x01\x05alice" + bytes([len(PASSWORD)]) + PASSWORD.encode())
+        assert helpers.recv_exact(c, 2) == b"\x01\x00"
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind(("127.0.0.1", 0))
+        u.settimeout(0.5)
+        c.sendall(b"\x05\x03\x00\x01" + socket.inet_aton("127.0.0.1") + u.getsockname()[1].to_bytes(2, "big"))
+        rep = helpers.recv_exact(c, 10)
+        assert rep[1] == 0, rep
+        relay = (socket.inet_ntoa(rep[4:8]), int.from_bytes(rep[8:10], "big"))
+        header = b"\0\0\0\x01" + socket.inet_aton("127.0.0.1") + echo.port.to_bytes(2, "big")
+        for _ in range(200):                           # 200 KB in about 0.2 s: ~14 KB fit the budget
+            u.sendto(header + b"z" * 1000, relay)
+            time.sleep(0.001)
+        back = 0
+        try:
+            while True:
+                u.recvfrom(65535)
+                back += 1
+        except socket.timeout:
+            pass
+        c.close()
+        u.close()
+        line = s.wait_log(r"terminated -- UDP associate from alice.*, (\d+) dropped \((\d+) over the bandwidth limit\)")
+        dropped, over = int(line.group(1)), int(line.group(2))
+        passed = len(echo.seen)
+        print("UDP: %d datagrams of 1000 bytes sent, %d relayed, %d echoed back, %d over the limit" % (
+            200, passed, back, over))
+        assert over == dropped and over + passed == 200
+        assert 8 <= passed <= 25 and back == passed
+        wait_for(lambda: accounted(db, "user alice") >= 2000 * passed, 10, what="alice's UDP bytes counted")
+    finally:
+        echo.close()

@@ -22,6 +22,7 @@ from sockd import protocol as P
 from loopkit import epoll_masks, run_for, run_until
 from test_relay import Owner, toy
 from test_session import GREETING, Server, connect5
+from test_udp import Ctx, FakeSession
 
 
 def make(loop, net, conf, user="alice", protected=False, bufsize=None):
@@ -183,3 +184,54 @@ def test_a_quota_reached_refuses_the_request_after_the_rules(loop, net, log):
     assert client2.data[2:4] == bytes([5, P.REP_NOT_ALLOWED])
     line, = log.having("refused --")
     assert "quota address 127.0.0.0/8 each 10240 bytes per day reached for address 127.0.0.1 (unit.conf:2;" in line
+
+
+# --- UDP: a datagram over the budget is dropped and counted --------------------------------
+
+def udp_setup(loop, net, log, conf):
+    from sockd import udp as U
+    client = net.udp("127.0.0.1")
+    echo = net.udp("127.0.0.1", echo=True)
+    cfg = C.parse_text(conf + "\npermit 127.0.0.0/8 127.0.0.1/32\n", "u.conf")
+    ctx = Ctx(cfg, loop, log)
+    ctx.traffic = M.TrafficControl(M.TrafficTable(slots=64))
+    sess = FakeSession(ctx, "127.0.0.1", user="alice")
+    sess.tplan = ctx.traffic.plan(cfg, sess.src_key, "alice", "username", None)
+    assoc = sess.assoc = U.Association(sess, client.port)
+    _addr, port = assoc.start()
+    header = P.udp_header("127.0.0.1", echo.port)
+    return assoc, sess, client, echo, ("127.0.0.1", port), header
+
+
+def send(loop, assoc, client, relay, datagram, n):
+    """Send ``n`` datagrams, ten at a time, each ten read by the
+    association before the next (the kernel drops what a socket's buffer
+    cannot hold); stops early once the association has closed."""
+    for i in range(0, n, 10):
+        if assoc.csock is None:
+            return
+        for _ in range(10):
+            client.send(datagram, relay)
+        assert run_until(loop, lambda: assoc.d_in >= i + 10 or assoc.csock is None)
+
+
+def test_datagrams_over_the_budget_are_dropped_and_counted(loop, net, log):
+    assoc, sess, client, echo, relay, header = udp_setup(loop, net, log,
+                                                        "limit bandwidth user alice 20K/1M burst 10K/1M")
+    send(loop, assoc, client, relay, header + b"x" * 1000, 100)
+    run_for(loop, 0.1)
+    # up: the burst (10 datagrams of 1000 bytes) and what 20K/s adds meanwhile; down: every echo
+    assert 9 <= len(echo.got) <= 14, len(echo.got)
+    assert assoc.over == 100 - len(echo.got) and assoc.dropped == assoc.over
+    assert len(client.got) == len(echo.got)
+    assert "(%d over the bandwidth limit)" % assoc.over in assoc.summary()
+    sess.close()
+    counted = {k: (u, d) for k, u, d in sess.ctx.traffic.table.drain()}
+    assert counted["user alice"] == (1000 * len(echo.got), 1000 * len(echo.got))
+
+
+def test_a_quota_with_cut_ends_the_association(loop, net, log):
+    assoc, sess, client, echo, relay, header = udp_setup(loop, net, log, "quota user alice 100K per day")
+    send(loop, assoc, client, relay, header + b"y" * 1000, 200)
+    assert run_until(loop, lambda: sess.closed == 1)
+    assert assoc.meter.cut[0] == "user alice" and "; cut: quota user alice 102400 bytes per day" in assoc.summary()
