@@ -367,3 +367,34 @@ def test_udp_over_the_budget_is_dropped_and_counted(start_sockd, tmp_path, passw
         wait_for(lambda: accounted(db, "user alice") >= 2000 * passed, 10, what="alice's UDP bytes counted")
     finally:
         echo.close()
+
+
+def test_a_reload_changes_the_limit_and_keeps_the_counts(start_sockd, tmp_path, passwd, web):
+    db = tmp_path / "acct.db"
+    s = start_sockd(conf(passwd, db, "limit bandwidth user bob 512K\n"))
+    n, _, secs, _ = result(curl(s, "bob", web.url("1m.bin")))
+    before = n / secs
+    wait_for(lambda: accounted(db, "user bob") >= MIB, 10, what="bob's first MiB counted")
+    with open(s.conf_path) as f:
+        text = f.read()
+    with open(s.conf_path, "w") as f:
+        f.write(text.replace("limit bandwidth user bob 512K", "limit bandwidth user bob 1M"))
+    os.kill(s.proc.pid, signal.SIGHUP)
+    s.wait_log("reloaded")
+    n, _, secs, _ = result(curl(s, "bob", web.url("1m.bin")))
+    after = n / secs
+    print("bob before the reload %.0f bytes/s (limit %d), after %.0f bytes/s (limit %d)" % (
+        before, 512 << 10, after, MIB))
+    # 1 MiB at 512K is about 2 s (the burst a tenth of that); at 1M about 1 s
+    assert within(before, 512 << 10, 0.15) and within(after, MIB, 0.15)
+    wait_for(lambda: accounted(db, "user bob") >= 2 * MIB, 10, what="both MiB counted")
+
+
+def test_the_fork_model_shares_the_same_table(start_sockd, tmp_path, passwd, web):
+    s = start_sockd(conf(passwd, tmp_path / "acct.db", "limit bandwidth user carol 1M\n"), model="fork")
+    start = time.monotonic()
+    procs = [curl(s, "carol", web.url("1m.bin")) for _ in range(2)]
+    total = sum(result(p)[0] for p in procs)
+    rate = total / (time.monotonic() - start)
+    print("fork model, two children of one user: %.0f bytes/s in all (limit %d)" % (rate, MIB))
+    assert total == 2 * MIB and within(rate, MIB, 0.15)
