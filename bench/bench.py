@@ -11,8 +11,11 @@ line with the same keys as ../shared/tools/sidebyside.py.
                    [--secs 4] [--hold 8000] [--mib 1024] [--steady 200000] [--rules 1000]
 
 Rows: `direct` (no proxy: the physical limit), `sockd-threads` (sockd -N 2),
-`sockd-fork` (sockd -m fork), `danted` (Dante, -N 2) and `microsocks`; the
-last two only when installed.  `--only sockd` means both sockd rows.
+`sockd-hop` (sockd -N 2 whose way-out file sends everything through a
+second sockd -N 2 on the same machine: what one extra hop costs, both
+servers' CPU included), `sockd-fork` (sockd -m fork), `danted` (Dante, -N 2)
+and `microsocks`; the last two only when installed.  `--only sockd` means
+the threads and fork rows.
 
 What is measured (columns):
   conn/s, p99 us   8 client threads, each looping: connect, SOCKS 5 CONNECT,
@@ -57,7 +60,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-ROWS = ["direct", "sockd-threads", "sockd-fork", "danted", "microsocks", "gss"]
+ROWS = ["direct", "sockd-threads", "sockd-hop", "sockd-fork", "danted", "microsocks", "gss"]
 COLS = ["conn/s", "p99 us", "rate err", "down MB/s", "up MB/s", "32x MB/s", "held", "KB/sess",
         "rules c/s", "rules p99", "steady %"]
 FAIL = "fail"
@@ -199,12 +202,15 @@ def workers_mem(root):
 # ------------------------------------------------------------ servers
 
 class Server:
-    def __init__(self, name, proc, port, workdir):
+    def __init__(self, name, proc, port, workdir, back=None):
         self.name, self.proc, self.port, self.workdir = name, proc, port, workdir
+        self.back = back          # sockd-hop: the second sockd, behind this one
 
     def stop(self):
         # sockd: SIGINT stops at once (SIGTERM would give live clients 30 s)
         stop(self.proc, signal.SIGINT if self.name.startswith("sockd") else signal.SIGTERM)
+        if self.back is not None:
+            self.back.stop()
 
 
 def rule_lines(n, target_port):
@@ -229,6 +235,9 @@ def rule_lines(n, target_port):
 
 
 def start_server(name, opts, workdir, target_port, rules=0):
+    back = None
+    if name == "sockd-hop":
+        back = start_server("sockd-threads", opts, workdir, target_port)
     d = tempfile.mkdtemp(prefix=name + "-", dir=workdir)
     log_path = os.path.join(d, "out.log")
     log = open(log_path, "w")
@@ -236,10 +245,15 @@ def start_server(name, opts, workdir, target_port, rules=0):
         conf = os.path.join(d, "sockd.conf")
         lines = ["listen 127.0.0.1:0"]
         lines += rule_lines(rules, target_port) if rules else ["permit 127.0.0.0 255.0.0.0"]
+        if back is not None:
+            wayout = os.path.join(d, "wayout")
+            with open(wayout, "w") as f:
+                f.write("sockd @=socks5://127.0.0.1:%d ALL\n" % back.port)
+            lines.append("upstream %s" % wayout)
         with open(conf, "w") as f:
             f.write("\n".join(lines) + "\n")
         cmd = [opts.sockd, "-F", "-f", conf]
-        cmd += ["-N", str(opts.workers)] if name == "sockd-threads" else ["-m", "fork"]
+        cmd += ["-m", "fork"] if name == "sockd-fork" else ["-N", str(opts.workers)]
         proc = spawn(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         port, end = None, time.monotonic() + 20
@@ -270,11 +284,15 @@ def start_server(name, opts, workdir, target_port, rules=0):
         log.close()
     if port is None or not port_open(port, 15) or proc.poll() is not None:
         stop(proc)
+        if back is not None:
+            back.stop()
         raise RuntimeError("%s did not start: %s" % (name, tail(log_path) or log_path))
     time.sleep(0.5)  # let every worker reach accept()
     if proc.poll() is not None:
+        if back is not None:
+            back.stop()
         raise RuntimeError("%s exited at start: %s" % (name, tail(log_path)))
-    return Server(name, proc, port, d)
+    return Server(name, proc, port, d, back)
 
 
 # ------------------------------------------------------------ load generator
@@ -340,7 +358,7 @@ def measure(name, opts, proxy, root=None):
     res["down MB/s"] = bulk(opts, proxy, 1, opts.mib, "down")
     res["up MB/s"] = bulk(opts, proxy, 1, opts.mib, "up")
     res["32x MB/s"] = bulk(opts, proxy, 32, opts.mib / 16, "down")
-    if root is not None and opts.hold and name != "sockd-fork":
+    if root is not None and opts.hold and name not in ("sockd-fork", "sockd-hop"):
         note("%s: holding %d idle sessions" % (name, opts.hold))
         res["held"], res["KB/sess"] = hold(opts, proxy, root)
     return res
@@ -377,7 +395,7 @@ def run_row(name, opts, workdir, rows, extra):
         rows[name] = measure(name, opts, str(s.port), s.proc.pid)
     finally:
         s.stop()
-    if name.startswith("sockd") and opts.rules:
+    if name in ("sockd-threads", "sockd-fork") and opts.rules:
         note("%s: connection rate with a %d-line rule file" % (name, opts.rules))
         s = start_server(name, opts, workdir, opts.target_port, rules=opts.rules)
         try:
@@ -620,6 +638,15 @@ def report(rows, extra, errors, opts, started_at, secs):
         for server, mode, down, up, cpu in gss or ():
             print("  %-14s %-24s down %9s MB/s   up %9s MB/s   server CPU %6s s/GB" % (
                 server, mode, cell(down), cell(up), cell(cpu)))
+    hop, one = rows.get("sockd-hop"), rows.get("sockd-threads")
+    if hop and one:
+        def x(k):
+            a, b = num(hop.get(k)), num(one.get(k))
+            return "x%.2f" % (a / b) if a is not None and b else "-"
+        print()
+        print("one extra hop (sockd-hop against sockd-threads, both servers on this machine): conn/s %s, "
+              "p99 %s, down %s, up %s, 32x %s" % (x("conn/s"), x("p99 us"), x("down MB/s"), x("up MB/s"),
+                                                 x("32x MB/s")))
     st = extra.get("steady")
     if st:
         print()

@@ -49,7 +49,9 @@ class Ask:
     the identd matrix (requests: yes; datagrams and re-checks: no, as the
     classic sockd).  ``dsts``: the destination's address texts, in the
     order they would be tried (None: a UDP association being granted,
-    whose datagrams are each decided later).  ``dst_host``: the name the
+    whose datagrams are each decided later; empty, with ``dst_host``: a
+    name that does not resolve here, left for an upstream, judged by its
+    name alone).  ``dst_host``: the name the
     client asked for, if any; ``dst_names`` and ``src_names``: the names
     looked up for the addresses (lower-case), for rules that name hosts.
     ``method``: how a SOCKS 5 client authenticated (none, username,
@@ -181,6 +183,8 @@ def decide(ask, cfg):
     dst_names = ()
     if rs.needs_dst_names:
         dst_names = ((ask.dst_host,) if ask.dst_host else ()) + tuple(ask.dst_names)
+    if not ask.dsts and ask.dst_host is not None:
+        return unresolved(ask, cfg, rs, user, user_of, src_names, dst_names)
     guard = private_guard(cfg.deny_private_destinations, ask.src)
     first = None
     permitting = None
@@ -214,6 +218,22 @@ def decide(ask, cfg):
     if ask.ident_checks:
         return ident_matrix(ask, permitting, allowed)
     return Verdict(True, permitting, addresses=allowed)
+
+
+def unresolved(ask, cfg, rs, user, user_of, src_names, dst_names):
+    """A name that does not resolve here, left for an upstream to resolve
+    (the way-out file sends it through socks5h://, socks4a:// or http://):
+    judged once, by its name, as an address that no address in a rule
+    names (lines for 0/0 and for names still match).  The private guard
+    does not apply: sockd never connects to it."""
+    rule = rs.match(R.Request(ask.src, None, ask.port, user, src_names, dst_names, ask.method), user_of=user_of)
+    if isinstance(rule, R.NEED_USER):
+        return NEED_IDENT
+    if rule is None or rule.action != R.PERMIT:
+        return Verdict(False, rule, run_rule_command=rule is not None)
+    if ask.ident_checks:
+        return ident_matrix(ask, rule, [])
+    return Verdict(True, rule)
 
 
 def ident_matrix(ask, rule, allowed):

@@ -44,6 +44,7 @@ from .backoff import Backoff
 from .config import traffic_on
 from .configload import load as load_config
 from .errors import ConfigError, EXIT_ERROR, Halt, PrivilegeError, report_config_error
+from .health import Health
 from .listeners import open_listeners, sock_name
 from .log import log
 from .meters import TrafficTable
@@ -252,6 +253,9 @@ class Master:
         # failed logins per address, for every process of every generation:
         # made before any fork, kept across reloads (a SIGHUP forgives nobody)
         self.backoff = Backoff()
+        # upstream proxies marked down, likewise for every process: one line
+        # when one goes down, one when it is back, for the whole server
+        self.health = Health()
         self.gone = collections.deque(maxlen=1024)   # pids reaped lately (limits bookkeeping)
         # traffic control: the shared table (made before any fork, kept
         # across reloads) and the accountant that writes it to the database

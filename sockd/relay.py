@@ -99,10 +99,12 @@ class Relay:
         self.last = loop.now
         self.error = None       # why the relay ended, when the client broke its protocol
 
-    def start(self, cmask, rmask, early=b""):
+    def start(self, cmask, rmask, early=b"", first=b""):
         """Take over both sockets' events.  ``cmask``/``rmask``: what each
         is registered for now (-1: not registered); ``early``: what the
-        client sent before the relay began, for the remote."""
+        client sent before the relay began, for the remote; ``first``: what
+        the remote sent before it began (behind an upstream proxy's reply),
+        for the client."""
         loop = self.loop
         for fd, mask, handler in ((self.cfd, cmask, self.on_client), (self.rfd, rmask, self.on_remote)):
             if mask < 0:
@@ -127,8 +129,25 @@ class Relay:
                 # already in memory (the session kept it): counted, even past the cap
                 self.pend_cr = early[sent:]
                 self.keep(len(early) - sent)
+        if first:
+            self.n_rc += len(first)
+            data = self.outward(first)
+            try:
+                sent = self.c.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.owner.close()
+                return
+            if sent < len(data):
+                self.pend_rc = data[sent:]
+                self.keep(len(data) - sent)
         # No reads here: the poll loop reports whatever is already waiting.
         self.update()
+
+    def outward(self, data):
+        """What the remote sent, as the client is to receive it."""
+        return data
 
     def on_client(self, ev):
         self.event(0, ev)
@@ -419,6 +438,9 @@ class ProtectedRelay(Relay):
         super().__init__(owner, loop, buf, mv, c, r, budget)
         self.prot = prot
 
+    def outward(self, data):
+        return self.prot.seal(data)
+
     def pump(self, side):
         if side == 0:
             src, dst = self.c, self.r
@@ -548,10 +570,13 @@ class Shaping:
         self.timer = None
         meter.on_quota = self.quota_reached
 
-    def start(self, cmask, rmask, early=b""):
+    def start(self, cmask, rmask, early=b"", first=b""):
+        # what came before the relay is counted, not charged: it is already read
         if early:
             self.meter.add(0, len(early))
-        super().start(cmask, rmask, early)
+        if first:
+            self.meter.add(1, len(first))
+        super().start(cmask, rmask, early, first)
 
     def update(self):
         """Relay.update, with a paused direction's sender not read and a

@@ -159,12 +159,13 @@ class Worker(Serving):
     Built in the master; run() runs after the fork and never returns."""
 
     def __init__(self, number, generation, cfg, listeners, ident_mode, sigmask=(), identity=None,
-                 channel=None, alive_fd=-1, status_fd=-1, proxy_trust=None, limits=None, backoff=None,
+                 channel=None, alive_fd=-1, status_fd=-1, proxy_trust=None, limits=None, backoff=None, health=None,
                  traffic=None):
         super().__init__(cfg, ident_mode, generation, channel, alive_fd)
         self.proxy_trust = proxy_trust or {}    # listener fd -> trusted PROXY protocol sources
         self.limits = limits                    # shared Limits, this worker's column set
         self.backoff = backoff                  # the master's shared login back-off
+        self.health = health                    # the master's shared marks on upstream proxies
         self.traffic = traffic                  # the master's shared meters.TrafficTable, or None
         self.number = number
         self.listeners = listeners
@@ -217,6 +218,7 @@ class Worker(Serving):
                                        cfg.helpers_queue)
         self.ctx = Context(self.cfg, loop, log, self.ident_mode)
         self.ctx.backoff = self.backoff
+        self.ctx.health = self.health
         if self.traffic is not None:
             self.ctx.traffic = TrafficControl(self.traffic)
         lim = self.limits
@@ -396,12 +398,14 @@ class OneClient(Serving):
     signals, a title, the master's channel) or an inetd-mode sockd."""
 
     def __init__(self, cfg, sock, ident_mode=None, generation=0, channel=None, alive_fd=-1,
-                 inherited=False, proxy=None, refusal=None, peer=None, limits=None, backoff=None, traffic=None):
+                 inherited=False, proxy=None, refusal=None, peer=None, limits=None, backoff=None, health=None,
+                 traffic=None):
         super().__init__(cfg, ident_mode, generation, channel, alive_fd)
         self.traffic = traffic          # the master's meters.TrafficTable (fork model), or None
         self.peer = peer                # from the master's accept, when it has it
         self.limits = limits            # fork model behind a balancer: a ChildLimits
         self.backoff = backoff          # fork model: the master's shared login back-off
+        self.health = health            # fork model: the master's shared marks on upstream proxies
         self.inherited = inherited      # accepted from one of our listeners: options set
         self.proxy = proxy              # PROXY protocol sources this listener trusts
         self.refusal = refusal          # over a limit (the master counted): refuse politely
@@ -417,6 +421,7 @@ class OneClient(Serving):
         if self.limits is not None:
             ctx.limits = self.limits
         ctx.backoff = self.backoff
+        ctx.health = self.health
         if self.traffic is not None:
             ctx.traffic = TrafficControl(self.traffic)
         try:

@@ -33,10 +33,12 @@ from . import protocol as P
 from . import proxyproto as PP
 from . import rules as R
 from . import shell
+from . import wayout as W
 from .addresses import addr_text, errno_text, lookup_names, service_name
 from .bind import UNSPECIFIED, BindWait
 from .connector import Connector
 from .errors import BackedOff
+from .health import Health
 from .limits import OK, REASONS
 from .log import clean
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN
@@ -45,6 +47,7 @@ from .relay import Budget, ProtectedRelay, Relay, ShapedProtectedRelay, ShapedRe
 from .resolver import Resolver
 from .traffic import period_text
 from .udp import Association
+from .upstream import UpstreamConnector
 
 
 class State(enum.IntEnum):
@@ -91,12 +94,20 @@ class Context:
         self.limits = None        # a limits.Limits when a client limit is set
         self.bind_limits = None   # the same when pending BINDs are counted (limit binds)
         self.backoff = None       # the master's backoff.Backoff, shared by every process (none in inetd mode)
+        self.health = None        # the master's health.Health, shared likewise; a table of its own without one
         self.traffic = None       # a meters.TrafficControl when traffic control is on
         # a process that exits after its one client waits for its commands
         loop.close_hooks.append(self.drain_commands)
 
     def drain_commands(self):
         self.runner.drain(10)
+
+    def upstream_health(self):
+        """The marks on upstream proxies: the master's, shared by every
+        process; under inetd (no master) a table of this process's own."""
+        if self.health is None:
+            self.health = Health()
+        return self.health
 
     @property
     def ruleset(self):
@@ -109,7 +120,8 @@ class Session:
         "state", "hs", "version", "command", "user", "realuser", "dst_host", "dst_ip", "dst_port",
         "candidates", "rule", "timer", "cmask", "early", "last", "ident", "identq", "authenticated",
         "names", "aux", "relay", "peer", "logdesc", "lslot", "refusal", "method", "gss", "prot", "level",
-        "tplan", "__weakref__",
+        "via", "tplan",
+        "__weakref__",
     )
 
     def __init__(self, ctx, sock, peer, local, inherited=False, proxy=None, refusal=None):
@@ -154,6 +166,7 @@ class Session:
         self.gss = None             # method gssapi: the gss.Acceptor
         self.prot = None            # RFC 1961 levels 1 and 2: the gss1961.Protection of the connection
         self.level = None           # method gssapi: the protection level granted
+        self.via = None             # the upstream (its label) the way-out file sent this through
         self.tplan = None           # traffic control: the traffic.Plan of the session, once decided
         ctx.sessions.add(self)
         ctx.stats["accepted"] += 1
@@ -199,9 +212,13 @@ class Session:
             user = "gssapi/%s%%%s" % (G.level_name(self.level), user)
         who = "%s(%s)@%s" % (user, real, self.client_ip)
         if self.command == P.CMD_BIND:
+            if self.via is not None:
+                return "Bind from %s for %s (%s) via %s" % (who, host, service_name(self.dst_port), self.via)
             return "Bind from %s for %s (%s)" % (who, host, service_name(self.dst_port))
         if self.command == P.CMD_UDP:
             return "UDP associate from %s" % who
+        if self.via is not None:
+            return "Connect from %s to %s (%s) via %s" % (who, host, service_name(self.dst_port), self.via)
         return "Connect from %s to %s (%s)" % (who, host, service_name(self.dst_port))
 
     def title(self):
@@ -638,12 +655,28 @@ class Session:
         if self.state != WAIT:
             return
         if error is not None or not result:
+            if self.upstream_resolves():
+                # judged by its name; the upstream resolves it (decision.unresolved)
+                self.candidates = []
+                self.lookup_names()
+                return
             reason = getattr(error, "strerror", None) or str(error or "no address")
             self.fail(P.REP_HOST_UNREACHABLE, ".  Error code: resolve %s" % clean(reason))
             return
         self.candidates = result
         self.dst_ip = addr_text(result[0][1])
         self.lookup_names()
+
+    def upstream_resolves(self):
+        """A CONNECT to a name that does not resolve here: does the way-out
+        file send it through upstreams that each resolve names themselves
+        (socks5h://, socks4a://, http://, the classic form)?  Then it is not
+        sockd's to resolve."""
+        wo = self.ctx.config.wayout
+        if wo is None or self.command != P.CMD_CONNECT or self.dst_host is None:
+            return False
+        d = W.decide_server(wo, self.user, (0, 0), self.dst_port, (self.dst_host,))
+        return d.action == W.SOCKD and all(s.remote_names for s in d.servers)
 
     def lookup_names(self):
         """The host names the rules need, looked up off the loop; then judge."""
@@ -720,7 +753,10 @@ class Session:
         if self.ctx.traffic is not None and not self.traffic_admits(verdict.rule):
             return
         self.run_command(self.rule.command, self.rule.where)
-        if self.command == P.CMD_BIND:
+        cfg = self.ctx.config
+        if cfg.wayout is not None:
+            self.way_out(cfg)
+        elif self.command == P.CMD_BIND:
             self.bind_start()
         else:
             self.connect()
@@ -805,17 +841,80 @@ class Session:
                              self.ctx.log, self, cfg.connect_stagger)
         self.aux.start()
 
+    def way_out(self, cfg, names=None):
+        """The rules have permitted the request; the way-out file says how
+        it leaves: direct, through its upstreams, or not at all (a refusal
+        naming its line).  Its host-name lines need the destination's names:
+        the client's name, else those looked up for the rules, else a
+        lookup now."""
+        wo = cfg.wayout
+        if names is None:
+            if self.dst_host is not None:
+                names = (self.dst_host,)
+            else:
+                names = self.names[1]
+                if not names and wo.needs_names and not cfg.ruleset.needs_dst_names and not self.bind_unnamed():
+                    self.look_up("names", lookup_names, (self.client_ip, self.dst_ip, False, True),
+                                 self.on_wayout_names)
+                    return
+        d = W.decide_server(wo, self.user, R.ip_key(self.dst_ip) if self.candidates else (0, 0), self.dst_port,
+                            names)
+        if not self.candidates and not (d.action == W.SOCKD and all(s.remote_names for s in d.servers)):
+            # a name only an upstream can resolve, but the line (for this user) goes another way
+            self.fail(P.REP_HOST_UNREACHABLE, ".  Error code: resolve: %s does not resolve here, and %s" % (
+                self.dst_host, d.reason))
+            return
+        if d.action == W.DIRECT:
+            if self.command == P.CMD_BIND:
+                self.bind_start()
+            else:
+                self.connect()
+            return
+        if d.action == W.DENY:
+            self.refuse_way_out(d)
+            return
+        self.aux = UpstreamConnector(self.ctx, self, d.servers, self.command, self.dst_host, self.candidates,
+                                     self.dst_port)
+        self.aux.start()
+
+    def on_wayout_names(self, result, error):
+        if self.state != WAIT:
+            return
+        self.way_out(self.ctx.config, result[1] if error is None else ())
+
+    def refuse_way_out(self, decision):
+        """A deny line of the way-out file (or none matched): refused, by
+        its line, before any upstream is asked."""
+        ctx = self.ctx
+        ctx.stats["refused"] += 1
+        ctx.log.notice("refused -- %s: way out %s" % (self.desc(), decision.reason))
+        self.reply_failure(P.REP_NOT_ALLOWED)
+        self.close()
+
     def on_connected(self, sock, ip, err):
         connector, self.aux = self.aux, None
         if sock is None:
-            self.connect_failed(err)
+            if isinstance(err, int):
+                self.connect_failed(err)
+            else:
+                self.fail(err.rep, ".  Error code: %s" % err.detail)
+            return
+        if self.command == P.CMD_BIND:
+            self.upstream_peer(connector, sock)
             return
         self.dst_ip = ip
         self.cancel_timer()
-        try:
-            bnd = sock.getsockname()
-        except OSError:
-            bnd = ("0.0.0.0", 0)
+        bnd = None
+        first = b""
+        if type(connector) is not Connector:
+            self.via = connector.server.label
+            bnd = connector.bound
+            first = connector.first
+        if bnd is None:
+            try:
+                bnd = sock.getsockname()
+            except OSError:
+                bnd = ("0.0.0.0", 0)
         ctx = self.ctx
         ctx.stats["connected"] += 1
         self.logdesc = desc = self.desc()
@@ -826,7 +925,7 @@ class Session:
             sock.close()
             self.close()
             return
-        self.start_relay(sock, connector.mask)
+        self.start_relay(sock, connector.mask, first)
 
     def on_connect_timeout(self):
         self.timer = None
@@ -892,20 +991,57 @@ class Session:
         bw.names = result[1] if error is None else ()
         self.judge_peer()
 
-    def bound(self, conn, peer_ip, peer_port):
-        """The application server connected back: second reply, then relay."""
+    def bound(self, conn, peer_ip, peer_port, rmask=-1, first=b""):
+        """The application server connected back: second reply, then relay.
+        Through an upstream, ``conn`` is the connection to it, registered
+        for ``rmask``, and ``first`` what the peer sent with the reply."""
         self.cancel_timer()
         self.aux = None
-        conn.setblocking(False)
-        set_socket_options(conn)
+        if rmask < 0:
+            conn.setblocking(False)
+            set_socket_options(conn)
         self.peer = peer_ip
         self.ctx.stats["connected"] += 1
         self.ctx.log.notice("connected -- %s: %s port %d connected" % (self.desc(), peer_ip, peer_port))
         if not self.granted(peer_ip, peer_port):
+            if rmask >= 0:
+                self.loop.remove(conn.fileno())
             conn.close()
             self.close()
             return
-        self.start_relay(conn, -1)
+        self.start_relay(conn, rmask, first)
+
+    # --- BIND through an upstream ----------------------------------------------------------------
+    def on_upstream_bound(self, addr, port):
+        """The upstream's first BIND reply: where it listens for the peer.
+        It is the client's first reply; then the wait, as for a BIND of
+        sockd's own."""
+        self.via = self.aux.server.label
+        if not self.granted(addr, port):
+            self.close()
+            return
+        self.ctx.log.info("bind -- %s: listening on %s port %d" % (self.desc(), addr, port))
+        self.state = BINDWAIT
+        self.resume_reading()
+        self.set_deadline(self.on_bind_timeout)
+
+    def upstream_peer(self, connector, sock):
+        """The upstream's second BIND reply: who connected to it.  Checked
+        as a peer of sockd's own BIND would be: the host the request named
+        (``bind check-peer``), else judged by the rules."""
+        peer = PeerThrough(self, sock, connector.bound or ("0.0.0.0", 0), connector.mask, connector.first)
+        ip, port = peer.peer
+        expect = self.dst_ip
+        if expect not in UNSPECIFIED and (ip == expect or self.ctx.config.bind_check_peer):
+            if ip != expect:
+                peer.release()
+                self.fail(P.REP_NOT_ALLOWED, ". Error: connected to wrong host %s (%s)" % (ip, port))
+                return
+            self.bound(*peer.take())
+            return
+        self.aux = peer
+        peer.hold()
+        self.judge_peer()
 
     # --- UDP ASSOCIATE -----------------------------------------------------------------------------
     def udp_request(self):
@@ -978,9 +1114,11 @@ class Session:
         self.close()
 
     # --- relay -----------------------------------------------------------------------------------
-    def start_relay(self, r, rmask):
+    def start_relay(self, r, rmask, first=b""):
         """Hand both sockets to a Relay; ``rmask``: what ``r`` is registered
-        for in the loop now (-1: not registered)."""
+        for in the loop now (-1: not registered); ``first``: what the remote
+        sent before the relay began (behind an upstream's reply), for the
+        client."""
         self.state = RELAY
         early, self.early = self.early, b""
         ctx = self.ctx
@@ -998,7 +1136,7 @@ class Session:
             relay = ProtectedRelay(self, self.loop, ctx.buf, ctx.mv, self.c, r, ctx.budget, self.prot)
         self.relay = relay
         self.start_idle_timer()
-        relay.start(self.cmask, rmask, early)
+        relay.start(self.cmask, rmask, early, first)
 
     def start_idle_timer(self):
         idle = self.ctx.config.timeout_idle
@@ -1082,6 +1220,43 @@ class Session:
                 self.peer or self.dst_host or self.dst_ip, wire))
         if ctx.on_close is not None:
             ctx.on_close(self)
+
+
+class PeerThrough:
+    """The peer of a BIND through an upstream, while the rules judge it:
+    BindWait's ``peer``, ``names``, ``conn``, ``take()`` and ``release()``
+    over the connection to the upstream, whose events (a hang-up) end the
+    session meanwhile."""
+
+    __slots__ = ("session", "conn", "peer", "names", "mask", "first")
+
+    def __init__(self, session, conn, peer, mask, first):
+        self.session, self.conn, self.peer, self.mask, self.first = session, conn, peer, mask, first
+        self.names = None
+
+    def hold(self):
+        loop = self.session.loop
+        loop.rebind(self.conn.fileno(), self.on_event)
+        if self.mask != 0:
+            loop.modify(self.conn.fileno(), 0)
+            self.mask = 0
+
+    def on_event(self, ev):
+        self.session.close()
+
+    def take(self):
+        conn, self.conn = self.conn, None
+        return conn, self.peer[0], self.peer[1], self.mask, self.first
+
+    def close(self):
+        self.session.close()
+
+    def release(self):
+        if self.conn is not None:
+            if self.mask >= 0:
+                self.session.loop.remove(self.conn.fileno())
+            self.conn.close()
+            self.conn = None
 
 
 class Snapshot:

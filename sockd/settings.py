@@ -165,6 +165,10 @@ SETTINGS = [
             to_seconds),
     Setting("resolve failure-life", "SECONDS", 10.0,
             "how long a name that did not resolve is answered as failed without asking again", to_seconds),
+    # -- issue 14: upstream proxies, their failover --
+    Setting("timeout upstream", "SECONDS", 10.0,
+            "time one upstream proxy has to answer before the next is tried (at most half of timeout connect; "
+            "0: only timeout connect)", to_seconds),
     # -- issue 15: traffic control -- bandwidth limits, quotas, the accounting database --
     Setting("limit bandwidth", "KEY RATE [burst SIZE]", [],
             "bytes per second each way for KEY (session, address CIDR [each], user NAME|*, rule TAG), "

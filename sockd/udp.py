@@ -26,6 +26,20 @@ Datagrams to a name whose lookup is under way wait for it (MAX_PENDING);
 a datagram to a new name while the association's lookups are all under
 way is dropped, and counted in the summary line.
 
+With a way-out file (``upstream FILE``), each permitted destination is
+also asked how it is reached (wayout.decide_server, memoised like the
+verdicts): direct, as above; refused by a deny line (dropped, logged once
+per destination); or through the line's SOCKS 5 upstreams: an
+association of sockd's own with the first of them that answers
+(``Through``: a TCP control connection made by upstream.UpstreamConnector,
+with its failover and health, and a UDP socket facing the upstream's
+relay), one per upstream list, opened with the first datagram for it
+(the datagrams meanwhile wait, at most MAX_PENDING), and ended with the
+client's association.  Datagrams go to the upstream's relay in the RFC
+1928 header (the name when the upstream resolves names and the client gave
+one) and come back from it the same way; the source it names is judged by
+the rules as any remote host is, before the client sees it.
+
 Under traffic control (the session has a plan, ``tplan``) every datagram
 that would be relayed goes through the session's meters.Meter first
 (``admit``): one over the budget of its direction is dropped, and counted
@@ -44,17 +58,22 @@ import socket
 
 from . import decision as D
 from . import protocol as P
-from .addresses import addr_text
+from . import rules as R
+from . import wayout as W
+from .addresses import addr_text, errno_text
 from .loop import EPOLLIN
+from .upstream import UpstreamConnector, literal_family
 
 MAX_MEMO = 256
 MAX_PENDING = 16          # datagrams waiting for one name to resolve
+UPSTREAM_RETRY = 10.0     # seconds an upstream list that carried nothing is not asked again
+MAX_THROUGH = 8           # upstream associations of one client association
 
 
 class Association:
     __slots__ = ("session", "ctx", "loop", "csock", "cfd", "rsocks", "client_ip", "client_port",
                  "strict", "memo", "pending", "n_in", "n_out", "d_in", "d_out", "dropped",
-                 "denied_logged", "unlooked", "meter", "over")
+                 "denied_logged", "unlooked", "ways", "through", "meter", "over")
 
     def __init__(self, session, announced_port):
         self.session = session
@@ -70,6 +89,8 @@ class Association:
         self.n_in = self.n_out = self.d_in = self.d_out = self.dropped = 0
         self.unlooked = 0          # of those dropped: to names it could not look up then
         self.denied_logged = set()
+        self.ways = {}             # (ip, port, name) -> (config, the way-out file's Decision)
+        self.through = {}          # upstream list -> its Through
         self.meter = None          # traffic control: the session's meters.Meter
         self.over = 0              # of those dropped: over the bandwidth limit
         if session.tplan is not None:
@@ -225,6 +246,17 @@ class Association:
                 self.ctx.log.notice("refused -- %s: datagram to %s (%d)%s; dropped" % (
                     self.session.desc(), name or ip, port, datagram_reason(verdict)))
             return
+        if self.meter is not None and not self.meter.admit(0, len(payload)):
+            # over the budget, direct or through an upstream alike
+            self.dropped += 1
+            self.over += 1
+            return
+        cfg = self.ctx.config
+        if cfg.wayout is not None:
+            d = self.way_out(cfg, ip, port, name)
+            if d.action != W.DIRECT:
+                self.leave(d, ip, port, payload, name)
+                return
         fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
         rs = self.rsocks.get(fam)
         if rs is None:
@@ -232,14 +264,44 @@ class Association:
             if rs is None:
                 self.dropped += 1
                 return
-        if self.meter is not None and not self.meter.admit(0, len(payload)):
-            self.dropped += 1
-            self.over += 1
-            return
         try:
             rs.sendto(payload, (ip, port))
         except OSError:
             self.dropped += 1
+
+    def way_out(self, cfg, ip, port, name):
+        """The way-out file's Decision for one destination, memoised."""
+        key = (ip, port, name)
+        got = self.ways.get(key)
+        if got is not None and got[0] is cfg:
+            return got[1]
+        d = W.decide_server(cfg.wayout, self.session.user, R.ip_key(ip), port, (name,) if name else ())
+        if len(self.ways) >= MAX_MEMO:
+            self.ways.clear()
+        self.ways[key] = (cfg, d)
+        return d
+
+    def leave(self, d, ip, port, payload, name):
+        """A datagram the way-out file does not send direct: dropped by a
+        deny line, or handed to the association through its upstreams."""
+        if d.action == W.DENY:
+            self.dropped += 1
+            key = ("wayout", ip, port)
+            if key not in self.denied_logged and len(self.denied_logged) < MAX_MEMO:
+                self.denied_logged.add(key)
+                self.ctx.log.notice("refused -- %s: datagram to %s (%d): way out %s; dropped" % (
+                    self.session.desc(), name or ip, port, d.reason))
+            return
+        t = self.through.get(d.servers)
+        if t is None or (t.failed_at is not None and self.loop.now - t.failed_at >= UPSTREAM_RETRY):
+            if t is not None:
+                t.release()
+            elif len(self.through) >= MAX_THROUGH:
+                self.dropped += 1
+                return
+            t = self.through[d.servers] = Through(self, d.servers)
+            t.start()
+        t.send(ip, port, payload, name)
 
     def open_remote(self, fam):
         s = socket.socket(fam, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
@@ -273,28 +335,33 @@ class Association:
                 return
             except OSError:
                 return
-            ip = addr_text(peer[0])
-            if self.client_port is None or not self.permitted(ip, peer[1]).allowed:
+            self.to_client(addr_text(peer[0]), peer[1], mv[:n])
+
+    def to_client(self, ip, port, data):
+        """A datagram from ``ip``:``port`` (a remote host, or a host an
+        upstream's relay names) for the client, if the rules would let the
+        client reach that host."""
+        if self.client_port is None or not self.permitted(ip, port).allowed:
+            self.dropped += 1
+            return
+        if self.meter is not None and not self.meter.admit(1, len(data)):
+            self.dropped += 1
+            self.over += 1
+            return
+        self.session.touch()
+        self.d_out += 1
+        self.n_out += len(data)
+        out = P.udp_header(ip, port) + data
+        prot = self.session.prot
+        if prot is not None:
+            out = prot.seal_datagram(out)
+            if out is None:          # too big for one token
                 self.dropped += 1
-                continue
-            if self.meter is not None and not self.meter.admit(1, n):
-                self.dropped += 1
-                self.over += 1
-                continue
-            self.session.touch()
-            self.d_out += 1
-            self.n_out += n
-            out = P.udp_header(ip, peer[1]) + mv[:n]
-            prot = self.session.prot
-            if prot is not None:
-                out = prot.seal_datagram(out)
-                if out is None:          # too big for one token
-                    self.dropped += 1
-                    continue
-            try:
-                self.csock.sendto(out, (self.client_ip, self.client_port))
-            except OSError:
-                self.dropped += 1
+                return
+        try:
+            self.csock.sendto(out, (self.client_ip, self.client_port))
+        except OSError:
+            self.dropped += 1
 
     def close(self):
         """The loop's error handler, or the end: the association ends with
@@ -320,6 +387,9 @@ class Association:
             self.loop.remove(s.fileno())
             s.close()
         self.rsocks = {}
+        for t in self.through.values():
+            t.release()
+        self.through = {}
 
     def summary(self):
         text = "%d bytes in %d datagrams from %s, %d bytes in %d datagrams to it, %d dropped" % (
@@ -343,3 +413,174 @@ def datagram_reason(verdict):
     if verdict.why:
         return " (%s)" % verdict.why
     return " no matching rule"
+
+
+class Through:
+    """An association of sockd's own with an upstream SOCKS 5 server, for
+    the datagrams one client association sends through a way-out line's
+    ``servers``: its control connection (made with failover by an
+    UpstreamConnector, and kept open: the upstream's association lives as
+    long as it), and a UDP socket facing the upstream's relay.  Datagrams
+    wait while it is being made; it says once when it is made and once if
+    it could not be; an upstream that ends it ends only it (the next
+    datagram for it, UPSTREAM_RETRY seconds after, makes another).
+
+    The helper pool's requester for the upstream's name (``gone``,
+    ``src_key``, ``client_ip``), and the connector's owner
+    (``on_connected``, ``close``)."""
+
+    __slots__ = ("assoc", "servers", "connector", "ctrl", "usock", "relay", "server", "waiting", "failed_at",
+                 "closed", "dst_ip")
+
+    def __init__(self, assoc, servers):
+        self.assoc = assoc
+        self.servers = servers
+        self.connector = None
+        self.ctrl = None
+        self.usock = None
+        self.relay = None          # (address, port) of the upstream's relay
+        self.server = None
+        self.waiting = []          # (ip, port, payload, name) until the relay is known
+        self.failed_at = None      # loop time it could not be made, or ended
+        self.closed = False
+        self.dst_ip = None         # the connector's owner interface (an association names no destination)
+
+    @property
+    def gone(self):
+        return self.closed
+
+    @property
+    def src_key(self):
+        return self.assoc.session.src_key
+
+    @property
+    def client_ip(self):
+        return self.assoc.client_ip
+
+    def start(self):
+        self.connector = UpstreamConnector(self.assoc.ctx, self, self.servers, P.CMD_UDP, None, [], 0)
+        self.connector.start()
+
+    def send(self, ip, port, payload, name):
+        if self.usock is not None:
+            self.forward(ip, port, payload, name)
+        elif self.failed_at is None and len(self.waiting) < MAX_PENDING:
+            self.waiting.append((ip, port, bytes(payload), name))
+        else:
+            self.assoc.dropped += 1
+
+    def forward(self, ip, port, payload, name):
+        dst = name if name is not None and self.server.remote_names else ip
+        try:
+            self.usock.sendto(P.udp_header(dst, port) + payload, self.relay)
+        except (OSError, ValueError):
+            self.assoc.dropped += 1
+
+    def on_connected(self, sock, ip, err):
+        connector, self.connector = self.connector, None
+        assoc = self.assoc
+        log = assoc.ctx.log
+        if sock is None:
+            self.failed(err.detail if not isinstance(err, int) else "connect: %s" % errno_text(err))
+            return
+        loop = assoc.loop
+        self.server = connector.server
+        self.ctrl = sock
+        self.relay = connector.bound
+        loop.rebind(sock.fileno(), self.on_control)
+        if connector.mask != EPOLLIN:
+            loop.modify(sock.fileno(), EPOLLIN)
+        relay_ip = self.relay[0]
+        fam = literal_family(relay_ip)
+        if fam is None:
+            # a name would be looked up by sendto, on the loop, for every datagram
+            self.failed("its relay is named %s, not given as an address" % relay_ip)
+            return
+        try:
+            us = socket.socket(fam, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        except OSError as exc:
+            self.failed("udp socket: %s" % exc.strerror)
+            return
+        self.usock = us
+        try:
+            us.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", 0))
+        except OSError as exc:
+            self.failed("udp socket: %s" % exc.strerror)
+            return
+        loop.add(us.fileno(), EPOLLIN, self.on_relay)
+        log.notice("connected -- %s: through %s, its relay on %s port %d" % (
+            assoc.session.desc(), self.server.label, relay_ip, self.relay[1]))
+        waiting, self.waiting = self.waiting, []
+        for ip, port, payload, name in waiting:
+            self.forward(ip, port, payload, name)
+
+    def failed(self, detail):
+        """It could not be made, or it ended: what waits is dropped, and the
+        datagrams for it are, until UPSTREAM_RETRY has passed."""
+        assoc = self.assoc
+        if self.failed_at is None:
+            assoc.ctx.log.notice("failed -- %s: datagrams through %s: %s" % (
+                assoc.session.desc(), ", ".join(s.label for s in self.servers), detail))
+        self.failed_at = assoc.loop.now
+        assoc.dropped += len(self.waiting)
+        self.waiting = []
+        self.shut()
+
+    def on_control(self, ev):
+        """The control connection: the upstream says nothing more on it; a
+        hang-up ends its association."""
+        try:
+            data = self.ctrl.recv(512)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.failed("the upstream closed its association")
+
+    def on_relay(self, ev):
+        assoc = self.assoc
+        buf, mv = assoc.ctx.buf, assoc.ctx.mv
+        for _ in range(64):
+            try:
+                n, peer = self.usock.recvfrom_into(buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if (addr_text(peer[0]), peer[1]) != (addr_text(self.relay[0]), self.relay[1]):
+                assoc.dropped += 1       # only the upstream's relay speaks here
+                continue
+            try:
+                frag, hdr, off = P.parse_udp_header(mv[:n])
+            except P.ProtocolError:
+                assoc.dropped += 1
+                continue
+            if frag or hdr.atyp == P.ATYP_DOMAIN:
+                assoc.dropped += 1
+                continue
+            assoc.to_client(addr_text(hdr.address), hdr.port, mv[off:n])
+
+    def shut(self):
+        loop = self.assoc.loop
+        if self.connector is not None:
+            self.connector.cancel()
+            self.connector = None
+        if self.ctrl is not None:
+            loop.remove(self.ctrl.fileno())
+            self.ctrl.close()
+            self.ctrl = None
+        if self.usock is not None:
+            loop.remove(self.usock.fileno())
+            self.usock.close()
+            self.usock = None
+
+    def close(self):
+        """The loop's error handler: the client's association ends too."""
+        self.release()
+        self.assoc.close()
+
+    def release(self):
+        self.closed = True
+        self.waiting = []
+        self.shut()

@@ -466,3 +466,51 @@ def parse_conf(text, path="unit.conf", own=()):
     CL.read_userfiles(cfg)
     cfg.own_addresses = frozenset(own)
     return cfg
+
+
+class Scripted:
+    """An upstream on the loop: for each connection, ``script`` is a list
+    of (bytes to have read in all, bytes to answer then); an empty script
+    is a black hole.  ``got`` has what each connection sent."""
+
+    def __init__(self, loop, script, host="127.0.0.1"):
+        self.loop = loop
+        self.script = script
+        self.ls = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.ls.bind((host, 0))
+        self.ls.listen(16)
+        self.ls.setblocking(False)
+        self.port = self.ls.getsockname()[1]
+        self.got = []
+        self.conns = []
+        loop.add(self.ls.fileno(), EPOLLIN, self.on_accept)
+
+    def on_accept(self, ev):
+        conn, _ = self.ls.accept()
+        conn.setblocking(False)
+        i = len(self.got)
+        self.got.append(b"")
+        self.conns.append(conn)
+        steps = list(self.script)
+
+        def on_data(ev):
+            try:
+                data = conn.recv(4096)
+            except OSError:
+                data = b""
+            if not data:
+                self.loop.remove(conn.fileno())
+                return
+            self.got[i] += data
+            while steps and len(self.got[i]) >= steps[0][0]:
+                conn.send(steps.pop(0)[1])
+        self.loop.add(conn.fileno(), EPOLLIN, _Handler(on_data).on_event)
+
+    def close(self):
+        for c in self.conns:
+            if c.fileno() >= 0:
+                self.loop.remove(c.fileno())
+                c.close()
+        if self.ls.fileno() >= 0:
+            self.loop.remove(self.ls.fileno())
+            self.ls.close()

@@ -428,3 +428,15 @@ def test_property_the_guard_only_takes_away_private_destinations(lines, mode, sr
         assert netinfo.is_private(key(dst), {key(OWN)})
         assert not D.names_literally(guarded.rule.dst) and guarded.why == PRIVATE % dst
         assert mode == "yes" or not netinfo.is_loopback(key(src))
+
+
+# --- issue 14: a name left for an upstream to resolve --------------------------------------
+
+def test_a_name_that_does_not_resolve_here_is_judged_by_its_name_alone():
+    cfg = parse_conf("deny 0/0 .bad.test\npermit 127.0.0.0/8 10.0.0.0/8\npermit 127.0.0.0/8 0/0 eq 80\n")
+    src = R.ip_key("127.0.0.1")
+    ask = lambda host, port: D.decide(D.Ask(src, [], port, dst_host=host), cfg)
+    v = ask("www.only-upstream.test", 80)
+    assert v.allowed and v.rule.line == 3 and not v.addresses      # no address line matched it
+    assert not ask("www.only-upstream.test", 443).allowed
+    assert ask("x.bad.test", 80).rule.line == 1

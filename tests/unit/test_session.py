@@ -26,9 +26,10 @@ from sockd import protocol as P
 from sockd import resolver as RS
 from sockd import rules as R
 from sockd import session as S
+from sockd import wayout as W
 from sockd.addresses import service_name
 
-from loopkit import Identd, closed_port, parse_conf, run_for, run_until, watched
+from loopkit import Identd, Scripted, closed_port, parse_conf, run_for, run_until, watched
 
 GREETING = P.greeting5([P.METHOD_NONE])
 METHOD_NONE_REPLY = b"\x05\x00"
@@ -736,3 +737,184 @@ def test_the_context_shares_one_buffer_and_waits_for_commands_at_the_end(loop, l
     assert len(ctx.buf) == 1 << 16 and ctx.mv.nbytes == 1 << 16
     assert ctx.ruleset is ctx.config.ruleset
     assert ctx.drain_commands in loop.close_hooks
+
+
+# --- the way-out file (issue 14) -----------------------------------------------------------------
+
+def with_wayout(srv, text):
+    srv.ctx.config.wayout = W.parse_text(text, "up.conf")
+    return srv
+
+
+def test_wayout_deny_refuses_naming_its_line(loop, net, log, server):
+    echo = net.echo_server()
+    srv = with_wayout(server(), "direct 10.0.0.0/8\ndeny 127.0.0.0/8\n")
+    client, sess = srv.client(GREETING + connect5("127.0.0.1", echo.port))
+    assert run_until(loop, lambda: client.eof)
+    assert reply5(client.data)[0][0] == P.REP_NOT_ALLOWED
+    assert echo.peers == []
+    assert log.lines("notice") == [
+        "refused -- Connect from unknown(unknown)@127.0.0.1 to 127.0.0.1 (%s): way out up.conf:2: denied by "
+        "'deny 127.0.0.0/8'" % service_name(echo.port)]
+    # SOCKS 4: 91
+    client, sess = srv.client(connect4("127.0.0.1", echo.port))
+    assert run_until(loop, lambda: client.eof)
+    assert bytes(client.data) == P.reply4(P.S4_REJECTED)
+
+
+def test_wayout_rules_refuse_first(loop, net, log, server):
+    """sockd.conf refuses before the way-out file (and any upstream) is asked."""
+    up = Scripted(loop, [])
+    try:
+        srv = with_wayout(server("deny 0/0 127.0.0.1/32\npermit 127.0.0.0/8\n"),
+                          "sockd @=socks5://127.0.0.1:%d ALL\n" % up.port)
+        client, sess = srv.client(GREETING + connect5("127.0.0.1", 9))
+        assert run_until(loop, lambda: client.eof)
+        assert reply5(client.data)[0][0] == P.REP_NOT_ALLOWED
+        run_for(loop, 0.05)
+        assert up.got == []
+    finally:
+        up.close()
+
+
+def test_wayout_direct_is_todays_connect(loop, net, log, server):
+    echo = net.echo_server()
+    srv = with_wayout(server(), "direct 127.0.0.0/8\ndeny ALL\n")
+    client, sess = srv.client(GREETING + connect5("127.0.0.1", echo.port) + b"hi")
+    assert run_until(loop, lambda: client.data.endswith(b"hi"))
+    assert log.lines("notice")[0].endswith("(%s)" % service_name(echo.port))          # no "via"
+
+
+def test_wayout_through_an_upstream(loop, net, log, server):
+    """SOCKS 5 upstream: its reply's address reaches the client, then the
+    destination's first bytes (which came with the reply), then the relay;
+    the log line names the upstream, never the credentials."""
+    dst = ("127.0.0.1", 4444)
+    req = P.request5(1, *dst)
+    up = Scripted(loop, [(4, b"\x05\x02"), (4 + 6, b"\x01\x00"),
+                         (4 + 6 + len(req), P.reply5(0, "10.1.2.3", 5555) + b"banner\r\n")])
+    try:
+        srv = with_wayout(server(), "sockd @=socks5://u:pw@127.0.0.1:%d ALL\n" % up.port)
+        client, sess = srv.client(GREETING + connect5(*dst) + b"early")
+        assert run_until(loop, lambda: client.data.endswith(b"banner\r\n") and up.got and up.got[0].endswith(
+            b"early"))
+        (rep, addr, port), rest = reply5(client.data)
+        assert (rep, addr, port, rest) == (0, "10.1.2.3", 5555, b"banner\r\n")
+        assert up.got[0] == b"\x05\x02\x00\x02" + b"\x01\x01u\x02pw" + req + b"early"
+        label = "socks5://127.0.0.1:%d" % up.port
+        assert log.lines("notice")[0] == "connected -- Connect from unknown(unknown)@127.0.0.1 to 127.0.0.1 " \
+            "(%s) via %s" % (service_name(4444), label)
+        up.conns[0].send(b"more")
+        assert run_until(loop, lambda: client.data.endswith(b"more"))
+        assert sess.relay.n_rc == len(b"banner\r\nmore")
+        assert not any("pw" in m for m in log.lines())
+    finally:
+        up.close()
+
+
+def test_wayout_upstream_refusal_reaches_the_client(loop, net, log, server):
+    up = Scripted(loop, [(3, b"\x05\x00"), (13, P.reply5(P.REP_REFUSED))])
+    try:
+        srv = with_wayout(server(), "sockd @=socks5://127.0.0.1:%d ALL\n" % up.port)
+        client, sess = srv.client(GREETING + connect5("127.0.0.1", 4444))
+        assert run_until(loop, lambda: client.eof)
+        assert reply5(client.data)[0][0] == P.REP_REFUSED
+        assert log.lines("notice") == [
+            "failed -- Connect from unknown(unknown)@127.0.0.1 to 127.0.0.1 (%s).  Error code: upstream "
+            "socks5://127.0.0.1:%d refused: connection refused (5)" % (service_name(4444), up.port)]
+        assert nothing_left(loop, sess)
+    finally:
+        up.close()
+
+
+def test_wayout_timeout_connect_while_an_upstream_is_silent(loop, net, log, server):
+    up = Scripted(loop, [])
+    try:
+        srv = with_wayout(server("timeout connect 0.3\ntimeout upstream 0\npermit 127.0.0.0/8\n"),
+                          "sockd @=socks5://127.0.0.1:%d ALL\n" % up.port)
+        client, sess = srv.client(GREETING + connect5("127.0.0.1", 4444))
+        assert run_until(loop, lambda: client.eof)
+        assert reply5(client.data)[0][0] == P.REP_TTL_EXPIRED
+        assert nothing_left(loop, sess)
+        assert sess.aux is None
+        assert up.conns[0].recv(1) == b""            # sockd's end of the silent upstream is closed
+    finally:
+        up.close()
+
+
+def bind5(ip, port):
+    return P.request5(P.CMD_BIND, ip, port)
+
+
+@pytest.mark.parametrize("peer,ok", [("127.0.0.1", True), ("127.0.0.9", False)])
+def test_wayout_bind_through_an_upstream(loop, net, log, server, peer, ok):
+    """The upstream's first reply (its own address where it announced
+    0.0.0.0) is the client's first; its second, checked against the host
+    the request named, the client's second; then the relay."""
+    req = bind5("127.0.0.1", 21)
+    up = Scripted(loop, [(3, b"\x05\x00"), (3 + len(req), P.reply5(0, "0.0.0.0", 40000))])
+    try:
+        srv = with_wayout(server(), "sockd @=socks5://127.0.0.1:%d ALL\n" % up.port)
+        client, sess = srv.client(GREETING + req)
+        assert run_until(loop, lambda: len(client.data) >= 12)
+        (rep, addr, port), _ = reply5(client.data)
+        assert (rep, addr, port) == (0, "127.0.0.1", 40000)
+        assert sess.state == S.BINDWAIT
+        up.conns[0].send(P.reply5(0, peer, 2020) + b"from the peer")
+        if not ok:
+            assert run_until(loop, lambda: client.eof)
+            assert client.data.endswith(P.reply5(P.REP_NOT_ALLOWED))
+            assert log.having("connected to wrong host 127.0.0.9 (2020)")
+            return
+        assert run_until(loop, lambda: client.data.endswith(b"from the peer"))
+        assert P.reply5(0, "127.0.0.1", 2020) in bytes(client.data)
+        label = "socks5://127.0.0.1:%d" % up.port
+        assert log.having("connected -- Bind from unknown(unknown)@127.0.0.1 for 127.0.0.1 (%s) via %s: "
+                          "127.0.0.1 port 2020 connected" % (service_name(21), label))
+        client.write(b"to the peer")
+        assert run_until(loop, lambda: up.got[0].endswith(b"to the peer"))
+    finally:
+        up.close()
+
+
+def test_wayout_bind_unnamed_peer_is_judged(loop, net, log, server):
+    req = bind5("0.0.0.0", 0)
+    up = Scripted(loop, [(3, b"\x05\x00"), (3 + len(req), P.reply5(0, "10.0.0.1", 40000) +
+                                             P.reply5(0, "10.9.9.9", 20))])
+    try:
+        srv = with_wayout(server("permit 127.0.0.0/8 127.0.0.0/8\n"), "sockd @=socks5://127.0.0.1:%d ALL\n" % up.port)
+        client, sess = srv.client(GREETING + req)
+        assert run_until(loop, lambda: client.eof)
+        assert client.data.endswith(P.reply5(P.REP_NOT_ALLOWED))
+        assert log.having("refused -- Bind from unknown(unknown)@127.0.0.1 for 0.0.0.0 (0) via socks5://127.0.0.1:"
+                          "%d: connection from 10.9.9.9 port 20" % up.port)
+        assert nothing_left(loop, sess)
+    finally:
+        up.close()
+
+
+@pytest.mark.parametrize("credentials", [None, ("up", "uppw")])
+def test_wayout_never_forwards_the_clients_password(loop, net, log, server, passwd, credentials):
+    """The client logs in with RFC 1929; the upstream gets the URL's
+    credentials (offered with method 0), or none: never the client's."""
+    dst = ("127.0.0.1", 4444)
+    req = P.request5(1, *dst)
+    greeting = P.greeting5([0, 2] if credentials else [0])
+    auth = P.userpass_request(*credentials) if credentials else b""
+    script = [(len(greeting), b"\x05\x02" if credentials else b"\x05\x00")]
+    if credentials:
+        script.append((len(greeting) + len(auth), b"\x01\x00"))
+    script.append((len(greeting) + len(auth) + len(req), P.reply5(0, "10.1.2.3", 5555)))
+    up = Scripted(loop, script)
+    try:
+        url = "socks5://%s127.0.0.1:%d" % ("%s:%s@" % credentials if credentials else "", up.port)
+        srv = with_wayout(server("methods username\npasswd %s\npermit *=alice 127.0.0.0/8\n" % passwd),
+                          "sockd @=%s ALL\n" % url)
+        client, sess = srv.client(P.greeting5([P.METHOD_USERPASS]) + P.userpass_request("alice", "right")
+                                  + connect5(*dst))
+        assert run_until(loop, lambda: len(client.data) >= 4 + 10)
+        assert up.got[0] == greeting + auth + req
+        assert b"right" not in up.got[0] and b"alice" not in up.got[0]
+        assert log.having("connected -- Connect from alice(unknown)@127.0.0.1")
+    finally:
+        up.close()

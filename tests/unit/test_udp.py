@@ -20,13 +20,15 @@ import threading
 import pytest
 
 from sockd import decision as D
+from sockd import health as H
 from sockd import pools as PO
 from sockd import protocol as P
 from sockd import resolver as RS
 from sockd import rules as R
 from sockd import udp as U
+from sockd import wayout as W
 
-from loopkit import parse_conf, run_for, run_until, watched
+from loopkit import Scripted, parse_conf, run_for, run_until, watched
 
 
 class Ctx:
@@ -458,3 +460,96 @@ def test_an_association_looks_up_two_names_at_once_and_drops_the_rest(loop, setu
     gate.set()
     run_for(loop, 0.1)
     assert s.assoc.dropped == 38 and s.assoc.pending == {}
+
+
+# --- through an upstream (the way-out file) ---------------------------------------------------------
+
+class UpCtx(Ctx):
+    def __init__(self, config, loop, log):
+        super().__init__(config, loop, log)
+        self.health = H.Health()
+
+    def upstream_health(self):
+        return self.health
+
+
+def through_setup(loop, net, log, wayout_text, relay_reply=None):
+    """An association whose way-out file names a scripted SOCKS 5 upstream
+    that answers UDP ASSOCIATE with the address of ``relay`` (a UDP peer
+    standing for the upstream's relay)."""
+    relay = net.udp("127.0.0.1")
+    req = P.request5(P.CMD_UDP, "0.0.0.0", 0)
+    reply = relay_reply if relay_reply is not None else P.reply5(0, "0.0.0.0", relay.port)
+    up = Scripted(loop, [(3, b"\x05\x00"), (3 + len(req), reply)])
+    s = Setup(loop, net, log)
+    s.ctx.__class__ = UpCtx
+    s.ctx.health = H.Health()
+    s.ctx.config.wayout = W.parse_text(wayout_text.format(up=up.port), "up.conf")
+    return s, up, relay
+
+
+def test_datagrams_through_an_upstream_relay(loop, net, log):
+    s, up, relay = through_setup(loop, net, log, "deny 127.0.0.1/32 eq 9\nsockd @=socks5://127.0.0.1:{up} ALL\n")
+    try:
+        s.send(b"one")
+        s.send(b"two")                      # waits with the first while the association is made
+        assert run_until(loop, lambda: len(relay.got) == 2)
+        assert [d for d, _ in relay.got] == [P.udp_header("127.0.0.1", s.echo.port) + b"one",
+                                               P.udp_header("127.0.0.1", s.echo.port) + b"two"]
+        assert s.echo.got == []             # nothing direct
+        assert up.got[0] == b"\x05\x01\x00" + P.request5(P.CMD_UDP, "0.0.0.0", 0)
+        assert log.having("connected -- UDP associate from unknown(unknown)@127.0.0.1: through "
+                          "socks5://127.0.0.1:%d, its relay on 127.0.0.1 port %d" % (up.port, relay.port))
+        # the relay answers: the client sees the host it names
+        back = relay.got[0][1]
+        relay.send(P.udp_header("127.0.0.1", s.echo.port) + b"answer", back)
+        assert run_until(loop, lambda: s.client.got)
+        assert s.client.got[0][0] == P.udp_header("127.0.0.1", s.echo.port) + b"answer"
+        # only the relay speaks there; a host the rules refuse is dropped
+        stranger = net.udp("127.0.0.1")
+        stranger.send(P.udp_header("127.0.0.1", s.echo.port) + b"stranger", back)
+        relay.send(P.udp_header("10.1.1.1", 53) + b"refused source", back)
+        run_for(loop, 0.1)
+        assert len(s.client.got) == 1
+        # a deny line of the way-out file: dropped, logged once
+        s.send(b"x", port=9)
+        s.send(b"y", port=9)
+        run_for(loop, 0.1)
+        assert len(log.having("datagram to 127.0.0.1 (9): way out up.conf:1: denied by")) == 1
+        assert len(relay.got) == 2
+        s.close()
+        assert up.conns[0].recv(10) == b""  # the upstream association ends with the client's
+    finally:
+        s.close()
+        up.close()
+
+
+def test_an_upstream_that_ends_its_association(loop, net, log):
+    s, up, relay = through_setup(loop, net, log, "sockd @=socks5://127.0.0.1:{up} ALL\n")
+    try:
+        s.send(b"one")
+        assert run_until(loop, lambda: relay.got)
+        up.conns[0].close()
+        assert run_until(loop, lambda: log.having("the upstream closed its association"))
+        s.send(b"lost")
+        run_for(loop, 0.1)
+        assert len(relay.got) == 1 and s.assoc.dropped == 1
+    finally:
+        s.close()
+        up.close()
+
+
+def test_no_upstream_for_the_datagrams(loop, net, log):
+    s, up, relay = through_setup(loop, net, log, "sockd @=socks5://127.0.0.1:{up} ALL\n",
+                                 relay_reply=P.reply5(P.REP_NOT_ALLOWED))
+    try:
+        s.send(b"one")
+        assert run_until(loop, lambda: log.having("failed -- "))
+        assert log.having("datagrams through socks5://127.0.0.1:%d: upstream socks5://127.0.0.1:%d refused: "
+                          "connection not allowed by ruleset (2)" % (up.port, up.port))
+        s.send(b"two")
+        run_for(loop, 0.05)
+        assert s.assoc.dropped == 2 and relay.got == []
+    finally:
+        s.close()
+        up.close()
