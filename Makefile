@@ -12,7 +12,7 @@ PIP       = $(VPY) -m pip --disable-pip-version-check -q
 SCRIPTS  := $(notdir $(wildcard bin/*))
 MANPAGES := $(wildcard man/*.[1-8])
 
-.PHONY: all venv run test test-deps debs gss-deps gss-build-dante gss-build-curl check lint man install uninstall clean bench
+.PHONY: all venv run test test-deps debs gss-deps gss-build-dante gss-build-curl check lint man install uninstall clean bench deb
 
 all: venv
 
@@ -63,6 +63,26 @@ test: test-deps
 # for a smoke run; bench/bench.py --help for the rest.
 bench: test-deps
 	$(VPY) bench/bench.py $(BENCH_ARGS)
+
+# The Debian package (debian/): built with dpkg-buildpackage in a copy of the
+# checkout as git sees it (tracked and new files, not the ignored .venv or
+# build products), so the tree stays clean; the .deb lands in $(DEB_OUT).
+# Debian's own python3 builds it (PATH without pyenv's or /usr/local's), and
+# dpkg-buildpackage names any build dependency missing (make debs installs
+# them).  Then: apt install ./dist/sockd_*_all.deb
+DEB_OUT  ?= dist
+DEB_TREE  = build/deb
+deb:
+	rm -rf $(DEB_TREE) && mkdir -p $(DEB_TREE)/sockd $(DEB_OUT)
+	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+		git ls-files -z -co --exclude-standard | tar -c --null -T - --ignore-failed-read -f - ; \
+	else \
+		tar -c --exclude=./.venv --exclude=./build --exclude=./dist --exclude=./.git -f - . ; \
+	fi | tar -x -C $(DEB_TREE)/sockd
+	cd $(DEB_TREE)/sockd && env PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -us -uc -b
+	mv $(DEB_TREE)/sockd_*_all.deb $(DEB_TREE)/sockd_*.buildinfo $(DEB_TREE)/sockd_*.changes $(DEB_OUT)/
+	rm -rf $(DEB_TREE)
+	@ls -l $(DEB_OUT)/sockd_*_all.deb
 
 # Lint the manual pages.
 man:

@@ -28,6 +28,7 @@ from .errors import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, Bad, ConfigError, Halt, Pi
 from .log import log
 from .master import Master
 from .settings import SETTINGS
+from .validators import listen_text
 
 DEFAULT_CONFIG = "/etc/sockd.conf"
 
@@ -102,7 +103,7 @@ def verify(path):
         print("%s:%d: warning: %s" % (f, line, msg), file=sys.stderr)
     print("%s: OK, %d rule%s, listening on %s" % (
         path, len(cfg.ruleset.rules), "" if len(cfg.ruleset.rules) == 1 else "s",
-        ", ".join("%s:%d" % hp if ":" not in hp[0] else "[%s]:%d" % hp for hp in cfg.listen)))
+        ", ".join(listen_text(hp) for hp in cfg.listen)))
     return EXIT_OK
 
 

@@ -33,7 +33,8 @@ from . import rules as R
 from . import traffic as T
 from .errors import Bad, ConfigError
 from .settings import BY_KEY, GROUPS, SETTINGS
-from .validators import DEFAULT_PORT, TAG_CHARS, to_listen, to_port  # noqa: F401  DEFAULT_PORT: the client's
+from .validators import (DEFAULT_PORT, TAG_CHARS, is_inherited, listen_text, to_listen,  # noqa: F401
+                         to_port)  # DEFAULT_PORT: the client's C.DEFAULT_PORT
 
 MAX_LINE = 1023
 
@@ -514,15 +515,21 @@ def open_proxy_warnings(cfg):
     """A permit line for any client on a listener other than loopback makes
     an open proxy: say so loudly (people look for those to abuse)."""
     proxied = {k[:2] for k in cfg.listen_proxy}
-    public = [hp for hp in cfg.listen
-              if hp not in proxied and not hp[0].startswith("127.") and hp[0] not in ("::1", "localhost")]
+    # (inherited sockets are judged once their addresses are known: listeners.py)
+    public = [hp for hp in cfg.listen if not is_inherited(hp)
+              and hp not in proxied and not hp[0].startswith("127.") and hp[0] not in ("::1", "localhost")]
+    cfg.warnings.extend(open_proxy_lines(cfg, [listen_text(hp) for hp in public]))
+
+
+def open_proxy_lines(cfg, public):
+    """The warnings, as (file, line, message), for the rules of ``cfg``
+    that permit any client, when it listens on ``public`` (addresses as
+    text, none on loopback); [] when ``public`` is empty."""
     if not public:
-        return
-    for r in cfg.ruleset.rules:
-        if r.action == R.PERMIT and r.src.is_any and r.users is None:
-            cfg.warnings.append((r.file, r.line, "this line permits any client on %s: an open proxy "
-                                 "(anyone who can reach the port can use it)" % ", ".join(
-                                     "%s:%d" % hp for hp in public)))
+        return []
+    return [(r.file, r.line, "this line permits any client on %s: an open proxy "
+             "(anyone who can reach the port can use it)" % ", ".join(public))
+            for r in cfg.ruleset.rules if r.action == R.PERMIT and r.src.is_any and r.users is None]
 
 
 def printable(text, limit=60):

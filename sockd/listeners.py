@@ -1,14 +1,18 @@
 """The listening sockets: opened from the configuration, kept across a
-reload when the new file still wants them, and named for the log.
+reload when the new file still wants them, joined by those inherited from
+systemd (socket activation, activation.py), and named for the log.
 
 Owns nothing but sockets it hands back; the master keeps them.  Must not
 import the master, the process models or the serving processes.
 """
 
+import ipaddress
 import socket
 
+from .config import open_proxy_lines
 from .errors import Halt
 from .relay import set_socket_options
+from .validators import INHERITED, is_inherited, listen_text
 
 
 def open_listener(host, port, backlog=4096):
@@ -32,32 +36,112 @@ def open_listener(host, port, backlog=4096):
     return s
 
 
-def open_listeners(cfg, keep=None, opener=open_listener):
+def open_listeners(cfg, keep=None, opener=open_listener, inherited=()):
     """The listeners ``cfg`` asks for, keyed by (host, port, n) as written
     (the n-th line for that address), re-using the open sockets of ``keep``
     for the same keys; ``opener(host, port)`` opens a new one.
-    Returns (listeners, added keys, dropped sockets) and closes nothing of
-    ``keep``; raises Halt, having closed what it opened, when one cannot be
-    opened."""
+
+    ``inherited`` (activation.Inherited: socket activation) are all served,
+    whatever the file says, and never opened or closed here:
+
+    * a ``listen systemd[:NAME]`` line takes those (of that name) that no
+      earlier line took, keyed (INHERITED, NAME, n, fd); taking none is an
+      error (a file that says so wants them);
+    * an address line takes the inherited socket bound to its address
+      rather than binding a second one;
+    * the others are keyed (INHERITED, name, None, fd);
+    * with inherited sockets and no ``listen`` line at all, the default
+      address is not opened: the inherited sockets are the listeners.
+
+    The first three items of a key are the line's (``cfg.listen_proxy``'s
+    key).  Returns (listeners, added keys, dropped sockets): ``added`` names
+    only the sockets opened here (a reload given up closes those),
+    ``dropped`` the sockets of ``keep`` no longer wanted (never an
+    inherited one).  Closes nothing of ``keep``; raises Halt, having closed
+    what it opened, when one cannot be opened."""
     keep = keep or {}
     out, added = {}, []
     seen = {}
-    for host, port in cfg.listen:
+    free = list(inherited)
+    lines = cfg.listen if ("listen" in cfg.line_of or not inherited) else []
+    for host, port in lines:
         # the n-th "listen HOST:PORT" line: port 0 twice is two listeners
         n = seen[(host, port)] = seen.get((host, port), -1) + 1
         spec = (host, port, n)
-        if spec in keep:
+        if is_inherited((host, port)):
+            mine = [i for i in free if not port or i.name == port]
+            if not mine:
+                close_added(out, added)
+                raise Halt("listen %s: %s" % (listen_text((host, port)), "no such socket was inherited from "
+                           "systemd (LISTEN_FDS, LISTEN_FDNAMES)" if inherited else
+                           "sockd was not started by socket activation (no LISTEN_FDS)"))
+            for i in mine:
+                free.remove(i)
+                out[spec + (i.fd,)] = i.sock
+            continue
+        match = bound_to(free, host, port)
+        if match is not None:
+            free.remove(match)
+            out[spec] = match.sock
+            continue
+        if spec in keep and not any(keep[spec] is i.sock for i in inherited):
             out[spec] = keep[spec]
             continue
         try:
             out[spec] = opener(host, port)
             added.append(spec)
         except (OSError, UnicodeError) as exc:
-            for k in added:
-                out[k].close()
+            close_added(out, added)
             raise Halt("cannot listen on %s: %s" % (fmt_hostport(host, port), getattr(exc, "strerror", None) or exc))
-    dropped = [s for spec, s in keep.items() if spec not in out]
+    for i in free:
+        out[(INHERITED, i.name, None, i.fd)] = i.sock
+    used = set(map(id, out.values()))
+    dropped = [s for s in keep.values() if id(s) not in used and not any(s is i.sock for i in inherited)]
     return out, added, dropped
+
+
+def close_added(out, added):
+    for k in added:
+        out[k].close()
+
+
+def bound_to(inherited, host, port):
+    """The one of ``inherited`` bound to (host, port), or None (port 0, or
+    a name that does not resolve: the bind that follows says why)."""
+    if not inherited or not port:
+        return None
+    try:
+        want = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)[0][4]
+    except (OSError, UnicodeError):
+        return None
+    for i in inherited:
+        if len(i.address) == len(want) and i.address[:2] == want[:2]:
+            return i
+    return None
+
+
+def inherited_of(listeners, inherited):
+    """{key: Inherited} for the inherited sockets among ``listeners`` (the
+    master's log names where each came from)."""
+    by_sock = {id(i.sock): i for i in inherited}
+    return {k: by_sock[id(s)] for k, s in listeners.items() if id(s) in by_sock}
+
+
+def inherited_warnings(cfg, listeners, inherited):
+    """The open-proxy warnings (config.open_proxy_lines) for the inherited
+    sockets among ``listeners`` that are not on loopback and take no PROXY
+    protocol: the parser could not know their addresses."""
+    public = []
+    for key, i in inherited_of(listeners, inherited).items():
+        if key[:3] in cfg.listen_proxy:
+            continue
+        try:
+            if ipaddress.ip_address(i.address[0].split("%", 1)[0]).is_loopback:
+                continue
+        except ValueError:
+            pass
+        public.append(fmt_hostport(i.address[0], i.address[1]))
+    return open_proxy_lines(cfg, public)
 
 
 def fmt_hostport(host, port):

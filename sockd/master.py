@@ -29,6 +29,12 @@ comes while the master is still starting or reloading is acted on after
 that.  Once stopping, the master waits for its processes, and kills them
 KILL_GRACE seconds after ``timeout shutdown``.
 
+systemd hears of the phases (sdnotify.py): READY=1 when the first
+generation serves, RELOADING=1 when a reload begins and READY=1 when it is
+committed or has failed, STOPPING=1; the loop sends STATUS= and the
+watchdog's pings.  Sockets systemd passed (activation.py) are held from
+bind() to the end, whatever a reload reads.
+
 Every system call goes through ``self.os`` (osfacade.OS, or a test's fake).
 Must not be imported by the models or the serving processes.
 """
@@ -45,11 +51,12 @@ from .config import traffic_on
 from .configload import load as load_config
 from .errors import ConfigError, EXIT_ERROR, Halt, PrivilegeError, report_config_error
 from .health import Health
-from .listeners import open_listeners, sock_name
+from .listeners import inherited_of, inherited_warnings, open_listeners, sock_name
 from .log import log
 from .meters import TrafficTable
 from .models import MODELS, apply_limits, make_limits
 from .osfacade import OS
+from .sdnotify import Notifier, status_line
 
 BOOT_WAIT = 10.0          # seconds a new generation (and the retirement of the old) may take
 KILL_GRACE = 5.0          # after timeout shutdown, before SIGKILL
@@ -88,10 +95,12 @@ class Reload:
         (logged; the master is as it was)."""
         path = master.config_path
         log.notice("reloading %s (SIGHUP)" % path)
+        master.notify.reloading(int(master.os.monotonic() * 1e6), "reloading %s" % path, master.os.monotonic())
         try:
             new = master.apply_overrides(load_config(path))
             identity = privileges.resolve(new)
-            listeners, added, dropped = open_listeners(new, master.listeners, master.os.open_listener)
+            listeners, added, dropped = open_listeners(new, master.listeners, master.os.open_listener,
+                                                       master.inherited)
         except ConfigError as exc:
             report_config_error(exc, log.error)
             master.reload_failed("%d problem%s in %s" % (len(exc.problems), "" if len(exc.problems) == 1 else "s",
@@ -171,7 +180,7 @@ class Reload:
             log.notice("listening on %s (%s model)" % (sock_name(self.listeners[spec]), new.model))
         if (new.log_facility, new.log_socket) != (old_cfg.log_facility, old_cfg.log_socket):
             log.configure(facility=new.log_facility, socket_path=new.log_socket)
-        for f, line, msg in new.warnings:
+        for f, line, msg in new.warnings + inherited_warnings(new, self.listeners, m.inherited):
             log.warning("%s:%d: warning: %s" % (f, line, msg))
         if new.pidfile != old_cfg.pidfile:
             log.notice("pidfile: the new value takes effect at the next start")
@@ -191,6 +200,8 @@ class Reload:
         m.retired.clear()
         m.kill_all(signal.SIGHUP, older)
         self.older = [pid for pid in older if m.procs[pid].model.acks_retire]
+        # systemd's reload is over once the new generation serves
+        m.notify.ready(m.status_text(), m.os.monotonic())
 
     def all_retired(self):
         m = self.master
@@ -224,7 +235,10 @@ class Master:
         self.cfg = self.apply_overrides(cfg)
         self.ident_mode = ident_mode
         self.config_path = config_path or cfg.path
-        self.listeners = {}        # (host, port, n) as written -> socket
+        self.listeners = {}        # (host, port, n) as written -> socket (listeners.open_listeners)
+        self.inherited = ()        # activation.Inherited: the sockets systemd passed, served until the end
+        self.notify = Notifier()   # sdnotify: what systemd hears (off until open())
+        self.clients = {}          # worker pid -> its clients, as it last said ("C pid n")
         self.procs = {}            # pid -> models.Proc
         self.live = {"worker": 0, "child": 0, "probe": 0}   # procs of each kind
         self.model = None          # the current generation's process model
@@ -279,9 +293,14 @@ class Master:
     def bind(self):
         """Open the listening sockets (before detaching: a port that is
         taken is reported to whoever started us).  Raises Halt."""
-        self.listeners, added, _ = open_listeners(self.cfg, opener=self.os.open_listener)
+        self.inherited = self.os.inherited_sockets()
+        self.listeners, added, _ = open_listeners(self.cfg, opener=self.os.open_listener, inherited=self.inherited)
         for spec in added:
             log.notice("listening on %s (%s model)" % (sock_name(self.listeners[spec]), self.cfg.model))
+        for spec, i in inherited_of(self.listeners, self.inherited).items():
+            log.notice("listening on %s (%s model, %s)" % (sock_name(i.sock), self.cfg.model, i.describe()))
+        for f, line, msg in inherited_warnings(self.cfg, self.listeners, self.inherited):
+            log.warning("%s:%d: warning: %s" % (f, line, msg))
 
     def listener_fds(self):
         return [s.fileno() for s in self.listeners.values()]
@@ -316,6 +335,8 @@ class Master:
         self.poller = osys.poller()
         self.poller.register(self.signals.r, POLLIN)
         self.poller.register(self.status_r, POLLIN)
+        self.notify = osys.notifier()
+        self.notify.start(osys.monotonic())
 
     def start(self):
         """Start the first generation: the STARTING phase."""
@@ -371,6 +392,7 @@ class Master:
                     self.model.process_request(lsock)
         self.reap()
         self.advance()
+        self.notify.tick(self.os.monotonic(), self.status_text)
         if self.accountant is not None:
             self.accountant.tick()
 
@@ -402,9 +424,13 @@ class Master:
             deadline = self.start_until
         else:
             deadline = self.reload.until if self.reload is not None else None
+        now = self.os.monotonic()
+        ping = self.notify.wait(now)
+        if ping is not None and (deadline is None or now + ping < deadline):
+            deadline = now + ping
         if deadline is None:
             return 1.0
-        return min(1.0, max(0.0, deadline - self.os.monotonic()))
+        return min(1.0, max(0.0, deadline - now))
 
     def advance(self):
         """Move the phase on as far as it can go now."""
@@ -439,6 +465,7 @@ class Master:
         if self.ready is not None:
             self.ready.ok()
             self.ready = None
+        self.notify.ready(self.status_text(), self.os.monotonic())
         load_services()
         self.model.settled()
 
@@ -518,6 +545,10 @@ class Master:
                     self.limit_held.pop(int(f[1]), None)
                 elif len(f) == 2 and f[0] == b"R":          # an older worker no longer accepts
                     self.retired.add(int(f[1]))
+                elif len(f) == 3 and f[0] == b"C":          # a worker's clients now
+                    pid = int(f[1])
+                    if pid in self.procs:
+                        self.clients[pid] = int(f[2])
             except ValueError:
                 continue
 
@@ -536,6 +567,7 @@ class Master:
                 return
             pid, code = got
             self.released(pid)
+            self.clients.pop(pid, None)
             proc = self.procs.pop(pid, None)
             if proc is None:
                 continue
@@ -558,6 +590,15 @@ class Master:
             limits.give_back(value)
         else:
             limits.release(value)
+
+    def clients_now(self):
+        """The clients served now, as far as the master knows: its fork-model
+        children, and what each worker said last (at most once a second)."""
+        return self.live["child"] + sum(self.clients.values())
+
+    def status_text(self):
+        """The STATUS= line for systemd (sdnotify.status_line)."""
+        return status_line(self)
 
     def kill_all(self, sig, pids=None):
         for pid in list(self.procs if pids is None else pids):
@@ -617,6 +658,7 @@ class Master:
         if self.stopping == signal.SIGINT or self.stopping == sig:
             return
         self.stopping = sig
+        self.notify.stopping(self.status_text(), self.os.monotonic())
         if sig == signal.SIGTERM:
             live = len(self.procs)
             log.notice("stopping (SIGTERM): no new clients; live connections have up to %gs" %
@@ -654,4 +696,6 @@ class Master:
     def reload_failed(self, why):
         self.counts["failed reloads"] += 1
         log.error("reload failed: %s; still running with the previous configuration" % why)
+        # systemd waits for READY=1 after RELOADING=1, success or not
+        self.notify.ready("reload failed: %s; %s" % (why, self.status_text()), self.os.monotonic())
 

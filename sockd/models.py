@@ -88,7 +88,8 @@ class Model:
         self.live = True                  # False once retired: its ends are no longer handled
         lp = cfg.listen_proxy
         # listener fd -> the balancers it takes PROXY protocol headers from
-        self.trust = {s.fileno(): lp[spec] for spec, s in listeners.items() if spec in lp}
+        # a key's first three items are its listen line's (listeners.open_listeners)
+        self.trust = {s.fileno(): lp[spec[:3]] for spec, s in listeners.items() if spec[:3] in lp}
 
     @staticmethod
     def limits_total(cfg):

@@ -2,8 +2,8 @@
 
 One object, ``OS``, makes every system call they make: fork, kill, the
 reaping of children, pipes, the signal mask, the clock, polling, the
-listening sockets, the signal pipe and the recheck channel, the process
-title.  The master is handed one; tests hand it a fake (supervisor's
+listening sockets (socket activation's too), the signal pipe and the
+recheck channel, systemd's notifications, the process title.  The master is handed one; tests hand it a fake (supervisor's
 options object is the model), so that they drive the master and its
 process models without starting a process.  Each method is a thin wrapper
 with the contract of the call it wraps.
@@ -18,8 +18,10 @@ import os
 import select
 from time import monotonic, sleep, time as wall_clock
 
+from .activation import inherited_sockets
 from .channel import Channel
 from .listeners import open_listener
+from .sdnotify import Notifier
 from .signals import Signals, sigmask
 
 try:
@@ -44,6 +46,10 @@ class OS:
     cpu_count = staticmethod(os.cpu_count)
     set_title = staticmethod(setproctitle)
     open_listener = staticmethod(open_listener)
+    # socket activation's sockets and systemd's notifications: each reads
+    # (and unsets) its environment variables once
+    inherited_sockets = staticmethod(inherited_sockets)
+    notifier = staticmethod(Notifier.from_environ)
 
     @staticmethod
     def pipe(nonblocking_read=False):

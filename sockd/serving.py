@@ -177,6 +177,7 @@ class Worker(Serving):
         self.paused_until = 0.0
         self.title_at = 0.0
         self.title_timer = None
+        self.told_clients = 0                   # the clients the master last heard of ("C pid n")
         self.started = time.time()
 
     def run(self):
@@ -235,7 +236,7 @@ class Worker(Serving):
     def tell_master(self, line):
         """A line on the master's status pipe (atomic: shorter than
         PIPE_BUF): "B generation number" when serving, "R pid" when
-        retired."""
+        retired, "C pid clients" when its clients have changed."""
         if self.status_fd >= 0:
             try:
                 os.write(self.status_fd, line)
@@ -318,9 +319,13 @@ class Worker(Serving):
     def set_title(self):
         self.title_timer = None
         self.title_at = self.loop.now + 1.0
+        n = len(self.ctx.sessions)
         setproctitle("sockd: worker %d (%d clients)%s" % (
-            self.number, len(self.ctx.sessions),
-            " stopping" if self.stopping else " finishing" if self.retiring else ""))
+            self.number, n, " stopping" if self.stopping else " finishing" if self.retiring else ""))
+        # the master's count (systemd's STATUS=), as often as the title
+        if n != self.told_clients:
+            self.told_clients = n
+            self.tell_master(b"C %d %d\n" % (os.getpid(), n))
 
     # --- the base's hooks
     def no_new_clients(self):

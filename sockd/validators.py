@@ -28,6 +28,9 @@ from . import traffic as T
 from .errors import Bad
 
 DEFAULT_PORT = 1080
+# "listen systemd" and "listen systemd:NAME": sockets inherited by socket
+# activation, as (INHERITED, NAME or "") in cfg.listen
+INHERITED = "systemd"
 
 FACILITIES = {
     "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
@@ -144,7 +147,18 @@ def to_port(tok, proto="tcp"):
 
 def to_listen(tok):
     """ADDRESS:PORT, [IPV6]:PORT, *:PORT or a bare PORT.  Returns (host,
-    port), host "0.0.0.0" for the wildcard; raises Bad."""
+    port), host "0.0.0.0" for the wildcard; raises Bad.  "systemd" or
+    "systemd:NAME" (the sockets systemd passes, all or those of that
+    FileDescriptorName=) returns (INHERITED, NAME or ""): see
+    is_inherited."""
+    if tok.lower() == INHERITED or tok[:len(INHERITED) + 1].lower() == INHERITED + ":":
+        name = tok[len(INHERITED) + 1:]
+        if len(tok) > len(INHERITED) and not name:
+            raise Bad("expected a socket name after 'systemd:' (FileDescriptorName=)", tok)
+        # systemd's own rule for FileDescriptorName=: printable ASCII, no colon
+        if len(name) > 255 or not all(" " < c < "\x7f" for c in name):
+            raise Bad("bad socket name: printable ASCII without spaces, at most 255 characters", tok)
+        return INHERITED, name
     if tok.startswith("["):
         end = tok.find("]")
         if end < 0:
@@ -176,6 +190,21 @@ def to_listen(tok):
         if not R.valid_hostname(host):
             raise Bad("bad listen address", tok) from None
     return host, port
+
+
+def is_inherited(hostport):
+    """Whether a ``listen`` value names inherited sockets (systemd[:NAME])
+    rather than an address and port."""
+    return isinstance(hostport[1], str)
+
+
+def listen_text(hostport):
+    """A ``listen`` value as written: HOST:PORT, [IPV6]:PORT, systemd or
+    systemd:NAME."""
+    host, port = hostport
+    if is_inherited(hostport):
+        return INHERITED + (":" + port if port else "")
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
 
 
 def parse_rate(tok):

@@ -105,3 +105,5 @@ def model(request):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "conf(text): lines a test adds to its fixture's sockd.conf")
+    config.addinivalue_line("markers", "slow: tens of seconds (the Debian package); runs in make test and CI, "
+                            "-m 'not slow' leaves it out")

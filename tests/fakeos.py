@@ -9,6 +9,8 @@ import errno
 import itertools
 import signal
 
+from sockd.sdnotify import Notifier
+
 
 class FakeSocket:
     def __init__(self, peer):
@@ -99,6 +101,22 @@ class FakePoller:
         return ready
 
 
+class FakeNotifier(Notifier):
+    """A Notifier that records each datagram (a tuple of its lines)."""
+
+    def __init__(self, watchdog=None):
+        super().__init__("@fake", watchdog)
+        self.sent = []
+
+    def send(self, *lines):
+        self.sent.append(lines)
+        return True
+
+    def said(self, key):
+        """Every datagram with a line starting ``key``."""
+        return [d for d in self.sent if any(line.startswith(key) for line in d)]
+
+
 class FakeReady:
     def __init__(self):
         self.fd = -1
@@ -128,6 +146,8 @@ class FakeOS:
         self.sig = None
         self.poller_made = None
         self.channel_made = None
+        self.inherited = []           # activation.Inherited-like objects
+        self.notifier_made = FakeNotifier()
 
     # --- the facade
     def fork(self):
@@ -198,6 +218,12 @@ class FakeOS:
 
     def freeze_heap(self):
         self.frozen += 1
+
+    def inherited_sockets(self):
+        return list(self.inherited)
+
+    def notifier(self):
+        return self.notifier_made
 
     # --- what the test plays
     def readable(self, fd):

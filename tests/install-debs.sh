@@ -12,6 +12,12 @@ PKGS="$PKGS tinyproxy"
 # tests start is given KRB5_CONFIG.
 PKGS="$PKGS krb5-kdc krb5-admin-server krb5-user libkrb5-dev"
 PKGS="$PKGS build-essential autoconf automake libtool libtool-bin flex bison dpkg-dev"
+# The Debian package (make deb, tests/integration/test_package.py): what
+# dpkg-buildpackage needs, lintian, and the package's dependencies, which
+# are also what the Debian-stack tests run against (python3-pytest and
+# python3-hypothesis for tests/test_debian_python.py).
+PKGS="$PKGS debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian adduser"
+PKGS="$PKGS python3-daemon python3-setproctitle python3-bcrypt python3-pytest python3-hypothesis"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

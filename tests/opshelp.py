@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -65,6 +66,45 @@ class SyslogSink:
         self.closed = True
         self.sock.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class NotifyReceiver:
+    """systemd's end of NOTIFY_SOCKET: a unix datagram socket in the
+    test's directory (``address`` to put in the environment), or in the
+    abstract namespace."""
+
+    def __init__(self, tmp_path, abstract=False):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if abstract:
+            name = "sockd-test-%s" % uuid.uuid4().hex
+            self.sock.bind("\0" + name)
+            self.address = "@" + name
+        else:
+            self.address = str(tmp_path / "notify.sock")
+            self.sock.bind(self.address)
+        self.got = []
+
+    def next(self, timeout=15):
+        """The next datagram as {KEY: VALUE}."""
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(4096).decode()
+        except socket.timeout:
+            raise AssertionError("no notification within %ss; so far: %r" % (timeout, self.got)) from None
+        msg = dict(line.split("=", 1) for line in data.split("\n") if "=" in line)
+        self.got.append(msg)
+        return msg
+
+    def until(self, key, timeout=15):
+        """Datagrams up to the first with ``key``; returns that one."""
+        end = time.monotonic() + timeout
+        while True:
+            msg = self.next(max(0.1, end - time.monotonic()))
+            if key in msg:
+                return msg
+
+    def close(self):
+        self.sock.close()
 
 
 def read_pid(path):

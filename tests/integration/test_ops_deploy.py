@@ -1,7 +1,8 @@
 """The deployment files of etc/, run for real where a test can: inetd mode
 under openbsd-inetd with the etc/inetd.conf line, the SysV script's start,
 status, reload, restart and stop, the systemd unit's commands (and
-systemd-analyze verify), and syslog through a real rsyslogd."""
+systemd-analyze verify on both units), and syslog through a real
+rsyslogd.  Socket activation and NOTIFY_SOCKET in full: test_ops_systemd.py."""
 
 import os
 import re
@@ -16,8 +17,8 @@ import pytest
 
 import helpers
 from helpers import ROOT, SOCKD, need, wait_for
-from opshelp import (SyslogSink, alive, cmdline, children_of, free_port, ops_user, ppid_of, read_pid,  # noqa: F401
-                     server_pid_of, stop_pid, uid_of)
+from opshelp import (NotifyReceiver, SyslogSink, alive, cmdline, children_of, free_port, ops_user,  # noqa: F401
+                     ppid_of, read_pid, server_pid_of, stop_pid, uid_of)
 
 ETC = os.path.join(ROOT, "etc")
 PERMIT_LOCAL = "permit 127.0.0.0 255.0.0.0\n"
@@ -272,40 +273,51 @@ def unit_values(text):
     return out
 
 
-def test_systemd_unit_verifies(tmp_path):
+def test_systemd_units_verify(tmp_path):
+    """Both units, as systemd-analyze verify judges them without a running
+    systemd: every directive known, the programs there, the socket's
+    service beside it, the Documentation= pages found by man(1)."""
     analyze = need("systemd-analyze")
     conf = tmp_path / "sockd.conf"
     conf.write_text(PERMIT_LOCAL)
     unit = tmp_path / "sockd.service"
     unit.write_text(unit_for_test(conf))
-    # its Documentation= pages must be found by man(1)
+    shutil.copy(os.path.join(ETC, "sockd.socket"), tmp_path / "sockd.socket")
     for page, sec in (("sockd.8", "8"), ("sockd.conf.5", "5")):
         d = tmp_path / "man" / ("man" + sec)
         d.mkdir(parents=True, exist_ok=True)
         shutil.copy(os.path.join(ROOT, "man", page), d / page)
-    r = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60,
-                       env=dict(os.environ, MANPATH=str(tmp_path / "man")))
-    assert r.returncode == 0 and r.stderr.strip() == "" and r.stdout.strip() == "", r.stdout + r.stderr
+    for units in ([unit], [tmp_path / "sockd.socket"], [tmp_path / "sockd.socket", unit]):
+        r = subprocess.run([analyze, "verify"] + [str(u) for u in units], capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, MANPATH=str(tmp_path / "man")))
+        assert r.returncode == 0 and r.stderr.strip() == "" and r.stdout.strip() == "", r.stdout + r.stderr
+    v = unit_values((tmp_path / "sockd.socket").read_text())
+    assert v["ListenStream"] == ["127.0.0.1:1080"] and v["Accept"] == ["no"]     # etc/sockd.conf's listen line
+    assert "listen 127.0.0.1:1080" in etc_lines("sockd.conf")
 
 
 def test_systemd_unit_commands_run_as_systemd_would(tmp_path, sink, echo_server):
-    """ExecStartPre, ExecStart (foreground), ExecReload with $MAINPID, and
-    the stop (SIGTERM to the main process, KillMode=mixed) within
-    TimeoutStopSec, with JOURNAL_STREAM on standard error as systemd sets it."""
+    """ExecStartPre, ExecStart (foreground, Type=notify: READY=1 on
+    NOTIFY_SOCKET), ExecReload with $MAINPID (RELOADING=1, READY=1), and
+    the stop (SIGTERM to the main process, KillMode=mixed; STOPPING=1)
+    within TimeoutStopSec, with JOURNAL_STREAM on standard error as systemd
+    sets it."""
     conf = tmp_path / "sockd.conf"
     conf.write_text("log socket %s\nlisten 127.0.0.1:0\n" % sink.path + PERMIT_LOCAL)
     v = unit_values(unit_for_test(conf))
-    assert v["Type"] == ["simple"] and v["KillMode"] == ["mixed"]
+    assert v["Type"] == ["notify"] and v["NotifyAccess"] == ["main"] and v["KillMode"] == ["mixed"]
     assert float(v["TimeoutStopSec"][0]) > 30                 # timeout shutdown's default
     for cmd in v["ExecStartPre"]:
         assert subprocess.run(shlex.split(cmd), capture_output=True, timeout=30).returncode == 0
     err = open(tmp_path / "stderr", "wb")
     st = os.fstat(err.fileno())
-    env = dict(os.environ, JOURNAL_STREAM="%d:%d" % (st.st_dev, st.st_ino))
+    notify = NotifyReceiver(tmp_path)
+    env = dict(os.environ, JOURNAL_STREAM="%d:%d" % (st.st_dev, st.st_ino), NOTIFY_SOCKET=notify.address)
     (start,) = v["ExecStart"]
     main = subprocess.Popen(shlex.split(start), stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env,
                             start_new_session=True)
     try:
+        assert notify.until("READY")["READY"] == "1"
         sink.wait(r"listening on 127\.0\.0\.1:\d+")
         assert main.poll() is None and cmdline(main.pid) == "sockd: master -f %s" % conf   # did not fork away
         proxy = ("127.0.0.1", sink.ports()[0])
@@ -318,14 +330,18 @@ def test_systemd_unit_commands_run_as_systemd_would(tmp_path, sink, echo_server)
                                timeout=30)
             assert r.returncode == 0
         sink.wait(r"sockd\[%d\]: reloaded .*: 2 rules" % main.pid)
+        assert notify.until("RELOADING")["RELOADING"] == "1"
+        assert "generation 2" in notify.until("READY")["STATUS"]
         t0 = time.monotonic()
         os.kill(main.pid, signal.SIGTERM)
         assert main.wait(float(v["TimeoutStopSec"][0])) == 0
         assert time.monotonic() - t0 < 5
+        assert notify.until("STOPPING")["STOPPING"] == "1"
         assert (tmp_path / "stderr").read_bytes() == b""       # the journal gets syslog's copy only
     finally:
         helpers.kill_pid(main)
         err.close()
+        notify.close()
 
 
 # --- syslog through a real rsyslogd ---------------------------------------------------------------

@@ -3,6 +3,7 @@ import hidden inside a function.  (That the client library pulls in no
 server code is test_client_package.py's.)"""
 
 import ast
+import os
 import pathlib
 
 import sockd
@@ -65,3 +66,17 @@ def test_no_import_inside_a_function():
                     if isinstance(sub, (ast.Import, ast.ImportFrom)) and (mod, node.name) not in ALLOWED_LOCAL:
                         found.append("%s:%d %s" % (f.name, sub.lineno, ast.unparse(sub)))
     assert not found, found
+
+
+def test_test_files_have_unique_names():
+    """pytest imports test files by their base name (no packages here): two
+    files of one name in different directories stop the whole run at
+    collection, as tests/unit/test_upstream.py and an integration file of
+    the same name once did."""
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    seen = {}
+    for d, _, files in os.walk(tests):
+        for f in files:
+            if f.startswith("test_") and f.endswith(".py"):
+                seen.setdefault(f, []).append(os.path.relpath(os.path.join(d, f), tests))
+    assert not {f: p for f, p in seen.items() if len(p) > 1}

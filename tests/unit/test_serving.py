@@ -89,8 +89,9 @@ def test_worker_sighup_retires_and_tells_the_master(worker):
     Live(w.ctx)
     signal_it(w, signal.SIGHUP)
     assert w.retiring and not w.accepting and w.listeners == []
-    assert os.read(status_r, 100) == b"R %d\n" % os.getpid()
-    assert w.ctx.sessions and w.title_at > 0            # still serving its client, retitled
+    # retitled with its one client, which the master hears of too, then "R"
+    assert os.read(status_r, 100) == b"C %d 1\nR %d\n" % (os.getpid(), os.getpid())
+    assert w.ctx.sessions and w.title_at > 0            # still serving its client
 
 
 def test_worker_sigterm_with_clients_waits_for_timeout_shutdown(worker, logged):
