@@ -326,7 +326,7 @@ class Meter:
     not used goes back."""
 
     __slots__ = ("tt", "entries", "limited", "counted", "local", "grant", "least", "uncounted", "paused",
-                 "due", "since", "paused_for", "short", "cut", "on_quota", "clock", "has_limit")
+                 "due", "since", "paused_for", "short", "cut", "on_quota", "clock", "has_limit", "started")
 
     def __init__(self, tt, plan, periods, clock=time.monotonic):
         """``tt``: the TrafficTable; ``plan``: a traffic.Plan; ``periods``:
@@ -345,7 +345,7 @@ class Meter:
         self.entries = list(entries.values())
         self.limited = [[e for e in self.entries if e.rates[d] is not None] for d in (0, 1)]
         self.counted = [e for e in self.entries if e.counted]
-        now = clock()
+        now = self.started = clock()
         sess = plan.session
         self.local = [None, None]
         self.least = [T.CHUNK, T.CHUNK]
@@ -568,9 +568,11 @@ class Meter:
     # --- what the log says ------------------------------------------------------------
     def shaped(self):
         """How the session was shaped, for its ``terminated`` line: ''
-        when it never waited, else ``; shaped: down paused 4.1s by user
-        alice (2097152 bytes/s, FILE:LINE)`` (per direction that waited)."""
+        when it never waited, else ``; shaped: down paused 4.1s of 5.0s
+        by user alice (2097152 bytes/s, FILE:LINE)`` (per direction that
+        waited; of the meter's life so far)."""
         parts = []
+        lived = max(0.0, self.clock() - self.started)
         for d in (0, 1):
             if not self.short[d]:
                 continue
@@ -582,8 +584,9 @@ class Meter:
                 e = next(x for x in self.limited[d] if x.key == key)
                 rate, line = e.rates[d], e.lines[d]
                 who = key
-            parts.append("%s paused %.1fs by %s (%d bytes/s%s)" % (
-                T.DIRECTIONS[d], self.paused_for[d], who, rate, ", " + line.where if line is not None else ""))
+            parts.append("%s paused %.1fs of %.1fs by %s (%d bytes/s%s)" % (
+                T.DIRECTIONS[d], min(self.paused_for[d], lived), lived, who, rate,
+                ", " + line.where if line is not None else ""))
         return "; shaped: " + ", ".join(parts) if parts else ""
 
 

@@ -155,7 +155,7 @@ def test_one_download_and_one_upload_each_go_at_2_mbs(start_sockd, tmp_path, pas
     assert within(rate_down, 2 * MIB), rate_down
     assert within(rate_up, 2 * MIB), rate_up
     assert 4.5 <= t_down <= 5.5
-    line = s.wait_log(r"terminated -- Connect from alice.*; shaped: down paused [0-9.]+s by user alice "
+    line = s.wait_log(r"terminated -- Connect from alice.*; shaped: down paused [0-9.]+s of [0-9.]+s by user alice "
                       r"\(2097152 bytes/s, .*sockd0.conf:\d+\)")
     assert line
 
