@@ -16,17 +16,25 @@ runs the same steps -- read_lines, check_together, finish -- with its I/O
 between them.  The line grammar (split_line, parse_rule, read_userfile)
 is shared with the client library's socks.conf.
 
-Imports only errors, rules, settings and validators of sockd: the client
-library imports this module and must not pull in the server.
+``limit bandwidth`` and ``quota`` lines are keyed and repeated: their
+converters (validators.to_limit, to_quota) read the whole line and give a
+traffic.Limit or traffic.Quota, which learns its file and line here.  A
+rule may carry ``tag=NAME`` for them to name.
+
+Imports only errors, rules, settings, traffic and validators of sockd (all
+pure): the client library imports this module and must not pull in the
+server.
 """
 
 import ipaddress
 import re
 
 from . import rules as R
+from . import traffic as T
 from .errors import Bad, ConfigError
 from .settings import BY_KEY, GROUPS, SETTINGS
-from .validators import DEFAULT_PORT, is_inherited, listen_text, to_listen, to_port  # noqa: F401  DEFAULT_PORT: the client's C.DEFAULT_PORT
+from .validators import (DEFAULT_PORT, TAG_CHARS, is_inherited, listen_text, to_listen,  # noqa: F401
+                         to_port)  # DEFAULT_PORT: the client's C.DEFAULT_PORT
 
 MAX_LINE = 1023
 
@@ -38,7 +46,7 @@ class Config:
     ``line_of`` the line each setting was given on, for the messages about
     it that come later (configload's system checks).  ``passwd_db``,
     ``route_table``, ``wayout`` and ``own_addresses`` stay empty until configload fills
-    them."""
+    them; ``traffic_periods`` until the master does."""
 
     def __init__(self, path):
         self.path = path
@@ -48,6 +56,7 @@ class Config:
         self.wayout = None             # the upstream way-out file, parsed (wayout.SocksConf)
         self.listen_proxy = {}    # (host, port, n-th such line) -> trusted balancer AddrSpecs
         self.own_addresses = frozenset()   # this host's addresses, for deny-private
+        self.traffic_periods = None    # period -> shared count index, the master's (traffic.period_indexes)
         self.warnings = []
         self.explicit = set()
         self.line_of = {}         # setting key -> the line it was (first) given on
@@ -103,13 +112,31 @@ def split_line(raw):
     return raw.replace("\t", " ").split(), command
 
 
-def parse_rule(tokens, command, file="-", line=0, text=""):
-    """Parse one permit/deny line (already split).  Raises Bad."""
+def parse_tag(tok):
+    """A rule's ``tag=NAME`` field (sockd.conf only): the name that
+    ``limit bandwidth rule NAME`` and ``quota rule NAME`` give the sessions
+    the line permits.  Returns NAME; raises Bad."""
+    name = tok[4:]
+    if not name or len(name) > 64 or not set(name) <= TAG_CHARS:
+        raise Bad("a tag is 1 to 64 letters, digits, '_', '.' or '-'", tok)
+    return name
+
+
+def parse_rule(tokens, command, file="-", line=0, text="", tags=False):
+    """Parse one permit/deny line (already split).  ``tags``: a ``tag=``
+    field is allowed (sockd.conf's rules; not socks.conf's).  Raises Bad."""
     action = tokens[0].lower()
     i = 1
-    ident = users = methods = None
+    ident = users = methods = tag = None
     seen = set()
-    while i < len(tokens) and (tokens[i][:2] in ("?=", "*=") or tokens[i][:7].lower() == "method="):
+    while i < len(tokens) and (tokens[i][:2] in ("?=", "*=") or tokens[i][:7].lower() == "method=" or (
+            tags and tokens[i][:4].lower() == "tag=")):
+        if tokens[i][:4].lower() == "tag=":
+            if tag is not None:
+                raise Bad("tag= given twice", tokens[i])
+            tag = parse_tag(tokens[i])
+            i += 1
+            continue
         if tokens[i][:7].lower() == "method=":
             if methods is not None:
                 raise Bad("method= given twice", tokens[i])
@@ -140,7 +167,7 @@ def parse_rule(tokens, command, file="-", line=0, text=""):
     rest = tokens[i:]
     src, dst, port_op, port = parse_fields(rest)
     return R.Rule(action, src, dst, ident=ident, users=users, port_op=port_op, port=port,
-                  command=command, file=file, line=line, text=text, methods=methods)
+                  command=command, file=file, line=line, text=text, methods=methods, tag=tag)
 
 
 RULE_METHODS = ("none", "username", "gssapi")
@@ -311,7 +338,7 @@ def read_lines(text, path="-"):
             word = tokens[0]
             try:
                 if word.lower() in (R.PERMIT, R.DENY):
-                    rules.append(parse_rule(tokens, command, path, lineno, " ".join(tokens)))
+                    rules.append(parse_rule(tokens, command, path, lineno, " ".join(tokens), tags=True))
                 else:
                     if command is not None:
                         # a directive has no ':' command; put it back (paths may hold ':')
@@ -330,7 +357,7 @@ def check_together(cfg):
     username`` needs a ``passwd`` line.  Returns the problems."""
     if "username" in cfg.methods and not cfg.passwd:
         return [(cfg.path, cfg.line_of.get("methods", 0), "'methods username' needs a 'passwd FILE' line")]
-    return check_backoff(cfg)
+    return check_backoff(cfg) + check_traffic(cfg)
 
 
 def check_backoff(cfg):
@@ -346,6 +373,36 @@ def check_backoff(cfg):
                  "'auth penalty-max' (%gs) is shorter than 'auth penalty' (%gs)" % (
                      cfg.auth_penalty_max, cfg.auth_penalty))]
     return []
+
+
+def check_traffic(cfg):
+    """``limit bandwidth rule TAG`` and ``quota rule TAG`` name a tag some
+    rule carries; the quotas use at most traffic.BASES periods.  Returns
+    the problems."""
+    problems = []
+    tags = {r.tag for r in cfg.ruleset.rules if r.tag is not None}
+    for line in list(cfg.limit_bandwidth) + list(cfg.quota):
+        if line.kind == "rule" and line.target not in tags:
+            problems.append(located(cfg.path, line.line, "no rule carries tag=%s" % line.target, line.target))
+    try:
+        T.period_indexes(cfg.quota)
+    except ValueError as exc:
+        problems.append((cfg.path, cfg.line_of.get("quota", 0), str(exc)))
+    return problems
+
+
+def traffic_on(cfg):
+    """Does ``cfg`` ask for traffic control at all: a limit, a quota, or
+    ``accounting record yes``?  (Without, sessions are relayed exactly as
+    if it did not exist.)"""
+    return bool(cfg.limit_bandwidth or cfg.quota or cfg.accounting_record == "yes")
+
+
+def accounting_on(cfg):
+    """Are totals kept in the accounting database: a quota (its counts are
+    kept there), or ``accounting record`` yes, or auto with a limit."""
+    rec = cfg.accounting_record
+    return bool(cfg.quota) or rec == "yes" or (rec == "auto" and bool(cfg.limit_bandwidth))
 
 
 def finish(cfg):
@@ -399,6 +456,14 @@ def parse_listen_proxy(cfg, args, lineno):
     cfg.line_of.setdefault("listen", lineno)
 
 
+def repeated(cfg, key, lineno):
+    """The list of a repeated setting that ``cfg`` fills from its file."""
+    if key not in cfg.line_of:
+        cfg.set(key, [])
+        cfg.line_of[key] = lineno
+    return cfg.get(key)
+
+
 def parse_directive(cfg, tokens, lineno):
     """One directive line (already split) into ``cfg``.  Raises Bad."""
     word = tokens[0].lower()
@@ -417,6 +482,13 @@ def parse_directive(cfg, tokens, lineno):
     s = BY_KEY[key]
     if key == "listen" and len(args) > 1:
         parse_listen_proxy(cfg, args, lineno)
+        return
+    if key in ("limit bandwidth", "quota"):
+        # keyed and repeated: the converter reads the whole line, and the
+        # value learns where it was written (log lines name it)
+        value = s.convert(" ".join(args) if args else "")
+        value.file, value.line = cfg.path, lineno
+        repeated(cfg, key, lineno).append(value)
         return
     if s.whole:
         value = s.convert(args)

@@ -60,12 +60,16 @@ class AddressTable:
     every slot probed is alive the address is not kept (-1): the owner then
     lets the client through, for a full table must never lock anyone out."""
 
-    def __init__(self, record, extra=0):
+    def __init__(self, record, extra=0, key_size=KEY.size, slots=None):
+        """``key_size``: the bytes of a key (key_bytes' by default; another
+        owner's keys must never begin with a zero byte, which marks an
+        empty slot); ``slots``: how many (default SLOTS)."""
         self.record = record
-        self.slots = SLOTS
+        self.slots = slots = slots or SLOTS
+        self.key_size = key_size
         self.keys_off = 0
-        self.rec_off = SLOTS * KEY.size
-        self.extra_off = self.rec_off + SLOTS * record.size
+        self.rec_off = slots * key_size
+        self.extra_off = self.rec_off + slots * record.size
         self.mem = mmap.mmap(-1, self.extra_off + extra)    # anonymous and shared across fork
         self.lock = multiprocessing.Lock()
 
@@ -76,10 +80,11 @@ class AddressTable:
         h = zlib.crc32(kb) % self.slots
         reuse = -1
         mem = self.mem
+        ks = self.key_size
         for i in range(PROBE):
             s = (h + i) % self.slots
-            off = self.keys_off + s * KEY.size
-            cur = mem[off:off + KEY.size]
+            off = self.keys_off + s * ks
+            cur = mem[off:off + ks]
             if cur == kb:
                 return s
             if cur[0] == 0:
@@ -89,8 +94,8 @@ class AddressTable:
             if reuse < 0 and dead(s):
                 reuse = s
         if insert and reuse >= 0:
-            off = self.keys_off + reuse * KEY.size
-            mem[off:off + KEY.size] = kb
+            off = self.keys_off + reuse * ks
+            mem[off:off + ks] = kb
             roff = self.rec_off + reuse * self.record.size
             mem[roff:roff + self.record.size] = fresh
             return reuse

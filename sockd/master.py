@@ -49,24 +49,29 @@ import signal
 from select import POLLIN
 
 from . import privileges
+from .accounting import Accountant, StoreError
 from .addresses import load_services
 from .backoff import Backoff
-from .health import Health
+from .config import traffic_on
 from .configload import load as load_config
 from .errors import ConfigError, EXIT_ERROR, Halt, PrivilegeError, report_config_error
 from .exporter import Endpoint
+from .health import Health
 from .listeners import inherited_of, inherited_warnings, open_listeners, sock_name
-from .validators import listen_text
 from .log import log
+from .meters import TrafficControl, TrafficTable
 from .metrics import Totals, decode, families, render
 from .models import MODELS, apply_limits, make_limits
 from .osfacade import OS
 from .sdnotify import Notifier, status_line
+from .traffic import period_text, quotas_of_key
+from .validators import listen_text
 
 BOOT_WAIT = 10.0          # seconds a new generation (and the retirement of the old) may take
 KILL_GRACE = 5.0          # after timeout shutdown, before SIGKILL
 
 STARTING, SERVING, BOOTING, RETIRING = "starting", "serving", "booting", "retiring"
+QUOTA_SERIES = 500          # keys under a quota that the metrics show, the most used
 STATUS_PIPE_SIZE = 1 << 20   # bytes the status pipe holds: the processes' reports never wait for the master
 
 
@@ -120,6 +125,15 @@ class Reload:
                                                          path))
             return None
         except (Halt, PrivilegeError) as exc:
+            master.reload_failed(str(exc))
+            return None
+        try:
+            # before any of its processes forks: they must see the table and
+            # know which count is which period
+            master.prepare_traffic(new)
+        except Halt as exc:
+            for spec in added:
+                listeners[spec].close()
             master.reload_failed(str(exc))
             return None
         master.generations += 1
@@ -192,6 +206,11 @@ class Reload:
             log.warning("%s:%d: warning: %s" % (f, line, msg))
         if new.pidfile != old_cfg.pidfile:
             log.notice("pidfile: the new value takes effect at the next start")
+        if m.accountant is not None:
+            try:
+                m.accountant.use(new)
+            except StoreError as exc:
+                log.error("traffic: %s; the counts go on in the previous database" % exc)
         m.counts["reloads"] += 1
         if new.reload_recheck:
             m.channel.publish(m.generation, new, True)
@@ -278,6 +297,10 @@ class Master:
         # when one goes down, one when it is back, for the whole server
         self.health = Health()
         self.gone = collections.deque(maxlen=1024)   # pids reaped lately (limits bookkeeping)
+        # traffic control: the shared table (made before any fork, kept
+        # across reloads) and the accountant that writes it to the database
+        self.traffic = TrafficTable() if traffic_on(self.cfg) else None
+        self.accountant = None
         self.limit_held = {}       # pid -> (Limits, "column", n) for a worker, (Limits, "slot", n) for a child
         try:
             self.identity = privileges.resolve(self.cfg)
@@ -357,10 +380,27 @@ class Master:
                                             self.limits)
         self.starting, self.start_until = True, self.os.monotonic() + BOOT_WAIT
         try:
+            self.prepare_traffic(self.cfg)
             self.model.start()
         except Halt as exc:
             self.start_failed(str(exc), exc.status)
         self.advance()
+
+    def prepare_traffic(self, cfg):
+        """Before a generation of ``cfg`` forks: the traffic table when it
+        asks for traffic control (made once, the first time), the
+        accountant and its database, the period indexes written into
+        ``cfg``.  Raises Halt when the database cannot be opened."""
+        if self.traffic is None:
+            if not traffic_on(cfg):
+                return
+            self.traffic = TrafficTable()
+        try:
+            if self.accountant is None:
+                self.accountant = Accountant(self.traffic, self.os.time, self.os.monotonic)
+            self.accountant.prepare(cfg)
+        except StoreError as exc:
+            raise Halt("traffic: accounting database %s" % exc) from None
 
     def finished(self):
         return self.stopping is not None and not self.procs
@@ -394,6 +434,8 @@ class Master:
         if self.exporter is not None:
             self.exporter.tick(now)
         self.notify.tick(now, self.status_text)
+        if self.accountant is not None:
+            self.accountant.tick()
 
     def poll_listeners(self):
         """Poll the listeners the current model asks for, and only those."""
@@ -476,6 +518,8 @@ class Master:
             ex.close()
         self.exporter = None
         self.reload = None
+        if self.accountant is not None:
+            self.accountant.close()       # the last counts, once every process has ended
         if self.signals is not None:
             self.signals.close()
         if self.channel is not None:
@@ -572,6 +616,28 @@ class Master:
     def exporter_serving(self, ex, spec):
         log.notice("metrics: serving http://%s/metrics to %s" % (sock_name(ex.sock), " ".join(spec.allowed_text)))
 
+    def quota_use(self):
+        """[(key, period, bytes used, bytes allowed, FILE:LINE)] of the keys
+        under a quota in the traffic table, the QUOTA_SERIES most used.
+        Read without the table's lock, as the status report's top
+        consumers are (a chunk off at most)."""
+        tt, quotas = self.traffic, self.cfg.quota
+        if tt is None or not quotas:
+            return []
+        periods = TrafficControl.periods(self.cfg)
+        out = []
+        for s, key in tt.slots_in_use():
+            qs = quotas_of_key(quotas, key)
+            if not qs:
+                continue
+            pending, bases = tt.used(s)
+            for q in qs:
+                i = periods.get(q.period)
+                if i is not None:
+                    out.append((key, period_text(q.period), bases[i] + pending, q.nbytes, q.where))
+        out.sort(key=lambda x: -x[2])
+        return out[:QUOTA_SERIES]
+
     def metrics_text(self):
         """The exposition (metrics.render) of everything the master knows."""
         active = []
@@ -599,7 +665,7 @@ class Master:
         ex = self.exporter
         server = {"counts": self.counts, "active": active, "workers": self.live["worker"],
                   "generation": self.generation, "started": self.started, "upstreams": upstreams,
-                  "refused": ex.refused if ex is not None else 0}
+                  "quotas": self.quota_use(), "refused": ex.refused if ex is not None else 0}
         return render(families(self.totals.snapshot(), server))
 
     def read_status(self):
@@ -677,7 +743,10 @@ class Master:
                 self.totals.ended(pid)
 
     def released(self, pid):
-        """A process has ended: what it counted in the limits goes."""
+        """A process has ended: what it counted in the limits goes (and the
+        traffic table's lock, if it died holding it)."""
+        if self.traffic is not None:
+            self.traffic.freed(pid)
         if self.limits is None and not self.limit_held:
             return
         self.gone.append(pid)
@@ -785,6 +854,10 @@ class Master:
         log.info("master (pid %d, %s model, generation %d, up %ds, %s: %d rules): %s" % (
             self.os.getpid(), self.cfg.model, self.generation, up, self.config_path, len(self.cfg.ruleset.rules),
             self.model.report()))
+        if self.accountant is not None:
+            top = self.accountant.top()
+            log.info("traffic: today's top consumers: %s" % (
+                ", ".join("%s %d bytes" % kv for kv in top) if top else "none yet"))
         self.kill_all(signal.SIGUSR1)
 
     # --- SIGHUP: see Reload

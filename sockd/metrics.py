@@ -38,6 +38,7 @@ IDENT = "i"           # ("i", "userid" | "error" | "unreachable")
 AUTH = "a"            # ("a", method, "ok" | "failed")
 LIMIT = "l"           # ("l", limit): a refusal by that limit
 UDP = "u"             # ("u", "relayed" | "dropped"): datagrams
+CUT = "x"             # ("x", "quota"): a relay ended because a quota with cut was reached
 # ... and these from Context.stats and the live sessions (report())
 ACCEPTED = "c"        # ("c",)
 ERRORS = "e"          # ("e",)
@@ -46,7 +47,7 @@ BYTES = "b"           # ("b", "in" | "out")
 COMMANDS = ("connect", "bind", "udp")
 OUTCOMES = ("connected", "refused", "failed", "timed_out")
 METHODS = ("none", "username", "gssapi")
-LIMITS = ("clients", "per-address", "rate", "binds", "helpers")
+LIMITS = ("clients", "per-address", "rate", "binds", "helpers", "quota")
 IDENTS = ("userid", "error", "unreachable")
 
 # upper bounds of the reply histogram's buckets, in seconds (+Inf follows)
@@ -283,7 +284,8 @@ def families(totals, server):
     Totals.snapshot()) and what only the master knows, ``server``, a dict:
     counts (Master.counts), active ([(model, worker, generation, n)]),
     workers, generation, started (seconds since the epoch), upstreams
-    ([(label, up, failures in a row)]), refused (scrapes refused)."""
+    ([(label, up, failures in a row)]), quotas ([(key, period, bytes used,
+    bytes allowed, FILE:LINE)]), refused (scrapes refused)."""
     t = totals
     fs = []
     f = Family("sockd_connections_accepted_total", "counter", "Client connections accepted.")
@@ -327,10 +329,13 @@ def families(totals, server):
     fs.append(f)
     f = Family("sockd_limit_refusals_total", "counter",
                "Clients refused by a limit: limit clients, per-address, rate, binds; helpers: a helper pool's "
-               "queue for the client's address was full.")
+               "queue for the client's address was full; quota: a quota was reached.")
     for lim in LIMITS:
         f.add((("limit", lim),), t.get((LIMIT, lim), 0))
     fs.append(f)
+    f = Family("sockd_sessions_cut_total", "counter",
+               "Relays ended before either side closed: quota, a quota with cut was reached.")
+    fs.append(f.add((("reason", "quota"),), t.get((CUT, "quota"), 0)))
     f = Family("sockd_udp_datagrams_total", "counter", "UDP datagrams relayed (both ways) and dropped.")
     for o in ("relayed", "dropped"):
         f.add((("outcome", o),), t.get((UDP, o), 0))
@@ -359,6 +364,15 @@ def families(totals, server):
     for label, up, k in server.get("upstreams", ()):
         f.add((("upstream", label),), 1 if up else 0)
         g.add((("upstream", label),), k)
+    fs += [f, g]
+    f = Family("sockd_quota_used_bytes", "gauge",
+               "Bytes used this period by each key under a quota (address, user, rule), as the shared "
+               "traffic table holds them; quota: the line, as FILE:LINE.")
+    g = Family("sockd_quota_limit_bytes", "gauge", "The bytes a quota allows its key per period.")
+    for key, period, used, limit, where in server.get("quotas", ()):
+        labels = (("key", key), ("period", period), ("quota", where))
+        f.add(labels, used)
+        g.add(labels, limit)
     fs += [f, g]
     fs.append(Family("sockd_metrics_refused_total", "counter",
                      "Connections to the metrics endpoint refused: not in its access list, too many at once.").add(

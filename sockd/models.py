@@ -198,7 +198,7 @@ class ThreadsModel(Model):
                     apply_limits(limits, self.cfg)
                 w = Worker(number, self.generation, self.cfg, mine, master.ident_mode, old, self.identity,
                            master.channel, master.alive_r, master.status_w, self.trust, limits, master.backoff,
-                           master.health)
+                           master.health, master.traffic)
             except BaseException:
                 os._exit(WORKER_BOOT_ERROR)
             w.run()
@@ -333,7 +333,7 @@ class ForkModel(Model):
             client = OneClient(self.cfg, sock, master.ident_mode, self.generation, master.channel, master.alive_r,
                                inherited=True, proxy=trust, refusal=refusal, peer=peer,
                                limits=ChildLimits(self.limits, master.status_w) if counting else None,
-                               backoff=master.backoff, health=master.health,
+                               backoff=master.backoff, health=master.health, traffic=master.traffic,
                                status_fd=master.status_w if reports else -1)
         except BaseException:
             os._exit(1)

@@ -502,3 +502,167 @@ class ProtectedRelay(Relay):
             if n < size:
                 return True
         return True
+
+
+# --- traffic control: shaping (a session under a limit, a quota or accounting) ---------------
+
+class MeteredSocket:
+    """A relayed socket as a shaped relay reads it: a read never takes more
+    than the session's meter allows, and none while it waits -- the read
+    "would block", as on an empty socket, so the pumps above need not know
+    (they are the plain ones, not copies).  What is read is spent; a peek
+    (the lean path) spends nothing, the drop after it what it drops.
+    Everything else is the socket's."""
+
+    __slots__ = ("sock", "meter", "d")
+
+    def __init__(self, sock, meter, d):
+        self.sock, self.meter, self.d = sock, meter, d
+
+    def recv_into(self, buf, nbytes=0, flags=0):
+        if flags & socket.MSG_TRUNC:
+            n = self.sock.recv_into(buf, nbytes, flags)
+            self.meter.spent(self.d, n)
+            return n
+        allow = self.meter.allowance(self.d)
+        if allow <= 0:
+            raise BlockingIOError
+        if nbytes == 0 or nbytes > allow:
+            nbytes = min(allow, len(buf))
+        n = self.sock.recv_into(buf, nbytes, flags)
+        if not flags & socket.MSG_PEEK:
+            self.meter.spent(self.d, n)
+        return n
+
+    def send(self, data):
+        return self.sock.send(data)
+
+    def shutdown(self, how):
+        self.sock.shutdown(how)
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def close(self):
+        self.sock.close()
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+class Shaping:
+    """What a relay under traffic control adds to the plain one (or to the
+    protected one: ``ShapedRelay``, ``ShapedProtectedRelay``): its sockets
+    are read through its session's meters.Meter (MeteredSocket), and a
+    direction whose budget is spent is paused -- its sender is not read
+    (EPOLLIN off), so TCP pushes back on it, and nothing more is kept than
+    without a limit -- until a loop timer says its tokens are due; then it
+    takes again.  It never spins: a paused direction has no EPOLLIN and one
+    timer.  The idle timeout goes on counting from the last bytes moved,
+    and an EOF is read as soon as the direction may read again.  A quota
+    reached with ``cut`` ends the session at the next turn of the loop (not
+    in the middle of a pump).  The subclasses' slots: ``meter``, ``timer``."""
+
+    __slots__ = ()
+
+    def shape(self, meter):
+        self.meter = meter
+        self.timer = None
+        meter.on_quota = self.quota_reached
+
+    def start(self, cmask, rmask, early=b"", first=b""):
+        # what came before the relay is counted, not charged: it is already read
+        if early:
+            self.meter.add(0, len(early))
+        if first:
+            self.meter.add(1, len(first))
+        super().start(cmask, rmask, early, first)
+
+    def update(self):
+        """Relay.update, with a paused direction's sender not read and a
+        timer for when it may be again."""
+        if self.eof_c and self.pend_cr is None and not self.shut_r:
+            self.shut_r = True
+            try:
+                self.r.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        if self.eof_r and self.pend_rc is None and not self.shut_c:
+            self.shut_c = True
+            try:
+                self.c.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        if self.shut_c and self.shut_r:
+            self.owner.close()
+            return
+        paused = self.meter.paused
+        m = 0
+        if not self.eof_c and self.pend_cr is None and not paused[0]:
+            m = EPOLLIN
+        if self.pend_rc is not None:
+            m |= EPOLLOUT
+        if m != self.cmask:
+            self.set_mask(0, m)
+        m = 0
+        if not self.eof_r and self.pend_rc is None and not paused[1]:
+            m = EPOLLIN
+        if self.pend_cr is not None:
+            m |= EPOLLOUT
+        if m != self.rmask:
+            self.set_mask(1, m)
+        if (paused[0] or paused[1]) and self.timer is None:
+            due = self.meter.due
+            when = min(due[d] for d in (0, 1) if paused[d])
+            self.timer = self.loop.call_at(when, self.on_due)
+
+    def on_due(self):
+        """A paused direction's tokens are due: take them, read again."""
+        self.timer = None
+        if self.owner is None:
+            return
+        meter, now = self.meter, self.loop.now
+        for d in (0, 1):
+            if meter.paused[d] and meter.due[d] <= now + 0.0005:
+                meter.retry(d)
+        if self.owner is not None:
+            self.update()
+
+    def quota_reached(self):
+        """A quota with ``cut`` is reached: end the session, at the next
+        turn of the loop (the pump that noticed is still running)."""
+        self.loop.call_later(0, self.cut)
+
+    def cut(self):
+        if self.owner is not None:
+            self.owner.close()
+
+    def release(self):
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.meter.on_quota = None
+        self.meter.close()
+        super().release()
+
+
+class ShapedRelay(Shaping, Relay):
+    """A plain relay under traffic control (see Shaping)."""
+
+    __slots__ = ("meter", "timer")
+
+    def __init__(self, owner, loop, buf, mv, c, r, budget, meter):
+        super().__init__(owner, loop, buf, mv, MeteredSocket(c, meter, 0), MeteredSocket(r, meter, 1), budget)
+        self.shape(meter)
+
+
+class ShapedProtectedRelay(Shaping, ProtectedRelay):
+    """A protected relay (GSS-API levels 1 and 2) under traffic control:
+    the client's side is metered as it is on the wire."""
+
+    __slots__ = ("meter", "timer")
+
+    def __init__(self, owner, loop, buf, mv, c, r, budget, prot, meter):
+        super().__init__(owner, loop, buf, mv, MeteredSocket(c, meter, 0), MeteredSocket(r, meter, 1), budget,
+                         prot)
+        self.shape(meter)

@@ -174,10 +174,10 @@ class Rule:
     """One permit/deny line, with where it came from."""
 
     __slots__ = ("action", "ident", "users", "methods", "src", "dst", "port_op", "port", "command",
-                 "file", "line", "text")
+                 "file", "line", "text", "tag")
 
     def __init__(self, action, src, dst=None, ident=None, users=None, port_op=None, port=0,
-                 command=None, file="-", line=0, text="", methods=None):
+                 command=None, file="-", line=0, text="", methods=None, tag=None):
         self.action = action
         self.ident = ident          # None: the global -i/-I setting; else "I", "i" or "n"
         self.users = users          # None: any user; else a tuple of names and /userfiles
@@ -188,6 +188,7 @@ class Rule:
         self.port = port
         self.command = command      # the ": shell command" template, or None
         self.file, self.line, self.text = file, line, text
+        self.tag = tag              # tag=NAME: what limit bandwidth rule / quota rule call it
 
     @property
     def where(self):

@@ -37,9 +37,11 @@ import traceback
 
 from . import metrics, privileges, recheck
 from .channel import fetch_recheck
+from .config import traffic_on
 from .errors import Halt, PrivilegeError, WORKER_BOOT_ERROR
 from .log import log
 from .loop import Loop, EPOLLIN, EPOLLEXCLUSIVE
+from .meters import TrafficControl, TrafficTable
 from .osfacade import setproctitle
 from .pools import ThreadExecutor
 from .session import Context, Session, live_counts
@@ -194,12 +196,14 @@ class Worker(Serving):
     Built in the master; run() runs after the fork and never returns."""
 
     def __init__(self, number, generation, cfg, listeners, ident_mode, sigmask=(), identity=None,
-                 channel=None, alive_fd=-1, status_fd=-1, proxy_trust=None, limits=None, backoff=None, health=None):
+                 channel=None, alive_fd=-1, status_fd=-1, proxy_trust=None, limits=None, backoff=None, health=None,
+                 traffic=None):
         super().__init__(cfg, ident_mode, generation, channel, alive_fd)
         self.proxy_trust = proxy_trust or {}    # listener fd -> trusted PROXY protocol sources
         self.limits = limits                    # shared Limits, this worker's column set
         self.backoff = backoff                  # the master's shared login back-off
         self.health = health                    # the master's shared marks on upstream proxies
+        self.traffic = traffic                  # the master's shared meters.TrafficTable, or None
         self.number = number
         self.listeners = listeners
         self.sigmask = sigmask
@@ -254,6 +258,8 @@ class Worker(Serving):
         self.ctx = Context(self.cfg, loop, log, self.ident_mode)
         self.ctx.backoff = self.backoff
         self.ctx.health = self.health
+        if self.traffic is not None:
+            self.ctx.traffic = TrafficControl(self.traffic)
         lim = self.limits
         if lim is not None:
             # clients are counted only when a client limit is set; pending
@@ -438,8 +444,9 @@ class OneClient(Serving):
 
     def __init__(self, cfg, sock, ident_mode=None, generation=0, channel=None, alive_fd=-1,
                  inherited=False, proxy=None, refusal=None, peer=None, limits=None, backoff=None, health=None,
-                 status_fd=-1):
+                 traffic=None, status_fd=-1):
         super().__init__(cfg, ident_mode, generation, channel, alive_fd)
+        self.traffic = traffic          # the master's meters.TrafficTable (fork model), or None
         self.status_fd = status_fd      # fork model with metrics on: its counts go to the master
         self.peer = peer                # from the master's accept, when it has it
         self.limits = limits            # fork model behind a balancer: a ChildLimits
@@ -461,6 +468,8 @@ class OneClient(Serving):
             ctx.limits = self.limits
         ctx.backoff = self.backoff
         ctx.health = self.health
+        if self.traffic is not None:
+            ctx.traffic = TrafficControl(self.traffic)
         try:
             # a fork-model child knows its peer from the master's accept: a
             # balancer's health check that has already gone is not an error
@@ -523,10 +532,20 @@ def serve_child(client, mask, identity):
         os._exit(code)
 
 
+INETD_SLOTS = 64          # keys of the one client's own traffic table under inetd
+
+
 def serve_one(cfg, sock, ident_mode=None, title=False):
     """Serve exactly one client on ``sock`` (inetd mode, tests); returns
-    when it has gone."""
-    OneClient(cfg, sock, ident_mode).run(title=title)
+    when it has gone.  Traffic control has no master to share with: the
+    client's limits apply to it alone, and quotas cannot be kept."""
+    traffic = None
+    if traffic_on(cfg):
+        traffic = TrafficTable(slots=INETD_SLOTS)
+        if cfg.quota:
+            log.warning("%s:%d: quota lines do nothing under inetd (no master keeps the counts)" % (
+                cfg.path, cfg.line_of.get("quota", 0)))
+    OneClient(cfg, sock, ident_mode, traffic=traffic).run(title=title)
 
 
 # --- giving up privileges ---------------------------------------------------------------------

@@ -44,8 +44,9 @@ from .limits import OK, REASONS
 from .log import clean
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN
 from .pools import NAMES
-from .relay import Budget, ProtectedRelay, Relay, set_socket_options
+from .relay import Budget, ProtectedRelay, Relay, ShapedProtectedRelay, ShapedRelay, set_socket_options
 from .resolver import Resolver
+from .traffic import period_text
 from .udp import Association
 from .upstream import UpstreamConnector
 
@@ -97,6 +98,7 @@ class Context:
         self.bind_limits = None   # the same when pending BINDs are counted (limit binds)
         self.backoff = None       # the master's backoff.Backoff, shared by every process (none in inetd mode)
         self.health = None        # the master's health.Health, shared likewise; a table of its own without one
+        self.traffic = None       # a meters.TrafficControl when traffic control is on
         # a process that exits after its one client waits for its commands
         loop.close_hooks.append(self.drain_commands)
 
@@ -121,7 +123,7 @@ class Session:
         "state", "hs", "version", "command", "user", "realuser", "dst_host", "dst_ip", "dst_port",
         "candidates", "rule", "timer", "cmask", "early", "last", "ident", "identq", "authenticated",
         "names", "aux", "relay", "peer", "logdesc", "lslot", "refusal", "method", "gss", "prot", "level",
-        "via", "t0", "outcome",
+        "via", "tplan", "t0", "outcome",
         "__weakref__",
     )
 
@@ -170,6 +172,7 @@ class Session:
         self.prot = None            # RFC 1961 levels 1 and 2: the gss1961.Protection of the connection
         self.level = None           # method gssapi: the protection level granted
         self.via = None             # the upstream (its label) the way-out file sent this through
+        self.tplan = None           # traffic control: the traffic.Plan of the session, once decided
         ctx.sessions.add(self)
         ctx.stats["accepted"] += 1
         sock.setblocking(False)
@@ -796,6 +799,8 @@ class Session:
             allowed = set(verdict.addresses)
             self.candidates = [c for c in self.candidates if c[1] in allowed]
             self.dst_ip = addr_text(self.candidates[0][1])
+        if self.ctx.traffic is not None and not self.traffic_admits(verdict.rule):
+            return
         self.run_command(self.rule.command, self.rule.where)
         cfg = self.ctx.config
         if cfg.wayout is not None:
@@ -804,6 +809,30 @@ class Session:
             self.bind_start()
         else:
             self.connect()
+
+    def traffic_admits(self, rule):
+        """Traffic control, once the rules have permitted the request: the
+        session's plan (which limits and quotas apply), and the one check
+        of the quotas -- one that is reached refuses the request with the
+        SOCKS failure reply and a line naming it.  Returns whether the
+        request goes on."""
+        ctx = self.ctx
+        cfg = ctx.config
+        plan = self.tplan = ctx.traffic.plan(cfg, self.src_key, self.user, self.method,
+                                             rule.tag if rule is not None else None)
+        if plan is None:
+            return True
+        over = ctx.traffic.over_quota(plan, cfg)
+        if over is None:
+            return True
+        q, key, used = over
+        self.count("refused", "refused")
+        M.bump(ctx.counts, (M.LIMIT, "quota"))
+        ctx.log.notice("refused -- %s: %s reached for %s (%s; %d bytes used this %s)" % (
+            self.desc(), q.text(), key, q.where, used, period_text(q.period)))
+        self.reply_failure(P.REP_NOT_ALLOWED)
+        self.close()
+        return False
 
     def ask_ident(self):
         """Ask the client's identd (once per client), then judge again."""
@@ -1078,6 +1107,8 @@ class Session:
         if not verdict.allowed:
             self.refuse(verdict)
             return
+        if self.ctx.traffic is not None and not self.traffic_admits(verdict.rule):
+            return
         assoc = Association(self, self.dst_port)
         try:
             addr, port = assoc.start()
@@ -1152,7 +1183,15 @@ class Session:
         self.state = RELAY
         early, self.early = self.early, b""
         ctx = self.ctx
-        if self.prot is None:
+        if self.tplan is not None:
+            # traffic control applies: the same relay, its reads metered
+            meter = ctx.traffic.meter(self.tplan, ctx.config)
+            if self.prot is None:
+                relay = ShapedRelay(self, self.loop, ctx.buf, ctx.mv, self.c, r, ctx.budget, meter)
+            else:
+                relay = ShapedProtectedRelay(self, self.loop, ctx.buf, ctx.mv, self.c, r, ctx.budget, self.prot,
+                                             meter)
+        elif self.prot is None:
             relay = Relay(self, self.loop, ctx.buf, ctx.mv, self.c, r, ctx.budget)
         else:
             relay = ProtectedRelay(self, self.loop, ctx.buf, ctx.mv, self.c, r, ctx.budget, self.prot)
@@ -1235,6 +1274,13 @@ class Session:
                 ctx.log.notice("error -- %s from host %s." % (relay.error, self.client_ip))
             wire = "" if self.prot is None else " (on the wire: %d bytes from %s, %d to it)" % (
                 self.prot.wire_in, self.client_ip, self.prot.wire_out)
+            if self.tplan is not None:
+                meter = relay.meter
+                wire += meter.shaped()
+                if meter.cut is not None:
+                    M.bump(ctx.counts, (M.CUT, "quota"))
+                    key, q = meter.cut
+                    wire += "; cut: %s reached for %s (%s)" % (q.text(), key, q.where)
             ctx.log.notice("terminated -- %s. %d bytes from %s, %d bytes from %s%s" % (
                 self.logdesc or self.desc(), relay.n_cr, self.client_ip, relay.n_rc,
                 self.peer or self.dst_host or self.dst_ip, wire))

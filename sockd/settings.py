@@ -12,7 +12,8 @@ import os
 
 from .validators import (DEFAULT_PORT, to_address, to_bool, to_chroot, to_choice, to_facility, to_failures,
                          to_group, to_gss_level, to_gss_service, to_int, to_listen, to_metrics, to_pidfile, to_port_range, to_rate, to_seconds, to_size,
-                         to_stagger, to_user, system_chroot, system_group, system_user)
+                         to_stagger, to_user, system_chroot, system_group, system_user, to_db_path, to_interval,
+                         to_limit, to_quota)
 
 
 def shell_path(text):
@@ -171,6 +172,23 @@ SETTINGS = [
     Setting("timeout upstream", "SECONDS", 10.0,
             "time one upstream proxy has to answer before the next is tried (at most half of timeout connect; "
             "0: only timeout connect)", to_seconds),
+    # -- issue 15: traffic control -- bandwidth limits, quotas, the accounting database --
+    Setting("limit bandwidth", "KEY RATE [burst SIZE]", [],
+            "bytes per second each way for KEY (session, address CIDR [each], user NAME|*, rule TAG), "
+            "shared by every session under it; repeatable", to_limit, repeat=True),
+    Setting("quota", "KEY BYTES per PERIOD [cut|finish]", [],
+            "bytes for KEY (address CIDR [each], user NAME|*, rule TAG) per day, week, month or rolling "
+            "window (24h, 7d); repeatable", to_quota, repeat=True),
+    Setting("accounting database", "PATH", "/var/lib/sockd/accounting.db",
+            "the SQLite file that keeps the traffic counts across restarts", to_db_path),
+    Setting("accounting interval", "SECONDS", 5.0,
+            "how often the master writes the counts to the database (a crash loses at most this much)",
+            to_interval),
+    Setting("accounting record", "auto|yes|no", "auto",
+            "keep every user's and client address's totals (auto: when a limit or quota is set)",
+            to_choice("auto", "yes", "no")),
+    Setting("accounting keep", "DURATION", 400 * 86400.0,
+            "how long the database keeps hourly counts (older ones are deleted once a day)", to_seconds),
     # -- issue 16: the metrics endpoint (Prometheus), served by the master --
     Setting("metrics", "ADDRESS:PORT [CIDR...]", None,
             "serve Prometheus metrics on http://ADDRESS:PORT/metrics to the clients in CIDR... "

@@ -2,6 +2,7 @@
 
     test_sockd_conf [-i] [-I] [-B] [-C FILE] USER SRC DST PORT|SERVICE
     sockd-passwd [-c] [-D] [-i] [-C COST] FILE USER
+    sockd-accounting [-f FILE | -d DB] [-p PERIOD] [-k KIND] [--csv] [--bytes] [--reset KEY]
 
 test_sockd_conf runs a hypothetical request through the same decision as
 sockd (decision.decide: the rules, the private-destination guard and the
@@ -11,16 +12,28 @@ password it notes that SOCKS 4 clients are refused before the rules
 (auth.socks4_allowed).  Its exit
 status is the classic contract, odd as it is: 1 when the request would be
 permitted, 0 when denied, 255 for a usage or configuration error.
+
+sockd-accounting reads the accounting database (accounting.Store, opened
+read-only unless it resets) and prints the totals of each key -- user,
+client address, network, rule -- for a period, as a table or CSV; --reset
+forgets a key's counts (a running sockd hears of it within its accounting
+interval).  Exit status 0, 1 when the database cannot be read or written,
+2 for a usage mistake.
 """
 
 import argparse
+import csv
 import getpass
 import os
 import socket
+import sqlite3
 import sys
 import tempfile
+import time
 
+from . import accounting as A
 from . import auth
+from . import config as C
 from . import configload
 from . import decision as D
 from . import ident as I
@@ -28,6 +41,7 @@ from . import protocol as P
 from . import passwd as PW
 from . import rules as R
 from . import shell
+from . import traffic as T
 from .addresses import service_name
 from .errors import EXIT_TOOL_USAGE as EXIT_USAGE
 from .errors import Bad, ConfigError, report_config_error, to_stderr
@@ -232,9 +246,181 @@ def sockd_passwd(argv=None):
     return 0
 
 
+# --- sockd-accounting ---------------------------------------------------------------------
+
+KINDS = ("user", "address", "rule")
+
+
+def accounting_parser():
+    p = argparse.ArgumentParser(
+        prog="sockd-accounting",
+        description="Print the traffic totals that sockd keeps per user, client address, network and rule.")
+    p.add_argument("-f", dest="config", metavar="FILE", default=None,
+                   help="the sockd.conf whose 'accounting database' to read (default /etc/sockd.conf)")
+    p.add_argument("-d", dest="db", metavar="DB", default=None, help="the database itself (overrides -f)")
+    p.add_argument("-p", dest="period", metavar="PERIOD", default="day",
+                   help="day (today, the default), yesterday, week, month, all, 24h, 7d (the last hours or "
+                        "days), YYYY-MM-DD, YYYY-MM, or FROM..TO of those dates")
+    p.add_argument("-k", dest="kind", choices=KINDS, default=None, help="only keys of this kind")
+    p.add_argument("--csv", action="store_true", help="CSV (exact bytes) instead of a table")
+    p.add_argument("--bytes", action="store_true", help="exact bytes in the table, not K/M/G")
+    p.add_argument("--reset", nargs="+", metavar="KEY",
+                   help="forget every count of KEY (such as: user alice; address 10.1.2.3) and exit")
+    return p
+
+
+def database_of(a):
+    """The database -d names, else the one of -f's file (read with no
+    check of what it names), else the default's."""
+    if a.db:
+        return a.db
+    path = a.config or "/etc/sockd.conf"
+    try:
+        text = configload.read_text(path)
+    except ConfigError:
+        if a.config:
+            raise
+        return A.DEFAULT_PATH
+    cfg, _problems = C.read_lines(text, path)
+    return cfg.accounting_database
+
+
+def date_start(text, end=False):
+    """The local start of the day YYYY-MM-DD or month YYYY-MM (with ``end``:
+    the start of the next one).  Raises ValueError."""
+    parts = [int(x) for x in text.split("-")]
+    if len(parts) == 3:
+        y, m, d = parts
+        time.strptime(text, "%Y-%m-%d")
+        fields = (y, m, d + (1 if end else 0))
+    elif len(parts) == 2:
+        y, m = parts
+        time.strptime(text, "%Y-%m")
+        fields = (y, m + (1 if end else 0), 1)
+    else:
+        raise ValueError(text)
+    return int(time.mktime(fields + (0, 0, 0, 0, 0, -1)))
+
+
+def period_bounds(text, now):
+    """PERIOD -> (start, end or None, a description).  Raises ValueError."""
+    t = text.lower()
+    if t == "all":
+        return None, None, "all time"
+    if t in ("day", "today", "week", "month"):
+        p = "day" if t == "today" else t
+        start = T.period_start(p, now)
+        return start, None, "this %s, from %s" % (p, stamp(start))
+    if t == "yesterday":
+        today = T.period_start("day", now)
+        start = T.period_start("day", today - 1)
+        return start, today, "yesterday, %s" % time.strftime("%Y-%m-%d", time.localtime(start))
+    if t[-1:] in ("h", "d", "w") and t[:-1].isdigit():
+        start = T.period_start(T.parse_period(t), now)
+        return start, None, "the last %s, from %s" % (t, stamp(start))
+    a, sep, b = t.partition("..")
+    start = date_start(a)
+    end = date_start(b if sep else a, end=True)
+    if end <= start:
+        raise ValueError(text)
+    return start, end, "%s to %s" % (stamp(start), stamp(end))
+
+
+def stamp(t):
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
+
+def human(n):
+    """Bytes as the table shows them: 512, 1.5K, 20.0M, 3.1G (powers of 1024)."""
+    for unit in ("", "K", "M", "G", "T", "P"):
+        if n < 1024 or unit == "P":
+            return "%d" % n if unit == "" else "%.1f%s" % (n, unit)
+        n /= 1024.0
+
+
+def key_of(words):
+    """The words of --reset as a key: ``user alice``, ``address 10.1.0.0/16``
+    (an address or network written as the server writes it).  Raises
+    ValueError."""
+    kind, _, value = " ".join(words).partition(" ")
+    value = value.strip()
+    if kind not in KINDS or not value:
+        raise ValueError("a key is KIND NAME: user NAME, address ADDRESS or CIDR, rule TAG")
+    if kind == "address":
+        value = T.net_text(*T.parse_net(value))
+    return T.key_text(kind, value)
+
+
+def sockd_accounting(argv=None, out=None):
+    out = out or sys.stdout
+    try:
+        a = accounting_parser().parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        path = database_of(a)
+    except ConfigError as exc:
+        report_config_error(exc, to_stderr)
+        return 1
+    if a.reset:
+        try:
+            key = key_of(a.reset)
+        except ValueError as exc:
+            print("sockd-accounting: --reset: %s" % exc, file=sys.stderr)
+            return 2
+        try:
+            store = A.Store(path, busy=5.0)
+            n = store.reset(key)
+            store.close()
+        except (A.StoreError, sqlite3.Error) as exc:
+            print("sockd-accounting: %s" % exc, file=sys.stderr)
+            return 1
+        print("%s: %d hourly count%s deleted; a running sockd counts it from zero within its accounting "
+              "interval" % (key, n, "" if n == 1 else "s"), file=out)
+        return 0
+    try:
+        start, end, what = period_bounds(a.period, time.time())
+    except ValueError:
+        print("sockd-accounting: -p: not a period: %s" % a.period, file=sys.stderr)
+        return 2
+    try:
+        store = A.Store(path, readonly=True, busy=5.0)
+        rows = store.report(start, end, a.kind)
+        store.close()
+    except (A.StoreError, sqlite3.Error) as exc:
+        print("sockd-accounting: %s" % exc, file=sys.stderr)
+        return 1
+    # users, then addresses and networks, then rules; each the most first
+    order = {k: i for i, k in enumerate(KINDS)}
+    table = sorted(((key.partition(" ")[0], key.partition(" ")[2], up, down) for key, up, down in rows),
+                   key=lambda r: (order.get(r[0], 9), -(r[2] + r[3]), r[1]))
+    if a.csv:
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(["kind", "name", "up", "down", "total", "from", "to"])
+        for kind, name, up, down in table:
+            w.writerow([kind, name, up, down, up + down, stamp(start) if start is not None else "",
+                        stamp(end) if end is not None else ""])
+        return 0
+    fmt = (lambda n: "%d" % n) if a.bytes else human
+    print("%s: %s" % (path, what), file=out)
+    cells = [("KIND", "NAME", "UP", "DOWN", "TOTAL")] + [
+        (kind, name, fmt(up), fmt(down), fmt(up + down)) for kind, name, up, down in table]
+    widths = [max(len(c[i]) for c in cells) for i in range(5)]
+    for c in cells:
+        print("%-*s  %-*s  %*s  %*s  %*s" % (widths[0], c[0], widths[1], c[1], widths[2], c[2], widths[3], c[3],
+                                              widths[4], c[4]), file=out)
+    if not table:
+        print("(no traffic counted in this period)", file=out)
+    return 0
+
+
 def main_test_sockd_conf():
     sys.exit(test_sockd_conf())
 
 
 def main_sockd_passwd():
     sys.exit(sockd_passwd())
+
+
+def main_sockd_accounting():
+    sys.exit(sockd_accounting())

@@ -40,11 +40,18 @@ client's association.  Datagrams go to the upstream's relay in the RFC
 one) and come back from it the same way; the source it names is judged by
 the rules as any remote host is, before the client sees it.
 
+Under traffic control (the session has a plan, ``tplan``) every datagram
+that would be relayed goes through the session's meters.Meter first
+(``admit``): one over the budget of its direction is dropped, and counted
+in the summary line as over the bandwidth limit; a quota with ``cut``
+that is reached ends the association.
+
 What it asks of its owner (the session), and nothing more: ``ctx`` (the
-worker's configuration, loop, log, buffer and resolver), ``client_ip``,
-``local_ip``, ``src_key``, ``user``, ``method`` and ``prot`` (RFC 1961
-per-message protection, or None); ``desc()`` for log lines;
-``touch()`` on traffic (the idle timeout); ``close()`` to end it all.
+worker's configuration, loop, log, buffer, resolver and traffic control),
+``client_ip``, ``local_ip``, ``src_key``, ``user``, ``method``, ``prot``
+(RFC 1961 per-message protection, or None) and ``tplan`` (a
+traffic.Plan, or None); ``desc()`` for log lines; ``touch()`` on traffic
+(the idle timeout); ``close()`` to end it all.
 """
 
 import socket
@@ -66,7 +73,7 @@ MAX_THROUGH = 8           # upstream associations of one client association
 class Association:
     __slots__ = ("session", "ctx", "loop", "csock", "cfd", "rsocks", "client_ip", "client_port",
                  "strict", "memo", "pending", "n_in", "n_out", "d_in", "d_out", "dropped",
-                 "denied_logged", "unlooked", "ways", "through")
+                 "denied_logged", "unlooked", "ways", "through", "meter", "over")
 
     def __init__(self, session, announced_port):
         self.session = session
@@ -84,6 +91,11 @@ class Association:
         self.denied_logged = set()
         self.ways = {}             # (ip, port, name) -> (config, the way-out file's Decision)
         self.through = {}          # upstream list -> its Through
+        self.meter = None          # traffic control: the session's meters.Meter
+        self.over = 0              # of those dropped: over the bandwidth limit
+        if session.tplan is not None:
+            self.meter = self.ctx.traffic.meter(session.tplan, self.ctx.config)
+            self.meter.on_quota = self.quota_reached
 
     # --- a helper pool's requester (pools.py) --------------------------------------------
     @property
@@ -234,6 +246,11 @@ class Association:
                 self.ctx.log.notice("refused -- %s: datagram to %s (%d)%s; dropped" % (
                     self.session.desc(), name or ip, port, datagram_reason(verdict)))
             return
+        if self.meter is not None and not self.meter.admit(0, len(payload)):
+            # over the budget, direct or through an upstream alike
+            self.dropped += 1
+            self.over += 1
+            return
         cfg = self.ctx.config
         if cfg.wayout is not None:
             d = self.way_out(cfg, ip, port, name)
@@ -327,6 +344,10 @@ class Association:
         if self.client_port is None or not self.permitted(ip, port).allowed:
             self.dropped += 1
             return
+        if self.meter is not None and not self.meter.admit(1, len(data)):
+            self.dropped += 1
+            self.over += 1
+            return
         self.session.touch()
         self.d_out += 1
         self.n_out += len(data)
@@ -347,8 +368,17 @@ class Association:
         its session."""
         self.session.close()
 
+    def quota_reached(self):
+        """A quota with ``cut`` is reached: the association ends, at the
+        next turn of the loop."""
+        self.loop.call_later(0, self.close)
+
     def release(self):
-        """Close the relay's sockets (the session is closing)."""
+        """Close the relay's sockets (the session is closing); the meter's
+        last counts."""
+        if self.meter is not None:
+            self.meter.on_quota = None
+            self.meter.close()
         if self.csock is not None:
             self.loop.remove(self.cfd)
             self.csock.close()
@@ -366,6 +396,11 @@ class Association:
             self.n_in, self.d_in, self.client_ip, self.n_out, self.d_out, self.dropped)
         if self.unlooked:
             text += " (%d to names beyond its lookups at once)" % self.unlooked
+        if self.over:
+            text += " (%d over the bandwidth limit)" % self.over
+        if self.meter is not None and self.meter.cut is not None:
+            key, q = self.meter.cut
+            text += "; cut: %s reached for %s (%s)" % (q.text(), key, q.where)
         return text
 
 

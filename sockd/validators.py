@@ -11,7 +11,8 @@ is asked by the ``system_*`` checks at the end, which the parser never
 calls: the edge (``configload``) runs them on the values the parser
 returned, as the table's ``check`` says.
 
-Imports only ``errors`` and ``rules`` (for the host-name grammar) of sockd:
+Imports only ``errors``, ``rules`` (for the host-name grammar) and
+``traffic`` (the values of ``limit bandwidth`` and ``quota``) of sockd:
 the client library uses these converters too, and must not pull in the
 server.
 """
@@ -23,6 +24,7 @@ import pwd
 import socket
 
 from . import rules as R
+from . import traffic as T
 from .errors import Bad
 
 DEFAULT_PORT = 1080
@@ -257,6 +259,158 @@ def to_size(lo, hi):
     return conv
 
 
+AMOUNT_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_amount(text):
+    """A number of bytes with an optional unit (k, M, G, T: powers of 1024,
+    either case) and decimals (``1.5M``).  Returns an int from 1; raises
+    ValueError."""
+    t = text.lower()
+    m = 1
+    if t and t[-1] in AMOUNT_UNITS:
+        m, t = AMOUNT_UNITS[t[-1]], t[:-1]
+    if not t or not all(c.isdigit() or c == "." for c in t) or not t.isascii() or t.count(".") > 1:
+        raise ValueError("not an amount")
+    v = int(float(t) * m)
+    if not 1 <= v <= 1 << 60:
+        raise ValueError("out of range")
+    return v
+
+
+def to_amount(tok):
+    """A size in bytes for traffic control: 500M, 20G, 1.5T.  Returns an
+    int; raises Bad."""
+    try:
+        return parse_amount(tok)
+    except ValueError:
+        raise Bad("not an amount of bytes (a number with k, M, G or T)", tok) from None
+
+
+def to_bandwidth(tok):
+    """RATE or UP/DOWN, bytes per second in each direction: ``2M`` (both
+    ways), ``2M/s``, ``1M/10M`` (up, from the client, then down, to it),
+    ``-/2M`` (``-``: that direction unlimited).  Returns (up, down), each
+    an int or None; raises Bad."""
+    parts = tok.split("/")
+    rates = []
+    i = 0
+    while i < len(parts):
+        p = parts[i]
+        i += 1
+        if i < len(parts) and parts[i].lower() == "s":
+            i += 1                          # "2M/s": a unit, not a second rate
+        if p == "-":
+            rates.append(None)
+            continue
+        try:
+            rates.append(parse_amount(p))
+        except ValueError:
+            raise Bad("expected a rate in bytes per second: 2M, 2M/s, or UP/DOWN such as 1M/10M", tok) from None
+    if len(rates) == 1:
+        rates.append(rates[0])
+    if len(rates) != 2 or rates == [None, None]:
+        raise Bad("expected a rate in bytes per second: 2M, 2M/s, or UP/DOWN such as 1M/10M", tok)
+    return rates[0], rates[1]
+
+
+TAG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def traffic_target(kind, args, what):
+    """The target of a ``limit bandwidth`` or ``quota`` line of ``kind``
+    and whether it says ``each``.  Returns (target, each, arguments
+    left); raises Bad."""
+    if not args:
+        raise Bad("'%s %s' needs %s" % (what, kind, {"address": "a network (CIDR) or address", "user":
+                                                    "a user name or *", "rule": "a rule's tag"}[kind]), kind)
+    tok, rest = args[0], args[1:]
+    each = False
+    if kind == "address":
+        try:
+            target = T.net_text(*T.parse_net(tok))
+        except ValueError:
+            raise Bad("expected a network (CIDR, such as 10.1.0.0/16) or an address", tok) from None
+        if rest and rest[0].lower() == "each":
+            each, rest = True, rest[1:]
+    elif kind == "user":
+        target = tok
+        if len(tok) > 255:
+            raise Bad("a user name is at most 255 bytes", tok)
+    else:
+        if not set(tok) <= TAG_CHARS or len(tok) > 64:
+            raise Bad("expected a rule's tag (the NAME of tag=NAME)", tok)
+        target = tok
+    return target, each, rest
+
+
+def to_limit(text):
+    """``limit bandwidth KEY RATE [burst SIZE]``, the words after ``limit
+    bandwidth``: KEY is ``session``, ``address CIDR [each]``, ``user
+    NAME|*`` or ``rule TAG``.  Returns a traffic.Limit (its file and line
+    are the parser's to set); raises Bad."""
+    args = text.split()
+    if not args:
+        raise Bad("'limit bandwidth' needs a key and a rate: session, address CIDR, user NAME or rule TAG",
+                  "bandwidth")
+    kind = args[0].lower()
+    if kind not in T.LIMIT_KINDS:
+        raise Bad("expected session, address, user or rule", args[0])
+    target, each, rest = (None, False, args[1:]) if kind == "session" else traffic_target(kind, args[1:],
+                                                                                         "limit bandwidth")
+    if not rest:
+        raise Bad("missing the rate (bytes per second each way, such as 2M)", args[-1])
+    up, down = to_bandwidth(rest[0])
+    bursts = [None, None]
+    rest = rest[1:]
+    if rest:
+        if rest[0].lower() != "burst":
+            raise Bad("unexpected text after the rate (expected 'burst SIZE')", rest[0])
+        if len(rest) < 2:
+            raise Bad("'burst' needs a size (bytes, such as 256K)", rest[0])
+        bu, bd = to_bandwidth(rest[1])
+        if bu is None or bd is None or min(bu, bd) < 1024:
+            raise Bad("a burst is a size of at least 1K (or UP/DOWN)", rest[1])
+        bursts = [bu, bd]
+        if len(rest) > 2:
+            raise Bad("unexpected text after the burst", rest[2])
+    bursts = [b if b is not None else (T.default_burst(r) if r is not None else 0)
+              for b, r in zip(bursts, (up, down))]
+    return T.Limit(kind, target, each, up, down, bursts[0], bursts[1])
+
+
+def to_quota(text):
+    """``quota KEY BYTES per PERIOD [cut|finish]``, the words after
+    ``quota``: KEY is ``address CIDR [each]``, ``user NAME|*`` or ``rule
+    TAG``, PERIOD day, week, month or a rolling window (24h, 7d).  Returns
+    a traffic.Quota (file and line set by the parser); raises Bad."""
+    args = text.split()
+    if not args:
+        raise Bad("'quota' needs a key, an amount and a period: quota user NAME 10G per day", "quota")
+    kind = args[0].lower()
+    if kind not in T.QUOTA_KINDS:
+        raise Bad("expected address, user or rule", args[0])
+    target, each, rest = traffic_target(kind, args[1:], "quota")
+    if not rest:
+        raise Bad("missing the amount of bytes (such as 10G)", args[-1])
+    nbytes = to_amount(rest[0])
+    if len(rest) < 3 or rest[1].lower() != "per":
+        raise Bad("expected 'per day', 'per week', 'per month' or 'per 24h' after the amount",
+                  rest[1] if len(rest) > 1 else rest[0])
+    try:
+        period = T.parse_period(rest[2])
+    except ValueError as exc:
+        raise Bad(str(exc), rest[2]) from None
+    mode = "cut"
+    if len(rest) > 3:
+        mode = rest[3].lower()
+        if mode not in T.MODES:
+            raise Bad("expected cut (live sessions end at the quota) or finish (they go on)", rest[3])
+        if len(rest) > 4:
+            raise Bad("unexpected text after the quota", rest[4])
+    return T.Quota(kind, target, each, nbytes, period, mode)
+
+
 def to_port_range(tok):
     """LOW-HIGH (or one PORT): ports from 1024 to 65535 that a BIND client
     may ask for; below 1024 are services' ports, never handed out.
@@ -298,6 +452,22 @@ def to_group(tok):
     """``group NAME`` or a number.  Returns it as written; whether the group
     exists is system_group's question, asked at the edge."""
     return tok
+
+
+def to_db_path(tok):
+    """``accounting database``: an absolute path.  Returns it, raises Bad."""
+    if not tok.startswith("/"):
+        raise Bad("the accounting database must be an absolute path", tok)
+    return tok
+
+
+def to_interval(tok):
+    """``accounting interval``: seconds (as to_seconds), from 0.2 to an
+    hour.  Returns a float, raises Bad."""
+    v = to_seconds(tok)
+    if not 0.2 <= v <= 3600:
+        raise Bad("expected from 0.2 seconds to an hour", tok)
+    return v
 
 
 def to_chroot(tok):

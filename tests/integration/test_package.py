@@ -105,6 +105,7 @@ def test_package_contents(deb):
     assert "Suggests: python3-gssapi" in info
     files = run(["dpkg-deb", "-c", str(pkg)]).stdout
     for path in ("./usr/sbin/sockd", "./usr/sbin/sockd-passwd", "./usr/sbin/test_sockd_conf", "./usr/bin/runsocks",
+                 "./usr/sbin/sockd-accounting", "./usr/share/man/man8/sockd-accounting.8.gz",
                  "./etc/sockd.conf", "./etc/init.d/sockd", "./lib/systemd/system/sockd.service",
                  "./lib/systemd/system/sockd.socket", "./usr/share/man/man8/sockd.8.gz",
                  "./usr/share/man/man5/sockd.conf.5.gz", "./usr/lib/python3/dist-packages/sockd/master.py"):

@@ -249,3 +249,20 @@ def test_only_get_metrics_and_a_stalled_client_stalls_nothing(start_sockd, www):
     assert stalled.recv(100) == b""
     assert time.monotonic() - t0 < 8
     stalled.close()
+
+
+def test_quota_use_and_a_refusal_by_quota(start_sockd, www, tmp_path):
+    db = tmp_path / "accounting.db"
+    s = start_sockd("listen 127.0.0.1:0\nmetrics 127.0.0.1:0\naccounting database %s\naccounting interval 0.5\n"
+                    "quota address 127.0.0.1 100 per day\n" % db + PERMIT_LOCAL, workers=1)
+    url = metrics_url(s)
+    series = 'sockd_quota_used_bytes{key="address 127.0.0.1",period="day",quota="%s:5"}' % s.conf_path
+    assert sample(scrape(url), series) is None                # no use yet: no series
+    assert curl_socks(s.port, www.url("/hello.txt")).stdout == "200"      # more than 100 bytes
+    wait_for(lambda: (sample(scrape(url), series) or 0) > 100, 10, what="the quota's use")
+    text = scrape(url)
+    assert sample(text, series.replace("used_bytes", "limit_bytes")) == 100
+    assert curl_socks(s.port, www.url("/hello.txt")).stdout == "000"      # refused: the quota is reached
+    wait_for(lambda: sample(scrape(url), 'sockd_limit_refusals_total{limit="quota"}') == 1, 10,
+             what="the refusal by quota")
+    assert sample(scrape(url), REFUSED) == 1

@@ -50,6 +50,7 @@ class FakeSession:
         self.user = user
         self.method = None
         self.prot = None
+        self.tplan = None           # no traffic control (test_shaping.py has the association under it)
         self.touched = 0
         self.closed = 0
         self.assoc = None
