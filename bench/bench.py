@@ -7,13 +7,15 @@ between rows hold even when the absolute figures drift with the machine's
 load.  Prints one table, the issue-7 targets with PASS/FAIL, and a `RATIOS`
 line with the same keys as ../shared/tools/sidebyside.py.
 
-    bench/bench.py [--quick] [--only direct,sockd-threads,sockd-fork,danted,microsocks]
+    bench/bench.py [--quick] [--only direct,sockd-threads,sockd-metrics,sockd-fork,danted,microsocks]
                    [--secs 4] [--hold 8000] [--mib 1024] [--steady 200000] [--rules 1000]
 
 Rows: `direct` (no proxy: the physical limit), `sockd-threads` (sockd -N 2),
 `sockd-hop` (sockd -N 2 whose way-out file sends everything through a
 second sockd -N 2 on the same machine: what one extra hop costs, both
-servers' CPU included), `sockd-fork` (sockd -m fork), `danted` (Dante, -N 2)
+servers' CPU included), `sockd-metrics` (sockd -N 2 with `metrics` on and
+scraped once a second, as Prometheus would: what counting and reporting
+cost; conn/s and bulk only), `sockd-fork` (sockd -m fork), `danted` (Dante, -N 2)
 and `microsocks`; the last two only when installed.  `--only sockd` means
 the threads and fork rows.
 
@@ -56,11 +58,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-ROWS = ["direct", "sockd-threads", "sockd-hop", "sockd-fork", "danted", "microsocks", "gss"]
+ROWS = ["direct", "sockd-threads", "sockd-metrics", "sockd-hop", "sockd-fork", "danted", "microsocks", "gss"]
 COLS = ["conn/s", "p99 us", "rate err", "down MB/s", "up MB/s", "32x MB/s", "held", "KB/sess",
         "rules c/s", "rules p99", "steady %"]
 FAIL = "fail"
@@ -245,6 +249,8 @@ def start_server(name, opts, workdir, target_port, rules=0):
         conf = os.path.join(d, "sockd.conf")
         lines = ["listen 127.0.0.1:0"]
         lines += rule_lines(rules, target_port) if rules else ["permit 127.0.0.0 255.0.0.0"]
+        if name == "sockd-metrics":
+            lines.append("metrics 127.0.0.1:0")
         if back is not None:
             wayout = os.path.join(d, "wayout")
             with open(wayout, "w") as f:
@@ -293,6 +299,33 @@ def start_server(name, opts, workdir, target_port, rules=0):
             back.stop()
         raise RuntimeError("%s exited at start: %s" % (name, tail(log_path)))
     return Server(name, proc, port, d, back)
+
+
+class Scraper:
+    """GET /metrics once a second from a thread, as Prometheus would, while
+    the row is measured."""
+
+    def __init__(self, server):
+        with open(os.path.join(server.workdir, "out.log"), errors="replace") as f:
+            m = re.search(r"metrics: serving (http://\S+/metrics)", f.read())
+        self.url = m.group(1) if m else None
+        self.scrapes, self.error = 0, "no 'metrics: serving' line in the log"
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while self.url and not self.done.wait(1.0):
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as r:
+                    r.read()
+                self.scrapes += 1
+            except OSError as exc:
+                self.error = str(exc)
+
+    def stop(self):
+        self.done.set()
+        self.thread.join(10)
 
 
 # ------------------------------------------------------------ load generator
@@ -358,7 +391,7 @@ def measure(name, opts, proxy, root=None):
     res["down MB/s"] = bulk(opts, proxy, 1, opts.mib, "down")
     res["up MB/s"] = bulk(opts, proxy, 1, opts.mib, "up")
     res["32x MB/s"] = bulk(opts, proxy, 32, opts.mib / 16, "down")
-    if root is not None and opts.hold and name not in ("sockd-fork", "sockd-hop"):
+    if root is not None and opts.hold and name not in ("sockd-fork", "sockd-hop", "sockd-metrics"):
         note("%s: holding %d idle sessions" % (name, opts.hold))
         res["held"], res["KB/sess"] = hold(opts, proxy, root)
     return res
@@ -391,10 +424,15 @@ def run_row(name, opts, workdir, rows, extra):
         rows[name] = measure(name, opts, "direct")
         return
     s = start_server(name, opts, workdir, opts.target_port)
+    scraper = Scraper(s) if name == "sockd-metrics" else None
     try:
         rows[name] = measure(name, opts, str(s.port), s.proc.pid)
     finally:
+        if scraper is not None:
+            scraper.stop()
         s.stop()
+    if scraper is not None and not scraper.scrapes:
+        raise RuntimeError("the metrics endpoint answered no scrape: %s" % scraper.error)
     if name in ("sockd-threads", "sockd-fork") and opts.rules:
         note("%s: connection rate with a %d-line rule file" % (name, opts.rules))
         s = start_server(name, opts, workdir, opts.target_port, rules=opts.rules)
@@ -638,7 +676,16 @@ def report(rows, extra, errors, opts, started_at, secs):
         for server, mode, down, up, cpu in gss or ():
             print("  %-14s %-24s down %9s MB/s   up %9s MB/s   server CPU %6s s/GB" % (
                 server, mode, cell(down), cell(up), cell(cpu)))
-    hop, one = rows.get("sockd-hop"), rows.get("sockd-threads")
+    met, one = rows.get("sockd-metrics"), rows.get("sockd-threads")
+    if met and one:
+        def y(k):
+            a, b = num(met.get(k)), num(one.get(k))
+            return "x%.2f" % (a / b) if a is not None and b else "-"
+        print()
+        print("metrics on (sockd-metrics, scraped every second) against off (sockd-threads): conn/s %s, "
+              "p99 %s, down %s, up %s, 32x %s" % (y("conn/s"), y("p99 us"), y("down MB/s"), y("up MB/s"),
+                                                 y("32x MB/s")))
+    hop = rows.get("sockd-hop")
     if hop and one:
         def x(k):
             a, b = num(hop.get(k)), num(one.get(k))

@@ -490,7 +490,9 @@ def parse_directive(cfg, tokens, lineno):
         value.file, value.line = cfg.path, lineno
         repeated(cfg, key, lineno).append(value)
         return
-    if s.many:
+    if s.whole:
+        value = s.convert(args)
+    elif s.many:
         if not args:
             raise Bad("'%s' needs at least one argument: %s %s" % (key, key, s.args), tokens[0])
         value = tuple(s.convert(a) for a in args)

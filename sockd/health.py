@@ -75,6 +75,18 @@ class Health:
                 return False
             return self.clock() < self.table.get(s)[0]
 
+    def status(self, label):
+        """(marked down now?, failures in a row) of ``label``, for the
+        metrics."""
+        with self.table.lock:
+            s = self.table.slot(label_key(label), False, self._up, UP)
+            if s < 0:
+                return False, 0
+            until, since, k = self.table.get(s)
+            if since == NEVER:
+                return False, 0
+            return self.clock() < until, k
+
     def failed(self, label):
         """An attempt at ``label`` failed.  Returns (what, seconds): DOWN
         when this failure marked it down (log it: this caller alone sees

@@ -35,6 +35,11 @@ committed or has failed, STOPPING=1; the loop sends STATUS= and the
 watchdog's pings.  Sockets systemd passed (activation.py) are held from
 bind() to the end, whatever a reload reads.
 
+With ``metrics`` on, the master serves the metrics endpoint (exporter.py)
+from this same loop, and keeps the totals (metrics.Totals) of what its
+processes report on the status pipe ("M pid ..."): they outlive every
+worker, child and reload.
+
 Every system call goes through ``self.os`` (osfacade.OS, or a test's fake).
 Must not be imported by the models or the serving processes.
 """
@@ -50,18 +55,24 @@ from .backoff import Backoff
 from .config import traffic_on
 from .configload import load as load_config
 from .errors import ConfigError, EXIT_ERROR, Halt, PrivilegeError, report_config_error
+from .exporter import Endpoint
 from .health import Health
 from .listeners import inherited_of, inherited_warnings, open_listeners, sock_name
 from .log import log
-from .meters import TrafficTable
+from .meters import TrafficControl, TrafficTable
+from .metrics import Totals, decode, families, render
 from .models import MODELS, apply_limits, make_limits
 from .osfacade import OS
 from .sdnotify import Notifier, status_line
+from .traffic import period_text, quotas_of_key
+from .validators import listen_text
 
 BOOT_WAIT = 10.0          # seconds a new generation (and the retirement of the old) may take
 KILL_GRACE = 5.0          # after timeout shutdown, before SIGKILL
 
 STARTING, SERVING, BOOTING, RETIRING = "starting", "serving", "booting", "retiring"
+QUOTA_SERIES = 500          # keys under a quota that the metrics show, the most used
+STATUS_PIPE_SIZE = 1 << 20   # bytes the status pipe holds: the processes' reports never wait for the master
 
 
 class Reload:
@@ -78,8 +89,9 @@ class Reload:
     before the commit nothing is left of it, after it nothing is undone.
     """
 
-    def __init__(self, master, cfg, identity, listeners, added, dropped, model):
+    def __init__(self, master, cfg, identity, listeners, added, dropped, model, exporter=None):
         self.master = master
+        self.exporter = exporter          # the metrics endpoint of the new file (maybe the current one)
         self.cfg, self.identity, self.model = cfg, identity, model
         self.listeners = listeners        # every listener of the new file, kept ones included
         self.added = added                # the keys of those it opened
@@ -99,8 +111,14 @@ class Reload:
         try:
             new = master.apply_overrides(load_config(path))
             identity = privileges.resolve(new)
-            listeners, added, dropped = open_listeners(new, master.listeners, master.os.open_listener,
-                                                       master.inherited)
+            exporter = master.exporter_for(new.metrics)
+            try:
+                listeners, added, dropped = open_listeners(new, master.listeners, master.os.open_listener,
+                                                           master.inherited)
+            except BaseException:
+                if exporter is not None and exporter is not master.exporter:
+                    exporter.close()
+                raise
         except ConfigError as exc:
             report_config_error(exc, log.error)
             master.reload_failed("%d problem%s in %s" % (len(exc.problems), "" if len(exc.problems) == 1 else "s",
@@ -121,7 +139,7 @@ class Reload:
         master.generations += 1
         model = MODELS[new.model](master, master.generations, new, identity, listeners,
                                   make_limits(new, master.limits))
-        r = cls(master, new, identity, listeners, added, dropped, model)
+        r = cls(master, new, identity, listeners, added, dropped, model, exporter)
         try:
             if identity.changes_anything:
                 privileges.preload()
@@ -159,6 +177,9 @@ class Reload:
             m.kill_all(sig, [pid for pid, p in m.procs.items() if p.model is self.model])
         for s in self.opened():
             s.close()
+        if self.exporter is not None and self.exporter is not self.master.exporter:
+            self.exporter.close()
+        self.exporter = None
         self.phase = None
 
     def commit(self):
@@ -178,6 +199,7 @@ class Reload:
             s.close()
         for spec in self.added:
             log.notice("listening on %s (%s model)" % (sock_name(self.listeners[spec]), new.model))
+        m.use_exporter(self.exporter, new.metrics)
         if (new.log_facility, new.log_socket) != (old_cfg.log_facility, old_cfg.log_socket):
             log.configure(facility=new.log_facility, socket_path=new.log_socket)
         for f, line, msg in new.warnings + inherited_warnings(new, self.listeners, m.inherited):
@@ -259,6 +281,10 @@ class Master:
         self.polled_from = None    # the model's dict they came from
         self.alive_r = self.alive_w = -1
         self.status_r = self.status_w = -1
+        self.status_rest = b""     # the start of a status line whose end has not been read yet
+        self.exporter = None       # the metrics endpoint (exporter.Endpoint), with metrics on
+        self.totals = Totals()     # what every process has reported, kept across deaths and reloads
+        self.ending = ()           # pids reaped in this pass, whose last reports are still read
         self.retired = set()       # pids that reported retiring since the last reload
         self.started = self.os.time()
         self.counts = {"workers started": 0, "workers died": 0, "clients": 0, "reloads": 0,
@@ -301,6 +327,13 @@ class Master:
             log.notice("listening on %s (%s model, %s)" % (sock_name(i.sock), self.cfg.model, i.describe()))
         for f, line, msg in inherited_warnings(self.cfg, self.listeners, self.inherited):
             log.warning("%s:%d: warning: %s" % (f, line, msg))
+        try:
+            self.exporter = self.exporter_for(self.cfg.metrics)
+        except Halt:
+            for s in self.listeners.values():
+                s.close()
+            self.listeners = {}
+            raise
 
     def listener_fds(self):
         return [s.fileno() for s in self.listeners.values()]
@@ -330,11 +363,14 @@ class Master:
         self.signals = osys.signals()
         self.channel = osys.channel()
         self.alive_r, self.alive_w = osys.pipe()
-        self.status_r, self.status_w = osys.pipe(nonblocking_read=True)
+        self.status_r, self.status_w = osys.pipe(nonblocking_read=True, size=STATUS_PIPE_SIZE)
         osys.set_title("sockd: master -f %s" % self.config_path)
         self.poller = osys.poller()
         self.poller.register(self.signals.r, POLLIN)
         self.poller.register(self.status_r, POLLIN)
+        if self.exporter is not None:
+            self.exporter.attach(self.poller)
+            self.exporter_serving(self.exporter, self.cfg.metrics)
         self.notify = osys.notifier()
         self.notify.start(osys.monotonic())
 
@@ -385,6 +421,8 @@ class Master:
                     self.on_signal(sig)
             elif fd == self.status_r:
                 self.read_status()
+            elif self.exporter is not None and self.exporter.owns(fd):
+                self.exporter.on_event(fd, ev)
             else:
                 lsock = self.polled.get(fd)
                 # still open (a reload or a stop in this pass may have closed it)
@@ -392,7 +430,10 @@ class Master:
                     self.model.process_request(lsock)
         self.reap()
         self.advance()
-        self.notify.tick(self.os.monotonic(), self.status_text)
+        now = self.os.monotonic()
+        if self.exporter is not None:
+            self.exporter.tick(now)
+        self.notify.tick(now, self.status_text)
         if self.accountant is not None:
             self.accountant.tick()
 
@@ -473,6 +514,9 @@ class Master:
         for s in self.held_listeners():
             s.close()
         self.listeners = {}
+        for ex in self.exporters():
+            ex.close()
+        self.exporter = None
         self.reload = None
         if self.accountant is not None:
             self.accountant.close()       # the last counts, once every process has ended
@@ -523,16 +567,131 @@ class Master:
         for s in self.held_listeners():
             if s not in keep:
                 s.close()
+        for ex in self.exporters():
+            ex.forget()
+
+    # --- the metrics endpoint
+    def exporters(self):
+        """The metrics endpoints the master holds: the current one and the
+        one a reload under way has opened."""
+        out = [self.exporter] if self.exporter is not None else []
+        r = self.reload
+        if r is not None and r.exporter is not None and r.exporter is not self.exporter:
+            out.append(r.exporter)
+        return out
+
+    def exporter_for(self, spec):
+        """The endpoint for ``spec`` (validators.MetricsSpec): None when it
+        is None, the current one when that listens on the same address
+        (``use_exporter`` gives it the new access list), else a new one,
+        not yet polled.  Raises Halt when its port cannot be opened."""
+        if spec is None:
+            return None
+        cur = self.exporter
+        if cur is not None and cur.address == spec.address:
+            return cur
+        try:
+            sock = self.os.open_listener(spec.host, spec.port)
+        except (OSError, UnicodeError) as exc:
+            raise Halt("cannot listen on %s for metrics: %s" % (listen_text(spec.address),
+                                                                getattr(exc, "strerror", None) or exc))
+        return Endpoint(spec.address, sock, spec.allowed, self.metrics_text, self.os.monotonic, log)
+
+    def use_exporter(self, ex, spec):
+        """At a reload's commit: ``ex`` (exporter_for) serves from now on."""
+        old = self.exporter
+        if ex is not old:
+            if old is not None:
+                log.notice("metrics: no longer serving %s" % listen_text(old.address))
+                old.close()
+            self.exporter = ex
+            if ex is not None:
+                ex.attach(self.poller)
+        if ex is not None:
+            changed = ex is not old or ex.allowed != spec.allowed
+            ex.allowed = spec.allowed
+            if changed:
+                self.exporter_serving(ex, spec)
+
+    def exporter_serving(self, ex, spec):
+        log.notice("metrics: serving http://%s/metrics to %s" % (sock_name(ex.sock), " ".join(spec.allowed_text)))
+
+    def quota_use(self):
+        """[(key, period, bytes used, bytes allowed, FILE:LINE)] of the keys
+        under a quota in the traffic table, the QUOTA_SERIES most used.
+        Read without the table's lock, as the status report's top
+        consumers are (a chunk off at most)."""
+        tt, quotas = self.traffic, self.cfg.quota
+        if tt is None or not quotas:
+            return []
+        periods = TrafficControl.periods(self.cfg)
+        out = []
+        for s, key in tt.slots_in_use():
+            qs = quotas_of_key(quotas, key)
+            if not qs:
+                continue
+            pending, bases = tt.used(s)
+            for q in qs:
+                i = periods.get(q.period)
+                if i is not None:
+                    out.append((key, period_text(q.period), bases[i] + pending, q.nbytes, q.where))
+        out.sort(key=lambda x: -x[2])
+        return out[:QUOTA_SERIES]
+
+    def metrics_text(self):
+        """The exposition (metrics.render) of everything the master knows."""
+        active = []
+        fork = {}
+        for pid, p in self.procs.items():
+            if p.kind == "worker":
+                active.append(("threads", str(p.number), str(p.generation), self.clients.get(pid, 0)))
+            elif p.kind == "child":
+                fork[p.generation] = fork.get(p.generation, 0) + 1
+        active.sort(key=lambda a: (int(a[2]), int(a[1])))
+        active += [("fork", "children", str(g), n) for g, n in sorted(fork.items())]
+        if self.model is not None and self.model.kind == "child" and not fork:
+            active.append(("fork", "children", str(self.generation), 0))
+        upstreams = []
+        wo = self.cfg.wayout
+        if wo is not None:
+            seen = set()
+            for e in wo.entries:
+                for srv in e.servers or ():
+                    label = getattr(srv, "label", None)
+                    if label is not None and label not in seen:
+                        seen.add(label)
+                        down, k = self.health.status(label)
+                        upstreams.append((label, not down, k))
+        ex = self.exporter
+        server = {"counts": self.counts, "active": active, "workers": self.live["worker"],
+                  "generation": self.generation, "started": self.started, "upstreams": upstreams,
+                  "quotas": self.quota_use(), "refused": ex.refused if ex is not None else 0}
+        return render(families(self.totals.snapshot(), server))
 
     def read_status(self):
-        try:
-            data = self.os.read(self.status_r, 65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        for line in data.split(b"\n"):
+        """Read every line the processes have written (a line may come in
+        two reads: its start waits in ``status_rest``) and act on each."""
+        data = self.status_rest
+        for _ in range(64):
+            try:
+                chunk = self.os.read(self.status_r, 65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            data += chunk
+            if len(chunk) < 65536:
+                break
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        # no line of ours is that long: never keep growing
+        self.status_rest = rest if len(rest) < 65536 else b""
+        for line in lines:
             f = line.split()
             try:
-                if len(f) == 3 and f[0] == b"B":            # a worker serves
+                if len(f) >= 2 and f[0] == b"M":            # a process's counts (metrics.encode)
+                    pid = int(f[1])
+                    if pid in self.procs or pid in self.ending:
+                        self.totals.update(pid, decode(f[2:]))
+                elif len(f) == 3 and f[0] == b"B":          # a worker serves
                     self.booted(int(f[1]), int(f[2]))
                 elif len(f) == 3 and f[0] == b"L":          # a child counted its client
                     pid, slot = int(f[1]), int(f[2])
@@ -559,13 +718,16 @@ class Master:
 
     def reap(self):
         """Read the status pipe, then hand each process that has ended to
-        its model."""
+        its model; then read the pipe again (what they wrote just before
+        they ended) and add their counts to the totals."""
         self.read_status()
+        ended = []
         while True:
             got = self.os.reap()
             if got is None:
-                return
+                break
             pid, code = got
+            ended.append(pid)
             self.released(pid)
             self.clients.pop(pid, None)
             proc = self.procs.pop(pid, None)
@@ -573,6 +735,12 @@ class Master:
                 continue
             self.live[proc.kind] -= 1
             proc.model.exited(pid, proc, code)
+        if ended:
+            self.ending = set(ended)
+            self.read_status()
+            self.ending = ()
+            for pid in ended:
+                self.totals.ended(pid)
 
     def released(self, pid):
         """A process has ended: what it counted in the limits goes (and the

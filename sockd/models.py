@@ -326,12 +326,15 @@ class ForkModel(Model):
             # a child behind a balancer counts its real client itself and
             # tells the master, who releases the count if the child dies
             counting = trust is not None and self.limits is not None and self.limits.clients_on
+            # with metrics on, its counts go to the master when it ends
+            reports = self.cfg.metrics is not None
             master = self.master
-            master.forget(close_status=not counting)
+            master.forget(close_status=not (counting or reports))
             client = OneClient(self.cfg, sock, master.ident_mode, self.generation, master.channel, master.alive_r,
                                inherited=True, proxy=trust, refusal=refusal, peer=peer,
                                limits=ChildLimits(self.limits, master.status_w) if counting else None,
-                               backoff=master.backoff, health=master.health, traffic=master.traffic)
+                               backoff=master.backoff, health=master.health, traffic=master.traffic,
+                               status_fd=master.status_w if reports else -1)
         except BaseException:
             os._exit(1)
         serve_child(client, mask, self.identity)

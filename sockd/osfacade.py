@@ -13,6 +13,7 @@ the supervising side needs to be driven by tests.  Must not import the
 master, the process models or the serving processes.
 """
 
+import fcntl
 import gc
 import os
 import select
@@ -52,12 +53,18 @@ class OS:
     notifier = staticmethod(Notifier.from_environ)
 
     @staticmethod
-    def pipe(nonblocking_read=False):
+    def pipe(nonblocking_read=False, size=0):
         """(read end, write end), close-on-exec; the read end non-blocking
-        when asked."""
+        when asked; holding ``size`` bytes when asked and the system lets
+        it (F_SETPIPE_SZ; else its default)."""
         r, w = os.pipe2(os.O_CLOEXEC)
         if nonblocking_read:
             os.set_blocking(r, False)
+        if size:
+            try:
+                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, size)
+            except (OSError, AttributeError):
+                pass
         return r, w
 
     @staticmethod

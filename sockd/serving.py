@@ -10,7 +10,11 @@ one client (a fork-model child, or sockd under inetd), and their base.
   re-checks the live connections when the master published the new
   configuration on the Channel for that;
 * the master's going (the alive pipe reads end-of-file) stops it as
-  SIGTERM does.
+  SIGTERM does;
+* with ``metrics`` on, what it has counted goes to the master on the
+  status pipe (metrics.encode: "M pid key=value ..."), every REPORT_EVERY
+  seconds when it has changed and once more at its end, so that the
+  master's totals hold what a process counted after it has gone.
 
 The subclasses add what differs: a worker accepts from the shared
 listeners and says on the status pipe when it serves ("B") and when it
@@ -31,7 +35,7 @@ import stat
 import time
 import traceback
 
-from . import privileges, recheck
+from . import metrics, privileges, recheck
 from .channel import fetch_recheck
 from .config import traffic_on
 from .errors import Halt, PrivilegeError, WORKER_BOOT_ERROR
@@ -40,8 +44,11 @@ from .loop import Loop, EPOLLIN, EPOLLEXCLUSIVE
 from .meters import TrafficControl, TrafficTable
 from .osfacade import setproctitle
 from .pools import ThreadExecutor
-from .session import Context, Session
+from .session import Context, Session, live_counts
 from .signals import Signals, sigmask
+
+
+REPORT_EVERY = 1.0        # seconds between two reports of the counts to the master
 
 
 class Serving:
@@ -63,6 +70,8 @@ class Serving:
         self.deadline_timer = None
         self.loop = None
         self.ctx = None
+        self.report_fd = -1              # the status pipe, when the counts go to the master
+        self.reported = None             # the lines of the last report
 
     # --- after the fork
     def take_signals(self, mask):
@@ -138,6 +147,34 @@ class Serving:
         self.ctx.config = cfg          # negotiations still under way decide with the new rules
         recheck.recheck(self.ctx.sessions, cfg, log)
 
+    # --- the counts, to the master (metrics on)
+    def start_reports(self, fd):
+        """Report on ``fd`` from now on: every REPORT_EVERY seconds (when
+        the counts have changed) and at the end (``report``)."""
+        self.report_fd = fd
+        self.loop.call_later(REPORT_EVERY, self.report_tick)
+
+    def report_tick(self):
+        self.report()
+        self.loop.call_later(REPORT_EVERY, self.report_tick)
+
+    def report(self):
+        """Send the counts, unless they are those sent last.  Each line is
+        shorter than PIPE_BUF: one write each, never interleaved with
+        another process's."""
+        if self.report_fd < 0 or self.ctx is None:
+            return
+        ctx = self.ctx
+        lines = metrics.encode(os.getpid(), metrics.report(ctx.counts, ctx.stats, live_counts(ctx.sessions)))
+        if lines == self.reported:
+            return
+        self.reported = lines
+        for line in lines:
+            try:
+                os.write(self.report_fd, line)
+            except OSError:
+                return
+
     # --- hooks
     def no_new_clients(self):
         """On a graceful stop, before the live clients are counted."""
@@ -194,6 +231,7 @@ class Worker(Serving):
         status = 0
         try:
             self.loop.run()
+            self.report()
         except BaseException as exc:            # a worker must never die silently
             log.error("worker %d: %s" % (self.number, describe_exc(exc)))
             status = 1
@@ -229,6 +267,8 @@ class Worker(Serving):
             self.ctx.limits = lim if lim.clients_on else None
             self.ctx.bind_limits = lim if lim.binds else None
         self.ctx.on_close = self.on_session_closed
+        if cfg.metrics is not None:
+            self.start_reports(self.status_fd)
         self.start_accepting()
         self.set_title()
         self.tell_master(b"B %d %d\n" % (self.generation, self.number))
@@ -404,9 +444,10 @@ class OneClient(Serving):
 
     def __init__(self, cfg, sock, ident_mode=None, generation=0, channel=None, alive_fd=-1,
                  inherited=False, proxy=None, refusal=None, peer=None, limits=None, backoff=None, health=None,
-                 traffic=None):
+                 traffic=None, status_fd=-1):
         super().__init__(cfg, ident_mode, generation, channel, alive_fd)
         self.traffic = traffic          # the master's meters.TrafficTable (fork model), or None
+        self.status_fd = status_fd      # fork model with metrics on: its counts go to the master
         self.peer = peer                # from the master's accept, when it has it
         self.limits = limits            # fork model behind a balancer: a ChildLimits
         self.backoff = backoff          # fork model: the master's shared login back-off
@@ -440,6 +481,8 @@ class OneClient(Serving):
             self.sock.close()
             return
         self.watch()
+        if self.status_fd >= 0:
+            self.start_reports(self.status_fd)
         session = self.session = Session(ctx, self.sock, peer, local, self.inherited, self.proxy, self.refusal)
         if title:
             def retitle():
@@ -453,6 +496,7 @@ class OneClient(Serving):
         # the constructor read the request that came with the connection
         if ctx.sessions:
             loop.run(until=lambda: not ctx.sessions)
+        self.report()
         loop.close()
 
     # --- the base's hooks

@@ -28,6 +28,7 @@ from . import decision as D
 from . import gss
 from . import gss1961 as G
 from . import ident as I
+from . import metrics as M
 from . import netinfo
 from . import protocol as P
 from . import proxyproto as PP
@@ -89,6 +90,8 @@ class Context:
         self.resolver = Resolver(self)      # names to addresses, with the process's cache
         self.stats = {"accepted": 0, "connected": 0, "refused": 0, "failed": 0, "errors": 0,
                       "bytes_in": 0, "bytes_out": 0}
+        # what the metrics add (metrics.py: keys are tuples, (FAMILY, label, ...))
+        self.counts = {}
         self.on_close = None
         self.runner = shell.Runner(log, config.limit_commands)
         self.limits = None        # a limits.Limits when a client limit is set
@@ -120,7 +123,7 @@ class Session:
         "state", "hs", "version", "command", "user", "realuser", "dst_host", "dst_ip", "dst_port",
         "candidates", "rule", "timer", "cmask", "early", "last", "ident", "identq", "authenticated",
         "names", "aux", "relay", "peer", "logdesc", "lslot", "refusal", "method", "gss", "prot", "level",
-        "via", "tplan",
+        "via", "tplan", "t0", "outcome",
         "__weakref__",
     )
 
@@ -133,6 +136,8 @@ class Session:
         limit: it is answered politely once it has asked."""
         self.ctx = ctx
         loop = self.loop = ctx.loop
+        self.t0 = loop.now          # the accept, until the reply to the request (metrics.REPLY)
+        self.outcome = None         # how it ended, once counted (metrics.SESSIONS)
         self.c = sock
         self.cfd = sock.fileno()
         self.client_ip = addr_text(peer[0])
@@ -177,7 +182,7 @@ class Session:
         if proxy is not None:
             fam, n = self.src_key
             if not any(spec.match(fam, n) for spec in proxy):
-                ctx.stats["refused"] += 1
+                self.count("refused", "refused")
                 ctx.log.notice("refused -- connection from %s: not a trusted PROXY protocol source" % self.client_ip)
                 self.state = CLOSED
                 ctx.sessions.discard(self)
@@ -201,6 +206,36 @@ class Session:
         """Closed: what the helper threads would find for it is of no use
         (pools.py drops its jobs)."""
         return self.state == CLOSED
+
+    # --- counting ------------------------------------------------------------------------
+    def count(self, stat, outcome):
+        """Count an answer: in the process's stats (``stat``, SIGUSR1's
+        words; None: not there) and, the first time for this session, as
+        its ``outcome`` by command (metrics.SESSIONS)."""
+        ctx = self.ctx
+        if stat is not None:
+            ctx.stats[stat] += 1
+        if self.outcome is None:
+            self.outcome = outcome
+            # before its request (greeting, authentication), a session has no command
+            cmd = "none" if self.hs is not None or self.state == PROXYHDR else P.COMMAND_NAMES.get(
+                self.command, "none")
+            key = (M.SESSIONS, cmd, outcome)
+            c = ctx.counts
+            c[key] = c.get(key, 0) + 1
+
+    def replied(self):
+        """The first reply to the request: the time since the accept."""
+        t0 = self.t0
+        if t0 is not None:
+            self.t0 = None
+            M.observe_reply(self.ctx.counts, self.loop.now - t0)
+
+    def hit(self, where):
+        """The rule or way-out line ``where`` (FILE:LINE) decided."""
+        c = self.ctx.counts
+        key = (M.RULE, where)
+        c[key] = c.get(key, 0) + 1
 
     # --- descriptions ---------------------------------------------------------------------
     def desc(self):
@@ -342,7 +377,7 @@ class Session:
         try:
             got = PP.parse(self.early)
         except P.ProtocolError as exc:
-            self.ctx.stats["errors"] += 1
+            self.count("errors", "error")
             self.ctx.log.notice("error -- %s from host %s." % (exc, self.client_ip))
             self.close()
             return
@@ -402,7 +437,8 @@ class Session:
         """Over the limit named ``reason``: a SOCKS failure reply, and a log
         line when ``log_it`` (at most one every 5 seconds per address)."""
         ctx = self.ctx
-        ctx.stats["refused"] += 1
+        self.count("refused", "refused")
+        M.bump(ctx.counts, (M.LIMIT, reason[6:] if reason.startswith("limit ") else reason))
         if log_it:
             what = LIMIT_TEXT[reason].replace("%s", self.client_ip)
             ctx.log.notice("refused -- %s: %s (%s; logged at most once every 5 seconds)" % (
@@ -423,7 +459,7 @@ class Session:
             self.protocol_error(exc)
 
     def protocol_error(self, exc):
-        self.ctx.stats["errors"] += 1
+        self.count("errors", "error")
         self.ctx.log.notice("error -- %s from host %s." % (exc, self.client_ip))
         if exc.reply:
             self.send_now(exc.reply)
@@ -452,7 +488,7 @@ class Session:
                 self.dst_ip = msg.address
             if msg.command not in (P.CMD_CONNECT, P.CMD_BIND, P.CMD_UDP):
                 self.ctx.log.notice("refused -- %s: command %d not supported" % (self.desc(), msg.command))
-                self.ctx.stats["refused"] += 1
+                self.count("refused", "refused")
                 self.send_now(P.reply5(P.REP_CMD_UNSUPPORTED))
                 self.close()
                 return
@@ -468,12 +504,14 @@ class Session:
         if code is None:
             self.ctx.log.notice("refused -- no acceptable authentication method from %s (offered %s)" % (
                 self.client_ip, ",".join(str(m) for m in msg.methods)))
-            self.ctx.stats["refused"] += 1
+            self.count("refused", "refused")
             self.send_now(P.method_reply(P.METHOD_UNACCEPTABLE))
             self.close()
             return
         self.send_now(P.method_reply(code))
         self.method = auth.METHOD_NAMES[code]
+        if self.method == "none":
+            M.bump(self.ctx.counts, (M.AUTH, "none", "ok"))
         if code == P.METHOD_USERPASS:
             self.hs.expect_auth()
         elif code == P.METHOD_GSSAPI:
@@ -493,7 +531,9 @@ class Session:
         if busy is not None:
             # refused at once, as a failed login: the pool is not to be queued on without end
             ctx = self.ctx
-            ctx.stats["refused"] += 1
+            self.count("refused", "refused")
+            M.bump(ctx.counts, (M.AUTH, "username", "failed"))
+            M.bump(ctx.counts, (M.LIMIT, "helpers"))
             if busy.log_it:
                 ctx.log.notice("refused -- username/password check for %s from %s not run: %s" % (
                     self.user, self.client_ip, busy.text))
@@ -504,7 +544,8 @@ class Session:
         if self.state != WAIT or self.hs is None:
             return
         if not ok:
-            self.ctx.stats["refused"] += 1
+            self.count("refused", "refused")
+            M.bump(self.ctx.counts, (M.AUTH, "username", "failed"))
             if not isinstance(error, BackedOff):
                 self.ctx.log.notice("refused -- username/password authentication failed for %s from %s" % (
                     self.user, self.client_ip))
@@ -515,6 +556,7 @@ class Session:
             self.close()
             return
         self.authenticated = True
+        M.bump(self.ctx.counts, (M.AUTH, "username", "ok"))
         if not self.send_now(P.userpass_reply(True)):
             self.close()
             return
@@ -540,6 +582,7 @@ class Session:
             self.pause_reading()
             busy = auth.gss_step(self.ctx, self, acc, msg.token, self.on_gss_step)
             if busy is not None:
+                M.bump(self.ctx.counts, (M.LIMIT, "helpers"))
                 self.gss_refuse("context step not run: %s" % busy.text, log_it=busy.log_it)
             return
         if msg.mtyp != G.MTYP_LEVEL:
@@ -588,6 +631,7 @@ class Session:
             self.close()
             return
         self.level = level
+        M.bump(self.ctx.counts, (M.AUTH, "gssapi", "ok"))
         self.ctx.log.info("authenticated -- GSS-API %s from %s for %s; protection %s%s" % (
             self.user, self.client_ip, self.gss.target, G.level_name(level),
             " (NEC variant)" if nec else "" if level == requested else " (asked for %s)" % G.level_name(requested)))
@@ -600,7 +644,8 @@ class Session:
         """GSS-API authentication failed or was refused: the abort frame
         (RFC 1961 section 3.8) and a log line."""
         ctx = self.ctx
-        ctx.stats["refused"] += 1
+        self.count("refused", "refused")
+        M.bump(ctx.counts, (M.AUTH, "gssapi", "failed"))
         if log_it:
             who = self.user if self.gss is not None and self.gss.complete else "unknown"
             ctx.log.notice("refused -- GSS-API authentication of %s from %s: %s" % (who, self.client_ip, why))
@@ -611,6 +656,7 @@ class Session:
     def on_negotiate_timeout(self):
         self.timer = None
         if self.state in (NEG, WAIT, PROXYHDR):
+            self.count(None, "timed_out")
             self.ctx.log.notice("timed-out -- negotiation with %s took too long (timeout negotiate)" % (
                 self.client_ip))
             self.close()
@@ -645,7 +691,7 @@ class Session:
         SOCKS 5 client that offers no acceptable method is at its greeting."""
         ctx = self.ctx
         cfg = ctx.config
-        ctx.stats["refused"] += 1
+        self.count("refused", "refused")
         ctx.log.notice("refused -- %s by %s:%d: a SOCKS 4 USERID is no password, and methods requires one "
                        "(socks4 trust-userid no)" % (self.desc(), cfg.path, cfg.line_of.get("methods", 0)))
         self.reply_failure(P.REP_NOT_ALLOWED)
@@ -698,6 +744,7 @@ class Session:
         asks for, it cannot be judged either)."""
         if busy is None:
             return
+        M.bump(self.ctx.counts, (M.LIMIT, "helpers"))
         if busy.log_it:
             self.fail(P.REP_HOST_UNREACHABLE, ".  Error code: %s not run: %s" % (what, busy.text))
         else:
@@ -739,6 +786,8 @@ class Session:
         if verdict.need_ident:
             self.ask_ident()
             return
+        if verdict.rule is not None:
+            self.hit(verdict.rule.where)
         self.alert(verdict)
         if not verdict.allowed:
             self.refuse(verdict)
@@ -777,7 +826,8 @@ class Session:
         if over is None:
             return True
         q, key, used = over
-        ctx.stats["refused"] += 1
+        self.count("refused", "refused")
+        M.bump(ctx.counts, (M.LIMIT, "quota"))
         ctx.log.notice("refused -- %s: %s reached for %s (%s; %d bytes used this %s)" % (
             self.desc(), q.text(), key, q.where, used, period_text(q.period)))
         self.reply_failure(P.REP_NOT_ALLOWED)
@@ -793,6 +843,7 @@ class Session:
         self.identq = None
         if self.state != WAIT and not (self.state == BINDWAIT and self.aux is not None and self.aux.peer):
             return
+        M.bump(self.ctx.counts, (M.IDENT, kind.lower()))
         self.ident = (kind, value)
         if kind == I.USERID:
             self.realuser = value
@@ -827,7 +878,7 @@ class Session:
         was refused, when more than the request), run the refusing line's
         command, answer and close."""
         ctx = self.ctx
-        ctx.stats["refused"] += 1
+        self.count("refused", "refused")
         ctx.log.notice("refused -- %s%s%s" % (self.desc(), about, verdict.reason(ctx.config.path)))
         if verdict.run_rule_command:
             self.run_command(verdict.rule.command, verdict.rule.where)
@@ -864,6 +915,8 @@ class Session:
             self.fail(P.REP_HOST_UNREACHABLE, ".  Error code: resolve: %s does not resolve here, and %s" % (
                 self.dst_host, d.reason))
             return
+        if d.entry is not None:
+            self.hit("%s:%d" % (d.entry.file, d.entry.line))
         if d.action == W.DIRECT:
             if self.command == P.CMD_BIND:
                 self.bind_start()
@@ -886,7 +939,7 @@ class Session:
         """A deny line of the way-out file (or none matched): refused, by
         its line, before any upstream is asked."""
         ctx = self.ctx
-        ctx.stats["refused"] += 1
+        self.count("refused", "refused")
         ctx.log.notice("refused -- %s: way out %s" % (self.desc(), decision.reason))
         self.reply_failure(P.REP_NOT_ALLOWED)
         self.close()
@@ -916,7 +969,7 @@ class Session:
             except OSError:
                 bnd = ("0.0.0.0", 0)
         ctx = self.ctx
-        ctx.stats["connected"] += 1
+        self.count("connected", "connected")
         self.logdesc = desc = self.desc()
         ctx.log.notice("connected -- " + desc)
         if not self.granted(addr_text(bnd[0]), bnd[1]):
@@ -976,6 +1029,8 @@ class Session:
         if verdict.need_ident:
             self.ask_ident()
             return
+        if verdict.rule is not None:
+            self.hit(verdict.rule.where)
         self.alert(verdict)
         if not verdict.allowed:
             self.refuse(verdict, ": connection from %s port %d" % (ip, port))
@@ -1001,7 +1056,7 @@ class Session:
             conn.setblocking(False)
             set_socket_options(conn)
         self.peer = peer_ip
-        self.ctx.stats["connected"] += 1
+        self.count("connected", "connected")
         self.ctx.log.notice("connected -- %s: %s port %d connected" % (self.desc(), peer_ip, peer_port))
         if not self.granted(peer_ip, peer_port):
             if rmask >= 0:
@@ -1047,6 +1102,8 @@ class Session:
     def udp_request(self):
         verdict = D.decide(D.Ask(self.src_key, None, self.dst_port, P.CMD_UDP, user=self.user, method=self.method),
                            self.ctx.config)
+        if verdict.rule is not None:
+            self.hit(verdict.rule.where)
         if not verdict.allowed:
             self.refuse(verdict)
             return
@@ -1060,10 +1117,11 @@ class Session:
             return
         self.aux = assoc
         self.cancel_timer()
+        self.replied()
         if not self.send_now(P.reply5(P.REP_SUCCEEDED, addr, port)):
             self.close()
             return
-        self.ctx.stats["connected"] += 1
+        self.count("connected", "connected")
         self.ctx.log.notice("connected -- %s: relay on %s port %d" % (self.desc(), addr, port))
         self.state = UDP
         self.resume_reading()
@@ -1091,6 +1149,7 @@ class Session:
         """Send the success reply of the client's version for an address and
         port (SOCKS 4 has room for IPv4 only; an IPv6 address is sent as
         zeros).  Returns False when the client could not take it."""
+        self.replied()
         if self.version == 4:
             try:
                 ip = socket.inet_aton(addr)
@@ -1101,6 +1160,7 @@ class Session:
 
     def reply_failure(self, rep, code4=P.S4_REJECTED):
         """The failure reply in the client's SOCKS version."""
+        self.replied()
         self.send_now(P.failure_reply(self.version, rep, code4))
 
     def fail(self, rep, detail=None, outcome="failed"):
@@ -1110,6 +1170,7 @@ class Session:
         if detail is not None:
             self.ctx.stats["failed"] += 1
             self.ctx.log.notice("%s -- %s%s" % (outcome, self.desc(), detail))
+        self.count(None, "timed_out" if outcome == "timed-out" else "failed")
         self.reply_failure(rep)
         self.close()
 
@@ -1172,6 +1233,8 @@ class Session:
     def close(self):
         if self.state == CLOSED:
             return
+        if self.outcome is None:
+            self.count(None, "closed")
         self.state = CLOSED
         ctx = self.ctx
         self.cancel_timer()
@@ -1200,6 +1263,8 @@ class Session:
         if isinstance(aux, Association):
             ctx.stats["bytes_in"] += aux.n_in
             ctx.stats["bytes_out"] += aux.n_out
+            M.bump(ctx.counts, (M.UDP, "relayed"), aux.d_in + aux.d_out)
+            M.bump(ctx.counts, (M.UDP, "dropped"), aux.dropped)
             ctx.log.notice("terminated -- %s. %s" % (self.desc(), aux.summary()))
         if relay is not None:
             ctx.stats["bytes_in"] += relay.n_cr
@@ -1213,6 +1278,7 @@ class Session:
                 meter = relay.meter
                 wire += meter.shaped()
                 if meter.cut is not None:
+                    M.bump(ctx.counts, (M.CUT, "quota"))
                     key, q = meter.cut
                     wire += "; cut: %s reached for %s (%s)" % (q.text(), key, q.where)
             ctx.log.notice("terminated -- %s. %d bytes from %s, %d bytes from %s%s" % (
@@ -1271,3 +1337,22 @@ class Snapshot:
 
     def values(self):
         return shell.values_for(self)
+
+
+def live_counts(sessions):
+    """(bytes from clients, bytes to them, datagrams relayed, dropped) of
+    the ``sessions`` still open: what they have moved that their close has
+    not yet added to the process's counts (metrics.report)."""
+    b_in = b_out = d_ok = d_drop = 0
+    for s in sessions:
+        r = s.relay
+        if r is not None:
+            b_in += r.n_cr
+            b_out += r.n_rc
+        elif type(s.aux) is Association:
+            a = s.aux
+            b_in += a.n_in
+            b_out += a.n_out
+            d_ok += a.d_in + a.d_out
+            d_drop += a.dropped
+    return b_in, b_out, d_ok, d_drop

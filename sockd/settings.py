@@ -11,7 +11,7 @@ Pure data; imports only ``validators`` of sockd.
 import os
 
 from .validators import (DEFAULT_PORT, to_address, to_bool, to_chroot, to_choice, to_facility, to_failures,
-                         to_group, to_gss_level, to_gss_service, to_int, to_listen, to_pidfile, to_port_range, to_rate, to_seconds, to_size,
+                         to_group, to_gss_level, to_gss_service, to_int, to_listen, to_metrics, to_pidfile, to_port_range, to_rate, to_seconds, to_size,
                          to_stagger, to_user, system_chroot, system_group, system_user, to_db_path, to_interval,
                          to_limit, to_quota)
 
@@ -29,7 +29,7 @@ class Setting:
     and the command-line flag that overrides it, if any."""
 
     def __init__(self, key, args, default, doc, convert=None, repeat=False, cli=None, many=False,
-                 cli_value=None, check=None):
+                 cli_value=None, check=None, whole=False):
         self.key = key            # "timeout negotiate"
         self.args = args          # "SECONDS": the docs, the messages and the flag's metavar
         self.default = default
@@ -44,6 +44,9 @@ class Setting:
         # value -> value, raises Bad: what only the running system can tell
         # (does the user exist?); run by configload, never by the parser
         self.check = check
+        # the converter takes the whole argument list (a line of several
+        # kinds of argument: metrics ADDRESS:PORT CIDR...)
+        self.whole = whole
 
     @property
     def attr(self):
@@ -186,6 +189,10 @@ SETTINGS = [
             to_choice("auto", "yes", "no")),
     Setting("accounting keep", "DURATION", 400 * 86400.0,
             "how long the database keeps hourly counts (older ones are deleted once a day)", to_seconds),
+    # -- issue 16: the metrics endpoint (Prometheus), served by the master --
+    Setting("metrics", "ADDRESS:PORT [CIDR...]", None,
+            "serve Prometheus metrics on http://ADDRESS:PORT/metrics to the clients in CIDR... "
+            "(default: loopback only); off unless given", to_metrics, whole=True),
 ]
 BY_KEY = {s.key: s for s in SETTINGS}
 GROUPS = {k.split(" ", 1)[0] for k in BY_KEY if " " in k}

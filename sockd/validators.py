@@ -514,3 +514,73 @@ def system_chroot(value):
     if not os.path.isdir(value):
         raise Bad("no such directory", value)
     return os.path.normpath(value)
+
+
+# -- issue 16: the metrics endpoint --------------------------------------------------------------
+
+METRICS_DEFAULT_ALLOWED = ("127.0.0.0/8", "::1/128")
+
+
+class MetricsSpec:
+    """``metrics ADDRESS:PORT [CIDR...]``: where the endpoint listens
+    (``host``, ``port``) and who may scrape it (``allowed``: rules.AddrSpec
+    nets; ``allowed_text``: as written, or loopback by default).  Equal
+    when all three are."""
+
+    __slots__ = ("host", "port", "allowed", "allowed_text")
+
+    def __init__(self, host, port, allowed, allowed_text):
+        self.host, self.port, self.allowed, self.allowed_text = host, port, tuple(allowed), tuple(allowed_text)
+
+    @property
+    def address(self):
+        return self.host, self.port
+
+    def __eq__(self, other):
+        return isinstance(other, MetricsSpec) and (self.address, self.allowed_text) == (
+            other.address, other.allowed_text)
+
+    def __hash__(self):
+        return hash((self.address, self.allowed_text))
+
+    def __repr__(self):
+        return "MetricsSpec(%s, %s)" % (listen_text(self.address), " ".join(self.allowed_text))
+
+
+def to_net(part):
+    """One address or CIDR of an access list as a rules.AddrSpec net (a bare
+    address is that one host).  Raises Bad."""
+    try:
+        if "/" in part:
+            spec = R.parse_addr_spec(part)
+        else:
+            spec = R.parse_addr_spec(part, "255.255.255.255" if ":" not in part else
+                                     "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")
+    except ValueError as exc:
+        raise Bad("bad address in the access list: %s" % exc, part) from None
+    if spec.kind != "net":
+        raise Bad("the access list takes addresses or CIDR networks", part)
+    return spec
+
+
+def to_metrics(args):
+    """The arguments of a ``metrics`` line: ADDRESS:PORT (a literal address,
+    IPv6 in brackets), then the clients allowed to scrape, as addresses or
+    CIDRs (spaces or commas between them; default: loopback only).
+    Returns a MetricsSpec; raises Bad."""
+    if not args:
+        raise Bad("'metrics' needs an address: metrics ADDRESS:PORT [CIDR...]")
+    tok = args[0]
+    if not (tok.startswith("[") or ":" in tok):
+        raise Bad("expected ADDRESS:PORT (for every address: 0.0.0.0:PORT or [::]:PORT)", tok)
+    host, port = to_listen(tok)
+    if is_inherited((host, port)):
+        raise Bad("the metrics endpoint opens its own socket: expected ADDRESS:PORT", tok)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise Bad("expected an IP address, not a host name", tok) from None
+    texts = [p for a in args[1:] for p in a.split(",") if p]
+    if not texts:
+        texts = list(METRICS_DEFAULT_ALLOWED)
+    return MetricsSpec(host, port, [to_net(t) for t in texts], texts)

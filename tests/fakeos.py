@@ -196,7 +196,7 @@ class FakeOS:
         self.listeners.append(lsock)
         return lsock
 
-    def pipe(self, nonblocking_read=False):
+    def pipe(self, nonblocking_read=False, size=0):
         r, w = next(self._fds), next(self._fds)
         self.pipes[r] = b""
         return r, w

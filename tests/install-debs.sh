@@ -6,6 +6,8 @@ set -eu
 PKGS="curl netcat-openbsd socat mandoc iproute2 procps dante-server dante-client microsocks oidentd openbsd-inetd rsyslog systemd util-linux passwd haproxy gcc libc6-dev"
 # ways out (issue 14): an HTTP proxy to chain through with CONNECT
 PKGS="$PKGS tinyproxy"
+# the metrics endpoint (issue 16): a real Prometheus scrapes sockd
+PKGS="$PKGS prometheus"
 # GSS-API: an MIT realm (KDC, kadmin.local, kinit), the headers pip's gssapi
 # and the Dante/curl builds compile against, and those builds' tools.
 # krb5-config's debconf writes /etc/krb5.conf; harmless, as every process the

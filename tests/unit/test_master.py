@@ -353,3 +353,120 @@ def test_a_reload_may_change_the_model(tmp_path, logged):
         r.os.exit(p, 0)
     r.step()
     assert r.workers() == [] and r.m.stopping is None
+
+
+# --- issue 16: the metrics endpoint and the totals of what the processes report
+
+def metric(r, name):
+    for line in r.m.metrics_text().splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+CONNECTED = 'sockd_sessions_total{command="connect",outcome="connected"}'
+
+
+def test_metrics_totals_keep_what_a_killed_worker_reported(tmp_path, logged):
+    r = threads(tmp_path, extra="metrics 127.0.0.1:0\n")
+    assert any(line.startswith("metrics: serving http://127.0.0.1:") for line in logged)
+    a, b = r.workers()
+    r.say("M %d c=3 s|connect|connected=2" % a, "M %d c=1 s|connect|connected=1" % b)
+    r.step()
+    assert metric(r, "sockd_connections_accepted_total") == 4 and metric(r, CONNECTED) == 3
+    r.say("M %d c=5 s|connect|connected=4" % a)          # absolute values: the newer one replaces
+    r.step()
+    assert metric(r, CONNECTED) == 5
+    r.os.exit(a, -9)
+    r.step()
+    assert a not in r.m.procs and metric(r, CONNECTED) == 5 and metric(r, "sockd_workers_died_total") == 1
+    c = [p for p in r.workers() if p != b][0]            # its replacement starts from nothing
+    r.say("M %d c=1 s|connect|connected=1" % c)
+    r.step()
+    assert metric(r, CONNECTED) == 6 and metric(r, "sockd_connections_accepted_total") == 7
+
+
+def test_metrics_a_last_report_written_just_before_the_end_counts(tmp_path, logged):
+    r = Run(tmp_path, "listen 127.0.0.1:0\nmetrics 127.0.0.1:0\n" + PERMIT, model="fork")
+    r.step()
+    lsock = r.os.listeners[0]
+    lsock.connect()
+    r.step()
+    child = r.children()[0]
+    r.os.exit(child, 0)
+    # the child wrote its report, then ended, after the master's first read of the pass
+    real_reap = r.os.reap
+
+    def reap():
+        r.say("M %d c=1 s|connect|connected=1 b|out=100" % child)
+        r.os.reap = real_reap
+        return real_reap()
+    r.os.reap = reap
+    r.step()
+    assert child not in r.m.procs
+    assert metric(r, CONNECTED) == 1 and metric(r, 'sockd_bytes_total{direction="out"}') == 100
+    assert metric(r, "sockd_children_started_total") == 1
+    # a report of a process the master never had (or has long forgotten) is not counted
+    r.say("M 31337 c=50")
+    r.step()
+    assert metric(r, "sockd_connections_accepted_total") == 1
+
+
+def test_metrics_a_status_line_split_between_two_reads(tmp_path, logged):
+    r = threads(tmp_path, extra="metrics 127.0.0.1:0\n")
+    a = r.workers()[0]
+    r.os.say(r.m.status_r, b"M %d c=2 s|connect|con" % a)
+    r.step()
+    assert metric(r, CONNECTED) == 0
+    r.os.say(r.m.status_r, b"nected=2\n")
+    r.step()
+    assert metric(r, CONNECTED) == 2
+
+
+def test_metrics_survive_a_reload_which_keeps_or_moves_the_endpoint(tmp_path, logged):
+    r = threads(tmp_path, extra="metrics 127.0.0.1:0\n")
+    first = r.m.exporter
+    old = r.workers()
+    r.say("M %d c=2 s|connect|connected=2" % old[0])
+    r.rewrite("listen 127.0.0.1:0\nworkers 2\nmetrics 127.0.0.1:0 10.0.0.0/8\n" + PERMIT)
+    r.signal(signal.SIGHUP)
+    r.boot(2)
+    assert r.m.exporter is first and [s.text for s in first.allowed] == ["10.0.0.0/8"]
+    for p in old:
+        r.say("R %d" % p)
+        r.os.exit(p, 0)
+    r.step()
+    assert metric(r, CONNECTED) == 2 and metric(r, "sockd_reloads_total") == 1
+    assert metric(r, "sockd_generation") == 2
+    r.rewrite("listen 127.0.0.1:0\nworkers 2\nmetrics 127.0.0.2:0\n" + PERMIT)
+    gen2 = r.workers(2)
+    r.signal(signal.SIGHUP)
+    r.boot(3)
+    for p in gen2:
+        r.say("R %d" % p)
+        r.os.exit(p, 0)
+    r.step()
+    assert r.m.phase is M.SERVING
+    assert r.m.exporter is not first and first.sock.fd == -1 and r.m.exporter.address == ("127.0.0.2", 0)
+    assert "metrics: no longer serving 127.0.0.1:0" in logged
+    r.rewrite("listen 127.0.0.1:0\nworkers 2\n" + PERMIT)
+    r.signal(signal.SIGHUP)
+    r.boot(4)
+    assert r.m.exporter is None
+    assert metric(r, CONNECTED) == 2
+
+
+def test_metrics_active_sessions_by_worker_and_the_fork_children(tmp_path, logged):
+    r = threads(tmp_path, extra="metrics 127.0.0.1:0\n")
+    a, b = r.workers()
+    r.say("C %d 3" % a)
+    r.step()
+    text = r.m.metrics_text()
+    assert 'sockd_sessions_active{model="threads",worker="1",generation="1"} 3' in text
+    assert 'sockd_sessions_active{model="threads",worker="2",generation="1"} 0' in text
+    f = Run(tmp_path, "listen 127.0.0.1:0\nmetrics 127.0.0.1:0\n" + PERMIT, model="fork")
+    f.step()
+    f.os.listeners[0].connect()
+    f.os.listeners[0].connect()
+    f.step()
+    assert 'sockd_sessions_active{model="fork",worker="children",generation="1"} 2' in f.m.metrics_text()

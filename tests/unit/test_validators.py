@@ -180,3 +180,27 @@ def test_unicode_digits_are_not_numbers():
     for conv in (V.to_port, V.to_listen):
         with pytest.raises(Bad):
             conv("\u00b2")
+
+
+# --- issue 16: metrics ADDRESS:PORT [CIDR...]
+
+def test_metrics_address_and_default_loopback_list():
+    m = V.to_metrics(["127.0.0.1:9120"])
+    assert (m.host, m.port) == ("127.0.0.1", 9120)
+    assert m.allowed_text == ("127.0.0.0/8", "::1/128")
+    assert [s.match(4, int(ipaddress.ip_address("127.0.0.2"))) for s in m.allowed] == [True, False]
+    v6 = V.to_metrics(["[::1]:0", "10.0.0.0/8,192.168.1.5", "2001:db8::/32"])
+    assert (v6.host, v6.port) == ("::1", 0)
+    assert v6.allowed_text == ("10.0.0.0/8", "192.168.1.5", "2001:db8::/32")
+    one = v6.allowed[1]
+    assert one.match(4, int(ipaddress.ip_address("192.168.1.5")))
+    assert not one.match(4, int(ipaddress.ip_address("192.168.1.6")))
+    assert V.to_metrics(["127.0.0.1:9120"]) == V.to_metrics(["127.0.0.1:9120", "127.0.0.0/8", "::1/128"])
+    assert V.to_metrics(["127.0.0.1:9120"]) != V.to_metrics(["127.0.0.1:9120", "127.0.0.1"])
+
+
+@pytest.mark.parametrize("args", [["9120"], ["localhost:9120"], ["systemd"], ["127.0.0.1:x"],
+                                  ["127.0.0.1:9120", "example.com"], ["127.0.0.1:9120", "10.0.0.0/33"], []])
+def test_metrics_refuses(args):
+    with pytest.raises(Bad):
+        V.to_metrics(args)
