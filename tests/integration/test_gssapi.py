@@ -230,8 +230,16 @@ def test_16_mib_each_way_arrive_byte_for_byte(krb5_realm, gss_sockd, start_dante
         srv = gss_sockd() if server == "sockd" else start_danted_gss()
         script = tmp_path / "bulk.py"
         script.write_text(BULK)
-        r = gsskit.socksify([PYTHON3, str(script), str(target.port), str(n)], srv.port, alice(krb5_realm), tmp_path,
-                            level=level, timeout=120)
+        for _ in range(3 if server == "danted" else 1):
+            handler.up = None
+            r = gsskit.socksify([PYTHON3, str(script), str(target.port), str(n)], srv.port, alice(krb5_realm),
+                                tmp_path, level=level, timeout=120)
+            # Dante's own client against Dante's server, both ways at once at
+            # level 2, now and then misreads a frame under load ("invalid socks
+            # gssapi header" in gssapi_decode_read): the reference pair's bug,
+            # not sockd's; that pair is given three tries
+            if r.returncode == 0 or "invalid socks gssapi header" not in r.stderr:
+                break
         assert r.returncode == 0, r.stderr[-2000:]
         sent_up, got_down, length = r.stdout.split()
         assert int(length) == n
