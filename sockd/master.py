@@ -117,7 +117,7 @@ class Reload:
                                                            master.inherited)
             except BaseException:
                 if exporter is not None and exporter is not master.exporter:
-                    exporter.close()
+                    master.close_exporter(exporter)
                 raise
         except ConfigError as exc:
             report_config_error(exc, log.error)
@@ -178,7 +178,7 @@ class Reload:
         for s in self.opened():
             s.close()
         if self.exporter is not None and self.exporter is not self.master.exporter:
-            self.exporter.close()
+            self.master.close_exporter(self.exporter)
         self.exporter = None
         self.phase = None
 
@@ -283,6 +283,9 @@ class Master:
         self.status_r = self.status_w = -1
         self.status_rest = b""     # the start of a status line whose end has not been read yet
         self.exporter = None       # the metrics endpoint (exporter.Endpoint), with metrics on
+        # every endpoint open, the current one and one a reload is booting
+        # with: a process forked meanwhile must close them all (forget)
+        self.endpoints = []
         self.totals = Totals()     # what every process has reported, kept across deaths and reloads
         self.ending = ()           # pids reaped in this pass, whose last reports are still read
         self.retired = set()       # pids that reported retiring since the last reload
@@ -514,8 +517,8 @@ class Master:
         for s in self.held_listeners():
             s.close()
         self.listeners = {}
-        for ex in self.exporters():
-            ex.close()
+        for ex in list(self.endpoints):
+            self.close_exporter(ex)
         self.exporter = None
         self.reload = None
         if self.accountant is not None:
@@ -567,18 +570,14 @@ class Master:
         for s in self.held_listeners():
             if s not in keep:
                 s.close()
-        for ex in self.exporters():
+        for ex in self.endpoints:
             ex.forget()
 
     # --- the metrics endpoint
-    def exporters(self):
-        """The metrics endpoints the master holds: the current one and the
-        one a reload under way has opened."""
-        out = [self.exporter] if self.exporter is not None else []
-        r = self.reload
-        if r is not None and r.exporter is not None and r.exporter is not self.exporter:
-            out.append(r.exporter)
-        return out
+    def close_exporter(self, ex):
+        ex.close()
+        if ex in self.endpoints:
+            self.endpoints.remove(ex)
 
     def exporter_for(self, spec):
         """The endpoint for ``spec`` (validators.MetricsSpec): None when it
@@ -595,7 +594,9 @@ class Master:
         except (OSError, UnicodeError) as exc:
             raise Halt("cannot listen on %s for metrics: %s" % (listen_text(spec.address),
                                                                 getattr(exc, "strerror", None) or exc))
-        return Endpoint(spec.address, sock, spec.allowed, self.metrics_text, self.os.monotonic, log)
+        ex = Endpoint(spec.address, sock, spec.allowed, self.metrics_text, self.os.monotonic, log)
+        self.endpoints.append(ex)
+        return ex
 
     def use_exporter(self, ex, spec):
         """At a reload's commit: ``ex`` (exporter_for) serves from now on."""
@@ -603,7 +604,7 @@ class Master:
         if ex is not old:
             if old is not None:
                 log.notice("metrics: no longer serving %s" % listen_text(old.address))
-                old.close()
+                self.close_exporter(old)
             self.exporter = ex
             if ex is not None:
                 ex.attach(self.poller)

@@ -470,3 +470,21 @@ def test_metrics_active_sessions_by_worker_and_the_fork_children(tmp_path, logge
     f.os.listeners[0].connect()
     f.step()
     assert 'sockd_sessions_active{model="fork",worker="children",generation="1"} 2' in f.m.metrics_text()
+
+
+def test_metrics_workers_forked_by_a_reload_close_its_new_endpoint_too(tmp_path, logged, monkeypatch):
+    r = threads(tmp_path, extra="metrics 127.0.0.1:0\n")
+    forgotten = []
+    # each fork runs the child's side first: which endpoints would the new worker close?
+    monkeypatch.setattr(M.Master, "forget",
+                        lambda self, keep=(), close_status=False: forgotten.append(
+                            sorted(ex.address for ex in self.endpoints)))
+    real_fork = r.os.fork
+
+    def fork():
+        r.m.forget()
+        return real_fork()
+    monkeypatch.setattr(r.os, "fork", fork)
+    r.rewrite("listen 127.0.0.1:0\nworkers 2\nmetrics 127.0.0.2:0\n" + PERMIT)
+    r.signal(signal.SIGHUP)
+    assert forgotten == [[("127.0.0.1", 0), ("127.0.0.2", 0)]] * 2

@@ -20,6 +20,7 @@ import pytest
 
 from sockd import ident as I
 from sockd import limits as LI
+from sockd import metrics as MX
 from sockd import passwd as PW
 from sockd import pools as PO
 from sockd import protocol as P
@@ -918,3 +919,53 @@ def test_wayout_never_forwards_the_clients_password(loop, net, log, server, pass
         assert log.having("connected -- Connect from alice(unknown)@127.0.0.1")
     finally:
         up.close()
+
+
+# --- the metrics' counts (Context.counts, metrics.py) ------------------------------------------------
+
+
+def outcomes(ctx):
+    return {k[1:]: v for k, v in ctx.counts.items() if k[0] == MX.SESSIONS}
+
+
+def test_counts_of_a_connected_refused_and_failed_session(loop, net, server):
+    echo = net.echo_server()
+    srv = server("deny 127.0.0.0/8 127.0.0.2/32\npermit 0/0\n")
+    client, sess = srv.client(GREETING + connect5("127.0.0.1", echo.port) + b"hi")
+    assert run_until(loop, lambda: client.data.endswith(b"hi"))
+    assert S.live_counts(srv.ctx.sessions) == (2, 2, 0, 0)       # bytes of a relay still open
+    client.shutdown()
+    assert run_until(loop, lambda: client.eof and not srv.ctx.sessions)
+    c2, _ = srv.client(GREETING + connect5("127.0.0.2", echo.port))
+    assert run_until(loop, lambda: c2.eof)
+    c3, _ = srv.client(GREETING + connect5("127.0.0.1", closed_port()))
+    assert run_until(loop, lambda: c3.eof)
+    c = srv.ctx.counts
+    assert outcomes(srv.ctx) == {("connect", "connected"): 1, ("connect", "refused"): 1, ("connect", "failed"): 1}
+    assert c[(MX.RULE, "unit.conf:1")] == 1 and c[(MX.RULE, "unit.conf:2")] == 2
+    assert sum(v for k, v in c.items() if k[0] == MX.REPLY) == 3     # each request's reply, once
+    assert c[(MX.AUTH, "none", "ok")] == 3
+    r = MX.report(c, srv.ctx.stats, S.live_counts(srv.ctx.sessions))
+    assert r[(MX.ACCEPTED,)] == 3 and r[(MX.BYTES, "in")] == 2 and r[(MX.BYTES, "out")] == 2
+
+
+def test_counts_of_sessions_that_end_before_their_request(loop, log, server):
+    srv = server("timeout negotiate 0.1\npermit 0/0\n")
+    c1, _ = srv.client(b"\x05\x01")                                   # never finishes: timed out
+    c2, _ = srv.client(b"GET / HTTP/1.0\r\n\r\n")                     # a protocol error
+    c3, _ = srv.client(P.greeting5([P.METHOD_USERPASS]))             # no acceptable method
+    c4, s4 = srv.client(b"\x05")                                      # leaves
+    c4.close()
+    assert run_until(loop, lambda: c1.eof and c2.eof and c3.eof and not srv.ctx.sessions)
+    assert outcomes(srv.ctx) == {("none", "timed_out"): 1, ("none", "error"): 1, ("none", "refused"): 1,
+                                 ("none", "closed"): 1}
+    assert not any(k[0] == MX.REPLY for k in srv.ctx.counts)       # no request, no reply to one
+
+
+def test_counts_of_a_connect_that_times_out_and_of_identd(loop, net, log, server, monkeypatch):
+    identd = Identd(loop, net, lambda q: "silent")
+    monkeypatch.setattr(I, "IDENT_PORT", identd.port)
+    srv = server("timeout connect 0.1\npermit ?=I 127.0.0.0/8\n")
+    client, sess = srv.client(GREETING + connect5("127.0.0.1", 80))
+    assert run_until(loop, lambda: client.eof)
+    assert outcomes(srv.ctx) == {("connect", "timed_out"): 1}
