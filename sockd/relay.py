@@ -81,6 +81,7 @@ class Relay:
 
     __slots__ = ("owner", "loop", "buf", "mv", "budget", "c", "r", "cfd", "rfd", "cmask", "rmask",
                  "pend_cr", "pend_rc", "eof_c", "eof_r", "shut_c", "shut_r", "n_cr", "n_rc", "last", "error")
+    paused = (False, False)     # a direction whose sender is not read now (traffic control: Shaping)
 
     def __init__(self, owner, loop, buf, mv, c, r, budget=None):
         """``buf``/``mv``: the process's receive buffer and a memoryview of
@@ -360,15 +361,16 @@ class Relay:
         if self.shut_c and self.shut_r:
             self.owner.close()
             return
+        paused = self.paused
         m = 0
-        if not self.eof_c and self.pend_cr is None:
+        if not self.eof_c and self.pend_cr is None and not paused[0]:
             m = EPOLLIN
         if self.pend_rc is not None:
             m |= EPOLLOUT
         if m != self.cmask:
             self.set_mask(0, m)
         m = 0
-        if not self.eof_r and self.pend_rc is None:
+        if not self.eof_r and self.pend_rc is None and not paused[1]:
             m = EPOLLIN
         if self.pend_cr is not None:
             m |= EPOLLOUT
@@ -567,6 +569,7 @@ class Shaping:
 
     def shape(self, meter):
         self.meter = meter
+        self.paused = meter.paused
         self.timer = None
         meter.on_quota = self.quota_reached
 
@@ -579,39 +582,11 @@ class Shaping:
         super().start(cmask, rmask, early, first)
 
     def update(self):
-        """Relay.update, with a paused direction's sender not read and a
-        timer for when it may be again."""
-        if self.eof_c and self.pend_cr is None and not self.shut_r:
-            self.shut_r = True
-            try:
-                self.r.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-        if self.eof_r and self.pend_rc is None and not self.shut_c:
-            self.shut_c = True
-            try:
-                self.c.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-        if self.shut_c and self.shut_r:
-            self.owner.close()
-            return
-        paused = self.meter.paused
-        m = 0
-        if not self.eof_c and self.pend_cr is None and not paused[0]:
-            m = EPOLLIN
-        if self.pend_rc is not None:
-            m |= EPOLLOUT
-        if m != self.cmask:
-            self.set_mask(0, m)
-        m = 0
-        if not self.eof_r and self.pend_rc is None and not paused[1]:
-            m = EPOLLIN
-        if self.pend_cr is not None:
-            m |= EPOLLOUT
-        if m != self.rmask:
-            self.set_mask(1, m)
-        if (paused[0] or paused[1]) and self.timer is None:
+        """Relay.update (which leaves a paused direction's sender unread),
+        and a timer for when it may be read again."""
+        super().update()
+        paused = self.paused
+        if (paused[0] or paused[1]) and self.timer is None and self.owner is not None:
             due = self.meter.due
             when = min(due[d] for d in (0, 1) if paused[d])
             self.timer = self.loop.call_at(when, self.on_due)
@@ -649,7 +624,7 @@ class Shaping:
 class ShapedRelay(Shaping, Relay):
     """A plain relay under traffic control (see Shaping)."""
 
-    __slots__ = ("meter", "timer")
+    __slots__ = ("meter", "timer", "paused")
 
     def __init__(self, owner, loop, buf, mv, c, r, budget, meter):
         super().__init__(owner, loop, buf, mv, MeteredSocket(c, meter, 0), MeteredSocket(r, meter, 1), budget)
@@ -660,7 +635,7 @@ class ShapedProtectedRelay(Shaping, ProtectedRelay):
     """A protected relay (GSS-API levels 1 and 2) under traffic control:
     the client's side is metered as it is on the wire."""
 
-    __slots__ = ("meter", "timer")
+    __slots__ = ("meter", "timer", "paused")
 
     def __init__(self, owner, loop, buf, mv, c, r, budget, prot, meter):
         super().__init__(owner, loop, buf, mv, MeteredSocket(c, meter, 0), MeteredSocket(r, meter, 1), budget,
