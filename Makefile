@@ -54,8 +54,12 @@ $(VENV)/.gssapi: setup.cfg pyproject.toml
 gss-build-dante gss-build-curl:
 	@bash tests/gssapi/build-cached.sh $(@:gss-build-%=%) >/dev/null
 
+# Two pytest-xdist workers (the machines here have two cores; most tests
+# wait on processes and sockets more than they compute); tests marked
+# serial run alone (tests/README.md).  TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: test-deps
-	$(VPY) -m pytest -q -ra tests
+	$(VPY) -m pytest -q -ra -n $(TEST_WORKERS) --maxschedchunk 1 tests
 
 # sockd side by side with direct loopback, Dante and microsocks (and GSS-API, so
 # the test bed first): one table and

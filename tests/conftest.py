@@ -1,5 +1,11 @@
+import fcntl
 import os
+import pwd
+import shutil
+import subprocess
 import sys
+import tempfile
+import time
 
 import pytest
 
@@ -103,7 +109,137 @@ def model(request):
     return request.param
 
 
+# --- running beside one another ------------------------------------------------------------
+#
+# `make test` runs the suite on two pytest-xdist workers (tests/README.md).
+# A test marked ``serial`` runs alone: while it runs, from its fixtures'
+# set-up to their tear-down, the other worker runs no test.  That is for
+# tests that measure time or rates (a neighbour's load would be noise in
+# what they measure), that load the machine on purpose (floods, churn), or
+# that use a resource of the whole machine (identd's port 113, the package
+# installed with dpkg).  Whole files are listed here; a single test in
+# another file carries ``@pytest.mark.serial``.  Serial tests are put last,
+# so that the two workers run the rest side by side first.
+
+SERIAL_FILES = {
+    "tests/test_bench.py": "the bench's rates",
+    "tests/integration/test_eyeballs.py": "the stagger between addresses, measured",
+    "tests/integration/test_hardening.py": "floods, churn, descriptor exhaustion; latencies beside them",
+    "tests/integration/test_helper_pools.py": "floods, and the time a normal client takes beside them",
+    "tests/integration/test_identity.py": "oidentd on 127.0.0.1:113; replies not delayed by the command",
+    "tests/integration/test_logins.py": "the timing of password checks; back-off penalties in seconds",
+    "tests/integration/test_package.py": "dpkg installs the package on this machine (/etc/sockd.conf, its user)",
+    "tests/integration/test_traffic_control.py": "bandwidth limits: measured rates",
+}
+
+# System users that test fixtures make with useradd when missing and delete
+# afterwards (tests/integration/test_identity.py, test_client.py,
+# tests/opshelp.py).  With two workers, one worker's fixture would delete a
+# user the other's still uses; so the controller makes the missing ones
+# before the workers start (the fixtures then find them and leave them) and
+# deletes them at the end.
+TEST_USERS = ("sockdid", "sockdclient", "sockdops")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "conf(text): lines a test adds to its fixture's sockd.conf")
     config.addinivalue_line("markers", "slow: tens of seconds (the Debian package); runs in make test and CI, "
                             "-m 'not slow' leaves it out")
+    config.addinivalue_line("markers", "serial: runs alone, never beside another test (it measures time or "
+                            "rates, loads the machine, or uses a resource of the whole machine)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    missing = [f for f in SERIAL_FILES if not os.path.exists(os.path.join(root, f))]
+    if missing:
+        raise pytest.UsageError("tests/conftest.py: SERIAL_FILES names files that do not exist: %s" % missing)
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and "sockd_turns" in workerinput:
+        config.pluginmanager.register(Turns(workerinput["sockd_turns"]), "sockd-turns")
+
+
+def pytest_collection_modifyitems(config, items):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for item in items:
+        rel = os.path.relpath(str(item.path), root)
+        if rel in SERIAL_FILES:
+            item.add_marker(pytest.mark.serial)
+    items.sort(key=lambda item: item.get_closest_marker("serial") is not None)       # stable: order kept
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """xdist's controller, before each worker starts: the users made, and
+    the worker told where the turns' lock files are."""
+    config = node.config
+    if not hasattr(config, "sockd_turns"):
+        config.sockd_turns = tempfile.mkdtemp(prefix="sockd-test-turns-")
+        config.sockd_users = make_test_users()
+    node.workerinput["sockd_turns"] = config.sockd_turns
+
+
+def pytest_unconfigure(config):
+    if hasattr(config, "sockd_turns"):
+        shutil.rmtree(config.sockd_turns, ignore_errors=True)
+        for name in config.sockd_users:
+            subprocess.run(["userdel", name], check=False, capture_output=True)
+
+
+def make_test_users():
+    """Make the TEST_USERS that are missing; returns those made.  Without
+    useradd nothing is made: the fixtures' own need() says so."""
+    useradd = shutil.which("useradd") or shutil.which("/usr/sbin/useradd")
+    made = []
+    for name in TEST_USERS:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            if useradd is None:
+                continue
+            r = subprocess.run([useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                               capture_output=True, text=True)
+            if r.returncode == 0:
+                made.append(name)
+    return made
+
+
+class Turns:
+    """A worker's side of the rule above: two flock files shared by the
+    workers of one run.  A serial test takes the gate, then the room alone;
+    any other test passes the gate (so it waits while a serial test waits
+    or runs) and shares the room.  Waits are bounded: nothing holds a lock
+    longer than one test."""
+
+    WAIT = 1800          # seconds: far beyond any one test
+    POLL = 0.01
+
+    def __init__(self, directory):
+        self.gate = open(os.path.join(directory, "gate"), "a")
+        self.room = open(os.path.join(directory, "room"), "a")
+
+    def take(self, f, how, what):
+        end = time.monotonic() + self.WAIT
+        while True:
+            try:
+                fcntl.flock(f, how | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > end:
+                    raise RuntimeError("waited %d s for the other worker's test to end (%s)" % (self.WAIT, what))
+                time.sleep(self.POLL)
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(self, item, nextitem):
+        alone = item.get_closest_marker("serial") is not None
+        self.take(self.gate, fcntl.LOCK_EX, item.nodeid)
+        try:
+            self.take(self.room, fcntl.LOCK_EX if alone else fcntl.LOCK_SH, item.nodeid)
+        except BaseException:
+            fcntl.flock(self.gate, fcntl.LOCK_UN)
+            raise
+        if not alone:
+            fcntl.flock(self.gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(self.room, fcntl.LOCK_UN)
+            if alone:
+                fcntl.flock(self.gate, fcntl.LOCK_UN)

@@ -153,7 +153,9 @@ class HTTPServer:
         self.srv.daemon_threads = True
         self.port = self.srv.server_address[1]
         self.host = host
-        self.t = threading.Thread(target=self.srv.serve_forever, daemon=True)
+        # shutdown() waits for serve_forever to look at its flag, once per
+        # poll_interval (0.5 s by default): a test's tear-down would wait that out
+        self.t = threading.Thread(target=self.srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         self.t.start()
 
     def url(self, path, host=None):

@@ -127,6 +127,7 @@ def test_bind_checks_the_peer(start_sockd):
     other.close()
 
 
+@pytest.mark.serial
 def test_bind_times_out(start_sockd):
     s = start_sockd("timeout connect 1\n" + LOCAL)
     c, code, ip, port = socks4_bind(s.addr, "127.0.0.1", 21)

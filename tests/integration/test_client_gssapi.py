@@ -240,6 +240,7 @@ def test_runsocks_fetches_a_page_at_each_level(server, client, target_www, level
     srv.wait_log(connected(server.kind, level, target_www.port))
 
 
+@pytest.mark.serial
 @BOTH
 @pytest.mark.parametrize("level", [1, 2])
 def test_16_mib_each_way_byte_for_byte(server, client, level, capsys):

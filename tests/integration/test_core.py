@@ -171,6 +171,7 @@ def test_hostile_input_then_still_serving(start_sockd, echo_server, model):
     assert "error -- wrong version (0x47) from host 127.0.0.1" in s.log()
 
 
+@pytest.mark.serial
 def test_negotiate_timeout_closes_silent_clients(start_sockd):
     s = start_sockd("timeout negotiate 1\n" + PERMIT_LOCAL)
     c = socket.create_connection(s.addr, 5)

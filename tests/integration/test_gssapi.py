@@ -297,6 +297,7 @@ def test_a_token_that_is_no_token_gets_the_abort(krb5_realm, gss_sockd):
     s.wait_log(r"error -- GSS-API frame of version 2, not 1 from host 127\.0\.0\.1")
 
 
+@pytest.mark.serial
 def test_a_stalled_token_stream_costs_only_its_own_client(krb5_realm, gss_sockd, www, tmp_path):
     s = gss_sockd("timeout negotiate 3\n", workers=1)
     stalled = []

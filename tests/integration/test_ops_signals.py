@@ -205,6 +205,7 @@ def _refused(addr):
     return False
 
 
+@pytest.mark.serial
 def test_sigterm_closes_what_is_left_after_timeout_shutdown(start_sockd, echo_server, model):
     s = start_sockd("timeout shutdown 1\n" + PERMIT_LOCAL, model=model, workers=1)
     live, rep = connect4(s, echo_server.port)
@@ -219,6 +220,7 @@ def test_sigterm_closes_what_is_left_after_timeout_shutdown(start_sockd, echo_se
         assert re.search(r"worker 1: closing 1 connection still open after 1s \(timeout shutdown\)", s.log())
 
 
+@pytest.mark.serial
 def test_sigint_stops_at_once(start_sockd, echo_server, model):
     s = start_sockd(PERMIT_LOCAL, model=model, workers=2)
     live, rep = connect4(s, echo_server.port)

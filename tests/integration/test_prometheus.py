@@ -218,6 +218,7 @@ def test_clients_outside_the_access_list_are_refused(start_sockd):
     assert sample(text, "sockd_metrics_refused_total") == 1
 
 
+@pytest.mark.serial
 def test_only_get_metrics_and_a_stalled_client_stalls_nothing(start_sockd, www):
     s = start_sockd("metrics 127.0.0.1:0\n" + PERMIT_LOCAL, workers=1)
     url = metrics_url(s)

@@ -252,6 +252,7 @@ def test_direct_and_through_per_the_file(front, danted, tinyproxy, www, tmp_path
 
 # --- failover -----------------------------------------------------------------------------------------
 
+@pytest.mark.serial
 @pytest.mark.parametrize("first", ["dead", "black hole"])
 def test_failover_serves_the_client_within_timeout_connect(front, start_sockd, www, black_hole, first, model):
     back = start_sockd(PERMIT_LOCAL, name="back")

@@ -10,6 +10,8 @@ import struct
 import threading
 import time
 
+import pytest
+
 import helpers
 
 LOCAL = "timeout shutdown 2\npermit 127.0.0.0 255.0.0.0\n"
@@ -71,6 +73,7 @@ def download(proxy, port, size):
     return took, h.hexdigest()
 
 
+@pytest.mark.serial
 def test_clients_that_never_read_hold_at_most_the_buffer_limit(start_sockd):
     srv = helpers.TCPServer(download_handler)
     stuck = []

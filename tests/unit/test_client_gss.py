@@ -349,15 +349,14 @@ def gss_server(grant=None, then=None, seen=None, bound=("10.1.1.1", 4242), round
         prot = fake_protection(level, chunk=1000) if level else None
         if prot is None:
             req = read_request5(c)
-            c.send(reply5(0, *bound))
         else:
             plain = b""
             while len(plain) < 10:
                 plain += prot.feed(gssfake.frame(*read_frame(c)))
             req = (plain[1], plain[3], socket.inet_ntoa(plain[4:8]), struct.unpack("!H", plain[8:10])[0])
-            c.send(prot.seal(reply5(0, *bound)))
-        if seen is not None:
+        if seen is not None:                # before the reply: the client looks as soon as it has it
             seen.append((methods, level, req))
+        c.send(reply5(0, *bound) if prot is None else prot.seal(reply5(0, *bound)))
         if then is not None:
             then(c, prot)
     return handle

@@ -337,6 +337,7 @@ def test_at_exit_what_the_program_wrote_still_reaches_the_server(tmp_path):
     assert got == b"q" * (1 << 20)
 
 
+@pytest.mark.serial
 def test_a_forked_child_does_not_keep_the_connection_open(tmp_path):
     """The relay lives in the parent; a child holds copies of every
     descriptor.  When the relay gives up, both the program and the server

@@ -61,6 +61,7 @@ def test_nothing_in_a_value_reaches_the_shell_as_syntax(tmp_path, hostile):
     assert sorted(os.listdir(tmp_path)) == ["out"]          # the value made no file of its own
 
 
+@pytest.mark.serial
 def test_submit_does_not_wait_for_the_command(tmp_path):
     out = tmp_path / "out"
     t0 = time.monotonic()

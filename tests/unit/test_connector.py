@@ -323,6 +323,7 @@ def timed_finish(loop, c, done, timeout=2.0):
     return done.result, took
 
 
+@pytest.mark.serial
 def test_a_black_holed_first_address_gives_way_after_the_stagger(loop, net, log):
     ls, port = live_and_holes(net, "127.0.0.1", ["127.0.0.2"])
     c, done = connector(loop, log, ["127.0.0.2", "127.0.0.1"], port, host="both.test", stagger=0.2)
@@ -336,6 +337,7 @@ def test_a_black_holed_first_address_gives_way_after_the_stagger(loop, net, log)
     assert log.having("127.0.0.1 port %d answered first; 1 other attempts closed" % port, "debug")
 
 
+@pytest.mark.serial
 def test_a_refused_first_address_gives_way_at_once(loop, net, log):
     ls, port = live(net, "127.0.0.1")                    # nothing on 127.0.0.2:port: refused
     c, done = connector(loop, log, ["127.0.0.2", "127.0.0.1"], port, stagger=1.0)
@@ -347,6 +349,7 @@ def test_a_refused_first_address_gives_way_at_once(loop, net, log):
                       % port, "debug")
 
 
+@pytest.mark.serial
 def test_dead_ipv6_live_ipv4_and_the_reverse(loop, net, log):
     ls, port = live_and_holes(net, "127.0.0.1", ["::1"])
     c, done = connector(loop, log, ["::1", "127.0.0.1"], port, stagger=0.1)
