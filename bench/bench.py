@@ -471,27 +471,48 @@ def bulk(opts, proxy, streams, mib, direction):
     return f["MB_per_s"]
 
 
+def per_process(n):
+    """How many processes ``n`` descriptors need under this process's
+    RLIMIT_NOFILE (which the load generator and its target inherit), with
+    room for their own few."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    room = max(1, soft - 256)
+    return max(1, -(-n // room))
+
+
 def hold(opts, proxy, root, n):
-    """(held, KB per session) for ``n`` idle sessions."""
+    """(held, KB per session) for ``n`` idle sessions, opened by as many
+    load generators as the descriptor limit needs, against the hold target."""
     before = tree_pss(root)
-    h = subprocess.Popen([opts.loadgen, "hold", proxy, str(opts.target_port), str(n)],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
-    started.append(h)
+    k = per_process(n)
+    shares = [n // k + (1 if i < n % k else 0) for i in range(k)]
+    hs = []
     try:
-        first = h.stdout.readline()
+        for share in shares:
+            h = subprocess.Popen([opts.loadgen, "hold", proxy, str(opts.hold_port), str(share)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+            started.append(h)
+            hs.append(h)
+        first = [h.stdout.readline() for h in hs]     # each has opened its share (bounded: 120 s)
         during = tree_pss(root)
         time.sleep(opts.hold_secs)
-        h.stdin.write("go\n")
-        h.stdin.close()
-        rest = h.stdout.read()
-        h.wait(300)
+        for h in hs:
+            h.stdin.write("go\n")
+            h.stdin.close()
+        rest = [h.stdout.read() for h in hs]
+        for h in hs:
+            h.wait(300)
     finally:
-        stop(h)
-    passes = [fields(line) for line in (first + rest).splitlines() if line.startswith("hold ")]
-    if not passes:
+        for h in hs:
+            stop(h)
+    per = [[fields(line) for line in (a + b).splitlines() if line.startswith("hold ")] for a, b in zip(first, rest)]
+    if not all(per):
         return 0, FAIL
-    held = int(min(p.get("alive", 0) for p in passes))
-    opened = int(passes[0].get("opened", 0))
+    held = sum(int(min(p.get("alive", 0) for p in passes)) for passes in per)
+    opened = sum(int(passes[0].get("opened", 0)) for passes in per)
+    failed = sum(int(passes[0].get("failed", 0)) for passes in per)
+    if failed:
+        note("%d of %d idle sessions could not be opened" % (failed, n))
     return held, round((during - before) / max(1, opened), 1)
 
 
@@ -1157,6 +1178,13 @@ def main(argv=None):
         opts.target_port = target_port(target)
         if opts.target_port is None:
             raise RuntimeError("the target server did not start")
+        if opts.hold:
+            # the idle sessions' far ends: a target of their own, in as many
+            # processes as the descriptor limit needs
+            ht = spawn([opts.loadgen, "target", str(per_process(opts.hold))], stdout=subprocess.PIPE, text=True)
+            opts.hold_port = target_port(ht)
+            if opts.hold_port is None:
+                raise RuntimeError("the hold target did not start")
         for name in opts.rows:
             if name.startswith("sockd") and not os.access(opts.sockd, os.X_OK):
                 errors[name] = "no sockd at %s (make venv)" % opts.sockd

@@ -3,8 +3,11 @@
  * Everything runs on 127.0.0.1.  PROXY below is a port of a SOCKS 5 server, or
  * "direct" for connecting straight to the target (the physical limit).
  *
- *   loadgen target
- *       Listen on 127.0.0.1 (a free port), print "port=N", serve until killed.
+ *   loadgen target [PROCS]
+ *       Listen on 127.0.0.1 (a free port), print "port=N", serve until killed;
+ *       with PROCS > 1, PROCS processes accept on that one socket (forked
+ *       after it listens), each with its own descriptor limit: the bench's
+ *       idle sessions outnumber what one process may open.
  *       A client starts with a 9-byte request: one op byte and a 64-bit
  *       little-endian argument.
  *         'x' ARG   read ARG bytes, send them back, close (the target closes
@@ -29,9 +32,12 @@
  *       -> "bulk MB_per_s= streams= mib_each= dir= failed= secs="  (MB = MiB)
  *
  *   loadgen hold PROXY TPORT N
- *       Open N echo sessions one after another, check every one answers
- *       ("hold pass=0 ..."), then wait for a line (or EOF) on stdin, check
- *       them all again ("hold pass=1 ..."), close them and exit.
+ *       Open N echo sessions one after another (a session that fails is
+ *       counted and the next one tried, until 10 fail in a row or 120 s have
+ *       gone), check
+ *       every one answers ("hold pass=0 ..."), then wait for a line (or EOF)
+ *       on stdin, check them all again ("hold pass=1 ..."), close them and
+ *       exit.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -247,7 +253,7 @@ static void *echo_loop(void *arg)
     return NULL;
 }
 
-static int run_target(void)
+static int run_target(int procs)
 {
     int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), on = 1;
     struct sockaddr_in sa;
@@ -261,6 +267,16 @@ static int run_target(void)
     }
     printf("port=%d\n", ntohs(sa.sin_port));
     fflush(stdout);
+    /* the others: before any thread starts (threads do not survive fork) */
+    for (int i = 1; i < procs; i++) {
+        pid_t pid = fork();
+        if (pid == 0)
+            break;
+        if (pid < 0) {
+            perror("loadgen target: fork");
+            break;
+        }
+    }
 
     pthread_attr_t attr;
     pthread_t echo;
@@ -463,24 +479,29 @@ static int check_all(const int *fds, int n)
 
 static int run_hold(int n)
 {
-    int *fds = calloc((size_t)(n > 0 ? n : 1), sizeof *fds), opened = 0, alive = 0;
+    int *fds = calloc((size_t)(n > 0 ? n : 1), sizeof *fds), opened = 0, alive = 0, failed = 0, in_row = 0;
     unsigned char hdr[9];
     request(hdr, 'e', 0);
     double t0 = mono();
-    while (opened < n) {
+    /* a proxy may refuse one session and take the next (another worker,
+     * descriptors freed): go on, but not for ever */
+    while (opened < n && in_row < 10 && mono() - t0 < 120) {
         int fd = dial();
-        if (fd < 0)
-            break;
-        if (put(fd, hdr, sizeof hdr)) {
-            close(fd);
-            break;
+        if (fd >= 0 && put(fd, hdr, sizeof hdr) == 0) {
+            fds[opened++] = fd;
+            in_row = 0;
+            continue;
         }
-        fds[opened++] = fd;
+        if (fd >= 0)
+            close(fd);
+        failed++;
+        in_row++;
     }
     double open_secs = mono() - t0;
     for (int pass = 0; pass < 2; pass++) {
         alive = check_all(fds, opened);
-        printf("hold pass=%d wanted=%d opened=%d alive=%d open_secs=%.2f\n", pass, n, opened, alive, open_secs);
+        printf("hold pass=%d wanted=%d opened=%d alive=%d failed=%d open_secs=%.2f\n", pass, n, opened, alive,
+               failed, open_secs);
         fflush(stdout);
         if (pass == 0) {
             char line[64];
@@ -498,7 +519,7 @@ static int run_hold(int n)
 
 static int usage(void)
 {
-    fputs("usage: loadgen target\n"
+    fputs("usage: loadgen target [PROCS]\n"
           "       loadgen rate PROXY|direct TPORT THREADS SECS [COUNT]\n"
           "       loadgen bulk PROXY|direct TPORT STREAMS MIB down|up\n"
           "       loadgen hold PROXY|direct TPORT N\n",
@@ -514,7 +535,7 @@ int main(int argc, char **argv)
         setrlimit(RLIMIT_NOFILE, &rl);
     }
     if (argc >= 2 && strcmp(argv[1], "target") == 0)
-        return run_target();
+        return run_target(argc >= 3 ? atoi(argv[2]) : 1);
     if (argc < 5)
         return usage();
     via_proxy = strcmp(argv[2], "direct") != 0;
