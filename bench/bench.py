@@ -1146,7 +1146,8 @@ def raise_nofile(hold):
     said = ("RLIMIT_NOFILE %d (hard %d)" % new if new == (soft, hard) else
             "RLIMIT_NOFILE raised from %d (hard %d) to %d (hard %d)" % ((soft, hard) + new))
     if new[0] < want:
-        said += ", short of the %d that --hold %d needs" % (want, hold)
+        said += (", short of the %d that a proxy holding --hold %d needs (the load generator and the target "
+                 "are split into processes that fit)" % (want, hold))
     return {"before": [soft, hard], "after": list(new), "wanted": want, "said": said}
 
 
