@@ -59,7 +59,7 @@ test: test-deps
 
 # sockd side by side with direct loopback, Dante and microsocks (and GSS-API, so
 # the test bed first): one table with the CPU each server spent, the price of
-# each capability and the performance targets, in about six minutes; the JSON
+# each capability and the performance targets, in about three minutes; the JSON
 # and the chart land in bench/out/ (matplotlib: the bench extra, installed
 # here).  `make bench BENCH_ARGS=--quick` or `make bench-quick` for a smoke run
 # (make itself rejects `make bench --quick`); bench/bench.py --help for the rest.
