@@ -3,14 +3,20 @@
  * Everything runs on 127.0.0.1.  PROXY below is a port of a SOCKS 5 server, or
  * "direct" for connecting straight to the target (the physical limit).
  *
- *   loadgen target
- *       Listen on 127.0.0.1 (a free port), print "port=N", serve until killed.
+ *   loadgen target [PROCS]
+ *       Listen on 127.0.0.1 (a free port), print "port=N", serve until killed;
+ *       with PROCS > 1, PROCS processes accept on that one socket (forked
+ *       after it listens), each with its own descriptor limit: the bench's
+ *       idle sessions outnumber what one process may open.
  *       A client starts with a 9-byte request: one op byte and a 64-bit
  *       little-endian argument.
  *         'x' ARG   read ARG bytes, send them back, close (the target closes
  *                   first, so TIME_WAIT lands on the target's side and no
  *                   proxy runs out of ephemeral ports)
- *         'e' -     echo everything until EOF (idle sessions)
+ *         'e' -     echo everything until EOF (idle sessions: served by one
+ *                   epoll thread, not a thread each, so that 20,000 of
+ *                   them cost the target neither 20,000 threads, which the
+ *                   machine's pid_max would not give, nor their stacks)
  *         'd' ARG   send ARG bytes, close (download)
  *         'u' -     read until EOF, answer the 64-bit count, close (upload:
  *                   only works through a proxy that relays half-close)
@@ -26,9 +32,12 @@
  *       -> "bulk MB_per_s= streams= mib_each= dir= failed= secs="  (MB = MiB)
  *
  *   loadgen hold PROXY TPORT N
- *       Open N echo sessions one after another, check every one answers
- *       ("hold pass=0 ..."), then wait for a line (or EOF) on stdin, check
- *       them all again ("hold pass=1 ..."), close them and exit.
+ *       Open N echo sessions one after another (a session that fails is
+ *       counted and the next one tried, until 10 fail in a row or 120 s have
+ *       gone), check
+ *       every one answers ("hold pass=0 ..."), then wait for a line (or EOF)
+ *       on stdin, check them all again ("hold pass=1 ..."), close them and
+ *       exit.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -40,6 +49,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -175,6 +185,7 @@ static uint64_t le64(const unsigned char *p)
 /* Never written: every page of it is the kernel's shared zero page, so the
  * sender's reads cost next to nothing and the proxy is what is measured. */
 static char zeros[CHUNK];
+static int echo_ep = -1; /* the idle sessions' epoll set (echo_loop) */
 
 /* One thread per connection, each with its own 64 KiB receive buffer on its
  * stack.  That buffer is part of what a connection costs the target: a new
@@ -195,10 +206,9 @@ static void *target_client(void *arg)
             if (get(fd, buf, (size_t)n) == 0)
                 put(fd, buf, (size_t)n);
         } else if (hdr[0] == 'e') {
-            set_timeouts(fd, 0); /* idle sessions may wait for as long as the bench holds them */
-            while ((r = recv(fd, buf, sizeof buf, 0)) > 0 || (r < 0 && errno == EINTR))
-                if (r > 0 && put(fd, buf, (size_t)r))
-                    break;
+            struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
+            if (epoll_ctl(echo_ep, EPOLL_CTL_ADD, fd, &ev) == 0)
+                return NULL; /* the echo thread owns fd now */
         } else if (hdr[0] == 'd') {
             while (n > 0) {
                 size_t k = n < CHUNK ? (size_t)n : CHUNK;
@@ -220,7 +230,30 @@ static void *target_client(void *arg)
     return NULL;
 }
 
-static int run_target(void)
+/* The idle sessions' echo: one thread over an epoll set.  Their bytes are
+ * the bench's one-byte checks, so a non-blocking send takes them whole; a
+ * session that fails or ends is closed (which takes it off the set). */
+
+static void *echo_loop(void *arg)
+{
+    (void)arg;
+    struct epoll_event evs[256];
+    char buf[4096];
+    for (;;) {
+        int n = epoll_wait(echo_ep, evs, 256, -1);
+        for (int i = 0; i < n; i++) {
+            int fd = evs[i].data.fd;
+            ssize_t r = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+            if (r < 0 && (errno == EAGAIN || errno == EINTR))
+                continue;
+            if (r <= 0 || send(fd, buf, (size_t)r, MSG_DONTWAIT | MSG_NOSIGNAL) != r)
+                close(fd);
+        }
+    }
+    return NULL;
+}
+
+static int run_target(int procs)
 {
     int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), on = 1;
     struct sockaddr_in sa;
@@ -234,8 +267,24 @@ static int run_target(void)
     }
     printf("port=%d\n", ntohs(sa.sin_port));
     fflush(stdout);
+    /* the others: before any thread starts (threads do not survive fork) */
+    for (int i = 1; i < procs; i++) {
+        pid_t pid = fork();
+        if (pid == 0)
+            break;
+        if (pid < 0) {
+            perror("loadgen target: fork");
+            break;
+        }
+    }
 
     pthread_attr_t attr;
+    pthread_t echo;
+    echo_ep = epoll_create1(EPOLL_CLOEXEC);
+    if (echo_ep < 0 || pthread_create(&echo, NULL, echo_loop, NULL) != 0) {
+        perror("loadgen target: echo thread");
+        return 1;
+    }
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&attr, 256 * 1024);
@@ -430,24 +479,29 @@ static int check_all(const int *fds, int n)
 
 static int run_hold(int n)
 {
-    int *fds = calloc((size_t)(n > 0 ? n : 1), sizeof *fds), opened = 0, alive = 0;
+    int *fds = calloc((size_t)(n > 0 ? n : 1), sizeof *fds), opened = 0, alive = 0, failed = 0, in_row = 0;
     unsigned char hdr[9];
     request(hdr, 'e', 0);
     double t0 = mono();
-    while (opened < n) {
+    /* a proxy may refuse one session and take the next (another worker,
+     * descriptors freed): go on, but not for ever */
+    while (opened < n && in_row < 10 && mono() - t0 < 120) {
         int fd = dial();
-        if (fd < 0)
-            break;
-        if (put(fd, hdr, sizeof hdr)) {
-            close(fd);
-            break;
+        if (fd >= 0 && put(fd, hdr, sizeof hdr) == 0) {
+            fds[opened++] = fd;
+            in_row = 0;
+            continue;
         }
-        fds[opened++] = fd;
+        if (fd >= 0)
+            close(fd);
+        failed++;
+        in_row++;
     }
     double open_secs = mono() - t0;
     for (int pass = 0; pass < 2; pass++) {
         alive = check_all(fds, opened);
-        printf("hold pass=%d wanted=%d opened=%d alive=%d open_secs=%.2f\n", pass, n, opened, alive, open_secs);
+        printf("hold pass=%d wanted=%d opened=%d alive=%d failed=%d open_secs=%.2f\n", pass, n, opened, alive,
+               failed, open_secs);
         fflush(stdout);
         if (pass == 0) {
             char line[64];
@@ -465,7 +519,7 @@ static int run_hold(int n)
 
 static int usage(void)
 {
-    fputs("usage: loadgen target\n"
+    fputs("usage: loadgen target [PROCS]\n"
           "       loadgen rate PROXY|direct TPORT THREADS SECS [COUNT]\n"
           "       loadgen bulk PROXY|direct TPORT STREAMS MIB down|up\n"
           "       loadgen hold PROXY|direct TPORT N\n",
@@ -481,7 +535,7 @@ int main(int argc, char **argv)
         setrlimit(RLIMIT_NOFILE, &rl);
     }
     if (argc >= 2 && strcmp(argv[1], "target") == 0)
-        return run_target();
+        return run_target(argc >= 3 ? atoi(argv[2]) : 1);
     if (argc < 5)
         return usage();
     via_proxy = strcmp(argv[2], "direct") != 0;

@@ -1,6 +1,11 @@
 """`make bench` in its quickest mode against sockd only: the table prints with
-every column, the targets section follows, and nothing it started is left."""
+every column (CPU per connection and per GB among them), the targets section
+follows, the JSON is written and holds the table, the chart is written when
+matplotlib is there (with CI=true it must be), and nothing it started is
+left.  No timing is asserted: timings on shared machines are noise."""
 
+import importlib.util
+import json
 import os
 import re
 import signal
@@ -12,8 +17,8 @@ import pytest
 from helpers import ROOT, SOCKD, need
 
 BENCH = os.path.join(ROOT, "bench", "bench.py")
-COLUMNS = ["conn/s", "p99 us", "rate err", "down MB/s", "up MB/s", "32x MB/s", "held", "KB/sess",
-           "rules c/s", "rules p99", "steady %"]
+COLUMNS = ["conn/s", "p99 us", "rate err", "CPU us/conn", "down MB/s", "up MB/s", "32x MB/s", "CPU ms/GB",
+           "held", "KB/sess", "rules c/s", "rules p99", "steady %"]
 
 
 def left_running(marker):
@@ -36,9 +41,13 @@ def left_running(marker):
 
 def test_quick_bench_prints_the_table(tmp_path):
     need("gcc")
+    have_mpl = importlib.util.find_spec("matplotlib") is not None
+    if not have_mpl and os.environ.get("CI") == "true":
+        pytest.fail("matplotlib is missing (tests/requirements.txt; make test-deps)")
+    out_dir = tmp_path / "out"
     env = dict(os.environ, TMPDIR=str(tmp_path))  # the bench's work directory lands here
-    cmd = [sys.executable, BENCH, "--quick", "--only", "sockd", "--sockd", SOCKD,
-           "--mib", "32", "--hold", "200", "--steady", "2000"]
+    cmd = [sys.executable, BENCH, "--quick", "--only", "sockd", "--sockd", SOCKD, "--out", str(out_dir),
+           "--secs", "0.5", "--mib", "32", "--hold", "200", "--rules", "200", "--steady", "2000"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                          start_new_session=True)
     try:
@@ -52,6 +61,7 @@ def test_quick_bench_prints_the_table(tmp_path):
             out, err = p.communicate()
         pytest.fail("bench did not finish in 90 s:\n" + out + err)
     assert p.returncode == 0, out + err
+    assert "Traceback" not in out + err, out + err
 
     lines = out.splitlines()
     header = next((l for l in lines if l.startswith("server ")), None)
@@ -61,25 +71,55 @@ def test_quick_bench_prints_the_table(tmp_path):
     assert re.search(r"^machine: nproc \d+, kernel \S+, CPU ", out, re.M), out
     assert re.search(r"^sockd bench, \d{4}-\d\d-\d\d ", out, re.M), out
 
-    rows = {l.split()[0]: l for l in lines if l.startswith("sockd-")}
+    table = lines[lines.index(header) + 1:]
+    table = table[:table.index("") if "" in table else len(table)]
+    rows = {l.split()[0]: l for l in table}
     assert set(rows) == {"sockd-threads", "sockd-fork"}, out
     # "down MB/s" is two words in the header, one cell in a row
     threads = rows["sockd-threads"].split()[1:]
     assert len(threads) == len(COLUMNS), rows["sockd-threads"]
     cell = dict(zip(COLUMNS, threads))
     assert float(cell["conn/s"]) > 0 and float(cell["p99 us"]) > 0, cell
-    for col in ("down MB/s", "up MB/s", "32x MB/s", "rules c/s"):
+    for col in ("CPU us/conn", "down MB/s", "up MB/s", "32x MB/s", "CPU ms/GB", "rules c/s"):
         assert float(cell[col]) > 0, (col, cell)
     assert cell["held"] == "200", cell
     float(cell["KB/sess"]), float(cell["steady %"])
     fork = dict(zip(COLUMNS, rows["sockd-fork"].split()[1:]))
     assert float(fork["conn/s"]) > 0 and float(fork["rules c/s"]) > 0, fork
+    assert float(fork["CPU us/conn"]) > 0 and float(fork["CPU ms/GB"]) > 0, fork
     assert fork["held"] == "-", fork
+    assert re.search(r"^200-line rule file \(sockd-threads\): sockd -V [\d.]+ s, start-up to 'listening' "
+                     r"[\d.]+ s, reload \(SIGHUP to 'reloaded'\) [\d.]+ s$", out, re.M), out
 
     targets = out.split("TARGETS", 1)[1]
-    for label in ("conn/s vs Dante", "memory per idle session", "fork model conn/s", "steady state"):
-        assert label in targets, targets
+    for label in ("conn/s vs microsocks", "one session down vs direct", "32 sessions vs direct",
+                  "fork model conn/s", "idle sessions held", "memory per idle session", "conn/s vs the 1-rule file",
+                  "sockd -V", "start-up", "reload", "conn/s vs Dante", "steady state"):
+        assert label in targets, (label, targets)
     assert re.search(r"\d+ PASS, \d+ FAIL", targets), targets
     assert "RATIOS conn_vs_dante=" in out
+
+    written = re.findall(r"^wrote (\S+)$", out, re.M)
+    jsons = [w for w in written if w.endswith(".json")]
+    assert len(jsons) == 1 and os.path.dirname(jsons[0]) == str(out_dir), out
+    with open(jsons[0]) as f:
+        res = json.load(f)
+    assert res["columns"] == COLUMNS
+    assert set(res["rows"]) == {"sockd-threads", "sockd-fork"}
+    for name, row in res["rows"].items():
+        for col in ("conn/s", "CPU us/conn", "down MB/s", "CPU ms/GB"):
+            assert isinstance(row[col], (int, float)) and row[col] > 0, (name, col, row)
+    assert res["rows"]["sockd-threads"]["held"] == 200
+    assert res["arguments"]["hold"] == 200 and res["machine"]["nproc"] == os.cpu_count()
+    assert res["targets"] and all(set(t) == {"measure", "target", "measured", "result"} for t in res["targets"])
+    assert set(res["rules"]) >= {"check secs", "start secs", "reload secs"}
+    assert set(res["ratios"]) == {"sockd-threads", "sockd-fork"}
+    pngs = [w for w in written if w.endswith(".png")]
+    if have_mpl:
+        assert len(pngs) == 1, out
+        with open(pngs[0], "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert pngs == [] and "pip install 'sockd[bench]'" in out, out
 
     assert left_running(str(tmp_path)) == [], "the bench left processes running"
