@@ -14,11 +14,11 @@ from the database (``bases``, one per period of traffic.period_indexes).
 A key's use in a period is its base plus what is pending.
 
 Costs are paid in chunks, not per read: a session takes up to
-traffic.CHUNK tokens from all of its buckets at once (one lock), spends
+traffic.take_size tokens from all of its buckets at once (one lock), spends
 them locally, and adds its counts to the shared counters when it takes
 again, every COUNT_EVERY bytes when it has no limit, and at its end.  What
-a worker that is killed still held locally (at most a chunk per session)
-is lost; everything added to the table survives it, for the master
+a worker that is killed still held locally
+is lost (at most a take per session); everything added to the table survives it, for the master
 writes the table to the database.
 
 A slot is reused for another key only once nothing is pending in it, it
@@ -68,6 +68,12 @@ FULL_LOG_EVERY = 10.0     # seconds between "the table is full" lines of one pro
 DRAIN_BATCH = 256         # slots the master drains per hold of the lock
 
 
+# this process's pid, for the lock's holder field: os.getpid is a system
+# call, once per take; a fork (every worker, every child) sets it anew
+PID = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: PID.__setitem__(0, os.getpid()))
+
+
 def key_bytes(key):
     """A key (traffic.key_text) as the table stores it."""
     return key.encode("utf-8", "replace")[:KEY_SIZE].ljust(KEY_SIZE, b"\0")
@@ -99,7 +105,7 @@ class TrafficTable:
             self.lock.acquire()
         elif not self.lock.acquire(timeout=timeout):
             return False
-        Q.pack_into(self.mem, self.holder_off, os.getpid())
+        Q.pack_into(self.mem, self.holder_off, PID[0])
         return True
 
     def release(self):
@@ -325,7 +331,7 @@ class Meter:
     over, take again.  ``close()``: the last counts, and what was taken and
     not used goes back."""
 
-    __slots__ = ("tt", "entries", "limited", "counted", "local", "grant", "least", "uncounted", "paused",
+    __slots__ = ("tt", "entries", "limited", "counted", "local", "grant", "least", "most", "uncounted", "paused",
                  "due", "since", "paused_for", "short", "cut", "on_quota", "clock", "has_limit", "started")
 
     def __init__(self, tt, plan, periods, clock=time.monotonic):
@@ -349,12 +355,15 @@ class Meter:
         sess = plan.session
         self.local = [None, None]
         self.least = [T.CHUNK, T.CHUNK]
+        self.most = [T.MAX_CHUNK, T.MAX_CHUNK]   # tokens per take: the slowest rate's take_size
         for d in (0, 1):
             if sess is not None and sess.rates[d] is not None:
                 self.local[d] = T.TokenBucket(sess.rates[d], sess.bursts[d], now)
                 self.least[d] = T.least_take(sess.rates[d], sess.bursts[d])
+                self.most[d] = T.take_size(sess.rates[d])
             for e in self.limited[d]:
                 self.least[d] = min(self.least[d], T.least_take(e.rates[d], e.bursts[d]))
+                self.most[d] = min(self.most[d], T.take_size(e.rates[d]))
         self.has_limit = [bool(self.limited[d]) or self.local[d] is not None for d in (0, 1)]
         self.grant = [0, 0]
         self.uncounted = [0, 0]
@@ -429,13 +438,13 @@ class Meter:
 
     def take(self, d):
         """Take tokens for direction ``d`` from every bucket of it, as many
-        as the emptiest has (at most a chunk), or none when that is fewer
+        as the emptiest has (at most ``most``: traffic.take_size), or none when that is fewer
         than ``least``: then pause until enough will be there.  Counts what
         is uncounted on the way.  Returns what was taken."""
         now = self.clock()
         tt, mem = self.tt, self.tt.mem
         local = self.local[d]
-        most = float(T.CHUNK)
+        most = float(self.most[d])
         if local is not None:
             most = min(most, local.available(now))
         least = self.least[d]

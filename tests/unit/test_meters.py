@@ -211,3 +211,21 @@ def test_drain_gives_up_when_the_lock_is_held(tt, clock):
     finally:
         tt.release()
     assert tt.drain() == [("address 10.1.2.3", 3, 0)]
+
+
+def test_a_fast_limit_is_taken_in_bigger_bites(tt, clock):
+    # a fiftieth of a second at the rate, at most traffic.MAX_CHUNK: a limit far above
+    # what the session moves must not cost a lock per 64 KiB
+    m, *_ = meter_for(tt, "limit bandwidth user alice 100M", user="alice", clock=clock)
+    assert m.allowance(1) == (100 << 20) // 50
+    fast, *_ = meter_for(tt, "limit bandwidth user bob 100G", user="bob", clock=clock)
+    assert fast.allowance(1) == T.MAX_CHUNK
+    slow, *_ = meter_for(tt, "limit bandwidth user carol 1M", user="carol", clock=clock)
+    assert slow.allowance(1) == T.CHUNK
+
+
+def test_take_size_bounds():
+    assert T.take_size(1) == T.CHUNK
+    assert T.take_size(1 << 40) == T.MAX_CHUNK
+    sizes = [T.take_size(r) for r in range(0, 1 << 30, 1 << 22)]
+    assert sizes == sorted(sizes)
