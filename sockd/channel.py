@@ -6,6 +6,7 @@ Imports the cache codec (JSON, never pickle) and the log; must not import
 the master, the process models or the serving processes.
 """
 
+import gc
 import hashlib
 import json
 import os
@@ -29,7 +30,7 @@ class Channel:
         configuration the codec cannot encode is published as an error the
         readers report.  Raises OSError (no memory)."""
         try:
-            body, error = cache.encode(cfg), None
+            body, error = without_gc(cache.encode, cfg), None
         except Exception as exc:         # reported by the readers, who fall back
             body, error = b"", "%s: %s" % (type(exc).__name__, exc)
         head = json.dumps({"generation": generation, "recheck": bool(recheck_on), "error": error,
@@ -61,10 +62,24 @@ class Channel:
             return None
         if h.get("error"):
             raise ValueError(h["error"])
-        return h["generation"], h["recheck"], cache.decode(body)
+        return h["generation"], h["recheck"], without_gc(cache.decode, body)
 
     def close(self):
         os.close(self.fd)
+
+
+def without_gc(fn, arg):
+    """fn(arg) with the cyclic collector off: coding a configuration makes
+    some ten objects a rule line and frees none, and the collector would
+    walk them again and again for nothing (a third of the time of a
+    100,000-line file, issue 17)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return fn(arg)
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def fetch_recheck(channel, seen, who):
