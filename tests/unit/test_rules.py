@@ -317,7 +317,7 @@ def same(a, b):
     return a is b
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(LINE, min_size=R.Ruleset.INDEX_FROM, max_size=70), st.lists(REQUEST, min_size=1, max_size=25))
 def test_the_index_gives_the_linear_scans_answer(lines, requests):
     """First match wins, through the index exactly as line by line: for
