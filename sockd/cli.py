@@ -21,7 +21,7 @@ import sys
 import traceback
 
 from . import __version__
-from . import cache, configload, daemonize, pidfile, privileges, serving
+from . import cache, configload, daemonize, limits, pidfile, serving
 from .config import printable
 from .errors import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, Bad, ConfigError, Halt, PidfileError, report_config_error,
                      to_stderr)
@@ -168,10 +168,19 @@ def fail(message):
     return EXIT_ERROR
 
 
+def descriptor_limits(cfg):
+    """Raise the open-files limit for ``cfg`` (limits.raise_descriptors:
+    the hard one as root only).  Returns (soft limit, the warning when it is
+    below what ``cfg`` wants, or None)."""
+    wanted = limits.descriptors_wanted(cfg)
+    soft, _hard = limits.raise_descriptors(wanted)
+    return soft, limits.descriptors_short(soft, wanted)
+
+
 def serve(args, cfg, config_path):
     """The stand-alone server: bind, become a daemon, write the pid file,
     serve until stopped.  Returns the exit status."""
-    limit = privileges.raise_nofile()
+    limit, short = descriptor_limits(cfg)
     pid_path = args.pidfile or cfg.pidfile          # -p: made absolute as it was read
     overrides = {}
     if args.workers is not None:
@@ -193,6 +202,8 @@ def serve(args, cfg, config_path):
         log.reopen()
     log.notice("sockd %s starting (pid %d); open files limit %s" % (
         __version__, os.getpid(), "unlimited" if limit < 0 else limit))
+    if short:
+        log.warning(short)
     if pid_path:
         try:
             pidfile.write(pid_path)

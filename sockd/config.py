@@ -88,6 +88,8 @@ def command_colon(raw):
     The classic scan takes the first ':' of the line; IPv6 addresses are
     full of them, so a token that is an IPv6 address (or network) is
     skipped, and the command starts at the first other ':'."""
+    if ":" not in raw:
+        return -1               # most lines: no regular expression at all
     for m in re.finditer(r"\S+", raw):
         tok = m.group()
         if ":" not in tok:
@@ -199,12 +201,7 @@ def addr_candidates(rest, what):
             return [(R.parse_addr_spec(tok), rest[1:])]
         except ValueError as exc:
             raise Bad("bad %s address: %s" % (what, exc), tok) from None
-    try:
-        ipaddress.ip_address(tok)
-        literal = True
-    except ValueError:
-        literal = False
-    if literal:
+    if R.ip_literal(tok) is not None:
         if len(rest) < 2 or rest[1] in R.PORT_OPS:
             raise Bad("%s address needs a mask (or write it as ADDRESS/PREFIX)" % what, tok)
         try:

@@ -21,10 +21,20 @@ touch it (``clients_on`` is false: no client is counted).  The
 ``AddressTable`` is the shared table itself -- the mapping, the lock and
 the bounded probing -- for every per-address count of the server: the
 limits here, the login back-off (backoff.py).
+
+The descriptor limit (RLIMIT_NOFILE) is here too: what a configuration
+needs (``descriptors_wanted``, pure), raising the process's limits at start
+and at a reload (``raise_descriptors``: the hard limit only as root, never
+above the kernel's fs.nr_open; the soft one to the hard one always), and
+the descriptor number past which a worker stops accepting
+(``accept_ceiling``), so that a client it accepts still has a descriptor
+for its destination and the other workers take the rest.
 """
 
+import errno
 import mmap
 import multiprocessing
+import resource
 import struct
 import time
 import zlib
@@ -42,6 +52,90 @@ COUNT = struct.Struct("=i")
 OK, TOO_MANY, PER_ADDRESS, RATE_LIMITED, TOO_MANY_BINDS = range(5)
 REASONS = {TOO_MANY: "limit clients", PER_ADDRESS: "limit per-address", RATE_LIMITED: "limit rate",
            TOO_MANY_BINDS: "limit binds"}
+
+
+# -- descriptors (issue 17: 20,000 idle sessions over two workers) --
+DESCRIPTORS_DEFAULT = 65536   # without limit clients: some 30,000 sessions in one worker
+DESCRIPTORS_PER_CLIENT = 4    # the client, its destination, and an identd query, a BIND's listener or UDP's
+DESCRIPTORS_BASE = 256        # listeners, pipes, the loop, the log, the helper threads' files
+ACCEPT_RESERVE = 64           # descriptors a worker keeps free for the destinations of those it accepted
+NR_OPEN = "/proc/sys/fs/nr_open"
+
+
+def descriptors_wanted(cfg):
+    """The open-files limit a configuration wants for each process:
+    ``limit descriptors`` when given, else four per client of ``limit
+    clients`` (one worker may get them all) and 256 besides, else 65536.
+    Pure."""
+    if cfg.limit_descriptors:
+        return cfg.limit_descriptors
+    if cfg.limit_clients:
+        return DESCRIPTORS_PER_CLIENT * cfg.limit_clients + DESCRIPTORS_BASE
+    return DESCRIPTORS_DEFAULT
+
+
+def read_nr_open(path=NR_OPEN):
+    """The kernel's ceiling for RLIMIT_NOFILE (fs.nr_open), or None when it
+    cannot be read."""
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def raise_descriptors(wanted, nr_open=None):
+    """Raise this process's RLIMIT_NOFILE for ``wanted`` descriptors: the
+    hard limit up to ``wanted`` when it is lower (only a process with
+    CAP_SYS_RESOURCE, root, may; never above ``nr_open``, default the
+    kernel's fs.nr_open), then the soft limit to the hard one, always.
+    Never lowers either.  Returns (soft, hard) as they are now (-1:
+    unlimited).  Processes forked later inherit them."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    infinity = resource.RLIM_INFINITY
+    if hard != infinity and hard < wanted:
+        ceiling = nr_open if nr_open is not None else read_nr_open()
+        target = wanted if ceiling is None else min(wanted, ceiling)
+        if target > hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, target))
+                soft = hard = target
+            except (ValueError, OSError):
+                pass                    # not root (EPERM): the hard limit stays
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft, hard
+
+
+def descriptors_short(soft, wanted):
+    """The warning for a soft limit below what the configuration wants, or
+    None when it is not."""
+    if soft < 0 or soft >= wanted:
+        return None
+    return ("open files limit %d is below the %d this configuration wants (limit descriptors, limit clients): "
+            "a worker serves some %d clients at most; raise the hard limit (ulimit -Hn, systemd's LimitNOFILE=), "
+            "which only root with CAP_SYS_RESOURCE may" % (soft, wanted, max(0, (soft - DESCRIPTORS_BASE) // 2)))
+
+
+def accept_ceiling(reserve=ACCEPT_RESERVE):
+    """The descriptor number from which a worker stops accepting for a
+    moment (the kernel hands out the lowest free one, so an accepted socket
+    numbered this high means that many are in use): the soft limit less
+    ``reserve``; None when unlimited."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY or soft < 0:
+        return None
+    return max(soft - reserve, soft // 2)
+
+
+def nearly_out(fd):
+    """The OSError a worker pauses its accepting on when the socket it has
+    just accepted is numbered ``fd``, past its accept_ceiling()."""
+    return OSError(errno.EMFILE, "descriptor %d in use, near the open files limit" % fd)
 
 
 def key_bytes(key):

@@ -58,6 +58,7 @@ from .errors import ConfigError, EXIT_ERROR, Halt, PrivilegeError, report_config
 from .exporter import Endpoint
 from .health import Health
 from .listeners import inherited_of, inherited_warnings, open_listeners, sock_name
+from .limits import descriptors_short, descriptors_wanted, raise_descriptors
 from .log import log
 from .meters import TrafficControl, TrafficTable
 from .metrics import Totals, decode, families, render
@@ -136,6 +137,7 @@ class Reload:
                 listeners[spec].close()
             master.reload_failed(str(exc))
             return None
+        more_descriptors(master.cfg, new)
         master.generations += 1
         model = MODELS[new.model](master, master.generations, new, identity, listeners,
                                   make_limits(new, master.limits))
@@ -235,6 +237,18 @@ class Reload:
         log.notice("reloaded %s: %d rules, listening on %s%s%s" % (
             m.config_path, len(new.ruleset.rules), ", ".join(sock_name(s) for s in m.listeners.values()),
             m.model.reloaded(), "; live connections re-checked" if new.reload_recheck else ""))
+
+
+def more_descriptors(old, new):
+    """A reload whose file wants more open files than the running one:
+    raise the limit before its processes fork (they inherit it), and say
+    so when it stays below what the file wants (limit descriptors)."""
+    wanted = descriptors_wanted(new)
+    if wanted <= descriptors_wanted(old):
+        return
+    short = descriptors_short(raise_descriptors(wanted)[0], wanted)
+    if short:
+        log.warning(short)
 
 
 def late(now, until, what):

@@ -39,6 +39,7 @@ from . import metrics, privileges, recheck
 from .channel import fetch_recheck
 from .config import traffic_on
 from .errors import Halt, PrivilegeError, WORKER_BOOT_ERROR
+from .limits import accept_ceiling, nearly_out
 from .log import log
 from .loop import Loop, EPOLLIN, EPOLLEXCLUSIVE
 from .meters import TrafficControl, TrafficTable
@@ -309,6 +310,10 @@ class Worker(Serving):
         here = lsock.getsockname()
         # a listener on one address: every client reached that address
         fixed = None if here[0] in ("0.0.0.0", "::") else here
+        # issue 17 (scale): near the open-files limit, pause as on EMFILE, so
+        # that this client still gets a descriptor for its destination and
+        # the other workers take the next ones
+        ceiling = accept_ceiling()
 
         def on_accept(ev, most=32):
             for _ in range(most):
@@ -320,11 +325,15 @@ class Worker(Serving):
                     if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                         self.pause_accepting(exc)
                     break
+                fd = sock.fileno()
                 try:
                     Session(ctx, sock, peer, fixed or sock.getsockname(), True, trust)
                 except OSError:
                     sock.close()
                     continue
+                if ceiling is not None and fd >= ceiling:
+                    self.pause_accepting(nearly_out(fd))
+                    break
             if self.title_timer is None:
                 self.title_stale()
         return on_accept

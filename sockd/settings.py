@@ -193,6 +193,10 @@ SETTINGS = [
     Setting("metrics", "ADDRESS:PORT [CIDR...]", None,
             "serve Prometheus metrics on http://ADDRESS:PORT/metrics to the clients in CIDR... "
             "(default: loopback only); off unless given", to_metrics, whole=True),
+    # -- issue 17, scale: the open-files limit (RLIMIT_NOFILE) the master raises at start and reload --
+    Setting("limit descriptors", "N", 0,
+            "open files each process may have; as root the hard limit is raised to it (0: four per client of "
+            "limit clients and 256 more, or 65536 without one)", to_int(0, 1 << 30)),
 ]
 BY_KEY = {s.key: s for s in SETTINGS}
 GROUPS = {k.split(" ", 1)[0] for k in BY_KEY if " " in k}

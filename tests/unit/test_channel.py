@@ -79,3 +79,31 @@ def test_fetch_recheck_only_for_a_newer_generation_that_asks_for_it(channel):
     assert generation == 2 and got.reload_recheck
     channel.publish(3, cfg, False)                                 # a reload without recheck
     assert CH.fetch_recheck(channel, 2, "child 9") is None
+
+
+def test_rule_lines_travel_as_text_and_come_back_the_same(channel, tmp_path):
+    """The rules are parsed again by the readers (issue 17): every field
+    of every line, its file and line, and the ruleset's hooks and userfiles
+    come back as they were."""
+    text = ("listen 127.0.0.1:0\nreload recheck yes\n"
+            "#NO_IDENTD: echo no identd %A\n"
+            "deny ?=I *=bob,/etc/users 10.0.0.0 255.0.0.0 192.0.2.0/24 eq 25 : echo %u\n"
+            "permit method=gssapi,username tag=web *=alice 0/0 ALL ge 1024\n"
+            "permit ?=i .example.org 2001:db8::/32 neq 80\n"
+            "deny host.example 0.0.0.0 0.0.0.0\n"
+            "permit 127.0.0.0 255.0.0.0\n"
+            "limit bandwidth rule web 1M\n")
+    cfg = C.parse_text(text, "/etc/sockd.conf")
+    cfg.ruleset.userfiles["/etc/users"] = frozenset({"carol"})
+    channel.publish(2, cfg, True)
+    got = channel.fetch()[2]
+    fields = ("action", "ident", "users", "methods", "port_op", "port", "command", "file", "line", "text", "tag")
+
+    def spec(a):
+        return (a.kind, a.family, a.addr, a.mask, a.name, a.text)
+    assert len(got.ruleset.rules) == len(cfg.ruleset.rules) == 5
+    for a, b in zip(cfg.ruleset.rules, got.ruleset.rules):
+        assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
+        assert spec(a.src) == spec(b.src) and spec(a.dst) == spec(b.dst)
+    assert got.ruleset.no_identd == cfg.ruleset.no_identd and got.ruleset.userfiles == {"/etc/users": {"carol"}}
+    assert got.ruleset.needs_src_names and got.ruleset.has_users and got.limit_bandwidth[0].target == "web"

@@ -280,3 +280,108 @@ def test_bad_method_fields_name_their_token(line, near):
     with pytest.raises(C.ConfigError) as e:
         C.parse_text(line + "\n", "m.conf")
     assert "m.conf:1:" in e.value.lines()[0] and "near '%s'" % near in e.value.lines()[0]
+
+
+# --- issue 17 (scale): the index of long rule files, the fast address parser ---------------
+
+V4_NETS = ["10.0.0.0/8", "10.1.0.0/16", "10.1.1.0/24", "10.1.1.1/32", "10.2.0.0 255.255.0.0",
+           "10.0.1.0 255.0.255.0", "0.0.0.0 0.0.0.0", "0/0", "192.0.2.0/24"]
+V6_NETS = ["::1/128", "2001:db8::/32", "2001:db8:1::/48", "::/0"]
+NAMES = ["ALL", "host.example", ".example", "other.test"]
+FIELD = st.sampled_from(V4_NETS + V6_NETS + NAMES)
+ADDRS = st.sampled_from(["10.1.1.1", "10.1.2.3", "10.2.3.4", "10.0.1.9", "192.0.2.7", "198.51.100.1", "::1",
+                         "2001:db8:1::5", "2001:db8:2::5", "fe80::1"])
+LINE = st.tuples(st.sampled_from(["permit", "deny"]),
+                 st.sampled_from(["", "?=I ", "?=i ", "?=n "]),
+                 st.sampled_from(["", "", "*=alice ", "*=bob,alice "]),
+                 st.sampled_from(["", "", "method=gssapi ", "method=none,username "]),
+                 FIELD, st.one_of(st.just(""), FIELD),
+                 st.sampled_from(["", "", "eq 1", "eq 2", "eq 3", "neq 2", "lt 2", "gt 1", "le 2", "ge 3"]))
+
+
+def line_text(t):
+    action, ident, users, method, src, dst, port = t
+    return "%s %s%s%s%s %s %s" % (action, ident, users, method, src, dst, port)
+
+
+REQUEST = st.tuples(ADDRS, st.one_of(ADDRS, st.none()), st.integers(1, 3),
+                    st.sampled_from([None, "alice", "bob", "carol"]),
+                    st.sampled_from([None, "none", "username", "gssapi"]),
+                    st.sampled_from([(), ("host.example",), ("a.example",), ("other.test",)]),
+                    st.sampled_from([(), ("host.example",), ("b.example",)]), st.booleans())
+
+
+def same(a, b):
+    if isinstance(a, R.NEED_USER) or isinstance(b, R.NEED_USER):
+        return isinstance(a, R.NEED_USER) and isinstance(b, R.NEED_USER) and a.rule is b.rule
+    return a is b
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(LINE, min_size=R.Ruleset.INDEX_FROM, max_size=70), st.lists(REQUEST, min_size=1, max_size=25))
+def test_the_index_gives_the_linear_scans_answer(lines, requests):
+    """First match wins, through the index exactly as line by line: for
+    every request, with and without identd's user (NEED_USER stops at the
+    same line), and for may_permit."""
+    rs = C.parse_text("\n".join(line_text(t) for t in lines) + "\n").ruleset
+    assert rs._indexed
+    for src, dst, port, user, method, src_names, dst_names, ident in requests:
+        req = R.Request(R.ip_key(src), R.ip_key(dst) if dst else None, port, user, src_names, dst_names, method)
+
+        def user_of(rule, user=user):
+            return R.NEED_USER(rule) if rule.ident == "I" else user
+        for uo in (None, user_of if ident else (lambda rule: None)):
+            want = rs._scan(req, [], uo)                   # a trace: line by line
+            assert same(rs._scan(req, None, uo), want)
+            assert same(rs.match(req, user_of=uo), want)
+        want = next((e[0] for e in rs._compiled if rs._permit_test(e, R.ip_key(src), user, method)), None)
+        assert rs.may_permit(R.ip_key(src), user, method) is want
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.text(alphabet="0123456789.", max_size=18), st.text(alphabet="0123456789abcdefABCDEF:.%", max_size=30),
+                 st.ip_addresses().map(str), st.text(max_size=8)))
+def test_ip_literal_reads_what_ipaddress_reads(text):
+    try:
+        ip = ipaddress.ip_address(text)
+        want = (ip.version, int(ip))
+    except ValueError:
+        want = None
+    assert R.ip_literal(text) == want
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.ip_addresses().map(str), st.text(alphabet="0123456789.:abcdef", max_size=20)),
+       st.one_of(st.integers(0, 130).map(str), st.sampled_from(["", "08", "255.255.0.0", "0.0.255.255", "+8", "x"])))
+def test_cidr_reads_what_ipaddress_reads(addr, prefix):
+    tok = "%s/%s" % (addr, prefix)
+    try:
+        net = ipaddress.ip_network(tok, strict=False)
+        want = (net.version, int(net.network_address), int(net.netmask))
+    except ValueError:
+        want = None
+    try:
+        got = R.cidr(tok)
+    except ValueError:
+        got = None
+    assert got == want
+
+
+def test_a_long_file_is_filed_in_linear_memory():
+    """Every line sits in one list of the index (no per-key bitsets that
+    grow with the file), and a request looks at the few lines it could match."""
+    text = "".join("deny 10.%d.%d.0/24\n" % (i // 250, i % 250) for i in range(20000)) + "permit 0/0 eq 80\n"
+    rs = C.parse_text(text).ruleset
+    assert sum(len(v) for v in rs._buckets.values()) == 20001
+    seen = []
+
+    def test(entry, req, user_of=None):
+        seen.append(entry[0].line)
+        return R.Ruleset._test(rs, entry, req, user_of)
+    rs._test = test
+    got = rs.match(R.Request(R.ip_key("10.3.7.1"), R.ip_key("192.0.2.1"), 80, None))
+    # the deny of 10.3.7.0/24 and the catch-all: two lines looked at, not 758
+    assert got.line == 3 * 250 + 7 + 1 and sorted(seen) == [758, 20001]
+    del seen[:]
+    got = rs.match(R.Request(R.ip_key("10.200.7.1"), R.ip_key("192.0.2.1"), 80, None))
+    assert got.line == 20001 and seen == [20001]
