@@ -43,6 +43,7 @@ import errno
 import gc
 import os
 import signal
+import socket
 
 from .errors import Halt, PrivilegeError, WORKER_BOOT_ERROR
 from .limits import Limits, OK, REASONS
@@ -256,6 +257,10 @@ class ForkModel(Model):
         super().__init__(master, generation, cfg, identity, listeners, limits)
         self.cap = cfg.limit_clients or FORK_CAP
         self.polled = {s.fileno(): s for s in listeners.values()}
+        # listener fd -> (family, type, proto): the master accepts bare
+        # descriptors (no socket object, no getsockname, no Enum
+        # conversions per client) and the child makes its socket of them
+        self.kinds = {fd: (int(s.family), int(s.type), s.proto) for fd, s in self.polled.items()}
         # with a user, group or chroot to become, one child tries it first
         self.probed = identity is None or not identity.changes_anything
 
@@ -281,12 +286,14 @@ class ForkModel(Model):
         twice, nothing more."""
         master, osys, limits = self.master, self.os, self.limits
         live, cap = master.live, self.cap
-        trust = self.trust.get(lsock.fileno())
+        lfd = lsock.fileno()
+        trust = self.trust.get(lfd)
+        kind = self.kinds[lfd]
         for _ in range(1 << 16 if drain else 16):
             if live["child"] >= cap:
                 return
             try:
-                sock, peer = lsock.accept()
+                fd, peer = lsock._accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -305,20 +312,21 @@ class ForkModel(Model):
             except OSError as exc:
                 osys.sigmask(signal.SIG_SETMASK, old)
                 log.error("cannot fork for a client: %s" % exc.strerror)
-                sock.close()
+                osys.close(fd)
                 if slot is not None:
                     limits.release(slot)
                 return
             if pid == 0:
-                self.child(sock, old, trust, refusal, peer)
+                self.child(fd, kind, old, trust, refusal, peer)
             osys.sigmask(signal.SIG_SETMASK, old)
-            sock.close()
+            osys.close(fd)
             master.add(pid, Proc(self, peer, osys.monotonic()), (limits, "slot", slot) if slot is not None else None)
             master.counts["clients"] += 1
 
-    def child(self, sock, mask, trust, refusal, peer):
-        """In the child: let go of what is the master's, then serve.  Never
-        returns."""
+    def child(self, fd, kind, mask, trust, refusal, peer):
+        """In the child: let go of what is the master's, then serve the
+        client on ``fd`` (accepted from a listener of ``kind``: family,
+        type, proto).  Never returns."""
         # a short life: no garbage collection passes (they would touch, and
         # so copy, the master's pages)
         gc.disable()
@@ -330,6 +338,7 @@ class ForkModel(Model):
             reports = self.cfg.metrics is not None
             master = self.master
             master.forget(close_status=not (counting or reports))
+            sock = socket.socket(*kind, fileno=fd)
             client = OneClient(self.cfg, sock, master.ident_mode, self.generation, master.channel, master.alive_r,
                                inherited=True, proxy=trust, refusal=refusal, peer=peer,
                                limits=ChildLimits(self.limits, master.status_w) if counting else None,

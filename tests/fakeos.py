@@ -22,12 +22,17 @@ class FakeSocket:
 
 
 class FakeListener:
-    """A listening socket: connect() queues a client for accept()."""
+    """A listening socket: connect() queues a client for accept(), or for
+    _accept() (the fork model's: a descriptor, which the owning FakeOS's
+    close() closes)."""
 
-    def __init__(self, fd, host, port):
+    family, type, proto = 2, 1, 0         # AF_INET, SOCK_STREAM
+
+    def __init__(self, fd, host, port, owner=None):
         self.fd = fd
         self.addr = (host, port)
         self.queue = []
+        self.owner = owner
 
     def fileno(self):
         return self.fd
@@ -42,6 +47,12 @@ class FakeListener:
             raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
         sock = self.queue.pop(0)
         return sock, sock.peer
+
+    def _accept(self):
+        sock, peer = self.accept()
+        fd = next(self.owner._fds)
+        self.owner.sockets[fd] = sock
+        return fd, peer
 
     def close(self):
         self.fd = -1
@@ -134,6 +145,7 @@ class FakeOS:
         self.now = 1000.0
         self.cpus = cpus
         self._fds = itertools.count(10)
+        self.sockets = {}           # fd -> FakeSocket handed out by a listener's _accept()
         self._pids = itertools.count(2000)
         self.forked = []              # pids, in order
         self.killed = []              # (pid, signal)
@@ -164,7 +176,9 @@ class FakeOS:
         return 4242
 
     def close(self, fd):
-        pass
+        sock = self.sockets.pop(fd, None)
+        if sock is not None:
+            sock.close()
 
     def read(self, fd, n):
         data = self.pipes.get(fd, b"")
@@ -192,7 +206,7 @@ class FakeOS:
         self.titles.append(title)
 
     def open_listener(self, host, port):
-        lsock = FakeListener(next(self._fds), host, port or 40000 + len(self.listeners))
+        lsock = FakeListener(next(self._fds), host, port or 40000 + len(self.listeners), self)
         self.listeners.append(lsock)
         return lsock
 
