@@ -242,6 +242,7 @@ class Worker(Serving):
                 self.loop.close()
             except BaseException:
                 pass
+            log.flush()
             os._exit(status)
 
     def boot(self):
@@ -272,6 +273,9 @@ class Worker(Serving):
         self.start_accepting()
         self.set_title()
         self.tell_master(b"B %d %d\n" % (self.generation, self.number))
+        # two lines for every client: their stderr copies go out once per turn of the loop
+        log.batch_stderr()
+        loop.idle_hooks.append(log.flush)
 
     def tell_master(self, line):
         """A line on the master's status pipe (atomic: shorter than
@@ -309,17 +313,28 @@ class Worker(Serving):
         here = lsock.getsockname()
         # a listener on one address: every client reached that address
         fixed = None if here[0] in ("0.0.0.0", "::") else here
+        # socket.accept() without its wrapper: the wrapper converts the
+        # listener's family and type to enums on every call (two enum
+        # look-ups per client); the accepted socket is the same
+        raw_accept = lsock._accept
+        fam, typ, proto = int(lsock.family), int(lsock.type), lsock.proto
+        new_socket = socket.socket
 
         def on_accept(ev, most=32):
             for _ in range(most):
                 try:
-                    sock, peer = lsock.accept()
+                    fd, peer = raw_accept()
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:
                     if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                         self.pause_accepting(exc)
                     break
+                try:
+                    sock = new_socket(fam, typ, proto, fd)
+                except OSError:
+                    os.close(fd)
+                    continue
                 try:
                     Session(ctx, sock, peer, fixed or sock.getsockname(), True, trust)
                 except OSError:
