@@ -28,7 +28,7 @@ import socket
 
 from .addresses import addr_text, errno_text
 from .ident import IP_BIND_ADDRESS_NO_PORT
-from .loop import EPOLLOUT
+from .loop import EPOLLERR, EPOLLHUP, EPOLLOUT
 from .relay import set_socket_options
 from .rules import ip_key
 
@@ -80,7 +80,7 @@ class Attempt:
         self.ip = ip
 
     def on_event(self, ev):
-        self.connector.attempt_done(self)
+        self.connector.attempt_done(self, ev)
 
     def close(self):
         """The loop's error handler: the whole connect ends, and its owner."""
@@ -210,12 +210,14 @@ class Connector:
 
     def on_event(self, ev):
         """The events of the attempt this object carries itself."""
-        self.attempt_done(self)
+        self.attempt_done(self, ev)
 
-    def attempt_done(self, a):
-        """An attempt's socket is writable: connected, or failed."""
+    def attempt_done(self, a, ev=EPOLLERR):
+        """An attempt's socket is writable (``ev``): connected, or failed.
+        A connect that failed reports EPOLLERR (tcp_poll), so EPOLLOUT
+        alone means connected, without asking SO_ERROR."""
         sock, fd, ip = a.sock, a.fd, a.ip
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        err = 0 if not ev & (EPOLLERR | EPOLLHUP) else sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         self.attempts.remove(a)
         if a is self:
             self.sock, self.fd = None, -1

@@ -7,6 +7,14 @@ slow syslog daemon must never stall a worker: datagrams are sent with
 MSG_DONTWAIT and counted as dropped when the socket is full.  Every message
 is cut to printable ASCII here, whatever the caller put in it.
 
+A threads-model worker logs two lines for every client; there the copy on
+stderr is batched (``batch_stderr``): the lines of one turn of its poll
+loop go out in one write at the end of the turn (``flush``), cut at line
+boundaries into writes of at most PIPE_BUF bytes, so that lines of
+different processes never interleave.  The lines are the same; a worker
+killed by SIGKILL loses at most the copies of its last turn (syslog has
+them).
+
 Imports only ``validators`` (the facility names) of sockd: every module may
 log, so this one must not import any that logs.
 """
@@ -22,6 +30,7 @@ EMERG, ALERT, CRIT, ERR, WARNING, NOTICE, INFO, DEBUG = range(8)
 LEVEL_NAMES = {ERR: "error", WARNING: "warning", NOTICE: "notice", INFO: "info", DEBUG: "debug"}
 
 _SAFE = bytes(c if 32 <= c < 127 else ord("?") for c in range(256))
+PIPE_BUF = 4096         # a write of at most this many bytes to a pipe is never interleaved
 
 
 def clean(text, limit=2048):
@@ -46,12 +55,16 @@ class Logger:
         self._lock = threading.Lock()
         self.pid = os.getpid()
         self._stamp_at = -1
-        self._stamp = ""
+        self._head = ""             # "STAMP IDENT[PID]: ", rebuilt once a second
+        self.batch = None           # stderr lines waiting for flush(), when batching
         os.register_at_fork(after_in_child=self._forked)
 
     def _forked(self):
-        """A new process: its own pid, and its own syslog socket."""
+        """A new process: its own pid, its own syslog socket, no batch (the
+        parent writes its own)."""
         self.pid = os.getpid()
+        self._stamp_at = -1
+        self.batch = None
         if self._sock is not None:
             self._sock.close()
         self._sock = None
@@ -72,6 +85,40 @@ class Logger:
             self._sock = None
             self._retry_at = 0.0
             self.pid = os.getpid()
+            self._stamp_at = -1
+
+    def batch_stderr(self):
+        """From now on the stderr copies wait for ``flush()`` (a worker's
+        poll loop calls it at the end of every turn)."""
+        if self.batch is None:
+            self.batch = []
+
+    def flush(self):
+        """Write the batched stderr lines: one write per PIPE_BUF bytes of
+        whole lines (a longer line alone)."""
+        if not self.batch:
+            return
+        with self._lock:
+            lines, self.batch = self.batch, []
+        chunk, size = [], 0
+        for line in lines:
+            if size + len(line) > PIPE_BUF and chunk:
+                self._write_stderr(b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+        self._write_stderr(b"".join(chunk))
+
+    @staticmethod
+    def _write_stderr(data):
+        while data:
+            try:
+                n = os.write(2, data)
+            except InterruptedError:
+                continue
+            except OSError:
+                return
+            data = data[n:]
 
     def _connect(self):
         now = time.monotonic()
@@ -99,14 +146,22 @@ class Logger:
         now = int(time.time())
         if now != self._stamp_at:
             self._stamp_at = now
-            self._stamp = time.strftime("%b %e %H:%M:%S", time.localtime(now))
-        line = "%s %s[%d]: %s" % (self._stamp, self.ident, self.pid, msg)
+            self._head = "%s %s[%d]: " % (time.strftime("%b %e %H:%M:%S", time.localtime(now)), self.ident,
+                                          self.pid)
+        line = (self._head + msg).encode()          # once, for both copies
         if self.stderr:
-            try:
-                os.write(2, (line + "\n").encode())
-            except OSError:
-                pass
-        data = ("<%d>%s" % (self.facility * 8 + level, line)).encode()
+            batch = self.batch
+            if batch is not None:
+                with self._lock:
+                    batch = self.batch          # flush() may have taken the list meanwhile
+                    if batch is not None:
+                        batch.append(line + b"\n")
+            if batch is None:
+                try:
+                    os.write(2, line + b"\n")
+                except OSError:
+                    pass
+        data = b"<%d>%s" % (self.facility * 8 + level, line)
         with self._lock:
             s = self._sock or self._connect()
             if s is None:

@@ -159,9 +159,15 @@ def reply4(code, port=0, ip=ZERO4):
     return struct.pack("!BBH4s", 0, code, port, ip)
 
 
+# prebuilt: a reply's first bytes by code, and the method replies (one per client)
+_REPLY5_HEAD = tuple(bytes((5, rep, 0)) for rep in range(256))
+_METHOD_REPLY = tuple(bytes((5, method)) for method in range(256))
+_PORT = struct.Struct("!H").pack
+
+
 def reply5(rep, address="0.0.0.0", port=0):
     """A SOCKS 5 reply; ``address`` is an IPv4/IPv6 literal or a name."""
-    return b"\x05" + bytes((rep, 0)) + encode_address(address) + struct.pack("!H", port)
+    return _REPLY5_HEAD[rep] + encode_address(address) + _PORT(port)
 
 
 def failure_reply(version, rep, code4=S4_REJECTED):
@@ -188,7 +194,7 @@ def rep_for_errno(err):
 
 
 def method_reply(method):
-    return b"\x05" + bytes((method,))
+    return _METHOD_REPLY[method]
 
 
 def userpass_reply(ok):

@@ -243,6 +243,7 @@ class Worker(Serving):
                 self.loop.close()
             except BaseException:
                 pass
+            log.flush()
             os._exit(status)
 
     def boot(self):
@@ -273,6 +274,9 @@ class Worker(Serving):
         self.start_accepting()
         self.set_title()
         self.tell_master(b"B %d %d\n" % (self.generation, self.number))
+        # two lines for every client: their stderr copies go out once per turn of the loop
+        log.batch_stderr()
+        loop.idle_hooks.append(log.flush)
 
     def tell_master(self, line):
         """A line on the master's status pipe (atomic: shorter than
@@ -314,18 +318,28 @@ class Worker(Serving):
         # that this client still gets a descriptor for its destination and
         # the other workers take the next ones
         ceiling = accept_ceiling()
+        # socket.accept() without its wrapper: the wrapper converts the
+        # listener's family and type to enums on every call (two enum
+        # look-ups per client); the accepted socket is the same
+        raw_accept = lsock._accept
+        fam, typ, proto = int(lsock.family), int(lsock.type), lsock.proto
+        new_socket = socket.socket
 
         def on_accept(ev, most=32):
             for _ in range(most):
                 try:
-                    sock, peer = lsock.accept()
+                    fd, peer = raw_accept()
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:
                     if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                         self.pause_accepting(exc)
                     break
-                fd = sock.fileno()
+                try:
+                    sock = new_socket(fam, typ, proto, fd)
+                except OSError:
+                    os.close(fd)
+                    continue
                 try:
                     Session(ctx, sock, peer, fixed or sock.getsockname(), True, trust)
                 except OSError:
