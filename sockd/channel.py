@@ -13,7 +13,6 @@ times as much (issue 17: 2.0 s for 100,000 lines, against 0.1 s).
 """
 
 import copy
-import gc
 import hashlib
 import json
 import os
@@ -39,7 +38,7 @@ class Channel:
         configuration the codec cannot encode is published as an error the
         readers report.  Raises OSError (no memory)."""
         try:
-            body, error = without_gc(encode, cfg), None
+            body, error = C.without_gc(encode, cfg), None
         except Exception as exc:         # reported by the readers, who fall back
             body, error = b"", "%s: %s" % (type(exc).__name__, exc)
         head = json.dumps({"generation": generation, "recheck": bool(recheck_on), "error": error,
@@ -71,7 +70,7 @@ class Channel:
             return None
         if h.get("error"):
             raise ValueError(h["error"])
-        return h["generation"], h["recheck"], without_gc(decode, body)
+        return h["generation"], h["recheck"], C.without_gc(decode, body)
 
     def close(self):
         os.close(self.fd)
@@ -101,20 +100,6 @@ def decode(body):
         raise ValueError("a rule line does not parse again: %s" % exc) from None
     cfg.ruleset = R.Ruleset(rules, bare.no_identd, bare.bad_id, bare.userfiles)
     return cfg
-
-
-def without_gc(fn, arg):
-    """fn(arg) with the cyclic collector off: coding a configuration makes
-    some ten objects a rule line and frees none, and the collector would
-    walk them again and again for nothing (a third of the time of a
-    100,000-line file, issue 17)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return fn(arg)
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def fetch_recheck(channel, seen, who):

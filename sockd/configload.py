@@ -17,7 +17,6 @@ The cli, the tools and the server call this; the client library never does
 (it must not pull in the passwd code and bcrypt).
 """
 
-import gc
 import grp
 import os
 import pwd
@@ -37,16 +36,7 @@ def load(path):
     """Read and parse the configuration at ``path`` and what it names.
     Returns a Config; raises ConfigError with every problem.  Blocks on the
     file system and the passwd and group databases."""
-    # The parse makes some ten objects a line and frees almost none: the
-    # cyclic collector would walk them all again and again (a third of the
-    # time of a 100,000-line file) to find nothing.  Off meanwhile.
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return parse_and_read(path)
-    finally:
-        if enabled:
-            gc.enable()
+    return C.without_gc(parse_and_read, path)
 
 
 def parse_and_read(path):

@@ -22,7 +22,6 @@ import importlib
 import os
 import pkgutil
 import pwd
-import resource
 import socket
 
 import sockd
@@ -131,15 +130,3 @@ def enter(ident):
             pass
         else:
             raise PrivilegeError("could regain root after switching to %s" % ident.user)
-
-
-def raise_nofile():
-    """Raise the soft open-files limit to the hard one.  Returns the limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
