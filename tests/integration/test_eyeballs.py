@@ -226,7 +226,9 @@ def test_a_second_connect_to_a_name_is_answered_by_the_cache(start_sockd, bed):
     assert connect("CACHED.test") == 0                               # the cache's answer, in any case
     assert time.monotonic() - t0 < 1.5, "too slow to show the cache"
     s.wait_log(r"resolve cache: hit cached\.test: 127\.0\.0\.1 \(\d+s old\)")
-    assert len(srv.peers) == 2
+    # the target's accept thread records a peer after the kernel has completed
+    # the connection (and sockd has replied): wait for it, bounded
+    helpers.wait_for(lambda: len(srv.peers) == 2, timeout=5, what="the target to record both connections")
     # resolve life has passed: asked again, and the new answer refuses
     time.sleep(max(0.0, t0 + 1.6 - time.monotonic()))
     assert connect("cached.test") == 5
