@@ -16,8 +16,11 @@ The .deb is built once per session.  Marked slow (about 20 s); it runs in
 `make test` and under CI=true like every other test.
 """
 
+import fcntl
 import grp
+import json
 import os
+import pathlib
 import pwd
 import re
 import shutil
@@ -62,11 +65,28 @@ def refuse(why):
 
 @pytest.fixture(scope="session")
 def deb(tmp_path_factory):
-    """The package, built once: `make deb` in a copy of the checkout as
-    git sees it (tracked and new files; no .venv, no build products).
-    Returns (the .deb, the .changes, the seconds the build took)."""
+    """The package, built once per run: `make deb` in a copy of the checkout
+    as git sees it (tracked and new files; no .venv, no build products).
+    Under pytest-xdist each worker has its own session, so the first to get
+    here builds into the run's shared temporary directory, under a lock, and
+    the other takes that build.  Returns (the .deb, the .changes, the
+    seconds the build took)."""
     for program in ("git", "make", "dpkg-buildpackage", "dh", "lintian"):
         need(program)
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    with open(shared / "sockd-deb.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = shared / "sockd-deb.json"
+        if done.exists():
+            pkg, changes, took = json.loads(done.read_text())
+            return pathlib.Path(pkg), pathlib.Path(changes), took
+        pkg, changes, took = build_deb(tmp_path_factory)
+        done.write_text(json.dumps([str(pkg), str(changes), took]))
+        return pkg, changes, took
+
+
+def build_deb(tmp_path_factory):
     top = tmp_path_factory.mktemp("deb")
     src, out = top / "src", top / "out"
     src.mkdir()
