@@ -116,10 +116,13 @@ def model(request):
 # set-up to their tear-down, the other worker runs no test.  That is for
 # tests that measure time or rates (a neighbour's load would be noise in
 # what they measure), that load the machine on purpose (floods, churn), or
-# that use a resource of the whole machine (identd's port 113, the package
-# installed with dpkg).  Whole files are listed here; a single test in
-# another file carries ``@pytest.mark.serial``.  Serial tests are put last,
-# so that the two workers run the rest side by side first.
+# that use a resource of the whole machine (identd's port 113).  Whole files
+# are listed here; a single test in another file carries
+# ``@pytest.mark.serial``.  Serial tests are put last, so that the two
+# workers run the rest side by side first.  A file whose tests use a thing
+# of the machine that no other test touches (the package installed with
+# dpkg) is in MACHINE_FILES instead: its tests run one at a time, but
+# beside the others.
 
 SERIAL_FILES = {
     "tests/test_bench.py": "the bench's rates",
@@ -128,8 +131,14 @@ SERIAL_FILES = {
     "tests/integration/test_helper_pools.py": "floods, and the time a normal client takes beside them",
     "tests/integration/test_identity.py": "oidentd on 127.0.0.1:113; replies not delayed by the command",
     "tests/integration/test_logins.py": "the timing of password checks; back-off penalties in seconds",
-    "tests/integration/test_package.py": "dpkg installs the package on this machine (/etc/sockd.conf, its user)",
     "tests/integration/test_traffic_control.py": "bandwidth limits: measured rates",
+}
+
+# Files whose tests use one thing of the whole machine that no other test
+# touches: they run one at a time (a lock of that name), but beside the
+# ordinary tests, not alone.
+MACHINE_FILES = {
+    "tests/integration/test_package.py": "dpkg",     # installs the package here (/etc/sockd.conf, its user, init)
 }
 
 # System users that test fixtures make with useradd when missing and delete
@@ -147,10 +156,13 @@ def pytest_configure(config):
                             "-m 'not slow' leaves it out")
     config.addinivalue_line("markers", "serial: runs alone, never beside another test (it measures time or "
                             "rates, loads the machine, or uses a resource of the whole machine)")
+    config.addinivalue_line("markers", "machine(name): uses a thing of the whole machine that only tests of "
+                            "this mark touch: one such test at a time, beside the others")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    missing = [f for f in SERIAL_FILES if not os.path.exists(os.path.join(root, f))]
+    missing = [f for f in list(SERIAL_FILES) + list(MACHINE_FILES) if not os.path.exists(os.path.join(root, f))]
     if missing:
-        raise pytest.UsageError("tests/conftest.py: SERIAL_FILES names files that do not exist: %s" % missing)
+        raise pytest.UsageError("tests/conftest.py: SERIAL_FILES or MACHINE_FILES names files that do not exist: "
+                                "%s" % missing)
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and "sockd_turns" in workerinput:
         config.pluginmanager.register(Turns(workerinput["sockd_turns"]), "sockd-turns")
@@ -162,6 +174,8 @@ def pytest_collection_modifyitems(config, items):
         rel = os.path.relpath(str(item.path), root)
         if rel in SERIAL_FILES:
             item.add_marker(pytest.mark.serial)
+        if rel in MACHINE_FILES:
+            item.add_marker(pytest.mark.machine(MACHINE_FILES[rel]))
     items.sort(key=lambda item: item.get_closest_marker("serial") is not None)       # stable: order kept
 
 
@@ -205,15 +219,25 @@ class Turns:
     """A worker's side of the rule above: two flock files shared by the
     workers of one run.  A serial test takes the gate, then the room alone;
     any other test passes the gate (so it waits while a serial test waits
-    or runs) and shares the room.  Waits are bounded: nothing holds a lock
-    longer than one test."""
+    or runs) and shares the room.  A machine(name) test shares the room
+    too, and holds the file of its name as well, so that two of one name
+    never run at once.  Waits are bounded: nothing holds a lock longer than
+    one test."""
 
     WAIT = 1800          # seconds: far beyond any one test
     POLL = 0.01
 
     def __init__(self, directory):
+        self.directory = directory
         self.gate = open(os.path.join(directory, "gate"), "a")
         self.room = open(os.path.join(directory, "room"), "a")
+        self.things = {}
+
+    def thing(self, name):
+        """The lock of one machine(name) resource (a file beside the gate)."""
+        if name not in self.things:
+            self.things[name] = open(os.path.join(self.directory, "machine-" + name), "a")
+        return self.things[name]
 
     def take(self, f, how, what):
         end = time.monotonic() + self.WAIT
@@ -237,9 +261,15 @@ class Turns:
             raise
         if not alone:
             fcntl.flock(self.gate, fcntl.LOCK_UN)
+        mark = item.get_closest_marker("machine")
+        thing = self.thing(mark.args[0]) if mark is not None else None
         try:
+            if thing is not None:
+                self.take(thing, fcntl.LOCK_EX, item.nodeid)
             yield
         finally:
+            if thing is not None:
+                fcntl.flock(thing, fcntl.LOCK_UN)
             fcntl.flock(self.room, fcntl.LOCK_UN)
             if alone:
                 fcntl.flock(self.gate, fcntl.LOCK_UN)
