@@ -727,8 +727,8 @@ class Session:
 
     def lookup_names(self):
         """The host names the rules need, looked up off the loop; then judge."""
-        rs = self.ctx.ruleset
-        named = self.dst_host is None and not self.bind_unnamed()
+        rs = self.ctx.config.ruleset
+        named = self.dst_host is None and not (self.command == P.CMD_BIND and self.bind_unnamed())
         if rs.needs_src_names or (rs.needs_dst_names and named):
             self.look_up("names", lookup_names, (self.client_ip, self.dst_ip if named else None,
                                                  rs.needs_src_names, rs.needs_dst_names), self.on_names)
@@ -772,7 +772,7 @@ class Session:
         src_names, dst_names = self.names
         if peer is not None:
             dsts, dst_names = [peer], peer_names
-        elif self.bind_unnamed():
+        elif self.command == P.CMD_BIND and self.bind_unnamed():
             dsts = None
         else:
             dsts = [ip for _, ip in self.candidates]
@@ -789,7 +789,8 @@ class Session:
             return
         if verdict.rule is not None:
             self.hit(verdict.rule.where)
-        self.alert(verdict)
+        if verdict.alert is not None:
+            self.alert(verdict)
         if not verdict.allowed:
             self.refuse(verdict)
             return
@@ -802,7 +803,8 @@ class Session:
             self.dst_ip = addr_text(self.candidates[0][1])
         if self.ctx.traffic is not None and not self.traffic_admits(verdict.rule):
             return
-        self.run_command(self.rule.command, self.rule.where)
+        if self.rule.command:
+            self.run_command(self.rule.command, self.rule.where)
         cfg = self.ctx.config
         if cfg.wayout is not None:
             self.way_out(cfg)
