@@ -149,23 +149,21 @@ class Logger:
             self._head = "%s %s[%d]: " % (time.strftime("%b %e %H:%M:%S", time.localtime(now)), self.ident,
                                           self.pid)
         line = (self._head + msg).encode()          # once, for both copies
-        if self.stderr:
-            batch = self.batch
-            if batch is not None:
-                with self._lock:
-                    batch = self.batch          # flush() may have taken the list meanwhile
-                    if batch is not None:
-                        batch.append(line + b"\n")
-            if batch is None:
-                try:
-                    os.write(2, line + b"\n")
-                except OSError:
-                    pass
-        data = b"<%d>%s" % (self.facility * 8 + level, line)
+        direct = self.stderr and self.batch is None
+        if direct:
+            try:
+                os.write(2, line + b"\n")
+            except OSError:
+                pass
+        # one hold of the lock for the batched copy (flush() takes the list
+        # under it) and the syslog socket
         with self._lock:
+            if self.stderr and not direct:
+                self.batch.append(line + b"\n")
             s = self._sock or self._connect()
             if s is None:
                 return
+            data = b"<%d>%s" % (self.facility * 8 + level, line)
             try:
                 s.send(data, socket.MSG_DONTWAIT)
             except BlockingIOError:

@@ -27,6 +27,7 @@ from every process on its status pipe, and the text format is a few lines
 of code.
 """
 
+import bisect
 import math
 
 # -- the families a process counts (the first item of a key in Context.counts)
@@ -66,14 +67,7 @@ def bump(counts, key, n=1):
 def bucket(seconds):
     """The index in BUCKETS of the first bound at or above ``seconds``
     (len(BUCKETS): +Inf)."""
-    lo, hi = 0, len(BUCKETS)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if BUCKETS[mid] < seconds:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+    return bisect.bisect_left(BUCKETS, seconds)
 
 
 def observe_reply(counts, seconds):

@@ -107,16 +107,17 @@ class Relay:
         the remote sent before it began (behind an upstream proxy's reply),
         for the client."""
         loop = self.loop
-        for fd, mask, handler in ((self.cfd, cmask, self.on_client), (self.rfd, rmask, self.on_remote)):
-            if mask < 0:
-                loop.add(fd, 0, handler)
-                mask = 0
-            else:
-                loop.rebind(fd, handler)
-            if fd == self.cfd:
-                self.cmask = mask
-            else:
-                self.rmask = mask
+        if cmask < 0:
+            loop.add(self.cfd, 0, self.on_client)
+            cmask = 0
+        else:
+            loop.rebind(self.cfd, self.on_client)
+        if rmask < 0:
+            loop.add(self.rfd, 0, self.on_remote)
+            rmask = 0
+        else:
+            loop.rebind(self.rfd, self.on_remote)
+        self.cmask, self.rmask = cmask, rmask
         if early:
             self.n_cr += len(early)
             try:

@@ -123,7 +123,7 @@ class Session:
         "state", "hs", "version", "command", "user", "realuser", "dst_host", "dst_ip", "dst_port",
         "candidates", "rule", "timer", "cmask", "early", "last", "ident", "identq", "authenticated",
         "names", "aux", "relay", "peer", "logdesc", "lslot", "refusal", "method", "gss", "prot", "level",
-        "via", "tplan", "t0", "outcome",
+        "via", "tplan", "t0", "outcome", "due", "on_due",
         "__weakref__",
     )
 
@@ -193,8 +193,10 @@ class Session:
             self.state = PROXYHDR
             self.hs = None
         loop.add(self.cfd, EPOLLIN, self.on_client)
+        self.timer = self.on_due = None
         t = ctx.config.timeout_negotiate
-        self.timer = loop.call_later(t, self.on_negotiate_timeout) if t > 0 else None
+        if t > 0:
+            self.arm(t, self.on_negotiate_timeout)
         if ctx.limits is not None and proxy is None:
             self.apply_limits()
         self.last = loop.now
@@ -427,8 +429,7 @@ class Session:
             return
         self.refusal = (REASONS[verdict], log_it)
         if self.timer is not None and self.ctx.config.timeout_negotiate > 5:
-            self.timer.cancel()
-            self.timer = self.loop.call_later(5, self.on_negotiate_timeout)
+            self.arm(5, self.on_negotiate_timeout)
 
     def refuse_over_limit(self):
         self.over_limit(*self.refusal)
@@ -726,8 +727,8 @@ class Session:
 
     def lookup_names(self):
         """The host names the rules need, looked up off the loop; then judge."""
-        rs = self.ctx.ruleset
-        named = self.dst_host is None and not self.bind_unnamed()
+        rs = self.ctx.config.ruleset
+        named = self.dst_host is None and not (self.command == P.CMD_BIND and self.bind_unnamed())
         if rs.needs_src_names or (rs.needs_dst_names and named):
             self.look_up("names", lookup_names, (self.client_ip, self.dst_ip if named else None,
                                                  rs.needs_src_names, rs.needs_dst_names), self.on_names)
@@ -771,7 +772,7 @@ class Session:
         src_names, dst_names = self.names
         if peer is not None:
             dsts, dst_names = [peer], peer_names
-        elif self.bind_unnamed():
+        elif self.command == P.CMD_BIND and self.bind_unnamed():
             dsts = None
         else:
             dsts = [ip for _, ip in self.candidates]
@@ -788,7 +789,8 @@ class Session:
             return
         if verdict.rule is not None:
             self.hit(verdict.rule.where)
-        self.alert(verdict)
+        if verdict.alert is not None:
+            self.alert(verdict)
         if not verdict.allowed:
             self.refuse(verdict)
             return
@@ -801,7 +803,8 @@ class Session:
             self.dst_ip = addr_text(self.candidates[0][1])
         if self.ctx.traffic is not None and not self.traffic_admits(verdict.rule):
             return
-        self.run_command(self.rule.command, self.rule.where)
+        if self.rule.command:
+            self.run_command(self.rule.command, self.rule.where)
         cfg = self.ctx.config
         if cfg.wayout is not None:
             self.way_out(cfg)
@@ -956,7 +959,9 @@ class Session:
             self.upstream_peer(connector, sock)
             return
         self.dst_ip = ip
-        self.cancel_timer()
+        # the connect deadline is over; start_relay arms the idle timeout on
+        # the same timer (close() cancels it)
+        self.on_due = None
         bnd = None
         first = b""
         if type(connector) is not Connector:
@@ -1202,7 +1207,9 @@ class Session:
     def start_idle_timer(self):
         idle = self.ctx.config.timeout_idle
         if idle > 0:
-            self.timer = self.loop.call_later(idle, self.on_idle_check)
+            self.arm(idle, self.on_idle_check)
+        else:
+            self.cancel_timer()
 
     def on_idle_check(self):
         self.timer = None
@@ -1212,7 +1219,8 @@ class Session:
         last = self.relay.last if self.relay is not None else self.last
         due = last + idle
         if due > self.loop.now + 0.5:
-            self.timer = self.loop.call_at(due, self.on_idle_check)
+            self.due, self.on_due = due, self.on_idle_check
+            self.timer = self.loop.call_at(due, self.on_timer)
             return
         self.ctx.log.notice("timed-out -- %s: idle for %gs" % (self.desc(), idle))
         self.close()
@@ -1220,12 +1228,46 @@ class Session:
     # --- deadlines and the end -----------------------------------------------------------------
     def set_deadline(self, callback):
         """``timeout connect`` from now, replacing any earlier deadline."""
-        self.cancel_timer()
         t = self.ctx.config.timeout_connect
         if t > 0:
-            self.timer = self.loop.call_later(t, callback)
+            self.arm(t, callback)
+        else:
+            self.cancel_timer()
+
+    def arm(self, delay, callback):
+        """``callback()`` in ``delay`` seconds, replacing the deadline
+        armed before.  A session has one timer for its successive deadlines
+        (negotiate, connect, idle): when the one armed fires no later than
+        the new deadline's second, it is kept and re-armed for the rest when
+        it fires (``on_timer``), so that a client served within its first
+        deadline creates and cancels one timer, not three.  The callback
+        runs when a timer of its own would have (the loop's wheel: at most
+        a second late)."""
+        loop = self.loop
+        due = loop.now + delay
+        t = self.timer
+        if t is not None:
+            if delay >= 1.0 and t.when <= int(due) + 1:
+                self.due, self.on_due = due, callback
+                return
+            t.cancel()
+        self.due, self.on_due = due, callback
+        self.timer = loop.call_at(due, self.on_timer)
+
+    def on_timer(self):
+        self.timer = None
+        cb = self.on_due
+        if cb is None:
+            return
+        if self.loop.now < self.due:
+            # armed for an earlier deadline, since moved on: wait for this one
+            self.timer = self.loop.call_at(self.due, self.on_timer)
+            return
+        self.on_due = None
+        cb()
 
     def cancel_timer(self):
+        self.on_due = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

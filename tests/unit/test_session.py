@@ -407,6 +407,57 @@ def test_timeout_connect_covers_a_silent_identd(loop, net, log, server, monkeypa
     assert nothing_left(loop, sess) and sess.identq is None
 
 
+def test_a_served_client_makes_one_timer_for_its_deadlines(loop, net, log, server, monkeypatch):
+    """negotiate, connect and idle deadlines of whole seconds share the
+    session's one timer: the later ones wait behind the first."""
+    echo = net.echo_server()
+    made = []
+    real = loop.call_at
+
+    def call_at(when, cb):
+        made.append(getattr(cb, "__name__", cb))
+        return real(when, cb)
+    monkeypatch.setattr(loop, "call_at", call_at)
+    srv = server("timeout negotiate 30\ntimeout connect 120\ntimeout idle 7200\npermit 0/0\n")
+    client, sess = srv.client(GREETING + connect5("127.0.0.1", echo.port) + b"ping")
+    assert run_until(loop, lambda: client.data.endswith(b"ping"))
+    assert made.count("on_timer") == 1 and sess.on_due == sess.on_idle_check
+    assert sess.timer.when <= int(sess.due) + 1 and sess.due >= loop.now + 7199
+    client.shutdown()
+    assert run_until(loop, lambda: srv.ended)
+    assert nothing_left(loop, sess) and sess.timer is None and sess.on_due is None
+
+
+def test_a_deadline_later_than_the_timer_waits_for_its_own_second(loop, net, log, server, monkeypatch):
+    """timeout negotiate 1, timeout connect 2, identd silent: the timer of
+    the negotiation fires first and waits on for the connect deadline,
+    which ends the request (not as a negotiation timeout)."""
+    identd = Identd(loop, net, lambda q: "silent")
+    monkeypatch.setattr(I, "IDENT_PORT", identd.port)
+    srv = server("timeout negotiate 1\ntimeout connect 2\ntimeout ident 30\npermit ?=I 127.0.0.0/8\n")
+    start = time.monotonic()
+    client, sess = srv.client(GREETING + connect5("127.0.0.1", 80))
+    assert run_until(loop, lambda: client.eof, timeout=6)
+    assert time.monotonic() - start >= 1.5
+    assert reply5(client.data)[0][0] == P.REP_TTL_EXPIRED
+    assert log.lines("notice") == ["timed-out -- Connect from unknown(unknown)@127.0.0.1 to 127.0.0.1 (http)"]
+    assert nothing_left(loop, sess)
+
+
+def test_a_deadline_earlier_than_the_timer_replaces_it(loop, net, log, server, monkeypatch):
+    """timeout negotiate 5, timeout connect 1: the connect deadline, armed
+    later, comes first."""
+    identd = Identd(loop, net, lambda q: "silent")
+    monkeypatch.setattr(I, "IDENT_PORT", identd.port)
+    srv = server("timeout negotiate 5\ntimeout connect 1\ntimeout ident 30\npermit ?=I 127.0.0.0/8\n")
+    start = time.monotonic()
+    client, sess = srv.client(GREETING + connect5("127.0.0.1", 80))
+    assert run_until(loop, lambda: client.eof, timeout=4)
+    assert 1 <= time.monotonic() - start < 3
+    assert reply5(client.data)[0][0] == P.REP_TTL_EXPIRED
+    assert nothing_left(loop, sess)
+
+
 def test_an_unknown_command_is_answered_7(loop, log, server):
     srv = server()
     client, sess = srv.client(GREETING + b"\x05\x09\x00\x01\x7f\x00\x00\x01\x00\x50")
