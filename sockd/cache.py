@@ -34,7 +34,7 @@ import stat as S
 import sys
 import tempfile
 
-from . import __version__
+from . import __version__, extras
 
 FORMAT = "sockd-config/1"
 DEFAULT_DIR = "/var/cache/sockd"
@@ -306,7 +306,10 @@ class Recording:
 def _is_code(path):
     if path.endswith((".py", ".pyc", ".so", ".pth")) or "__pycache__" in path:
         return True
-    return path.startswith(("/proc/", "/sys/", "/dev/"))
+    if path.startswith(("/proc/", "/sys/", "/dev/")):
+        return True
+    # a package's directory, listed by an import in the block (extras.load_for)
+    return os.path.isfile(os.path.join(path, "__init__.py"))
 
 
 def fingerprint_file(path):
@@ -416,7 +419,9 @@ def load(config_path, directory=None):
         body = nl[head_end + 1:]
         if hashlib.sha256(body).hexdigest() != head.get("sha256"):
             return None
-        return decode(body)
+        cfg = decode(body)
+        extras.load_for(cfg)        # as configload.load does
+        return cfg
     except Exception:                # a miss: the caller parses the file
         return None
 
