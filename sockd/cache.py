@@ -32,7 +32,6 @@ import math
 import os
 import stat as S
 import sys
-import tempfile
 
 from . import __version__, extras
 
@@ -451,7 +450,11 @@ def store(config_path, cfg, files, directory=None):
     try:
         if not os.path.isdir(d):
             os.mkdir(d, 0o700)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
+        # tempfile.mkstemp's open; not tempfile itself, which brings the
+        # random module, whose at-fork hook re-seeds in every fork-model
+        # child (docs/performance.md section 3)
+        tmp = os.path.join(d, ".tmp-" + os.urandom(8).hex())
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError:
         return None
     try:

@@ -108,6 +108,17 @@ def test_the_server_loads_no_lazy_library_of_its_own():
     assert loaded_after("import sockd.cli, sockd.serving, sockd.master, sockd.session") == set()
 
 
+def test_the_server_registers_no_random_reseed_at_fork():
+    """The random module re-seeds itself in every forked child (an at-fork
+    hook: some 40 page faults per fork-model client); nothing of the
+    server's imports it (cache.store makes its temporary file without
+    tempfile, which would)."""
+    env = dict(os.environ, PYTHONPATH=str(PKG.parent))
+    probe = "import sockd.cli, sockd.serving, sockd.master, sys\nprint('random' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+
+
 def test_a_configuration_loads_what_it_uses(tmp_path):
     """Read at start and at a reload, in the master, before any fork: a
     plain file loads none, ``passwd`` loads bcrypt, ``methods gssapi`` the
