@@ -26,7 +26,6 @@ Nothing here runs on a connection's path.
 import base64
 import hashlib
 import importlib
-import inspect
 import json
 import math
 import os
@@ -49,25 +48,22 @@ class Uncacheable(Exception):
 _CTOR = {}       # class -> tuple of constructor parameter names, or None
 
 
+CO_VARARGS, CO_VARKEYWORDS = 0x04, 0x08     # inspect's code flags (*args, **kwargs)
+
+
 def _ctor_params(cls):
+    """The names of the parameters of ``cls``'s constructor after self, or
+    None (no constructor of its own, one in C, or one taking *args or
+    **kwargs).  Read from its code object, as inspect.signature would give
+    them: not inspect itself, which brings dis and ast, some 1.2 MB in the
+    master that every fork-model client pays for (docs/performance.md
+    section 3)."""
     if cls not in _CTOR:
         params = None
         init = cls.__init__
-        if init is not object.__init__:
-            try:
-                sig = inspect.signature(init)
-            except (TypeError, ValueError):
-                sig = None
-            if sig is not None:
-                names = []
-                for i, p in enumerate(sig.parameters.values()):
-                    if i == 0:
-                        continue            # self
-                    if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                        names = None
-                        break
-                    names.append(p.name)
-                params = tuple(names) if names is not None else None
+        code = getattr(init, "__code__", None) if init is not object.__init__ else None
+        if code is not None and not code.co_flags & (CO_VARARGS | CO_VARKEYWORDS):
+            params = tuple(code.co_varnames[1:code.co_argcount + code.co_kwonlyargcount])
         _CTOR[cls] = params
     return _CTOR[cls]
 

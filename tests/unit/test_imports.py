@@ -108,15 +108,22 @@ def test_the_server_loads_no_lazy_library_of_its_own():
     assert loaded_after("import sockd.cli, sockd.serving, sockd.master, sockd.session") == set()
 
 
-def test_the_server_registers_no_random_reseed_at_fork():
-    """The random module re-seeds itself in every forked child (an at-fork
-    hook: some 40 page faults per fork-model client); nothing of the
-    server's imports it (cache.store makes its temporary file without
-    tempfile, which would)."""
+# what the server once imported for one call each, and no longer does, for
+# what they cost every fork-model client: random's at-fork hook re-seeds in
+# every child (tempfile brought it: cache.store opens its file itself);
+# multiprocessing's package and synchronize module (limits.shared_lock makes
+# the same semaphore); inspect with dis and ast (cache._ctor_params reads
+# the code object)
+NOT_IN_THE_SERVER = ("random", "tempfile", "multiprocessing", "inspect")
+
+
+def test_the_server_does_without_what_it_used_once():
     env = dict(os.environ, PYTHONPATH=str(PKG.parent))
-    probe = "import sockd.cli, sockd.serving, sockd.master, sys\nprint('random' in sys.modules)"
+    probe = ("import sockd.cli, sockd.serving, sockd.master, sys\nfrom sockd import limits\n"
+             "limits.AddressTable(limits.COUNT)\nprint(' '.join(m for m in %r if m in sys.modules))"
+             % (NOT_IN_THE_SERVER,))
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "False", out.stderr
+    assert out.returncode == 0 and out.stdout.strip() == "", (out.stdout, out.stderr)
 
 
 def test_a_configuration_loads_what_it_uses(tmp_path):
