@@ -26,13 +26,13 @@ new one (an hour's worth); when a rolling window moves on by an hour, by
 taking off the hour it has left behind.  Reload keeps the table and so
 every count; a start reads them back from the file.
 
-Imports only log and traffic of sockd (the table comes from the master).
+Imports only extras, log and traffic of sockd (the table comes from the master).
 """
 
 import os
-import sqlite3
 import time
 
+from . import extras
 from . import traffic as T
 from .log import log
 
@@ -74,6 +74,7 @@ class Store:
 
     def __init__(self, path, busy=BUSY, readonly=False):
         self.path = path
+        sqlite3 = extras.sqlite3()     # loaded by the master when it opens the file (extras.py)
         try:
             if readonly:
                 if not os.path.exists(path):
@@ -266,7 +267,7 @@ class Accountant:
             self.turn()
             self.apply_resets()
             self.prune()
-        except sqlite3.Error as exc:
+        except extras.sqlite3().Error as exc:
             self.failed("reading", exc)
 
     def write(self):
@@ -276,7 +277,7 @@ class Accountant:
         rows = [(k, u, d) for k, (u, d) in self.carry.items()]
         try:
             self.store.add(rows, T.slice_start(self.clock()))
-        except sqlite3.Error as exc:
+        except extras.sqlite3().Error as exc:
             self.failed("writing", exc)
             return False
         self.carry = {}

@@ -26,15 +26,13 @@ Nothing here runs on a connection's path.
 import base64
 import hashlib
 import importlib
-import inspect
 import json
 import math
 import os
 import stat as S
 import sys
-import tempfile
 
-from . import __version__
+from . import __version__, extras
 
 FORMAT = "sockd-config/1"
 DEFAULT_DIR = "/var/cache/sockd"
@@ -50,25 +48,22 @@ class Uncacheable(Exception):
 _CTOR = {}       # class -> tuple of constructor parameter names, or None
 
 
+CO_VARARGS, CO_VARKEYWORDS = 0x04, 0x08     # inspect's code flags (*args, **kwargs)
+
+
 def _ctor_params(cls):
+    """The names of the parameters of ``cls``'s constructor after self, or
+    None (no constructor of its own, one in C, or one taking *args or
+    **kwargs).  Read from its code object, as inspect.signature would give
+    them: not inspect itself, which brings dis and ast, some 1.2 MB in the
+    master that every fork-model client pays for (docs/performance.md
+    section 3)."""
     if cls not in _CTOR:
         params = None
         init = cls.__init__
-        if init is not object.__init__:
-            try:
-                sig = inspect.signature(init)
-            except (TypeError, ValueError):
-                sig = None
-            if sig is not None:
-                names = []
-                for i, p in enumerate(sig.parameters.values()):
-                    if i == 0:
-                        continue            # self
-                    if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                        names = None
-                        break
-                    names.append(p.name)
-                params = tuple(names) if names is not None else None
+        code = getattr(init, "__code__", None) if init is not object.__init__ else None
+        if code is not None and not code.co_flags & (CO_VARARGS | CO_VARKEYWORDS):
+            params = tuple(code.co_varnames[1:code.co_argcount + code.co_kwonlyargcount])
         _CTOR[cls] = params
     return _CTOR[cls]
 
@@ -306,7 +301,10 @@ class Recording:
 def _is_code(path):
     if path.endswith((".py", ".pyc", ".so", ".pth")) or "__pycache__" in path:
         return True
-    return path.startswith(("/proc/", "/sys/", "/dev/"))
+    if path.startswith(("/proc/", "/sys/", "/dev/")):
+        return True
+    # a package's directory, listed by an import in the block (extras.load_for)
+    return os.path.isfile(os.path.join(path, "__init__.py"))
 
 
 def fingerprint_file(path):
@@ -416,7 +414,9 @@ def load(config_path, directory=None):
         body = nl[head_end + 1:]
         if hashlib.sha256(body).hexdigest() != head.get("sha256"):
             return None
-        return decode(body)
+        cfg = decode(body)
+        extras.load_for(cfg)        # as configload.load does
+        return cfg
     except Exception:                # a miss: the caller parses the file
         return None
 
@@ -446,7 +446,11 @@ def store(config_path, cfg, files, directory=None):
     try:
         if not os.path.isdir(d):
             os.mkdir(d, 0o700)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
+        # tempfile.mkstemp's open; not tempfile itself, which brings the
+        # random module, whose at-fork hook re-seeds in every fork-model
+        # child (docs/performance.md section 3)
+        tmp = os.path.join(d, ".tmp-" + os.urandom(8).hex())
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError:
         return None
     try:

@@ -14,7 +14,8 @@ the lines' in line order (the system checks among them), then those of
 the referenced files.
 
 The cli, the tools and the server call this; the client library never does
-(it must not pull in the passwd code and bcrypt).
+(it must not pull in the passwd code and bcrypt).  What the configuration
+uses of gssapi and bcrypt is loaded here (extras.load_for).
 """
 
 import grp
@@ -23,6 +24,7 @@ import pwd
 import stat
 
 from . import config as C
+from . import extras
 from . import gss
 from . import netinfo
 from . import passwd as PW
@@ -49,6 +51,7 @@ def parse_and_read(path):
     if problems:
         raise ConfigError(problems)
     read_userfiles(cfg)
+    extras.load_for(cfg)
     C.finish(cfg)
     if cfg.deny_private_destinations != "no":
         cfg.own_addresses = netinfo.local_addresses()

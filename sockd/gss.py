@@ -4,7 +4,9 @@ Kerberos.  The wire format and the level rules are gss1961's (pure).
 
 python-gssapi is an optional extra (``pip install 'sockd[gssapi]'``):
 without it ``MISSING`` says what to install, and the configuration
-refuses ``methods gssapi`` with that text at its line (configload).
+refuses ``methods gssapi`` with that text at its line (configload).  It
+is imported only when a configuration names the method (extras.py:
+``available()``, which configload calls, loads it in the master).
 
 Context steps can be slow (the keytab is read, the replay cache written)
 and run on the loop's helper pool for logins, like password checks;
@@ -12,19 +14,10 @@ wrapping and unwrapping run on the loop (AES on a few KiB: microseconds).
 Every failure is a ``GssFailure`` whose text is fit for the log.
 """
 
+from . import extras
 from . import gss1961 as G
 from .log import clean
 from .protocol import ProtocolError
-
-try:
-    import gssapi
-    import gssapi.raw as graw
-    from gssapi.exceptions import GSSError
-except ImportError:          # the optional extra is not installed
-    gssapi = graw = None
-
-    class GSSError(Exception):
-        pass
 
 MISSING = ("the Python package gssapi is not installed: pip install 'sockd[gssapi]' "
            "(it builds against MIT Kerberos: apt-get install libkrb5-dev gcc)")
@@ -32,7 +25,8 @@ MAX_ROUNDS = 8            # context tokens a client may send (Kerberos needs 1, 
 
 
 def available():
-    return gssapi is not None
+    """Is the gssapi package there?  Loads it (extras.py)."""
+    return extras.gssapi() is not None
 
 
 class GssFailure(Exception):
@@ -100,6 +94,7 @@ class Acceptor:
         self.rounds += 1
         if self.rounds > MAX_ROUNDS:
             raise GssFailure("more than %d context tokens" % MAX_ROUNDS)
+        gssapi = extras.gssapi()
         try:
             if self.ctx is None:
                 store = {"keytab": self.keytab} if self.keytab else None
@@ -114,7 +109,7 @@ class Acceptor:
                 return out, False
             target = str(self.ctx.target_name) if self.ctx.target_name is not None else ""
             principal = str(self.ctx.initiator_name)
-        except GSSError as exc:
+        except gssapi.exceptions.GSSError as exc:
             raise GssFailure(error_text(exc)) from None
         if not service_matches(target, self.services):
             raise GssFailure("the client asked for the service %s, not one of gssapi service (%s)" % (
@@ -128,9 +123,10 @@ class Acceptor:
         it spoke the NEC variant (one plain octet).  Raises ProtocolError."""
         if len(token) == 1:
             return token[0], True
+        gssapi = extras.gssapi()
         try:
-            msg = graw.unwrap(self.ctx, token).message
-        except GSSError as exc:
+            msg = gssapi.raw.unwrap(self.ctx, token).message
+        except gssapi.exceptions.GSSError as exc:
             raise ProtocolError("GSS-API protection level does not unwrap: %s" % error_text(exc)) from None
         if len(msg) != 1:
             raise ProtocolError("GSS-API protection level of %d octets, not 1" % len(msg))
@@ -140,11 +136,13 @@ class Acceptor:
         """The mtyp 2 token that answers with ``level``."""
         if nec:
             return bytes((level,))
-        return graw.wrap(self.ctx, bytes((level,)), False).message
+        return extras.gssapi().raw.wrap(self.ctx, bytes((level,)), False).message
 
     def protection(self, level):
         """The connection's gss1961.Protection at level 1 or 2."""
         ctx, conf = self.ctx, level == G.CONFIDENTIALITY
+        lib = extras.gssapi()
+        graw, GSSError = lib.raw, lib.exceptions.GSSError
         try:
             chunk = graw.wrap_size_limit(ctx, G.MAX_TOKEN, conf)
         except GSSError:

@@ -31,9 +31,10 @@ the descriptor number past which a worker stops accepting
 for its destination and the other workers take the rest.
 """
 
+import _multiprocessing
 import errno
 import mmap
-import multiprocessing
+import os
 import resource
 import struct
 import time
@@ -143,6 +144,20 @@ def key_bytes(key):
     return KEY.pack(fam, n.to_bytes(16, "big"))
 
 
+SEMAPHORE = 1             # multiprocessing.synchronize's kind of a Lock (0 is a recursive mutex)
+
+
+def shared_lock():
+    """A lock shared by every process forked after it is made, and by their
+    threads: a POSIX semaphore of value 1, which is what
+    ``multiprocessing.Lock()`` is under the fork start method
+    (``_multiprocessing.SemLock``, its name unlinked at once), without the
+    multiprocessing package and its synchronize module in the master, which
+    every fork-model client pays for (docs/performance.md section 3)."""
+    name = "/sockd-%d-%s" % (os.getpid(), os.urandom(8).hex())
+    return _multiprocessing.SemLock(SEMAPHORE, 1, 1, name, True)
+
+
 class AddressTable:
     """Client addresses in an anonymous shared mapping, made by the master
     before it forks so that every process sees the same table: SLOTS keys,
@@ -165,7 +180,7 @@ class AddressTable:
         self.rec_off = slots * key_size
         self.extra_off = self.rec_off + slots * record.size
         self.mem = mmap.mmap(-1, self.extra_off + extra)    # anonymous and shared across fork
-        self.lock = multiprocessing.Lock()
+        self.lock = shared_lock()
 
     def slot(self, kb, insert, dead, fresh):
         """The slot of key bytes ``kb`` (key_bytes), or -1.  With

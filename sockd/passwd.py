@@ -20,7 +20,7 @@ import collections
 import os
 import threading
 
-import bcrypt
+from . import extras
 
 BCRYPT_PREFIXES = ("$2y$", "$2b$", "$2a$")
 MAX_USER = 255
@@ -179,11 +179,12 @@ class PasswdFile:
         entries, dummy = self.state
         hashed = entries.get(user)
         try:
-            ok = bcrypt.checkpw(password[:MAX_PASSWORD], dummy if hashed is None else hashed)
+            ok = extras.bcrypt().checkpw(password[:MAX_PASSWORD], dummy if hashed is None else hashed)
         except ValueError:
             ok = False
         return ok and hashed is not None
 
 
 def make_hash(password, cost=DEFAULT_COST):
+    bcrypt = extras.bcrypt()
     return bcrypt.hashpw(password, bcrypt.gensalt(cost)).decode("ascii")

@@ -15,9 +15,13 @@ import signal
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
 
-# the C function: signal.pthread_sigmask wraps its result in Enum members,
-# which costs more than the system call on the fork model's per-client path
+# the C functions: signal.pthread_sigmask and signal.signal wrap their
+# results in Enum members, which costs more than the system calls on the
+# fork model's per-client path (signal.signal of a handler that is a
+# function raises and catches a ValueError inside enum: five of them were
+# ~200 us of a child's CPU; docs/performance.md section 3)
 sigmask = _signal.pthread_sigmask
+handle = _signal.signal
 
 
 class Signals:
@@ -28,7 +32,7 @@ class Signals:
         this pipe the process's wakeup fd.  Raises OSError (no descriptors)."""
         self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         for sig in HANDLED_SIGNALS:
-            signal.signal(sig, _record)
+            handle(sig, _record)
         signal.set_wakeup_fd(self.w, warn_on_full_buffer=False)
 
     def read(self):

@@ -117,6 +117,35 @@ def test_counts_are_shared_with_forked_processes():
     assert lim.admit(key("10.0.0.2"))[0] == L.TOO_MANY
 
 
+def test_the_shared_lock_excludes_forked_processes_and_threads():
+    """limits.shared_lock: held here, a forked child cannot take it until
+    it is let go; a second take in one process waits too (not recursive)."""
+    lock = L.shared_lock()
+    r, w = os.pipe()
+    lock.acquire()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            got = lock.acquire(timeout=0.05)
+            os.write(w, b"early" if got else b"wait")
+            if not got:
+                os.write(w, b" got" if lock.acquire(timeout=10) else b" never")
+                lock.release()
+        finally:
+            os._exit(0)
+    assert os.read(r, 5) == b"wait"
+    assert not lock.acquire(timeout=0.01)
+    lock.release()
+    assert os.read(r, 5) == b" got"
+    os.waitpid(pid, 0)
+    with lock:
+        pass
+    with pytest.raises(ValueError):
+        lock.release()
+    os.close(r)
+    os.close(w)
+
+
 def test_a_full_table_admits_and_says_so(monkeypatch):
     errors = []
     monkeypatch.setattr(L.log, "error", errors.append)
