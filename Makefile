@@ -7,7 +7,10 @@ DESTDIR  ?=
 LIBDIR    = $(PREFIX)/lib/sockd
 MANDIR    = $(PREFIX)/share/man
 VPY       = $(VENV)/bin/python
+# --no-compile: pip byte-compiles every file it installs (numpy and matplotlib
+# are thousands), half of the install's time; Python compiles what is imported.
 PIP       = $(VPY) -m pip --disable-pip-version-check -q
+PIP_INSTALL = $(PIP) install --no-compile
 
 SCRIPTS  := $(notdir $(wildcard bin/*))
 MANPAGES := $(wildcard man/*.[1-8])
@@ -23,7 +26,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 		echo "python3 -m venv failed; installing Debian's python3-venv"; rm -rf $(VENV); \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv \
 		&& $(PYTHON) -m venv $(VENV); }
-	$(PIP) install -e .
+	$(PIP_INSTALL) -e .
 	$(VPY) -m compileall -q sockd
 	touch $@
 
@@ -36,7 +39,7 @@ run: venv
 # with apt-get when they are missing, then the GSS-API test bed.
 test-deps: venv $(VENV)/.test-deps debs gss-deps
 $(VENV)/.test-deps: tests/requirements.txt | venv
-	$(PIP) install -r tests/requirements.txt
+	$(PIP_INSTALL) -r tests/requirements.txt
 	touch $@
 debs:
 	sh tests/install-debs.sh
@@ -50,7 +53,7 @@ debs:
 gss-deps: debs $(VENV)/.test-deps
 	@$(MAKE) --no-print-directory -j3 $(VENV)/.gssapi gss-build-dante gss-build-curl
 $(VENV)/.gssapi: setup.cfg pyproject.toml
-	$(PIP) install -e '.[gssapi]'
+	$(PIP_INSTALL) -e '.[gssapi]'
 	touch $@
 gss-build-dante gss-build-curl:
 	@bash tests/gssapi/build-cached.sh $(@:gss-build-%=%) >/dev/null
@@ -77,7 +80,7 @@ bench: test-deps $(VENV)/.bench
 bench-quick:
 	@$(MAKE) --no-print-directory bench BENCH_ARGS="--quick $(BENCH_ARGS)"
 $(VENV)/.bench: setup.cfg pyproject.toml | venv
-	$(PIP) install -e '.[bench]'
+	$(PIP_INSTALL) -e '.[bench]'
 	touch $@
 
 # The Debian package (debian/): built with dpkg-buildpackage in a copy of the
