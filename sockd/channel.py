@@ -94,7 +94,8 @@ def decode(body):
     cfg = cache.decode(rest)
     bare = cfg.ruleset
     try:
-        rules = [C.parse_rule(text.split(), command, file, line, text, tags=True)
+        specs = {}
+        rules = [C.parse_rule(text.split(), command, file, line, text, tags=True, specs=specs)
                  for text, command, file, line in json.loads(head)]
     except C.Bad as exc:
         raise ValueError("a rule line does not parse again: %s" % exc) from None

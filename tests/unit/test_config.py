@@ -195,3 +195,46 @@ def test_the_login_back_off_directives():
         ("bad.conf", 2, "'auth penalty-max' (60s) is shorter than 'auth penalty' (120s)")]
     assert problems("auth backoff 1\npermit 0/0\n") == [
         ("bad.conf", 1, "unknown 'auth' setting; expected one of: failures, penalty, penalty-max (near 'backoff')")]
+
+
+# --- each address field of a file parsed once ---------------------------------------------------
+
+FIELDS = ["10.0.0.0 255.0.0.0", "10.0.0.0/8", "127.0.0.1 255.255.255.255", "0/0", "ALL", "ALL 0.0.0.0",
+          "host.example", "host.example 255.255.255.255", ".zone.example", "::1/128", "fe80:: ffff::",
+          "0.0.0.0 0.0.0.0"]
+PORTS = ["", " eq 80", " lt 1024", " neq 25"]
+
+
+def spec_fields(spec):
+    return None if spec is None else (spec.kind, spec.family, spec.addr, spec.mask, spec.name, spec.text)
+
+
+def rule_fields(rule):
+    return (rule.action, spec_fields(rule.src), spec_fields(rule.dst), rule.port_op, rule.port, rule.text)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["permit", "deny"]), st.sampled_from(FIELDS),
+                          st.one_of(st.none(), st.sampled_from(FIELDS)), st.sampled_from(PORTS)),
+                min_size=1, max_size=30))
+def test_a_file_read_with_its_fields_remembered_gives_the_rules_each_line_gives_alone(lines):
+    text = "".join("%s %s%s%s\n" % (a, src, "" if dst is None else " " + dst, port) for a, src, dst, port in lines)
+    cfg, problems = C.read_lines(text, "f.conf")
+    alone = []
+    for line in text.splitlines():
+        try:
+            alone.append(rule_fields(C.parse_rule(line.split(), None, "f.conf", 0, line, tags=True)))
+        except C.Bad:
+            alone.append(None)
+    if problems:
+        assert None in alone
+        return
+    assert [rule_fields(r) for r in cfg.ruleset.rules] == alone
+
+
+def test_lines_that_share_a_field_share_its_spec():
+    cfg, problems = C.read_lines("permit 10.0.0.0 255.0.0.0 1.2.3.4 255.255.255.255\n"
+                                 "deny 10.0.0.0 255.0.0.0 0/0 eq 25\n", "f.conf")
+    assert not problems
+    a, b = cfg.ruleset.rules
+    assert a.src is b.src
