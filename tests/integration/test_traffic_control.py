@@ -171,22 +171,29 @@ def worker_of(s, user, n):
 
 
 def test_eight_downloads_of_one_user_over_two_workers_share_its_limit(start_sockd, tmp_path, passwd, web):
+    """The limit is the user's, whichever workers serve the sessions.  Which
+    worker the kernel wakes for a connection is not the test's to choose:
+    eight at once usually split, but now and then one worker's accept burst
+    takes all of them (seen once in CI), so a round that did not split is
+    run again, at most three rounds; the rate must hold in every round."""
     s = start_sockd(conf(passwd, tmp_path / "acct.db", "limit bandwidth user bob 2M\n"))
-    # connections that each worker takes in turn: hold one open on each so
-    # that the kernel wakes the other for the next
-    start = time.monotonic()
-    procs = [curl(s, "bob", web.url("eighth.bin")) for _ in range(8)]    # 6 MiB in all: 3 s at 2M
-    results = [result(p) for p in procs]
-    wall = time.monotonic() - start
-    total = sum(r[0] for r in results)
-    assert total == 6 * MIB and all(r[3] == "200" for r in results)
-    rate = total / wall
-    pids = wait_for(lambda: (lambda w: w if len(w) == 8 else None)(worker_of(s, "bob", 8)), 5,
-                    what="eight terminated lines")
-    print("8 downloads: %.0f bytes/s in all over %.2fs (limit %d); workers %s" % (
-        rate, wall, 2 * MIB, sorted(set(pids))))
-    assert within(rate, 2 * MIB), rate
-    assert len(set(pids)) == 2, "all eight sessions went to one worker: %s" % pids
+    for rounds in range(1, 4):
+        start = time.monotonic()
+        procs = [curl(s, "bob", web.url("eighth.bin")) for _ in range(8)]    # 6 MiB in all: 3 s at 2M
+        results = [result(p) for p in procs]
+        wall = time.monotonic() - start
+        total = sum(r[0] for r in results)
+        assert total == 6 * MIB and all(r[3] == "200" for r in results)
+        rate = total / wall
+        served = wait_for(lambda: (lambda w: w if len(w) == 8 * rounds else None)(worker_of(s, "bob", 10 ** 6)),
+                          5, what="eight terminated lines")
+        pids = served[-8:]
+        print("8 downloads: %.0f bytes/s in all over %.2fs (limit %d); workers %s" % (
+            rate, wall, 2 * MIB, sorted(set(pids))))
+        assert within(rate, 2 * MIB), rate
+        if len(set(pids)) == 2:
+            break
+    assert len(set(pids)) == 2, "in %d rounds all eight sessions went to one worker: %s" % (rounds, pids)
 
 
 def test_two_users_limited_apart_each_get_their_own_and_a_third_is_unaffected(start_sockd, tmp_path, passwd, web):
