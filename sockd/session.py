@@ -1219,8 +1219,7 @@ class Session:
         last = self.relay.last if self.relay is not None else self.last
         due = last + idle
         if due > self.loop.now + 0.5:
-            self.due, self.on_due = due, self.on_idle_check
-            self.timer = self.loop.call_at(due, self.on_timer)
+            self.arm_at(due, self.on_idle_check)
             return
         self.ctx.log.notice("timed-out -- %s: idle for %gs" % (self.desc(), idle))
         self.close()
@@ -1243,16 +1242,20 @@ class Session:
         deadline creates and cancels one timer, not three.  The callback
         runs when a timer of its own would have (the loop's wheel: at most
         a second late)."""
-        loop = self.loop
-        due = loop.now + delay
+        due = self.loop.now + delay
         t = self.timer
-        if t is not None:
-            if delay >= 1.0 and t.when <= int(due) + 1:
-                self.due, self.on_due = due, callback
-                return
-            t.cancel()
+        if t is not None and delay >= 1.0 and t.when <= int(due) + 1:
+            self.due, self.on_due = due, callback
+            return
+        self.arm_at(due, callback)
+
+    def arm_at(self, due, callback):
+        """``callback()`` at loop time ``due``, on a timer of its own (the
+        one armed before, if any, cancelled)."""
+        if self.timer is not None:
+            self.timer.cancel()
         self.due, self.on_due = due, callback
-        self.timer = loop.call_at(due, self.on_timer)
+        self.timer = self.loop.call_at(due, self.on_timer)
 
     def on_timer(self):
         self.timer = None
@@ -1261,7 +1264,7 @@ class Session:
             return
         if self.loop.now < self.due:
             # armed for an earlier deadline, since moved on: wait for this one
-            self.timer = self.loop.call_at(self.due, self.on_timer)
+            self.arm_at(self.due, cb)
             return
         self.on_due = None
         cb()

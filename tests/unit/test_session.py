@@ -428,17 +428,25 @@ def test_a_served_client_makes_one_timer_for_its_deadlines(loop, net, log, serve
     assert nothing_left(loop, sess) and sess.timer is None and sess.on_due is None
 
 
+def behind_a_silent_identd(loop, net, server, monkeypatch, timeouts, wait):
+    """A CONNECT whose rule asks identd, which never answers, under
+    ``timeouts``: (client, session, seconds until the client saw EOF)."""
+    identd = Identd(loop, net, lambda q: "silent")
+    monkeypatch.setattr(I, "IDENT_PORT", identd.port)
+    srv = server(timeouts + "timeout ident 30\npermit ?=I 127.0.0.0/8\n")
+    start = time.monotonic()
+    client, sess = srv.client(GREETING + connect5("127.0.0.1", 80))
+    assert run_until(loop, lambda: client.eof, timeout=wait)
+    return client, sess, time.monotonic() - start
+
+
 def test_a_deadline_later_than_the_timer_waits_for_its_own_second(loop, net, log, server, monkeypatch):
     """timeout negotiate 1, timeout connect 2, identd silent: the timer of
     the negotiation fires first and waits on for the connect deadline,
     which ends the request (not as a negotiation timeout)."""
-    identd = Identd(loop, net, lambda q: "silent")
-    monkeypatch.setattr(I, "IDENT_PORT", identd.port)
-    srv = server("timeout negotiate 1\ntimeout connect 2\ntimeout ident 30\npermit ?=I 127.0.0.0/8\n")
-    start = time.monotonic()
-    client, sess = srv.client(GREETING + connect5("127.0.0.1", 80))
-    assert run_until(loop, lambda: client.eof, timeout=6)
-    assert time.monotonic() - start >= 1.5
+    client, sess, took = behind_a_silent_identd(loop, net, server, monkeypatch,
+                                                "timeout negotiate 1\ntimeout connect 2\n", 6)
+    assert took >= 1.5
     assert reply5(client.data)[0][0] == P.REP_TTL_EXPIRED
     assert log.lines("notice") == ["timed-out -- Connect from unknown(unknown)@127.0.0.1 to 127.0.0.1 (http)"]
     assert nothing_left(loop, sess)
@@ -447,13 +455,9 @@ def test_a_deadline_later_than_the_timer_waits_for_its_own_second(loop, net, log
 def test_a_deadline_earlier_than_the_timer_replaces_it(loop, net, log, server, monkeypatch):
     """timeout negotiate 5, timeout connect 1: the connect deadline, armed
     later, comes first."""
-    identd = Identd(loop, net, lambda q: "silent")
-    monkeypatch.setattr(I, "IDENT_PORT", identd.port)
-    srv = server("timeout negotiate 5\ntimeout connect 1\ntimeout ident 30\npermit ?=I 127.0.0.0/8\n")
-    start = time.monotonic()
-    client, sess = srv.client(GREETING + connect5("127.0.0.1", 80))
-    assert run_until(loop, lambda: client.eof, timeout=4)
-    assert 1 <= time.monotonic() - start < 3
+    client, sess, took = behind_a_silent_identd(loop, net, server, monkeypatch,
+                                                "timeout negotiate 5\ntimeout connect 1\n", 4)
+    assert 1 <= took < 3
     assert reply5(client.data)[0][0] == P.REP_TTL_EXPIRED
     assert nothing_left(loop, sess)
 
