@@ -114,6 +114,12 @@ class Sockd:
     def worker_pids(self):
         return children_of(self.proc.pid)
 
+    def wait_workers(self, n, timeout=10):
+        """The master logs 'listening' before it forks: wait, bounded, until
+        n children are up, and return their PIDs sorted."""
+        return wait_for(lambda: len(self.worker_pids()) == n and sorted(self.worker_pids()),
+                        timeout, what="%d workers" % n)
+
     def stop(self, sig=signal.SIGTERM):
         kill_pid(self.proc, sig)
         self.logf.close()

@@ -204,7 +204,7 @@ def test_syslog_lines(start_sockd, tmp_path, echo_server):
 
 def test_workers_and_replacement(start_sockd, echo_server):
     s = start_sockd(PERMIT_LOCAL, workers=2)
-    pids = helpers.wait_for(lambda: len(s.worker_pids()) == 2 and s.worker_pids(), what="2 workers")
+    pids = s.wait_workers(2)
     os.kill(pids[0], signal.SIGKILL)
     helpers.wait_for(lambda: len(s.worker_pids()) == 2 and pids[0] not in s.worker_pids(), 5,
                      what="a replacement worker")

@@ -74,7 +74,7 @@ def garbage(rng):
 
 def test_garbage_flood_leaves_the_server_serving(start_sockd, echo_server, model):
     s = start_sockd("timeout negotiate 2\ntimeout connect 2\n" + LOCAL, model=model, workers=2)
-    before = sorted(s.worker_pids()) if model == "threads" else None
+    before = s.wait_workers(2) if model == "threads" else None
     failures = []
 
     def client(seed):
@@ -115,7 +115,7 @@ def test_garbage_flood_leaves_the_server_serving(start_sockd, echo_server, model
 def test_killed_worker_is_replaced_and_the_others_clients_do_not_notice(start_sockd, echo_server):
     need("ss")
     s = start_sockd(LOCAL, workers=2)
-    workers = helpers.wait_for(lambda: len(s.worker_pids()) == 2 and s.worker_pids(), what="two workers")
+    workers = s.wait_workers(2)
     conns = {}
     for _ in range(20):                             # one live session on each worker
         burst = []                                  # an idle worker takes every connection:
