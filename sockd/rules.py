@@ -32,6 +32,8 @@ PORT_OPS = {
     "ge": lambda a, b: a >= b,
 }
 
+NAMED = ("host", "zone")     # the kinds of AddrSpec that look at names
+
 V4_TRANSLATED = 0xFFFF0000        # ::ffff:0:a.b.c.d (RFC 2765), the upper 96 bits
 
 
@@ -63,10 +65,13 @@ class AddrSpec:
     matches every address of either family, as ``0.0.0.0 0.0.0.0`` always
     meant "any address"."""
 
-    __slots__ = ("kind", "family", "addr", "mask", "name", "text")
+    __slots__ = ("kind", "family", "addr", "mask", "name", "text", "key")
 
     def __init__(self, kind, family=0, addr=0, mask=0, name=None, text=""):
         self.kind, self.family, self.addr, self.mask, self.name, self.text = kind, family, addr, mask, name, text
+        # the Ruleset index's key: (family, mask, network) for an address
+        # and mask, None for what the index cannot split on (_build_index)
+        self.key = (family, mask, addr) if kind == "net" and mask else None
 
     @classmethod
     def any(cls):
@@ -78,7 +83,7 @@ class AddrSpec:
 
     @property
     def uses_names(self):
-        return self.kind in ("host", "zone")
+        return self.kind in NAMED
 
     def match(self, family, addr, names=()):
         """Does the address (family, int) or one of its ``names`` match?"""
@@ -96,6 +101,9 @@ class AddrSpec:
 
     def __repr__(self):
         return "AddrSpec(%s)" % self.text
+
+
+ANY = AddrSpec.any()     # a rule's destination when it names none (never changed, as no AddrSpec is)
 
 
 def ip_literal(text):
@@ -212,7 +220,7 @@ class Rule:
         self.users = users          # None: any user; else a tuple of names and /userfiles
         self.methods = methods      # None: any method; else the SOCKS 5 methods (names) it needs
         self.src = src
-        self.dst = dst or AddrSpec.any()
+        self.dst = dst or ANY
         self.port_op = port_op
         self.port = port
         self.command = command      # the ": shell command" template, or None
@@ -274,14 +282,12 @@ class Ruleset:
         self.no_identd = no_identd    # (file, line, command) or None
         self.bad_id = bad_id
         self.userfiles = userfiles or {}
-        self.needs_src_names = any(r.src.uses_names for r in self.rules)
-        self.needs_dst_names = any(r.dst.uses_names for r in self.rules)
-        # Without any *= list no line ever looks at the user, so callers
-        # need not supply one (and the decision memo applies).
-        self.has_users = any(r.users is not None for r in self.rules)
-        self.has_methods = any(r.methods is not None for r in self.rules)
         self._memo = {}
         self._compiled = [self._compile(r) for r in self.rules]
+        self.needs_src_names = self.needs_dst_names = False
+        # Without any *= list no line ever looks at the user, so callers
+        # need not supply one (and the decision memo applies).
+        self.has_users = self.has_methods = False
         self._build_index()
 
     INDEX_FROM = 16     # rules; below this a plain scan is cheaper
@@ -303,25 +309,55 @@ class Ruleset:
         the scan for random rule sets).  Built in one pass, O(n) in memory.
         Matters for long rule files (the scan costs ~60 ns a line) and in
         the fork model, where every child would otherwise walk, and so
-        copy, all of the master's rule objects."""
-        self._indexed = len(self.rules) >= self.INDEX_FROM
-        if not self._indexed:
-            return
+        copy, all of the master's rule objects.  The same pass sets
+        needs_src_names, needs_dst_names, has_users and has_methods; a
+        field's key is its own (AddrSpec.key), and a bucket's masks are
+        noted once, when the bucket is made (docs/performance.md section
+        5)."""
+        self._indexed = indexed = len(self.rules) >= self.INDEX_FROM
         buckets = {}           # (source key, destination key, port key) -> [positions]
         dst_masks = {}         # source key -> {family: [masks of the destinations filed under it]}
         src_masks = {}         # family -> [masks of the sources]
         permits = {}           # source key -> [positions of the permit lines]: may_permit()
+        src_names = dst_names = has_users = has_methods = False
         for i, r in enumerate(self.rules):
-            sk = _key(r.src, src_masks)
-            dk = _key(r.dst, dst_masks.setdefault(sk, {}))
+            src, dst = r.src, r.dst
+            sk, dk = src.key, dst.key
+            if sk is None and src.kind in NAMED:
+                src_names = True
+            if dk is None and dst.kind in NAMED:
+                dst_names = True
+            if r.users is not None:
+                has_users = True
+            if r.methods is not None:
+                has_methods = True
+            if not indexed:
+                continue
             pk = r.port if r.port_op == "eq" else None
             picks = buckets.get((sk, dk, pk))
             if picks is None:
+                # a new bucket: its keys' masks are noted (a key's mask is
+                # its own, so once per bucket is enough)
                 buckets[(sk, dk, pk)] = [i]
+                if sk is not None:
+                    _note_mask(src_masks, sk)
+                fams = dst_masks.get(sk)
+                if fams is None:
+                    fams = dst_masks[sk] = {}
+                if dk is not None:
+                    _note_mask(fams, dk)
             else:
                 picks.append(i)
-            if r.action == PERMIT and (sk is not None or r.src.kind in ("all", "net")):
-                permits.setdefault(sk, []).append(i)
+            if r.action == PERMIT and (sk is not None or src.kind in ("all", "net")):
+                p = permits.get(sk)
+                if p is None:
+                    permits[sk] = [i]
+                else:
+                    p.append(i)
+        self.needs_src_names, self.needs_dst_names = src_names, dst_names
+        self.has_users, self.has_methods = has_users, has_methods
+        if not indexed:
+            return
         self._buckets = buckets
         self._src_masks = {f: tuple(m) for f, m in src_masks.items()}
         shared = {}            # one dict for every source key whose destinations use the same masks
@@ -518,13 +554,11 @@ class Ruleset:
         return None
 
 
-def _key(spec, masks):
-    """The index key of an address field: (family, mask, network) for an
-    address and mask, noting the mask in ``masks`` (family -> [masks]);
-    None for what the index cannot split on."""
-    if spec.kind == "net" and spec.mask:
-        known = masks.setdefault(spec.family, [])
-        if spec.mask not in known:
-            known.append(spec.mask)
-        return spec.family, spec.mask, spec.addr
-    return None
+def _note_mask(masks, key):
+    """Note the mask of the index key ``key`` in ``masks`` (family ->
+    [masks], each once, in the order first seen)."""
+    known = masks.get(key[0])
+    if known is None:
+        masks[key[0]] = [key[1]]
+    elif key[1] not in known:
+        known.append(key[1])
