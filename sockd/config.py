@@ -614,16 +614,24 @@ def printable(text, limit=60):
     return out if len(out) <= limit else out[:limit] + "..."
 
 
-def without_gc(fn, arg):
+def without_gc(fn, arg, keep=False):
     """fn(arg) with the cyclic collector off.  Parsing or coding a
     configuration makes some ten objects a rule line and frees almost none,
     so the collector would walk them again and again for nothing (a third
-    of the time of a 100,000-line file, issue 17).  The one home of this;
-    configload and channel call it."""
+    of the time of a 100,000-line file, issue 17).  ``keep``: the caller
+    keeps what fn made for as long as it runs (the server's configuration):
+    everything that exists now is put out of the collector's sight
+    (gc.freeze) before it is turned on again; else the collector, once on,
+    walks those objects three times as they age through its generations
+    (0.15 to 0.4 s for 100,000 lines; docs/performance.md section 5).  The
+    one home of this; configload and channel call it."""
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return fn(arg)
+        got = fn(arg)
+        if keep:
+            gc.freeze()
+        return got
     finally:
         if enabled:
             gc.enable()

@@ -110,7 +110,7 @@ class Reload:
         log.notice("reloading %s (SIGHUP)" % path)
         master.notify.reloading(int(master.os.monotonic() * 1e6), "reloading %s" % path, master.os.monotonic())
         try:
-            new = master.apply_overrides(load_config(path))
+            new = master.apply_overrides(load_config(path, keep=True))
             identity = privileges.resolve(new)
             exporter = master.exporter_for(new.metrics)
             try:
