@@ -104,6 +104,8 @@ def command_colon(raw):
 def split_line(raw):
     """The classic scan: the first ':' splits off the shell command, and a
     '#' before any ':' ends the line.  Returns (tokens, command or None)."""
+    if ":" not in raw and "#" not in raw:
+        return raw.split(), None      # most lines
     colon = command_colon(raw)
     hash_ = raw.find("#")
     if hash_ >= 0 and (colon < 0 or hash_ < colon):
@@ -411,8 +413,7 @@ def read_lines(text, path="-"):
             word = tokens[0]
             try:
                 if word.lower() in (R.PERMIT, R.DENY):
-                    rules.append(parse_rule(tokens, command, path, lineno, " ".join(tokens), tags=True,
-                                            specs=specs))
+                    rules.append(parse_rule(tokens, command, path, lineno, " ".join(tokens), True, specs))
                 else:
                     if command is not None:
                         # a directive has no ':' command; put it back (paths may hold ':')

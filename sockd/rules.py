@@ -283,7 +283,7 @@ class Ruleset:
         self.bad_id = bad_id
         self.userfiles = userfiles or {}
         self._memo = {}
-        self._compiled = [self._compile(r) for r in self.rules]
+        self._compiled = []         # (rule, src, dst, users, port test, port, methods): _build_index
         self.needs_src_names = self.needs_dst_names = False
         # Without any *= list no line ever looks at the user, so callers
         # need not supply one (and the decision memo applies).
@@ -309,8 +309,9 @@ class Ruleset:
         the scan for random rule sets).  Built in one pass, O(n) in memory.
         Matters for long rule files (the scan costs ~60 ns a line) and in
         the fork model, where every child would otherwise walk, and so
-        copy, all of the master's rule objects.  The same pass sets
-        needs_src_names, needs_dst_names, has_users and has_methods; a
+        copy, all of the master's rule objects.  The same pass compiles
+        the lines (``_compiled``) and sets needs_src_names,
+        needs_dst_names, has_users and has_methods; a
         field's key is its own (AddrSpec.key), and a bucket's masks are
         noted once, when the bucket is made (docs/performance.md section
         5)."""
@@ -320,20 +321,23 @@ class Ruleset:
         src_masks = {}         # family -> [masks of the sources]
         permits = {}           # source key -> [positions of the permit lines]: may_permit()
         src_names = dst_names = has_users = has_methods = False
+        compiled = self._compiled
         for i, r in enumerate(self.rules):
-            src, dst = r.src, r.dst
+            src, dst, users, methods, op = r.src, r.dst, r.users, r.methods, r.port_op
+            if users is not None:
+                has_users = True
+                users = _compiled_users(users)
+            if methods is not None:
+                has_methods = True
+            compiled.append((r, src, dst, users, PORT_OPS[op] if op else None, r.port, methods))
             sk, dk = src.key, dst.key
             if sk is None and src.kind in NAMED:
                 src_names = True
             if dk is None and dst.kind in NAMED:
                 dst_names = True
-            if r.users is not None:
-                has_users = True
-            if r.methods is not None:
-                has_methods = True
             if not indexed:
                 continue
-            pk = r.port if r.port_op == "eq" else None
+            pk = r.port if op == "eq" else None
             picks = buckets.get((sk, dk, pk))
             if picks is None:
                 # a new bucket: its keys' masks are noted (a key's mask is
@@ -402,19 +406,6 @@ class Ruleset:
     @property
     def has_permit(self):
         return any(r.action == PERMIT for r in self.rules)
-
-    def _compile(self, r):
-        users = None
-        if r.users is not None:
-            names, files = set(), []
-            for u in r.users:
-                if u.startswith("/"):
-                    files.append(u)
-                else:
-                    names.add(u)
-            users = (frozenset(names), tuple(files))
-        op = PORT_OPS[r.port_op] if r.port_op else None
-        return (r, r.src, r.dst, users, op, r.port, r.methods)
 
     def user_matches(self, users, user, method=None):
         """Is ``user`` in a rule's *= list ``users``?  A GSS-API principal
@@ -562,3 +553,14 @@ def _note_mask(masks, key):
         masks[key[0]] = [key[1]]
     elif key[1] not in known:
         known.append(key[1])
+
+
+def _compiled_users(users):
+    """A rule's *= list as the engine tests it: (names, /userfiles)."""
+    names, files = set(), []
+    for u in users:
+        if u.startswith("/"):
+            files.append(u)
+        else:
+            names.add(u)
+    return frozenset(names), tuple(files)
