@@ -388,6 +388,8 @@ def test_a_long_file_is_filed_in_linear_memory():
     grow with the file), and a request looks at the few lines it could match."""
     text = "".join("deny 10.%d.%d.0/24\n" % (i // 250, i % 250) for i in range(20000)) + "permit 0/0 eq 80\n"
     rs = C.parse_text(text).ruleset
+    assert rs._buckets is None                    # read, not indexed: the first match (or prepare) builds it
+    rs.prepare()
     assert sum(len(v) for v in rs._buckets.values()) == 20001
     seen = []
 
