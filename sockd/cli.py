@@ -93,7 +93,7 @@ def verify(path):
     stderr, a summary on stdout when it is usable.  Returns EXIT_OK or
     EXIT_ERROR; blocks on the files the configuration names."""
     try:
-        cfg = configload.load(path)
+        cfg = configload.load(path, keep=True)       # kept until the exit: no collector walks it
     except ConfigError as exc:
         report_config_error(exc, to_stderr)
         print("sockd: %s: %d problem%s" % (path, len(exc.problems), "" if len(exc.problems) == 1 else "s"),
@@ -135,7 +135,7 @@ def main(argv=None):
     if inetd:
         return run_inetd(args, config_path)
     try:
-        cfg = configload.load(config_path)
+        cfg = configload.load(config_path, keep=True)     # the server's, for as long as it serves
     except ConfigError as exc:
         # on the terminal too, unless -F copies the log lines there already
         report_config_error(exc, *([log.error] if log.stderr else [log.error, to_stderr]))

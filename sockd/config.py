@@ -104,6 +104,8 @@ def command_colon(raw):
 def split_line(raw):
     """The classic scan: the first ':' splits off the shell command, and a
     '#' before any ':' ends the line.  Returns (tokens, command or None)."""
+    if ":" not in raw and "#" not in raw:
+        return raw.split(), None      # most lines
     colon = command_colon(raw)
     hash_ = raw.find("#")
     if hash_ >= 0 and (colon < 0 or hash_ < colon):
@@ -112,7 +114,7 @@ def split_line(raw):
     if colon >= 0:
         command = raw[colon + 1:].strip() or None
         raw = raw[:colon]
-    return raw.replace("\t", " ").split(), command
+    return raw.split(), command       # split() takes tabs (and every other blank) as blanks
 
 
 def parse_tag(tok):
@@ -131,8 +133,12 @@ def parse_rule(tokens, command, file="-", line=0, text="", tags=False, specs=Non
     dict kept across the lines of one file, where each address field is
     parsed once (see spec_of).  Raises Bad."""
     action = tokens[0].lower()
-    i = 1
     ident = users = methods = tag = None
+    if len(tokens) < 2 or "=" not in tokens[1]:
+        # most lines: no ?=, *=, method= or tag= field (no address holds an '=')
+        src, dst, port_op, port = parse_fields(tokens[1:], specs)
+        return R.Rule(action, src, dst, None, None, port_op, port, command, file, line, text)
+    i = 1
     seen = set()
     while i < len(tokens) and (tokens[i][:2] in ("?=", "*=") or tokens[i][:7].lower() == "method=" or (
             tags and tokens[i][:4].lower() == "tag=")):
@@ -262,6 +268,10 @@ def parse_port_part(rest):
 def parse_fields(rest, specs=None):
     """src [dst] [op port] -> (src, dst or None, op or None, port).  Tries
     each reading of the address fields and keeps the first that parses."""
+    if specs:
+        got = known_fields(rest, specs)
+        if got is not None:
+            return got
     first_error = None
     for src, after_src in addr_candidates(rest, "source", specs):
         try:
@@ -282,6 +292,48 @@ def parse_fields(rest, specs=None):
         except Bad as exc:
             first_error = first_error or exc
     raise first_error
+
+
+def known_fields(rest, specs):
+    """parse_fields' answer for the commonest lines of a large file, or None
+    for the general reading: address fields that ``specs`` holds as an
+    address and mask, or as a CIDR, then nothing or ``OP PORT``.  Such a
+    field has one reading only (addr_candidates gives it alone), so the
+    answer is the general one's; anything else, errors included, goes the
+    general way (which gives the same messages)."""
+    n = len(rest)
+    if n < 2:
+        return None
+    src = specs.get((rest[0], rest[1]))
+    if src is not None:
+        at = 2
+    elif "/" in rest[0]:
+        src = specs.get((rest[0], None))
+        if src is None:
+            return None
+        at = 1
+    else:
+        return None
+    dst = None
+    if at < n and rest[at] not in R.PORT_OPS:
+        dst = specs.get((rest[at], rest[at + 1])) if at + 1 < n else None
+        if dst is not None:
+            at += 2
+        elif "/" in rest[at]:
+            dst = specs.get((rest[at], None))
+            if dst is None:
+                return None
+            at += 1
+        else:
+            return None
+    if at == n:
+        return src, dst, None, 0
+    if n - at != 2 or rest[at] not in R.PORT_OPS:
+        return None
+    try:
+        return src, dst, rest[at], to_port(rest[at + 1])
+    except Bad:
+        return None
 
 
 def parse_userfile(text):
@@ -329,6 +381,9 @@ def parse_text(text, path="-"):
     return finish(cfg)
 
 
+HOOKS = ("#NO_IDENTD:", "#BAD_ID:")      # in column 0: the special hook lines
+
+
 def read_lines(text, path="-"):
     """The first step: every line on its own.  Returns (Config, problems in
     line order).  The Config has its settings, ``line_of`` (the line each
@@ -342,14 +397,13 @@ def read_lines(text, path="-"):
         if len(raw) > MAX_LINE:
             problems.append(located(path, lineno, "line longer than %d characters" % MAX_LINE))
             continue
-        for prefix in ("#NO_IDENTD:", "#BAD_ID:"):
-            if raw.startswith(prefix):
-                cmd = raw[len(prefix):].strip()
-                if prefix == "#NO_IDENTD:" and no_identd is None and cmd:
-                    no_identd = (path, lineno, cmd)
-                elif prefix == "#BAD_ID:" and bad_id is None and cmd:
-                    bad_id = (path, lineno, cmd)
-                break
+        if raw.startswith(HOOKS):
+            prefix = HOOKS[0] if raw.startswith(HOOKS[0]) else HOOKS[1]
+            cmd = raw[len(prefix):].strip()
+            if prefix == "#NO_IDENTD:" and no_identd is None and cmd:
+                no_identd = (path, lineno, cmd)
+            elif prefix == "#BAD_ID:" and bad_id is None and cmd:
+                bad_id = (path, lineno, cmd)
         else:
             tokens, command = split_line(raw)
             if not tokens:
@@ -359,8 +413,7 @@ def read_lines(text, path="-"):
             word = tokens[0]
             try:
                 if word.lower() in (R.PERMIT, R.DENY):
-                    rules.append(parse_rule(tokens, command, path, lineno, " ".join(tokens), tags=True,
-                                            specs=specs))
+                    rules.append(parse_rule(tokens, command, path, lineno, " ".join(tokens), True, specs))
                 else:
                     if command is not None:
                         # a directive has no ':' command; put it back (paths may hold ':')
@@ -562,16 +615,24 @@ def printable(text, limit=60):
     return out if len(out) <= limit else out[:limit] + "..."
 
 
-def without_gc(fn, arg):
+def without_gc(fn, arg, keep=False):
     """fn(arg) with the cyclic collector off.  Parsing or coding a
     configuration makes some ten objects a rule line and frees almost none,
     so the collector would walk them again and again for nothing (a third
-    of the time of a 100,000-line file, issue 17).  The one home of this;
-    configload and channel call it."""
+    of the time of a 100,000-line file, issue 17).  ``keep``: the caller
+    keeps what fn made for as long as it runs (the server's configuration):
+    everything that exists now is put out of the collector's sight
+    (gc.freeze) before it is turned on again; else the collector, once on,
+    walks those objects three times as they age through its generations
+    (0.15 to 0.4 s for 100,000 lines; docs/performance.md section 5).  The
+    one home of this; configload and channel call it."""
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return fn(arg)
+        got = fn(arg)
+        if keep:
+            gc.freeze()
+        return got
     finally:
         if enabled:
             gc.enable()

@@ -34,11 +34,13 @@ from .errors import Bad, ConfigError
 from .settings import SETTINGS
 
 
-def load(path):
+def load(path, keep=False):
     """Read and parse the configuration at ``path`` and what it names.
     Returns a Config; raises ConfigError with every problem.  Blocks on the
-    file system and the passwd and group databases."""
-    return C.without_gc(parse_and_read, path)
+    file system and the passwd and group databases.  ``keep``: the caller
+    (the server) keeps the Config for as long as it runs; its objects are
+    frozen out of the collector's sight (config.without_gc)."""
+    return C.without_gc(parse_and_read, path, keep)
 
 
 def parse_and_read(path):

@@ -110,7 +110,7 @@ class Reload:
         log.notice("reloading %s (SIGHUP)" % path)
         master.notify.reloading(int(master.os.monotonic() * 1e6), "reloading %s" % path, master.os.monotonic())
         try:
-            new = master.apply_overrides(load_config(path))
+            new = master.apply_overrides(load_config(path, keep=True))
             identity = privileges.resolve(new)
             exporter = master.exporter_for(new.metrics)
             try:
@@ -128,6 +128,7 @@ class Reload:
         except (Halt, PrivilegeError) as exc:
             master.reload_failed(str(exc))
             return None
+        new.ruleset.prepare()        # the index, before its processes fork: they inherit it
         try:
             # before any of its processes forks: they must see the table and
             # know which count is which period
@@ -396,6 +397,7 @@ class Master:
         self.model = MODELS[self.cfg.model](self, self.generation, self.cfg, self.identity, self.listeners,
                                             self.limits)
         self.starting, self.start_until = True, self.os.monotonic() + BOOT_WAIT
+        self.cfg.ruleset.prepare()     # the index, before the processes fork: they inherit it
         try:
             self.prepare_traffic(self.cfg)
             self.model.start()

@@ -32,6 +32,8 @@ PORT_OPS = {
     "ge": lambda a, b: a >= b,
 }
 
+NAMED = ("host", "zone")     # the kinds of AddrSpec that look at names
+
 V4_TRANSLATED = 0xFFFF0000        # ::ffff:0:a.b.c.d (RFC 2765), the upper 96 bits
 
 
@@ -63,10 +65,13 @@ class AddrSpec:
     matches every address of either family, as ``0.0.0.0 0.0.0.0`` always
     meant "any address"."""
 
-    __slots__ = ("kind", "family", "addr", "mask", "name", "text")
+    __slots__ = ("kind", "family", "addr", "mask", "name", "text", "key")
 
     def __init__(self, kind, family=0, addr=0, mask=0, name=None, text=""):
         self.kind, self.family, self.addr, self.mask, self.name, self.text = kind, family, addr, mask, name, text
+        # the Ruleset index's key: (family, mask, network) for an address
+        # and mask, None for what the index cannot split on (_build_index)
+        self.key = (family, mask, addr) if kind == "net" and mask else None
 
     @classmethod
     def any(cls):
@@ -78,7 +83,7 @@ class AddrSpec:
 
     @property
     def uses_names(self):
-        return self.kind in ("host", "zone")
+        return self.kind in NAMED
 
     def match(self, family, addr, names=()):
         """Does the address (family, int) or one of its ``names`` match?"""
@@ -96,6 +101,9 @@ class AddrSpec:
 
     def __repr__(self):
         return "AddrSpec(%s)" % self.text
+
+
+ANY = AddrSpec.any()     # a rule's destination when it names none (never changed, as no AddrSpec is)
 
 
 def ip_literal(text):
@@ -212,7 +220,7 @@ class Rule:
         self.users = users          # None: any user; else a tuple of names and /userfiles
         self.methods = methods      # None: any method; else the SOCKS 5 methods (names) it needs
         self.src = src
-        self.dst = dst or AddrSpec.any()
+        self.dst = dst or ANY
         self.port_op = port_op
         self.port = port
         self.command = command      # the ": shell command" template, or None
@@ -274,17 +282,44 @@ class Ruleset:
         self.no_identd = no_identd    # (file, line, command) or None
         self.bad_id = bad_id
         self.userfiles = userfiles or {}
-        self.needs_src_names = any(r.src.uses_names for r in self.rules)
-        self.needs_dst_names = any(r.dst.uses_names for r in self.rules)
-        # Without any *= list no line ever looks at the user, so callers
-        # need not supply one (and the decision memo applies).
-        self.has_users = any(r.users is not None for r in self.rules)
-        self.has_methods = any(r.methods is not None for r in self.rules)
         self._memo = {}
-        self._compiled = [self._compile(r) for r in self.rules]
-        self._build_index()
+        self._survey()
+        self._indexed = len(self.rules) >= self.INDEX_FROM
+        self._buckets = None        # the index: built by prepare(), or at the first match that needs it
 
     INDEX_FROM = 16     # rules; below this a plain scan is cheaper
+
+    def _survey(self):
+        """One pass over the lines: each compiled, ``_compiled`` (rule, src,
+        dst, users, port test, port, methods), and needs_src_names,
+        needs_dst_names, has_users and has_methods set."""
+        compiled = self._compiled = []
+        src_names = dst_names = has_users = has_methods = False
+        for r in self.rules:
+            src, dst, users, methods, op = r.src, r.dst, r.users, r.methods, r.port_op
+            if users is not None:
+                has_users = True
+                users = _compiled_users(users)
+            if methods is not None:
+                has_methods = True
+            compiled.append((r, src, dst, users, PORT_OPS[op] if op else None, r.port, methods))
+            if src.key is None and src.kind in NAMED:
+                src_names = True
+            if dst.key is None and dst.kind in NAMED:
+                dst_names = True
+        self.needs_src_names, self.needs_dst_names = src_names, dst_names
+        # Without any *= list no line ever looks at the user, so callers
+        # need not supply one (and the decision memo applies).
+        self.has_users, self.has_methods = has_users, has_methods
+
+    def prepare(self):
+        """Build the index now, if the file is long enough to use one: the
+        master calls this before a generation forks, so that its processes
+        inherit the index instead of each building its own at its first
+        client.  Whoever only reads the file (``sockd -V``, the tools)
+        never builds it: a quarter of -V's time for 100,000 lines."""
+        if self._indexed and self._buckets is None:
+            self._build_index()
 
     def _build_index(self):
         """An index on source, destination and port, so that a request looks
@@ -303,35 +338,49 @@ class Ruleset:
         the scan for random rule sets).  Built in one pass, O(n) in memory.
         Matters for long rule files (the scan costs ~60 ns a line) and in
         the fork model, where every child would otherwise walk, and so
-        copy, all of the master's rule objects."""
-        self._indexed = len(self.rules) >= self.INDEX_FROM
-        if not self._indexed:
-            return
+        copy, all of the master's rule objects.  A field's key is its own
+        (AddrSpec.key), and a bucket's masks are noted once, when the
+        bucket is made (docs/performance.md section 5).  ``_buckets`` is
+        set last: a reader seeing it sees the rest."""
         buckets = {}           # (source key, destination key, port key) -> [positions]
         dst_masks = {}         # source key -> {family: [masks of the destinations filed under it]}
         src_masks = {}         # family -> [masks of the sources]
         permits = {}           # source key -> [positions of the permit lines]: may_permit()
         for i, r in enumerate(self.rules):
-            sk = _key(r.src, src_masks)
-            dk = _key(r.dst, dst_masks.setdefault(sk, {}))
+            src = r.src
+            sk, dk = src.key, r.dst.key
             pk = r.port if r.port_op == "eq" else None
             picks = buckets.get((sk, dk, pk))
             if picks is None:
+                # a new bucket: its keys' masks are noted (a key's mask is
+                # its own, so once per bucket is enough)
                 buckets[(sk, dk, pk)] = [i]
+                if sk is not None:
+                    _note_mask(src_masks, sk)
+                fams = dst_masks.get(sk)
+                if fams is None:
+                    fams = dst_masks[sk] = {}
+                if dk is not None:
+                    _note_mask(fams, dk)
             else:
                 picks.append(i)
-            if r.action == PERMIT and (sk is not None or r.src.kind in ("all", "net")):
-                permits.setdefault(sk, []).append(i)
-        self._buckets = buckets
+            if r.action == PERMIT and (sk is not None or src.kind in ("all", "net")):
+                p = permits.get(sk)
+                if p is None:
+                    permits[sk] = [i]
+                else:
+                    p.append(i)
         self._src_masks = {f: tuple(m) for f, m in src_masks.items()}
         shared = {}            # one dict for every source key whose destinations use the same masks
-        self._dst_masks = {}
+        dsts = {}
         for sk, fams in dst_masks.items():
             t = tuple(sorted((f, tuple(m)) for f, m in fams.items()))
             if t not in shared:
                 shared[t] = dict(t)
-            self._dst_masks[sk] = shared[t]
+            dsts[sk] = shared[t]
+        self._dst_masks = dsts
         self._permits = permits
+        self._buckets = buckets
 
     def _src_keys(self, fam, addr):
         """The source keys a request from (fam, addr) may be filed under."""
@@ -341,6 +390,8 @@ class Ruleset:
         """The indexed match: the lowest line that matches ``req`` in full,
         or a NEED_USER for the lowest line whose user is not known yet, or
         None (no line: deny)."""
+        if self._buckets is None:
+            self._build_index()
         sf, sa, df, da, port = req.src_family, req.src_addr, req.dst_family, req.dst_addr, req.port
         buckets, compiled, test = self._buckets, self._compiled, self._test
         best, found = len(compiled), None
@@ -366,19 +417,6 @@ class Ruleset:
     @property
     def has_permit(self):
         return any(r.action == PERMIT for r in self.rules)
-
-    def _compile(self, r):
-        users = None
-        if r.users is not None:
-            names, files = set(), []
-            for u in r.users:
-                if u.startswith("/"):
-                    files.append(u)
-                else:
-                    names.add(u)
-            users = (frozenset(names), tuple(files))
-        op = PORT_OPS[r.port_op] if r.port_op else None
-        return (r, r.src, r.dst, users, op, r.port, r.methods)
 
     def user_matches(self, users, user, method=None):
         """Is ``user`` in a rule's *= list ``users``?  A GSS-API principal
@@ -431,6 +469,8 @@ class Ruleset:
                 if test(entry, src, user, method):
                     return entry[0]
             return None
+        if self._buckets is None:
+            self._build_index()
         best = None
         for sk in self._src_keys(src[0], src[1]):
             for i in self._permits.get(sk, ()):
@@ -518,13 +558,22 @@ class Ruleset:
         return None
 
 
-def _key(spec, masks):
-    """The index key of an address field: (family, mask, network) for an
-    address and mask, noting the mask in ``masks`` (family -> [masks]);
-    None for what the index cannot split on."""
-    if spec.kind == "net" and spec.mask:
-        known = masks.setdefault(spec.family, [])
-        if spec.mask not in known:
-            known.append(spec.mask)
-        return spec.family, spec.mask, spec.addr
-    return None
+def _note_mask(masks, key):
+    """Note the mask of the index key ``key`` in ``masks`` (family ->
+    [masks], each once, in the order first seen)."""
+    known = masks.get(key[0])
+    if known is None:
+        masks[key[0]] = [key[1]]
+    elif key[1] not in known:
+        known.append(key[1])
+
+
+def _compiled_users(users):
+    """A rule's *= list as the engine tests it: (names, /userfiles)."""
+    names, files = set(), []
+    for u in users:
+        if u.startswith("/"):
+            files.append(u)
+        else:
+            names.add(u)
+    return frozenset(names), tuple(files)

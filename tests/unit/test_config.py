@@ -238,3 +238,40 @@ def test_lines_that_share_a_field_share_its_spec():
     assert not problems
     a, b = cfg.ruleset.rules
     assert a.src is b.src
+
+
+# the shortcut for fields seen before (known_fields) reads what the general reading does
+SHORT_FIELDS = FIELDS + ["10.0.0.0 255.0.0.0.1", "10.0.0.0", "10.0.0.0/33", "0/0 0.0.0.0", "eq", "about",
+                         "10.1.0.0\t255.255.0.0"]
+SHORT_PORTS = PORTS + [" eq", " eq 99999", " eq 80 x", " about 80", " eq nosuchservice", " eq 0x50", " ge 65535",
+                       " eq http"]
+
+
+def outcome(line, specs):
+    try:
+        return rule_fields(C.parse_rule(line.split(), None, "f.conf", 0, line, tags=True, specs=specs))
+    except C.Bad as exc:
+        return str(exc), exc.token
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["permit", "deny"]), st.sampled_from(["", "?=i ", "tag=x "]),
+                          st.sampled_from(SHORT_FIELDS), st.one_of(st.none(), st.sampled_from(SHORT_FIELDS)),
+                          st.sampled_from(SHORT_PORTS)),
+                min_size=1, max_size=40))
+def test_fields_seen_before_are_read_as_the_first_time_errors_included(lines):
+    specs = {}
+    for a, pre, src, dst, port in lines:
+        line = "%s %s%s%s%s" % (a, pre, src, "" if dst is None else " " + dst, port)
+        assert outcome(line, specs) == outcome(line, None), line
+
+
+def test_hook_lines_and_tabs_read_as_before():
+    cfg, problems = C.read_lines("#NO_IDENTD: echo a\n#BAD_ID:\n#BAD_ID: echo b\n#NO_IDENTD: echo c\n"
+                                 "permit\t10.0.0.0\t255.0.0.0  \t0/0\teq\t80\n", "f.conf")
+    assert not problems
+    rs = cfg.ruleset
+    assert rs.no_identd == ("f.conf", 1, "echo a") and rs.bad_id == ("f.conf", 3, "echo b")
+    (r,) = rs.rules
+    assert (r.src.text, r.dst.text, r.port_op, r.port, r.text) == ("10.0.0.0 255.0.0.0", "0/0", "eq", 80,
+                                                                    "permit 10.0.0.0 255.0.0.0 0/0 eq 80")

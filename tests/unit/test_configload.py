@@ -3,6 +3,7 @@ itself, the files it names (userfiles, passwd, route), the system checks of
 user, group and chroot, and the host's addresses -- every problem on the
 line of the directive that named it."""
 
+import gc
 import os
 
 import pytest
@@ -228,3 +229,20 @@ def test_credentials_need_a_file_only_root_may_read(tmp_path):
     assert "s3cret" not in line
     os.chmod(up, 0o600)
     assert L.load(path).wayout.entries[0].servers[0].password == "s3cret"
+
+
+def test_a_kept_configuration_is_out_of_the_collectors_sight(tmp_path):
+    """load(keep=True), the server's: what exists once it is read is frozen
+    (gc.freeze), so the collector never walks a large file's objects; the
+    collector is on again after, and a plain load freezes nothing."""
+    conf = tmp_path / "sockd.conf"
+    conf.write_text("".join("deny 10.%d.0.0/16\n" % i for i in range(50)) + "permit 0/0\n")
+    gc.unfreeze()
+    try:
+        L.load(str(conf))
+        assert gc.get_freeze_count() == 0 and gc.isenabled()
+        cfg = L.load(str(conf), keep=True)
+        assert gc.get_freeze_count() > 0 and gc.isenabled()
+        assert len(cfg.ruleset.rules) == 51
+    finally:
+        gc.unfreeze()

@@ -169,6 +169,32 @@ def test_sighup_reload_retires_the_old_workers_and_says_reloaded_once_they_all_d
     assert r.workers() == new and len(r.os.forked) == 4
 
 
+def test_a_long_files_index_is_built_before_its_generation_forks(tmp_path, logged):
+    """The rules' index (built only when needed: sockd -V never builds it) is
+    built by the master before the first or a reloaded generation forks,
+    so that the workers inherit it instead of each building their own."""
+    long = "".join("deny 10.%d.0.0 255.255.0.0\n" % i for i in range(20))
+    seen = []
+
+    class Watching(FakeOS):
+        def fork(self):
+            seen.append(cfg_of().ruleset._buckets is not None)
+            return FakeOS.fork(self)
+    cfg_of = lambda: r.m.reload.cfg if r.m.reload is not None else r.m.cfg      # noqa: E731
+    path = tmp_path / "sockd.conf"
+    path.write_text("listen 127.0.0.1:0\nworkers 2\n" + long + PERMIT)
+    r = Run.__new__(Run)
+    r.path, r.os, r.ready = path, Watching(), FakeReady()
+    r.m = M.Master(CL.load(str(path)), None, str(path), {}, osys=r.os)
+    assert r.m.cfg.ruleset._buckets is None                  # read, not yet indexed
+    r.m.open(r.ready)
+    r.m.start()
+    r.boot(1)
+    r.rewrite("listen 127.0.0.1:0\nworkers 2\n" + long + "deny 10.99.0.0/16\n" + PERMIT)
+    r.signal(signal.SIGHUP)
+    assert seen == [True] * 4 and r.m.reload.cfg.ruleset._buckets is not None
+
+
 def test_reload_with_a_broken_file_keeps_the_old(tmp_path, logged):
     r = threads(tmp_path)
     cfg = r.m.cfg

@@ -338,6 +338,22 @@ def test_the_index_gives_the_linear_scans_answer(lines, requests):
         assert rs.may_permit(R.ip_key(src), user, method) is want
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(LINE, min_size=1, max_size=40))
+def test_the_rulesets_flags_say_what_its_lines_have(lines):
+    """needs_src_names, needs_dst_names, has_users and has_methods, made in
+    the index's one pass (short files too), are what the lines say; every
+    field's index key is its own (family, mask, network), or None."""
+    rs = C.parse_text("\n".join(line_text(t) for t in lines) + "\n").ruleset
+    assert rs.needs_src_names == any(r.src.uses_names for r in rs.rules)
+    assert rs.needs_dst_names == any(r.dst.uses_names for r in rs.rules)
+    assert rs.has_users == any(r.users is not None for r in rs.rules)
+    assert rs.has_methods == any(r.methods is not None for r in rs.rules)
+    for r in rs.rules:
+        for f in (r.src, r.dst):
+            assert f.key == ((f.family, f.mask, f.addr) if f.kind == "net" and f.mask else None)
+
+
 @settings(max_examples=500, deadline=None)
 @given(st.one_of(st.text(alphabet="0123456789.", max_size=18), st.text(alphabet="0123456789abcdefABCDEF:.%", max_size=30),
                  st.ip_addresses().map(str), st.text(max_size=8)))
@@ -372,6 +388,8 @@ def test_a_long_file_is_filed_in_linear_memory():
     grow with the file), and a request looks at the few lines it could match."""
     text = "".join("deny 10.%d.%d.0/24\n" % (i // 250, i % 250) for i in range(20000)) + "permit 0/0 eq 80\n"
     rs = C.parse_text(text).ruleset
+    assert rs._buckets is None                    # read, not indexed: the first match (or prepare) builds it
+    rs.prepare()
     assert sum(len(v) for v in rs._buckets.values()) == 20001
     seen = []
 
