@@ -129,7 +129,6 @@ SERIAL_FILES = {
     "tests/integration/test_eyeballs.py": "the stagger between addresses, measured",
     "tests/integration/test_hardening.py": "floods, churn, descriptor exhaustion; latencies beside them",
     "tests/integration/test_helper_pools.py": "floods, and the time a normal client takes beside them",
-    "tests/integration/test_identity.py": "oidentd on 127.0.0.1:113; replies not delayed by the command",
     "tests/integration/test_logins.py": "the timing of password checks; back-off penalties in seconds",
     "tests/integration/test_traffic_control.py": "bandwidth limits: measured rates",
 }
@@ -139,6 +138,7 @@ SERIAL_FILES = {
 # ordinary tests, not alone.
 MACHINE_FILES = {
     "tests/integration/test_package.py": "dpkg",     # installs the package here (/etc/sockd.conf, its user, init)
+    "tests/integration/test_identity.py": "identd",  # oidentd on 127.0.0.1:113, a hostile one on 127.0.0.4:113
 }
 
 # System users that test fixtures make with useradd when missing and delete
