@@ -116,18 +116,18 @@ def model(request):
 # set-up to their tear-down, the other worker runs no test.  That is for
 # tests that measure time or rates (a neighbour's load would be noise in
 # what they measure), that load the machine on purpose (floods, churn), or
-# that use a resource of the whole machine (identd's port 113).  Whole files
-# are listed here; a single test in another file carries
+# that use a resource of the whole machine that other tests use too.  Whole
+# files are listed here; a single test in another file carries
 # ``@pytest.mark.serial``.  Serial tests are put last, so that the two
-# workers run the rest side by side first.  A file whose tests use a thing
-# of the machine that no other test touches (the package installed with
-# dpkg) is in MACHINE_FILES instead: its tests run one at a time, but
-# beside the others.
+# workers run the rest side by side first.  A test that uses a thing of the
+# machine that no other test touches (identd's port 113, the package
+# installed with dpkg) has a machine(NAME) mark instead (its file in
+# MACHINE_FILES, or on the test): the tests of one name run one at a time,
+# but beside the others.
 
 SERIAL_FILES = {
     "tests/test_bench.py": "the bench's rates",
     "tests/integration/test_eyeballs.py": "the stagger between addresses, measured",
-    "tests/integration/test_hardening.py": "floods, churn, descriptor exhaustion; latencies beside them",
     "tests/integration/test_helper_pools.py": "floods, and the time a normal client takes beside them",
     "tests/integration/test_logins.py": "the timing of password checks; back-off penalties in seconds",
     "tests/integration/test_traffic_control.py": "bandwidth limits: measured rates",
@@ -135,9 +135,10 @@ SERIAL_FILES = {
 
 # Files whose tests use one thing of the whole machine that no other test
 # touches: they run one at a time (a lock of that name), but beside the
-# ordinary tests, not alone.
+# ordinary tests, not alone.  A single test elsewhere carries
+# ``@pytest.mark.machine(NAME)`` (test_package.py's install: "dpkg"; its
+# lintian and contents tests only read the .deb and need no lock).
 MACHINE_FILES = {
-    "tests/integration/test_package.py": "dpkg",     # installs the package here (/etc/sockd.conf, its user, init)
     "tests/integration/test_identity.py": "identd",  # oidentd on 127.0.0.1:113, a hostile one on 127.0.0.4:113
 }
 

@@ -28,6 +28,7 @@ def no_bugs_logged(s):
 
 # --- timeouts and garbage ------------------------------------------------------------------
 
+@pytest.mark.serial                     # 300 silent clients; the one beside them timed
 def test_silent_clients_are_closed_while_others_are_served(start_sockd, echo_server):
     s = start_sockd("timeout negotiate 2\n" + LOCAL, workers=2)
     silent = [socket.create_connection(s.addr, 5) for _ in range(300)]
@@ -72,6 +73,7 @@ def garbage(rng):
     return greeting + b"\x01" + bytes([rng.randrange(256)]) + rng.randbytes(rng.randrange(300))
 
 
+@pytest.mark.serial                     # a flood
 def test_garbage_flood_leaves_the_server_serving(start_sockd, echo_server, model):
     s = start_sockd("timeout negotiate 2\ntimeout connect 2\n" + LOCAL, model=model, workers=2)
     before = s.wait_workers(2) if model == "threads" else None
@@ -112,6 +114,7 @@ def test_garbage_flood_leaves_the_server_serving(start_sockd, echo_server, model
 
 # --- faults -----------------------------------------------------------------------------------
 
+@pytest.mark.serial                     # the replacement timed
 def test_killed_worker_is_replaced_and_the_others_clients_do_not_notice(start_sockd, echo_server):
     need("ss")
     s = start_sockd(LOCAL, workers=2)
@@ -158,6 +161,7 @@ def owner_of(listen_port, client_port):
 
 
 
+@pytest.mark.serial                     # a timeout waited out and timed
 def test_refused_and_slow_destinations(start_sockd, model):
     s = start_sockd("timeout connect 1\n" + LOCAL, model=model)
     c, rep, _ = helpers.socks5_connect(s.addr, "127.0.0.1", helpers.closed_port())
@@ -292,6 +296,7 @@ def test_total_limit_across_workers(start_sockd, echo_server):
     s.wait_log(r"too many clients \(limit clients")
 
 
+@pytest.mark.serial                     # descriptor exhaustion; the paused worker's CPU measured
 def test_out_of_descriptors_then_serving_again(tmp_path, echo_server):
     """With 64 descriptors: a flood of clients that hold them fills sockd up;
     accept fails with EMFILE, which pauses accepting (no busy loop, no
@@ -353,6 +358,7 @@ def transfer_handler(conn):
     conn.sendall(helpers.sha256_until_eof(conn).encode() + random.Random(down).randbytes(down))
 
 
+@pytest.mark.serial                     # 200 transfers at once
 def test_concurrent_transfers_arrive_intact(start_sockd, model):
     srv = helpers.TCPServer(transfer_handler)
     try:
@@ -386,6 +392,7 @@ def test_concurrent_transfers_arrive_intact(start_sockd, model):
         srv.close()
 
 
+@pytest.mark.serial                     # 20 downloads at once
 def test_twenty_parallel_mebibyte_downloads(start_sockd):
     blob = os.urandom(1 << 20)
     digest = hashlib.sha256(blob).hexdigest()
@@ -409,6 +416,7 @@ def test_twenty_parallel_mebibyte_downloads(start_sockd):
 
 # --- churn -------------------------------------------------------------------------------------------
 
+@pytest.mark.serial                     # churn at full rate
 def test_connection_churn(start_sockd, tmp_path):
     """More short connections in a row, at full rate, than there are
     ephemeral ports (10,000 more), none failing; no TIME_WAIT piles up on
