@@ -130,7 +130,6 @@ SERIAL_FILES = {
     "tests/integration/test_eyeballs.py": "the stagger between addresses, measured",
     "tests/integration/test_helper_pools.py": "floods, and the time a normal client takes beside them",
     "tests/integration/test_logins.py": "the timing of password checks; back-off penalties in seconds",
-    "tests/integration/test_traffic_control.py": "bandwidth limits: measured rates",
 }
 
 # Files whose tests use one thing of the whole machine that no other test

@@ -201,20 +201,20 @@ def test_the_failures_are_counted_across_workers(start_sockd, tmp_path):
 
 
 def test_after_the_penalty_logins_work_again_and_the_next_penalty_is_longer(start_sockd, tmp_path, model):
-    s = server(start_sockd, passwd_file(tmp_path, 4), "auth failures 3/60\nauth penalty 1\nauth penalty-max 8\n",
+    s = server(start_sockd, passwd_file(tmp_path, 4), "auth failures 3/60\nauth penalty 0.5\nauth penalty-max 4\n",
                model=model, workers=2)
     for _ in range(3):
         assert login(s.addr, "alice", WRONG, ATTACKER)[0] != 0
-    assert login(s.addr, "alice", RIGHT, ATTACKER)[0] != 0        # refused: the penalty lasts 1 s
-    s.wait_log("its logins are refused for 1s \\(penalty 1 in a row")
-    time.sleep(1.1)
+    assert login(s.addr, "alice", RIGHT, ATTACKER)[0] != 0        # refused: the penalty lasts 0.5 s
+    s.wait_log("its logins are refused for 0.5s \\(penalty 1 in a row")
+    time.sleep(0.55)
     assert login(s.addr, "alice", RIGHT, ATTACKER)[0] == 0        # over: a right password works again
     for _ in range(3):                                            # a success wiped nothing: ...
         assert login(s.addr, "alice", WRONG, ATTACKER)[0] != 0
-    s.wait_log("its logins are refused for 2s \\(penalty 2 in a row")    # ... the next penalty is twice as long
-    time.sleep(1.1)
-    assert login(s.addr, "alice", RIGHT, ATTACKER)[0] != 0
-    time.sleep(1.0)
+    s.wait_log("its logins are refused for 1s \\(penalty 2 in a row")    # ... the next penalty is twice as long
+    time.sleep(0.55)
+    assert login(s.addr, "alice", RIGHT, ATTACKER)[0] != 0        # longer than the first one
+    time.sleep(0.5)
     assert login(s.addr, "alice", RIGHT, ATTACKER)[0] == 0
 
 
