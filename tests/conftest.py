@@ -141,6 +141,13 @@ MACHINE_FILES = {
     "tests/integration/test_identity.py": "identd",  # oidentd on 127.0.0.1:113, a hostile one on 127.0.0.4:113
 }
 
+# Tests started before all others: test_package.py's first test builds the
+# .deb (8 s of one core, under a lock) for the run; started first, the build
+# runs beside the other worker's tests, and by the time the package's two
+# other tests come up the .deb is there.  In the middle of the run, the
+# worker that drew the second one sat waiting on the build's lock.
+FIRST = ("tests/integration/test_package.py::test_lintian_finds_no_error",)
+
 # System users that test fixtures make with useradd when missing and delete
 # afterwards (tests/integration/test_identity.py, test_client.py,
 # tests/opshelp.py).  With two workers, one worker's fixture would delete a
@@ -159,10 +166,11 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "machine(name): uses a thing of the whole machine that only tests of "
                             "this mark touch: one such test at a time, beside the others")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    missing = [f for f in list(SERIAL_FILES) + list(MACHINE_FILES) if not os.path.exists(os.path.join(root, f))]
+    named = list(SERIAL_FILES) + list(MACHINE_FILES) + [t.split("::")[0] for t in FIRST]
+    missing = [f for f in named if not os.path.exists(os.path.join(root, f))]
     if missing:
-        raise pytest.UsageError("tests/conftest.py: SERIAL_FILES or MACHINE_FILES names files that do not exist: "
-                                "%s" % missing)
+        raise pytest.UsageError("tests/conftest.py: SERIAL_FILES, MACHINE_FILES or FIRST names files that do not "
+                                "exist: %s" % missing)
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and "sockd_turns" in workerinput:
         config.pluginmanager.register(Turns(workerinput["sockd_turns"]), "sockd-turns")
@@ -176,7 +184,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.serial)
         if rel in MACHINE_FILES:
             item.add_marker(pytest.mark.machine(MACHINE_FILES[rel]))
-    items.sort(key=lambda item: item.get_closest_marker("serial") is not None)       # stable: order kept
+    # stable: order kept, but FIRST before the rest and the serial ones last
+    items.sort(key=lambda item: (item.get_closest_marker("serial") is not None, item.nodeid not in FIRST))
 
 
 @pytest.hookimpl(optionalhook=True)
