@@ -331,6 +331,7 @@ def test_out_of_descriptors_then_serving_again(tmp_path, echo_server):
                              what="serving again")
         c.sendall(b"again")
         assert helpers.recv_exact(c, 5) == b"again"
+        c.close()                                   # or the SIGTERM below waits out timeout shutdown
         assert p.poll() is None and worker in helpers.children_of(p.pid)
         text = log.read_text()
         assert "Traceback" not in text
