@@ -116,30 +116,37 @@ def model(request):
 # set-up to their tear-down, the other worker runs no test.  That is for
 # tests that measure time or rates (a neighbour's load would be noise in
 # what they measure), that load the machine on purpose (floods, churn), or
-# that use a resource of the whole machine (identd's port 113).  Whole files
-# are listed here; a single test in another file carries
+# that use a resource of the whole machine that other tests use too.  Whole
+# files are listed here; a single test in another file carries
 # ``@pytest.mark.serial``.  Serial tests are put last, so that the two
-# workers run the rest side by side first.  A file whose tests use a thing
-# of the machine that no other test touches (the package installed with
-# dpkg) is in MACHINE_FILES instead: its tests run one at a time, but
-# beside the others.
+# workers run the rest side by side first.  A test that uses a thing of the
+# machine that no other test touches (identd's port 113, the package
+# installed with dpkg) has a machine(NAME) mark instead (its file in
+# MACHINE_FILES, or on the test): the tests of one name run one at a time,
+# but beside the others.
 
 SERIAL_FILES = {
     "tests/test_bench.py": "the bench's rates",
     "tests/integration/test_eyeballs.py": "the stagger between addresses, measured",
-    "tests/integration/test_hardening.py": "floods, churn, descriptor exhaustion; latencies beside them",
     "tests/integration/test_helper_pools.py": "floods, and the time a normal client takes beside them",
-    "tests/integration/test_identity.py": "oidentd on 127.0.0.1:113; replies not delayed by the command",
     "tests/integration/test_logins.py": "the timing of password checks; back-off penalties in seconds",
-    "tests/integration/test_traffic_control.py": "bandwidth limits: measured rates",
 }
 
 # Files whose tests use one thing of the whole machine that no other test
 # touches: they run one at a time (a lock of that name), but beside the
-# ordinary tests, not alone.
+# ordinary tests, not alone.  A single test elsewhere carries
+# ``@pytest.mark.machine(NAME)`` (test_package.py's install: "dpkg"; its
+# lintian and contents tests only read the .deb and need no lock).
 MACHINE_FILES = {
-    "tests/integration/test_package.py": "dpkg",     # installs the package here (/etc/sockd.conf, its user, init)
+    "tests/integration/test_identity.py": "identd",  # oidentd on 127.0.0.1:113, a hostile one on 127.0.0.4:113
 }
+
+# Tests started before all others: test_package.py's first test builds the
+# .deb (8 s of one core, under a lock) for the run; started first, the build
+# runs beside the other worker's tests, and by the time the package's two
+# other tests come up the .deb is there.  In the middle of the run, the
+# worker that drew the second one sat waiting on the build's lock.
+FIRST = ("tests/integration/test_package.py::test_lintian_finds_no_error",)
 
 # System users that test fixtures make with useradd when missing and delete
 # afterwards (tests/integration/test_identity.py, test_client.py,
@@ -159,10 +166,11 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "machine(name): uses a thing of the whole machine that only tests of "
                             "this mark touch: one such test at a time, beside the others")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    missing = [f for f in list(SERIAL_FILES) + list(MACHINE_FILES) if not os.path.exists(os.path.join(root, f))]
+    named = list(SERIAL_FILES) + list(MACHINE_FILES) + [t.split("::")[0] for t in FIRST]
+    missing = [f for f in named if not os.path.exists(os.path.join(root, f))]
     if missing:
-        raise pytest.UsageError("tests/conftest.py: SERIAL_FILES or MACHINE_FILES names files that do not exist: "
-                                "%s" % missing)
+        raise pytest.UsageError("tests/conftest.py: SERIAL_FILES, MACHINE_FILES or FIRST names files that do not "
+                                "exist: %s" % missing)
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and "sockd_turns" in workerinput:
         config.pluginmanager.register(Turns(workerinput["sockd_turns"]), "sockd-turns")
@@ -176,7 +184,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.serial)
         if rel in MACHINE_FILES:
             item.add_marker(pytest.mark.machine(MACHINE_FILES[rel]))
-    items.sort(key=lambda item: item.get_closest_marker("serial") is not None)       # stable: order kept
+    # stable: order kept, but FIRST before the rest and the serial ones last
+    items.sort(key=lambda item: (item.get_closest_marker("serial") is not None, item.nodeid not in FIRST))
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -201,6 +201,7 @@ class Realm:
         self.keytab = os.path.join(self.dir, "service.keytab")
         self.kdc_log = os.path.join(self.dir, "kdc.log")
         self._tickets = {}
+        self._expired = {}
         try:
             self._write_confs(free_dual_port())
             with open(os.path.join(self.dir, "kadm5.acl"), "w") as f:
@@ -310,16 +311,22 @@ class Realm:
         return r.returncode == 0
 
     def expired_ccache(self, path, user="alice"):
-        """A ticket cache at ``path`` with ``user``'s TGT, already expired
-        (about 2 s: MIT grants a 1-second lifetime, and the wait is bounded).
+        """A ticket cache at ``path`` with ``user``'s TGT, already expired.
+        Made once per realm (about 2 s: MIT grants a 1-second lifetime, and
+        the wait is bounded), then copied: an expired ticket stays expired.
         The client library itself then refuses the TGT ("Ticket expired"),
         whatever clock skew the KDC or an acceptor would allow.  But klist -s
         calls a ticket expired in its last second (now >= end) while the
         library still uses it (expired only when now > end, in whole
         seconds): hence the second more."""
-        self.kinit(user, ccache=path, lifetime="1s")
-        helpers.wait_for(lambda: not self.has_valid_ticket(path), 5, 0.05, "the ticket to expire")
-        time.sleep(1.05)
+        if user not in self._expired:
+            made = os.path.join(self.dir, "expired-ccache-" + user)
+            self.kinit(user, ccache=made, lifetime="1s")
+            helpers.wait_for(lambda: not self.has_valid_ticket(made), 5, 0.05, "the ticket to expire")
+            time.sleep(1.05)
+            self._expired[user] = made
+        shutil.copyfile(self._expired[user], path)
+        os.chmod(path, 0o600)
         return os.fspath(path)
 
     def empty_ccache(self, path, user="alice"):

@@ -190,6 +190,7 @@ def init(action):
     return run(["/etc/init.d/sockd", action], timeout=60, check=False, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
 
 
+@pytest.mark.machine("dpkg")          # installs the package here: /etc/sockd.conf, its user, its init script
 def test_install_start_curl_remove_purge(deb, host, tmp_path, www):
     pkg, _, _ = deb
     before = named_sockd()

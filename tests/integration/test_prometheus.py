@@ -9,7 +9,6 @@ Every process is started here and stopped by its PID."""
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -26,9 +25,8 @@ PERMIT_LOCAL = "permit 127.0.0.0 255.0.0.0\n"
 
 
 def metrics_url(s):
-    m = re.search(r"metrics: serving (http://[0-9.:\[\]]+/metrics)", s.log())
-    assert m, s.log()
-    return m.group(1)
+    """The endpoint's URL, from its log line (written after 'listening')."""
+    return s.wait_log(r"metrics: serving (http://[0-9.:\[\]]+/metrics)").group(1)
 
 
 def scrape(url, timeout=5):

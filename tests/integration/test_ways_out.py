@@ -211,7 +211,9 @@ def test_through_a_second_sockd(front, start_sockd, www):
     for scheme, host in (("socks5", "127.0.0.1"), ("socks5h", "localhost"), ("socks4", "127.0.0.1")):
         fetched(curl("%s://127.0.0.1:%d" % (scheme, s.port), www.url("hello.txt", host)), www)
     back.wait_log(r"connected -- Connect from unknown\(unknown\)@127\.0\.0\.1 to 127\.0\.0\.1 \(%d\)" % www.port)
-    assert len(re.findall(r"connected -- .* via socks5://127\.0\.0\.1:%d" % back.port, s.log())) == 3
+    # the front's worker writes its lines at the end of its turn, after the reply: wait for them
+    helpers.wait_for(lambda: len(re.findall(r"connected -- .* via socks5://127\.0\.0\.1:%d" % back.port,
+                                            s.log())) == 3, what="three connected lines via the back")
 
 
 def test_through_an_http_proxy(front, tinyproxy, www):
@@ -284,7 +286,8 @@ def test_killing_the_first_upstream_does_not_stop_clients(front, start_sockd, ww
     one.stop()
     for _ in range(3):
         fetched(curl("socks5://127.0.0.1:%d" % s.port, www.url("hello.txt")), www)
-    assert len(re.findall(r"via socks5://127\.0\.0\.1:%d" % two.port, s.log())) >= 3
+    helpers.wait_for(lambda: len(re.findall(r"via socks5://127\.0\.0\.1:%d" % two.port, s.log())) >= 3,
+                     what="three sessions via the second upstream")
     assert len(re.findall(r"upstream socks5://127\.0\.0\.1:%d is down" % one.port, s.log())) == 1
 
 
