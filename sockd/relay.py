@@ -82,6 +82,7 @@ class Relay:
     __slots__ = ("owner", "loop", "buf", "mv", "budget", "c", "r", "cfd", "rfd", "cmask", "rmask",
                  "pend_cr", "pend_rc", "eof_c", "eof_r", "shut_c", "shut_r", "n_cr", "n_rc", "last", "error")
     paused = (False, False)     # a direction whose sender is not read now (traffic control: Shaping)
+    settled = True              # only a pump changes what update() decides on (not so under Shaping)
 
     def __init__(self, owner, loop, buf, mv, c, r, budget=None):
         """``buf``/``mv``: the process's receive buffer and a memoryview of
@@ -152,9 +153,24 @@ class Relay:
         return data
 
     def on_client(self, ev):
+        # The common event, data (or the EOF) from a sender being read: one
+        # pump, and update() only when the pump changed what it looks at
+        # (an EOF, data kept for the receiver).  Otherwise update() would
+        # find the masks as they are: its result depends only on the
+        # eof/pend/shut fields, which nothing else changes, and on
+        # ``paused``, which the meters change under a shaped relay (not
+        # ``settled``: it always goes the whole way).
+        if ev == EPOLLIN and self.settled and self.cmask & EPOLLIN:
+            if self.pump(0) and (self.eof_c or self.pend_cr is not None):
+                self.update()
+            return
         self.event(0, ev)
 
     def on_remote(self, ev):
+        if ev == EPOLLIN and self.settled and self.rmask & EPOLLIN:
+            if self.pump(1) and (self.eof_r or self.pend_rc is not None):
+                self.update()
+            return
         self.event(1, ev)
 
     def event(self, side, ev):
@@ -567,6 +583,7 @@ class Shaping:
     in the middle of a pump).  The subclasses' slots: ``meter``, ``timer``."""
 
     __slots__ = ()
+    settled = False             # a read may pause a direction (the meter): update() after every event
 
     def shape(self, meter):
         self.meter = meter
