@@ -467,17 +467,9 @@ class Session:
         self.close()
 
     def on_message(self, msg):
-        if isinstance(msg, P.Socks4Request):
-            self.version = 4
-            self.command = msg.command
-            self.user = clean(msg.userid, 255)
-            self.dst_port = msg.port
-            if msg.host is not None:
-                self.dst_host = msg.host.lower()
-            else:
-                self.dst_ip = socket.inet_ntoa(msg.ip)
-            self.request()
-        elif isinstance(msg, P.Greeting):
+        # in the order a SOCKS 5 client's messages come: one isinstance for
+        # its greeting, two for its request
+        if isinstance(msg, P.Greeting):
             self.version = 5
             self.greeting(msg)
         elif isinstance(msg, P.Socks5Request):
@@ -493,6 +485,16 @@ class Session:
                 self.send_now(P.reply5(P.REP_CMD_UNSUPPORTED))
                 self.close()
                 return
+            self.request()
+        elif isinstance(msg, P.Socks4Request):
+            self.version = 4
+            self.command = msg.command
+            self.user = clean(msg.userid, 255)
+            self.dst_port = msg.port
+            if msg.host is not None:
+                self.dst_host = msg.host.lower()
+            else:
+                self.dst_ip = socket.inet_ntoa(msg.ip)
             self.request()
         elif isinstance(msg, P.UserPass):
             self.userpass(msg)
@@ -1305,7 +1307,7 @@ class Session:
         if self.lslot is not None:
             ctx.limits.release(self.lslot)
             self.lslot = None
-        if isinstance(aux, Association):
+        if aux is not None and isinstance(aux, Association):
             ctx.stats["bytes_in"] += aux.n_in
             ctx.stats["bytes_out"] += aux.n_out
             M.bump(ctx.counts, (M.UDP, "relayed"), aux.d_in + aux.d_out)
