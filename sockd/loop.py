@@ -84,6 +84,13 @@ class Loop:
         system call)."""
         self.handlers[fd] = handler
 
+    def forget(self, fd):
+        """remove() for a descriptor that is closed next and that no other
+        process holds: its close(2) ends the registration (epoll drops an
+        item when the last descriptor of its file goes), so only the
+        handler goes here, without an epoll_ctl."""
+        self.handlers.pop(fd, None)
+
     def remove(self, fd):
         if self.handlers.pop(fd, None) is not None:
             try:

@@ -421,15 +421,18 @@ class Relay:
         if self.owner is not None:
             self.owner.close()
 
-    def release(self):
+    def release(self, sole=False):
         """Stop hearing both sockets and drop what waits (the session is
-        closing; it closes the sockets itself).  Lets go of the session too:
-        the session keeps its relay for the counts, and a cycle between
-        the two would wait for the garbage collector, which let a worker's
-        memory grow by a third over 200,000 connections (make bench,
-        steady state)."""
-        self.loop.remove(self.cfd)
-        self.loop.remove(self.rfd)
+        closing; it closes the sockets itself).  ``sole``: the sockets are
+        closed next and no other process holds them, so their close(2) ends
+        their registrations (Loop.forget: two epoll_ctl fewer).  Lets go of
+        the session too: the session keeps its relay for the counts, and a
+        cycle between the two would wait for the garbage collector, which
+        let a worker's memory grow by a third over 200,000 connections
+        (make bench, steady state)."""
+        drop = self.loop.forget if sole else self.loop.remove
+        drop(self.cfd)
+        drop(self.rfd)
         for data in (self.pend_cr, self.pend_rc):
             if data is not None:
                 self.budget.held -= len(data)
@@ -630,13 +633,13 @@ class Shaping:
         if self.owner is not None:
             self.owner.close()
 
-    def release(self):
+    def release(self, sole=False):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         self.meter.on_quota = None
         self.meter.close()
-        super().release()
+        super().release(sole)
 
 
 class ShapedRelay(Shaping, Relay):

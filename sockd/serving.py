@@ -259,6 +259,7 @@ class Worker(Serving):
         loop.executor = ThreadExecutor(loop, cfg.threads, cfg.helpers_passwords, cfg.helpers_per_address,
                                        cfg.helpers_queue)
         self.ctx = Context(self.cfg, loop, log, self.ident_mode)
+        self.ctx.own_sockets = True     # its clients are accepted here (make_acceptor)
         self.ctx.backoff = self.backoff
         self.ctx.health = self.health
         if self.traffic is not None:

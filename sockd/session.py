@@ -99,6 +99,10 @@ class Context:
         self.backoff = None       # the master's backoff.Backoff, shared by every process (none in inetd mode)
         self.health = None        # the master's health.Health, shared likewise; a table of its own without one
         self.traffic = None       # a meters.TrafficControl when traffic control is on
+        # the sockets of its sessions are this process's alone (a threads-model
+        # worker accepts its clients itself; a fork-model child or inetd's
+        # shares its client's descriptor with its parent)
+        self.own_sockets = False
         # a process that exits after its one client waits for its commands
         loop.close_hooks.append(self.drain_commands)
 
@@ -1298,7 +1302,11 @@ class Session:
                 aux.release()
         relay = self.relay
         if relay is not None:
-            relay.release()
+            # both sockets are closed now: when no other process can hold
+            # them (this process made both, and no shell command's child
+            # is between its fork and its exec), their close(2) ends their
+            # epoll registrations
+            relay.release(ctx.own_sockets and not ctx.runner.pending)
             relay.r.close()
         else:
             self.loop.remove(self.cfd)

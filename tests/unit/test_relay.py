@@ -511,3 +511,17 @@ def test_shaped_relays_are_not_settled():
     after every event there."""
     assert RL.Relay.settled and RL.ProtectedRelay.settled
     assert not RL.ShapedRelay.settled and not RL.ShapedProtectedRelay.settled
+
+
+def test_a_sole_release_leaves_the_registrations_to_close(loop, net):
+    """release(sole=True): the handlers go at once; the kernel's
+    registrations end with the sockets' close(2), without an epoll_ctl."""
+    relay, owner, client, remote = make(loop, net)
+    cfd, rfd = relay.cfd, relay.rfd
+    relay.release(sole=True)
+    assert cfd not in watched(loop) and rfd not in watched(loop)
+    assert cfd in epoll_masks(loop) and rfd in epoll_masks(loop)    # until the close
+    relay.c.close()
+    relay.r.close()
+    masks = epoll_masks(loop)
+    assert cfd not in masks and rfd not in masks
