@@ -23,6 +23,7 @@ be another connector with the same owner interface: ``owner.on_connected(
 sock, address, error)`` and ``owner.close()``.
 """
 
+import _socket
 import errno
 import socket
 
@@ -33,6 +34,7 @@ from .relay import set_socket_options
 from .rules import ip_key
 
 STAGGER = 0.25          # RFC 8305 section 5: the recommended Connection Attempt Delay
+SOCK_FLAGS = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 MAX_IN_FLIGHT = 4       # attempts under way at once; past that, the next waits for one to fail
 
 
@@ -142,7 +144,9 @@ class Connector:
         while candidates and len(self.attempts) < MAX_IN_FLIGHT:
             fam, ip = candidates.pop()
             try:
-                r = socket.socket(fam, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+                # the C type, as the acceptor's (serving.py): no Python
+                # __init__ and close around it
+                r = _socket.socket(fam, SOCK_FLAGS)
             except OSError as exc:
                 self.failed(ip, exc.errno)
                 continue

@@ -160,9 +160,15 @@ class Logger:
         with self._lock:
             if self.stderr and not direct:
                 self.batch.append(line + b"\n")
-            s = self._sock or self._connect()
+            s = self._sock
+            # no socket (none at all in a container without /dev/log): try
+            # again only once the retry is due, without a call per line
             if s is None:
-                return
+                if time.monotonic() < self._retry_at:
+                    return
+                s = self._connect()
+                if s is None:
+                    return
             data = b"<%d>%s" % (self.facility * 8 + level, line)
             try:
                 s.send(data, socket.MSG_DONTWAIT)

@@ -70,19 +70,26 @@ class Loop:
         self.executor = InlineExecutor(self)
         self.idle_hooks = []
         self.close_hooks = []
+        # modify(fd, mask) is epoll's own: a relay changes a mask twice per
+        # client, and a Python method around it was a frame each time
+        self.modify = self.ep.modify
 
     # --- descriptors ---
     def add(self, fd, mask, handler):
         self.handlers[fd] = handler
         self.ep.register(fd, mask)
 
-    def modify(self, fd, mask):
-        self.ep.modify(fd, mask)
-
     def rebind(self, fd, handler):
         """Hand a registered descriptor's events to another handler (no
         system call)."""
         self.handlers[fd] = handler
+
+    def forget(self, fd):
+        """remove() for a descriptor that is closed next and that no other
+        process holds: its close(2) ends the registration (epoll drops an
+        item when the last descriptor of its file goes), so only the
+        handler goes here, without an epoll_ctl."""
+        self.handlers.pop(fd, None)
 
     def remove(self, fd):
         if self.handlers.pop(fd, None) is not None:

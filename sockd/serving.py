@@ -27,6 +27,7 @@ Runs in the serving process: must not import the master or the process
 models, which import this.
 """
 
+import _socket
 import errno
 import os
 import signal
@@ -258,6 +259,7 @@ class Worker(Serving):
         loop.executor = ThreadExecutor(loop, cfg.threads, cfg.helpers_passwords, cfg.helpers_per_address,
                                        cfg.helpers_queue)
         self.ctx = Context(self.cfg, loop, log, self.ident_mode)
+        self.ctx.own_sockets = True     # its clients are accepted here (make_acceptor)
         self.ctx.backoff = self.backoff
         self.ctx.health = self.health
         if self.traffic is not None:
@@ -323,7 +325,13 @@ class Worker(Serving):
         # look-ups per client); the accepted socket is the same
         raw_accept = lsock._accept
         fam, typ, proto = int(lsock.family), int(lsock.type), lsock.proto
-        new_socket = socket.socket
+        # and the accepted socket is the C type itself, not socket.socket:
+        # the wrapper's __init__, close and _real_close are Python frames
+        # (three per client), and what it adds (makefile's reference count,
+        # enum-valued family and type, the context manager) no user of a
+        # session's sockets asks for: they send, recv, recv_into, shutdown,
+        # getsockname, setblocking, fileno and close, which are the C type's
+        new_socket = _socket.socket
 
         def on_accept(ev, most=32):
             for _ in range(most):

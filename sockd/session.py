@@ -99,6 +99,10 @@ class Context:
         self.backoff = None       # the master's backoff.Backoff, shared by every process (none in inetd mode)
         self.health = None        # the master's health.Health, shared likewise; a table of its own without one
         self.traffic = None       # a meters.TrafficControl when traffic control is on
+        # the sockets of its sessions are this process's alone (a threads-model
+        # worker accepts its clients itself; a fork-model child or inetd's
+        # shares its client's descriptor with its parent)
+        self.own_sockets = False
         # a process that exits after its one client waits for its commands
         loop.close_hooks.append(self.drain_commands)
 
@@ -467,17 +471,9 @@ class Session:
         self.close()
 
     def on_message(self, msg):
-        if isinstance(msg, P.Socks4Request):
-            self.version = 4
-            self.command = msg.command
-            self.user = clean(msg.userid, 255)
-            self.dst_port = msg.port
-            if msg.host is not None:
-                self.dst_host = msg.host.lower()
-            else:
-                self.dst_ip = socket.inet_ntoa(msg.ip)
-            self.request()
-        elif isinstance(msg, P.Greeting):
+        # in the order a SOCKS 5 client's messages come: one isinstance for
+        # its greeting, two for its request
+        if isinstance(msg, P.Greeting):
             self.version = 5
             self.greeting(msg)
         elif isinstance(msg, P.Socks5Request):
@@ -493,6 +489,16 @@ class Session:
                 self.send_now(P.reply5(P.REP_CMD_UNSUPPORTED))
                 self.close()
                 return
+            self.request()
+        elif isinstance(msg, P.Socks4Request):
+            self.version = 4
+            self.command = msg.command
+            self.user = clean(msg.userid, 255)
+            self.dst_port = msg.port
+            if msg.host is not None:
+                self.dst_host = msg.host.lower()
+            else:
+                self.dst_ip = socket.inet_ntoa(msg.ip)
             self.request()
         elif isinstance(msg, P.UserPass):
             self.userpass(msg)
@@ -1296,7 +1302,11 @@ class Session:
                 aux.release()
         relay = self.relay
         if relay is not None:
-            relay.release()
+            # both sockets are closed now: when no other process can hold
+            # them (this process made both, and no shell command's child
+            # is between its fork and its exec), their close(2) ends their
+            # epoll registrations
+            relay.release(ctx.own_sockets and not ctx.runner.pending)
             relay.r.close()
         else:
             self.loop.remove(self.cfd)
@@ -1305,7 +1315,7 @@ class Session:
         if self.lslot is not None:
             ctx.limits.release(self.lslot)
             self.lslot = None
-        if isinstance(aux, Association):
+        if aux is not None and isinstance(aux, Association):
             ctx.stats["bytes_in"] += aux.n_in
             ctx.stats["bytes_out"] += aux.n_out
             M.bump(ctx.counts, (M.UDP, "relayed"), aux.d_in + aux.d_out)

@@ -9,6 +9,7 @@ recorded so that the internal-error lines can be checked.
 """
 
 import select
+import socket
 import threading
 import time
 
@@ -251,3 +252,21 @@ def test_a_loop_holds_two_descriptors_and_gives_them_back():
     assert fd_count() == before + 2                  # epoll and eventfd
     lp.close()
     assert fd_count() == before
+
+
+def test_forget_drops_the_handler_and_close_the_registration():
+    """Loop.forget: for a descriptor closed next that no other process
+    holds; its close(2) ends the kernel's registration."""
+    loop = L.Loop()
+    a, b = socket.socketpair()
+    try:
+        loop.add(a.fileno(), L.EPOLLIN, lambda ev: None)
+        fd = a.fileno()
+        loop.forget(fd)
+        assert fd not in loop.handlers
+        a.close()
+        with open("/proc/self/fdinfo/%d" % loop.ep.fileno()) as f:
+            assert not any(line.startswith("tfd:") and int(line.split()[1]) == fd for line in f)
+    finally:
+        b.close()
+        loop.close()

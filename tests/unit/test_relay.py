@@ -488,3 +488,40 @@ def test_a_frame_that_does_not_unwrap_ends_the_relay_with_the_reason(loop, net):
     client.write(G.frame(G.MTYP_AUTH, b"not data"))
     assert run_until(loop, lambda: owner.closed == 1)
     assert "type 1" in relay.error and remote.data == b""
+
+
+def test_a_data_event_that_changes_nothing_skips_update_and_one_that_does_not(loop, net, monkeypatch):
+    """The settled relay's data event: a read that is passed on whole and is
+    no EOF leaves update()'s inputs as they were, so it is not called; an
+    EOF still gets it (the half-close is passed on, the masks follow)."""
+    relay, owner, client, remote = make(loop, net)
+    calls = []
+    real = RL.Relay.update
+    monkeypatch.setattr(RL.Relay, "update", lambda self: (calls.append(1), real(self)))
+    client.write(b"hello")
+    assert run_until(loop, lambda: remote.data == b"hello")
+    assert calls == [] and kernel_agrees(loop, relay)
+    client.shutdown()
+    assert run_until(loop, lambda: relay.shut_r)
+    assert calls and relay.cmask == 0 and kernel_agrees(loop, relay)
+
+
+def test_shaped_relays_are_not_settled():
+    """A shaped relay's meter may pause a direction in a read: update()
+    after every event there."""
+    assert RL.Relay.settled and RL.ProtectedRelay.settled
+    assert not RL.ShapedRelay.settled and not RL.ShapedProtectedRelay.settled
+
+
+def test_a_sole_release_leaves_the_registrations_to_close(loop, net):
+    """release(sole=True): the handlers go at once; the kernel's
+    registrations end with the sockets' close(2), without an epoll_ctl."""
+    relay, owner, client, remote = make(loop, net)
+    cfd, rfd = relay.cfd, relay.rfd
+    relay.release(sole=True)
+    assert cfd not in watched(loop) and rfd not in watched(loop)
+    assert cfd in epoll_masks(loop) and rfd in epoll_masks(loop)    # until the close
+    relay.c.close()
+    relay.r.close()
+    masks = epoll_masks(loop)
+    assert cfd not in masks and rfd not in masks

@@ -30,7 +30,7 @@ from sockd import session as S
 from sockd import wayout as W
 from sockd.addresses import service_name
 
-from loopkit import Identd, Scripted, closed_port, parse_conf, run_for, run_until, watched
+from loopkit import Identd, Scripted, closed_port, epoll_masks, parse_conf, run_for, run_until, watched
 
 GREETING = P.greeting5([P.METHOD_NONE])
 METHOD_NONE_REPLY = b"\x05\x00"
@@ -1024,3 +1024,25 @@ def test_counts_of_a_connect_that_times_out_and_of_identd(loop, net, log, server
     client, sess = srv.client(GREETING + connect5("127.0.0.1", 80))
     assert run_until(loop, lambda: client.eof)
     assert outcomes(srv.ctx) == {("connect", "timed_out"): 1}
+
+
+@pytest.mark.parametrize("own, pending, forgotten", [(True, 0, True), (True, 1, False), (False, 0, False)])
+def test_the_close_leaves_the_registrations_to_close_only_when_no_one_else_holds_the_sockets(
+        loop, net, server, monkeypatch, own, pending, forgotten):
+    """A worker's own sockets (ctx.own_sockets) end their epoll
+    registrations with their close(2); not while a shell command's child
+    may be between its fork and exec (runner.pending), nor when a parent
+    shares the client's descriptor (a fork-model child, inetd)."""
+    echo = net.echo_server()
+    srv = server()
+    srv.ctx.own_sockets = own
+    client, sess = srv.client(GREETING + connect5("127.0.0.1", echo.port) + b"x")
+    assert run_until(loop, lambda: client.data.endswith(b"x"))
+    calls = []
+    monkeypatch.setattr(loop, "forget", lambda fd: (calls.append("forget"), loop.handlers.pop(fd, None)))
+    real_remove = loop.remove
+    monkeypatch.setattr(loop, "remove", lambda fd: (calls.append("remove"), real_remove(fd)))
+    monkeypatch.setattr(srv.ctx.runner, "pending", pending)
+    sess.close()
+    assert calls == (["forget"] * 2 if forgotten else ["remove"] * 2)
+    assert nothing_left(loop, sess) and not (set(epoll_masks(loop)) & {sess.cfd})
