@@ -398,12 +398,14 @@ def read_lines(text, path="-"):
             problems.append(located(path, lineno, "line longer than %d characters" % MAX_LINE))
             continue
         if raw.startswith(HOOKS):
-            prefix = HOOKS[0] if raw.startswith(HOOKS[0]) else HOOKS[1]
-            cmd = raw[len(prefix):].strip()
-            if prefix == "#NO_IDENTD:" and no_identd is None and cmd:
-                no_identd = (path, lineno, cmd)
-            elif prefix == "#BAD_ID:" and bad_id is None and cmd:
-                bad_id = (path, lineno, cmd)
+            if raw.startswith(HOOKS[0]):
+                cmd = raw[len(HOOKS[0]):].strip()
+                if no_identd is None and cmd:
+                    no_identd = (path, lineno, cmd)
+            else:
+                cmd = raw[len(HOOKS[1]):].strip()
+                if bad_id is None and cmd:
+                    bad_id = (path, lineno, cmd)
         else:
             tokens, command = split_line(raw)
             if not tokens:

@@ -117,8 +117,10 @@ class Sockd:
     def wait_workers(self, n, timeout=10):
         """The master logs 'listening' before it forks: wait, bounded, until
         n children are up, and return their PIDs sorted."""
-        return wait_for(lambda: len(self.worker_pids()) == n and sorted(self.worker_pids()),
-                        timeout, what="%d workers" % n)
+        def ready():
+            pids = self.worker_pids()
+            return len(pids) == n and sorted(pids)
+        return wait_for(ready, timeout, what="%d workers" % n)
 
     def stop(self, sig=signal.SIGTERM):
         kill_pid(self.proc, sig)

@@ -369,7 +369,7 @@ def test_a_node_whose_worker_stops_answering_is_taken_out(start_sockd, haproxy, 
     the check gets no SOCKS answer: HAProxy takes node1 out and every client
     is served by node2; node1 comes back once it answers again."""
     s1, s2, lb = two_nodes(start_sockd, haproxy)
-    stopped = wait_for(s1.worker_pids, 10, what="node1's worker")
+    stopped = s1.wait_workers(1)
     try:
         for pid in stopped:
             os.kill(pid, signal.SIGSTOP)
@@ -534,7 +534,7 @@ def closed_without_answer(s):
 def test_direct_connections_without_the_balancer_are_refused(start_sockd, haproxy, echo_server):
     node = start_sockd(SOCKD_CONF, workers=1, name="node1")
     lb = haproxy([node.port])
-    workers = wait_for(node.worker_pids, 10, what="sockd's worker")
+    workers = node.wait_workers(1)
     greeting = b"\x05\x01\x00\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack("!H", echo_server.port)
 
     # from an address that is not a balancer, even with a header

@@ -237,7 +237,7 @@ def test_client_reset_mid_transfer_frees_everything(start_sockd):
     srv = helpers.TCPServer(sender)
     try:
         s = start_sockd(LOCAL, workers=1)
-        helpers.wait_for(lambda: s.worker_pids(), what="the worker")
+        s.wait_workers(1)
         time.sleep(0.3)
         base = worker_fds(s)
         for _ in range(5):

@@ -262,7 +262,7 @@ def test_a_daily_quota_refuses_and_its_count_survives_reload_worker_death_and_re
         os.kill(pid, signal.SIGKILL)
     wait_for(lambda: accounted(db, "user dave") >= before + MIB, 10, what="dave's count in the database")
     s.wait_log(r"worker \d \(pid \d+\) exited with signal 9; starting another")
-    wait_for(lambda: len(s.worker_pids()) == 2, 10, what="the workers replaced")
+    s.wait_workers(2)
     assert refused(s, "carol", web.url("1m.bin"))
     # SIGTERM, then a new start on the same database
     assert s.stop() == 0

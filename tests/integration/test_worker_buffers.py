@@ -79,7 +79,7 @@ def test_clients_that_never_read_hold_at_most_the_buffer_limit(start_sockd):
     stuck = []
     try:
         s = start_sockd(LOCAL, workers=1)
-        workers = helpers.wait_for(lambda: s.worker_pids(), what="the worker")
+        workers = s.wait_workers(1)
         size = 64 * MIB
         alone, digest = download(s.addr, srv.port, size)        # the worker's usual speed
         assert digest == expected(size)
