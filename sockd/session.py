@@ -85,7 +85,7 @@ class Context:
         self.buf = mmap.mmap(-1, bufsize)
         self.mv = memoryview(self.buf)
         # what the relays keep for slow receivers, in all (limit buffers)
-        self.budget = Budget(config.limit_buffers)
+        self.budget = Budget(config.limit_buffers, config.relay_splice)
         self.sessions = set()
         self.resolver = Resolver(self)      # names to addresses, with the process's cache
         self.stats = {"accepted": 0, "connected": 0, "refused": 0, "failed": 0, "errors": 0,

@@ -1,7 +1,9 @@
 """What one worker may buffer in all (issue 12): clients that ask for big
 downloads and never read make a worker keep what it could not deliver;
 ``limit buffers`` (64 MiB by default) bounds the total, and the others are
-still served at their usual speed."""
+still served at their usual speed.  Bulk past a direction's first 64 KiB
+moves by splice(2) through the worker's pipes (issue 17, ``relay splice``):
+the bytes arrive intact both ways, spliced or copied."""
 
 import hashlib
 import os
@@ -153,3 +155,58 @@ def test_stuck_clients_are_served_again_once_they_read(start_sockd):
         assert results == [(size, expected(size))] * 40
     finally:
         srv.close()
+
+
+def upload_handler(conn):
+    """The client says how many bytes it sends (8 bytes, big-endian), sends
+    them, and is answered with their sha256 (hex)."""
+    want = struct.unpack("!Q", helpers.recv_exact(conn, 8))[0]
+    h = hashlib.sha256()
+    while want > 0:
+        data = conn.recv(min(want, MIB))
+        if not data:
+            break
+        h.update(data)
+        want -= len(data)
+    conn.sendall(h.hexdigest().encode())
+
+
+def pipes(pid):
+    """How many pipes process ``pid`` has open."""
+    n = 0
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            n += os.readlink("/proc/%d/fd/%s" % (pid, fd)).startswith("pipe:")
+        except OSError:
+            pass
+    return n
+
+
+@pytest.mark.parametrize("splice", ["yes", "no"])
+def test_bulk_arrives_intact_both_ways_spliced_or_copied(start_sockd, splice):
+    down_srv = helpers.TCPServer(download_handler)
+    up_srv = helpers.TCPServer(upload_handler)
+    try:
+        s = start_sockd("relay splice %s\n" % splice + LOCAL, workers=1)
+        worker = s.wait_workers(1)[0]
+        base = pipes(worker)
+        size = 48 * MIB
+        took, digest = download(s.addr, down_srv.port, size)
+        assert digest == expected(size)
+        c, rep, _ = helpers.socks5_connect(s.addr, "127.0.0.1", up_srv.port, timeout=60)
+        assert rep == 0
+        c.sendall(struct.pack("!Q", size))
+        view = memoryview(BLOCK)
+        for _ in range(size // MIB):
+            c.sendall(view)
+        assert helpers.recv_exact(c, 64).decode() == expected(size)
+        c.close()
+        # the pipes a splicing worker keeps for the next bulk session; none when it copies
+        spare = pipes(worker) - base
+        assert (spare > 0) == (splice == "yes"), spare
+        assert spare <= 4
+        text = s.log()
+        assert "Traceback" not in text and "internal error" not in text, text[-3000:]
+    finally:
+        down_srv.close()
+        up_srv.close()

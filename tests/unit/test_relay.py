@@ -11,9 +11,15 @@ end of the relay once both directions are done.  The Budget shared by the
 relays of a process: what they keep is counted and given back, never goes
 past the cap, and a relay over it moves data lean (nothing kept, the
 sender paused while its receiver is full, no spinning) and goes back to
-the usual way by itself.
+the usual way by itself.  Splicing: past a direction's first 64 KiB the
+bytes move with splice(2) through a pipe of the process's pool, intact and
+counted; a slow receiver leaves its pipe counted in the budget until it
+drains (release closes it); urgent data still arrives in line; with
+``relay splice no``, or with no descriptor left for a pipe, every byte is
+copied.
 """
 
+import gc
 import hashlib
 import os
 import socket
@@ -525,3 +531,144 @@ def test_a_sole_release_leaves_the_registrations_to_close(loop, net):
     relay.r.close()
     masks = epoll_masks(loop)
     assert cfd not in masks and rfd not in masks
+
+
+# --- splice(2): bulk past the first SPLICE_AFTER bytes of a direction moves kernel to kernel
+
+def count_splices(monkeypatch):
+    """The bytes each os.splice call moved (the real call, counted)."""
+    moved = []
+    real = os.splice
+
+    def counting(*args, **kw):
+        n = real(*args, **kw)
+        moved.append(n)
+        return n
+    monkeypatch.setattr(RL.os, "splice", counting)
+    return moved
+
+
+def test_bulk_past_the_first_64k_is_spliced_both_ways_intact_and_counted(loop, net, monkeypatch):
+    moved = count_splices(monkeypatch)
+    relay, owner, client, remote = make(loop, net, relay_buf=1 << 20)
+    up, down = os.urandom(3 << 20), os.urandom(2 << 20)
+    client.write(up, shutdown=True)
+    remote.write(down, shutdown=True)
+    assert run_until(loop, lambda: remote.eof and client.eof, timeout=10)
+    assert bytes(remote.data) == up and bytes(client.data) == down
+    assert (relay.n_cr, relay.n_rc) == (len(up), len(down))
+    # each byte went once into a pipe and once out: at most all but the first 64 KiB of each way
+    assert 0 < sum(moved) <= 2 * (len(up) + len(down) - 2 * RL.SPLICE_AFTER)
+    assert sum(moved) >= len(up) + len(down)            # most of it spliced, not copied
+    assert run_until(loop, lambda: owner.closed == 1)
+
+
+def test_an_interactive_session_is_never_spliced(loop, net, monkeypatch):
+    moved = count_splices(monkeypatch)
+    relay, owner, client, remote = make(loop, net)
+    for _ in range(20):
+        client.write(b"x" * 1000)
+        remote.write(b"y" * 1000)
+        run_for(loop, 0.005)
+    assert run_until(loop, lambda: len(remote.data) == len(client.data) == 20000)
+    assert moved == [] and relay.splicing
+
+
+def test_relay_splice_no_copies_every_byte(loop, net, monkeypatch):
+    moved = count_splices(monkeypatch)
+    relay, owner, client, remote = make(loop, net, relay_buf=1 << 20, budget=RL.Budget(splice=False))
+    data = os.urandom(2 << 20)
+    remote.write(data, shutdown=True)
+    assert run_until(loop, lambda: client.eof, timeout=10)
+    assert bytes(client.data) == data and moved == [] and not relay.splicing
+
+
+def test_protected_and_shaped_relays_never_splice():
+    assert RL.Relay.SPLICE and not RL.ProtectedRelay.SPLICE and not RL.ShapedRelay.SPLICE
+
+
+def test_a_slow_receiver_keeps_its_pipe_counted_and_release_closes_it(loop, net):
+    budget = RL.Budget(1 << 30)
+    relay, owner, client, remote = make(loop, net, bufsize=256 << 10, relay_buf=1 << 20, read_client=False,
+                                        budget=budget)
+    remote.write(os.urandom(8 << 20))
+    assert run_until(loop, lambda: type(relay.pend_rc) is RL.Pipe, timeout=10)
+    pipe = relay.pend_rc
+    run_for(loop, 0.02)
+    assert budget.held == len(pipe) > 0 and not relay.rmask & EPOLLIN and relay.cmask & EPOLLOUT
+    assert kernel_agrees(loop, relay)
+    fds = (pipe.r, pipe.w)
+    relay.release()
+    assert budget.held == 0 and (pipe.r, pipe.w) == (-1, -1) and pipe not in budget.pipes
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+
+
+def test_a_pipe_that_drains_goes_back_to_the_pool(loop, net):
+    budget = RL.Budget(1 << 30)
+    relay, owner, client, remote = make(loop, net, bufsize=256 << 10, relay_buf=1 << 20, read_client=False,
+                                        budget=budget)
+    data = os.urandom(8 << 20)
+    remote.write(data, shutdown=True)
+    assert run_until(loop, lambda: type(relay.pend_rc) is RL.Pipe, timeout=10)
+    pipe = relay.pend_rc
+    client.resume()
+    assert run_until(loop, lambda: client.eof, timeout=10)
+    assert bytes(client.data) == data and budget.held == 0
+    assert pipe in budget.pipes and len(pipe) == 0 and pipe.r >= 0
+
+
+def test_the_pool_keeps_at_most_its_spare_pipes():
+    budget = RL.Budget()
+    pipes = [budget.take_pipe() for _ in range(RL.SPARE_PIPES + 2)]
+    assert budget.pipes == [] and all(p.size >= 4096 for p in pipes)
+    for p in pipes:
+        budget.give_pipe(p)
+    assert budget.pipes == pipes[:RL.SPARE_PIPES]
+    assert all(p.r == -1 for p in pipes[RL.SPARE_PIPES:])
+    assert budget.take_pipe() is pipes[RL.SPARE_PIPES - 1]
+    for p in pipes:
+        p.close()
+
+
+def test_urgent_data_past_the_splice_point_still_arrives_in_line(loop, net):
+    """TCP's urgent mark stops a splice where a read goes on (SO_OOBINLINE):
+    the byte and everything after it still arrive, in order."""
+    relay, owner, client, remote = make(loop, net, relay_buf=1 << 20)
+    for s in (relay.c, relay.r, remote.sock):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+    head, tail = os.urandom(256 << 10), os.urandom(256 << 10)
+    client.write(head)
+    assert run_until(loop, lambda: len(remote.data) == len(head))
+    client.sock.send(b"!", socket.MSG_OOB)
+    client.write(tail, shutdown=True)
+    assert run_until(loop, lambda: remote.eof, timeout=10)
+    assert bytes(remote.data) == head + b"!" + tail
+
+
+def test_a_process_out_of_descriptors_copies_instead(loop, net, monkeypatch):
+    import resource
+    moved = count_splices(monkeypatch)
+    relay, owner, client, remote = make(loop, net, relay_buf=1 << 20)
+    data = os.urandom(2 << 20)
+    gc.collect()        # earlier tests' pipes, closed now rather than in the middle of this one
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    top = max(int(n) for n in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (top + 1, hard))
+    fill = []           # the free numbers below the limit, taken
+    try:
+        while True:
+            try:
+                fill.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError:
+                break
+        with pytest.raises(OSError):
+            os.pipe()
+        remote.write(data, shutdown=True)
+        assert run_until(loop, lambda: client.eof, timeout=10)
+    finally:
+        for fd in fill:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert bytes(client.data) == data and moved == []

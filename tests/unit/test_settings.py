@@ -15,7 +15,7 @@ def test_keys_attributes_and_groups():
     assert S.BY_KEY["timeout negotiate"].attr == "timeout_negotiate"
     assert S.BY_KEY["deny-private-destinations"].attr == "deny_private_destinations"
     assert S.GROUPS == {"timeout", "log", "limit", "bind", "udp", "reload", "socks4", "helpers", "auth", "gssapi",
-                        "connect", "resolve", "accounting"}
+                        "connect", "resolve", "accounting", "relay"}
     # a two-word key's first word is never a directive of its own
     assert not S.GROUPS & set(keys)
 
