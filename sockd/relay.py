@@ -24,9 +24,9 @@ before, and a relay goes back to the usual way by itself as soon as the
 total has fallen.  The cost on the usual path is one subtraction and one
 comparison per event.
 
-A plain relay (not a protected or shaped one: those change or meter every
-byte) moves a direction that has passed SPLICE_AFTER bytes with splice(2)
-through a pipe (``relay splice``, on by default): the kernel hands the
+A plain or shaped relay (not a protected one: its bytes change on the way)
+moves a direction that has passed SPLICE_AFTER bytes with splice(2)
+through a pipe, a shaped one no more per splice than its meter allows, (``relay splice``, on by default): the kernel hands the
 sender's pages to the receiver and the worker never copies them.  What
 the receiver does not take stays in the pipe, which the direction keeps,
 counted in the budget like kept bytes, until it has drained; empty pipes
@@ -55,7 +55,7 @@ PROTECTED_MIN_READ = 16 << 10  # a protected relay reads at least this much, eve
 # loop serves the others again.
 PROTECTED_READ = 256 << 10
 PROTECTED_READS = 4
-# Splicing (the plain relay only): a direction that has moved SPLICE_AFTER
+# Splicing (plain and shaped relays, not protected ones): a direction that has moved SPLICE_AFTER
 # bytes the usual way moves the rest through a pipe with splice(2), so that
 # the kernel hands the sender's pages on instead of copying every byte out
 # to the buffer and back in (two copies per byte were 45 % of a worker's
@@ -95,6 +95,13 @@ class Budget:
             return Pipe()
         except OSError:
             return None
+
+    def drop_pipes(self):
+        """Close the spare pipes (the process is short of descriptors: its
+        clients need them more; the pool fills again as bulk moves)."""
+        for pipe in self.pipes:
+            pipe.close()
+        self.pipes = []
 
     def give_pipe(self, pipe):
         """``pipe`` is empty again: back to the pool, or closed."""
@@ -161,7 +168,8 @@ class Relay:
                  "splicing")
     paused = (False, False)     # a direction whose sender is not read now (traffic control: Shaping)
     settled = True              # only a pump changes what update() decides on (not so under Shaping)
-    SPLICE = True               # bulk moves through pipes (not where the bytes change or are metered)
+    SPLICE = True               # bulk moves through pipes (not where the bytes change on the way)
+    metered = False             # a meter decides how much each read may take (Shaping)
 
     def __init__(self, owner, loop, buf, mv, c, r, budget=None):
         """``buf``/``mv``: the process's receive buffer and a memoryview of
@@ -363,9 +371,18 @@ class Relay:
         if size > pipe.size:
             size = pipe.size
         splice = os.splice
+        meter = self.meter if self.metered else None
+        want = size
         for i in range(READS_PER_EVENT):
+            if meter is not None:
+                # a shaped relay splices no more than its meter allows, and
+                # none while it waits (as MeteredSocket reads)
+                allow = meter.allowance(side)
+                if allow <= 0:
+                    break
+                want = size if allow > size else allow
             try:
-                n = splice(sfd, pipe.w, size, flags=SPLICE_FLAGS)
+                n = splice(sfd, pipe.w, want, flags=SPLICE_FLAGS)
             except (BlockingIOError, InterruptedError):
                 n = 0
             except OSError:
@@ -377,6 +394,8 @@ class Relay:
                 if i:
                     return True
                 return self.pump_copy(side, src, dst, size, 1)
+            if meter is not None:
+                meter.spent(side, n)
             self.last = self.loop.now
             if side == 0:
                 self.n_cr += n
@@ -398,7 +417,7 @@ class Relay:
                     self.pend_rc = pipe
                 self.keep(n - m)
                 return True
-            if n < size:
+            if n < want:
                 break
         budget.give_pipe(pipe)
         return True
@@ -762,7 +781,7 @@ class Shaping:
 
     __slots__ = ()
     settled = False             # a read may pause a direction (the meter): update() after every event
-    SPLICE = False      # every byte read goes through the meter
+    metered = True              # pump_splice asks the meter too
 
     def shape(self, meter):
         self.meter = meter

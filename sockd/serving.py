@@ -361,7 +361,9 @@ class Worker(Serving):
         return on_accept
 
     def pause_accepting(self, exc):
-        """Out of descriptors: stop accepting for a moment instead of spinning."""
+        """Out of descriptors: stop accepting for a moment instead of spinning;
+        the relays' spare pipes are given back first."""
+        self.ctx.budget.drop_pipes()
         now = self.loop.now
         if now >= self.paused_until + 5:
             log.error("accept: %s; pausing new connections" % exc.strerror)

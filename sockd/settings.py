@@ -146,8 +146,8 @@ SETTINGS = [
             to_size(0, 1 << 40)),
     # -- issue 17: streams -- bulk moved kernel to kernel --
     Setting("relay splice", "yes|no", True,
-            "move a plain session's bytes past each direction's first 64 KiB with splice(2), through a pipe, "
-            "instead of copying them through the worker (no: always copy)", to_bool),
+            "move a session's bytes past each direction's first 64 KiB with splice(2), through a pipe, "
+            "instead of copying them through the worker (GSS-API protected sessions always copy; no: always copy)", to_bool),
     # -- issue 13: GSS-API (RFC 1961), method gssapi --
     Setting("gssapi keytab", "FILE", None,
             "the service keytab (default: Kerberos' own, KRB5_KTNAME or /etc/krb5.keytab)", str),

@@ -583,8 +583,10 @@ def test_relay_splice_no_copies_every_byte(loop, net, monkeypatch):
     assert bytes(client.data) == data and moved == [] and not relay.splicing
 
 
-def test_protected_and_shaped_relays_never_splice():
-    assert RL.Relay.SPLICE and not RL.ProtectedRelay.SPLICE and not RL.ShapedRelay.SPLICE
+def test_protected_relays_never_splice_and_shaped_ones_ask_their_meter():
+    # the bytes of a protected relay change on the way; a shaped one's are only counted
+    assert RL.Relay.SPLICE and not RL.ProtectedRelay.SPLICE and not RL.ShapedProtectedRelay.SPLICE
+    assert RL.ShapedRelay.SPLICE and RL.ShapedRelay.metered and not RL.Relay.metered
 
 
 def test_a_slow_receiver_keeps_its_pipe_counted_and_release_closes_it(loop, net):
@@ -630,6 +632,20 @@ def test_the_pool_keeps_at_most_its_spare_pipes():
     assert budget.take_pipe() is pipes[RL.SPARE_PIPES - 1]
     for p in pipes:
         p.close()
+
+
+def test_dropping_the_spare_pipes_closes_them():
+    budget = RL.Budget()
+    pipes = [budget.take_pipe() for _ in range(3)]
+    for p in pipes:
+        budget.give_pipe(p)
+    fds = [fd for p in pipes for fd in (p.r, p.w)]
+    budget.drop_pipes()
+    assert budget.pipes == [] and all(p.r == p.w == -1 for p in pipes)
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    assert budget.take_pipe().r >= 0          # and the pool fills again
 
 
 def test_urgent_data_past_the_splice_point_still_arrives_in_line(loop, net):

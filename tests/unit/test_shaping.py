@@ -5,7 +5,9 @@ rate (never above burst plus rate times the time, and close to it), a
 paused direction's sender is not read (EPOLLIN off in the kernel) and is
 woken by one timer, not by spinning; the other direction goes on; a
 half-close gets through a paused direction; a quota with cut ends the
-relay; GSS-API protection and shaping compose."""
+relay; GSS-API protection and shaping compose.  Past a direction's first
+64 KiB a shaped plain relay splices, each splice no larger than the meter
+allows."""
 
 import os
 import time
@@ -20,7 +22,7 @@ from sockd.loop import EPOLLIN
 from sockd import protocol as P
 
 from loopkit import epoll_masks, run_for, run_until
-from test_relay import Owner, toy
+from test_relay import Owner, count_splices, toy
 from test_session import GREETING, Server, connect5
 from test_udp import Ctx, FakeSession
 
@@ -60,7 +62,8 @@ def counting_takes(meter):
     return calls
 
 
-def test_a_download_goes_at_the_rate_and_no_faster(loop, net):
+def test_a_download_goes_at_the_rate_and_no_faster(loop, net, monkeypatch):
+    moved = count_splices(monkeypatch)
     rate, burst = 400 << 10, 40 << 10
     relay, owner, client, remote, _ = make(loop, net, "limit bandwidth user alice %d burst %d" % (rate, burst))
     remote.write(os.urandom(4 << 20))
@@ -71,6 +74,8 @@ def test_a_download_goes_at_the_rate_and_no_faster(loop, net):
     assert got <= burst + rate * took + 1
     assert got >= 0.85 * rate * 1.0, got
     assert relay.n_rc == got
+    # past the first 64 KiB the bytes were spliced, at the meter's pace all the same
+    assert sum(moved) >= got - (128 << 10)
     assert "down paused" in relay.meter.shaped() and "by user alice" in relay.meter.shaped()
 
 
