@@ -40,6 +40,23 @@ def test_curl_fetches_through_sockd(start_sockd, www, model, scheme):
         assert "to localhost (%d)" % www.port in text     # the name went to sockd
 
 
+@pytest.mark.parametrize("splice", ["yes", "no"])
+def test_curl_downloads_a_large_file_intact(start_sockd, www, model, tmp_path, splice):
+    """32 MiB over HTTP through sockd, spliced past the first 64 KiB or
+    copied (relay splice), in either process model: every byte as served,
+    and the log's count of them."""
+    blob = os.urandom(32 << 20)
+    (tmp_path / "www" / "big.bin").write_bytes(blob)
+    s = start_sockd("relay splice %s\n" % splice + PERMIT_LOCAL, model=model, workers=2)
+    out = tmp_path / "got.bin"
+    r = curl("socks5h://127.0.0.1:%d" % s.port, www.url("big.bin"), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(blob).digest()
+    m = s.wait_log(r"terminated -- .* (\d+) bytes from [^,]+, (\d+) bytes from")
+    assert len(blob) < int(m.group(2)) < len(blob) + 4096     # the file and the response's head
+    assert "Traceback" not in s.log()
+
+
 def test_deny_line_makes_curl_fail_97(start_sockd, www, model):
     conf = "listen 127.0.0.1:0\ndeny 127.0.0.0 255.0.0.0 127.0.0.1 255.255.255.255 eq %d\n" % www.port \
         + PERMIT_LOCAL
