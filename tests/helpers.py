@@ -89,8 +89,18 @@ class Sockd:
         self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT,
                                      start_new_session=True, env=env)
         self.ports = []
+        # the master logs one "listening on" line per listener, one after
+        # the other: wait for the first, then (briefly) for the rest, so that
+        # a test never reads the ports between two of those lines
+        listens = len(re.findall(r"^\s*listen\s", conf, re.M))
         try:
             self.ports = wait_for(self._ports, 15, what="sockd to listen")
+            if len(self.ports) < listens:
+                try:
+                    self.ports = wait_for(lambda: (lambda p: p if len(p) >= listens else None)(self._ports()), 3,
+                                          what="every listener")
+                except AssertionError:
+                    self.ports = self._ports()     # a name's addresses, a listener it could not open: as logged
         except AssertionError:
             self.stop()
             raise AssertionError("sockd did not start:\n" + self.log())
