@@ -46,6 +46,7 @@ from .limits import AddressTable
 from .log import log
 
 SLOTS = 16384
+PLANS = 4096            # plans a process remembers (TrafficControl.plan), per configuration
 KEY_SIZE = 128
 RECORD = struct.Struct("=16Q")          # 128 bytes; laid out by the offsets below
 TOUCHED = 0                             # d: monotonic time of the last use
@@ -320,6 +321,33 @@ class Entry:
         self.quotas = []
 
 
+def plan_shape(plan, periods):
+    """What every meter of ``plan`` shares, built once per plan (Plan.shape):
+    (periods, its Entries, the limited ones per direction, the counted
+    ones, least and most per direction from the shared budgets).  The
+    entries are shared too: their slot is a hint that every use checks,
+    and nothing else in them changes."""
+    entries = {}
+    for b in plan.budgets:
+        e = entries[b.key] = Entry(b.key)
+        e.rates, e.bursts, e.lines = list(b.rates), list(b.bursts), list(b.lines)
+    for key in plan.counted:
+        e = entries.get(key) or entries.setdefault(key, Entry(key))
+        e.counted = True
+    for key, q in plan.quotas:
+        entries[key].quotas.append((periods[q.period], q))
+    entries = list(entries.values())
+    limited = [[e for e in entries if e.rates[d] is not None] for d in (0, 1)]
+    counted = [e for e in entries if e.counted]
+    least = [T.CHUNK, T.CHUNK]
+    most = [T.MAX_CHUNK, T.MAX_CHUNK]
+    for d in (0, 1):
+        for e in limited[d]:
+            least[d] = min(least[d], T.least_take(e.rates[d], e.bursts[d]))
+            most[d] = min(most[d], T.take_size(e.rates[d]))
+    return (periods, entries, limited, counted, tuple(least), tuple(most))
+
+
 class Meter:
     """One session's budgets and counts (a traffic.Plan in the table).
 
@@ -339,31 +367,21 @@ class Meter:
         period -> base index (traffic.period_indexes)."""
         self.tt = tt
         self.clock = clock
-        entries = {}
-        for b in plan.budgets:
-            e = entries[b.key] = Entry(b.key)
-            e.rates, e.bursts, e.lines = list(b.rates), list(b.bursts), list(b.lines)
-        for key in plan.counted:
-            e = entries.get(key) or entries.setdefault(key, Entry(key))
-            e.counted = True
-        for key, q in plan.quotas:
-            entries[key].quotas.append((periods[q.period], q))
-        self.entries = list(entries.values())
-        self.limited = [[e for e in self.entries if e.rates[d] is not None] for d in (0, 1)]
-        self.counted = [e for e in self.entries if e.counted]
+        shape = plan.shape
+        if shape is None or shape[0] != periods:
+            shape = plan.shape = plan_shape(plan, periods)
+        _, self.entries, self.limited, self.counted, least, most = shape
         now = self.started = clock()
         sess = plan.session
         self.local = [None, None]
-        self.least = [T.CHUNK, T.CHUNK]
-        self.most = [T.MAX_CHUNK, T.MAX_CHUNK]   # tokens per take: the slowest rate's take_size
-        for d in (0, 1):
-            if sess is not None and sess.rates[d] is not None:
-                self.local[d] = T.TokenBucket(sess.rates[d], sess.bursts[d], now)
-                self.least[d] = T.least_take(sess.rates[d], sess.bursts[d])
-                self.most[d] = T.take_size(sess.rates[d])
-            for e in self.limited[d]:
-                self.least[d] = min(self.least[d], T.least_take(e.rates[d], e.bursts[d]))
-                self.most[d] = min(self.most[d], T.take_size(e.rates[d]))
+        self.least = list(least)
+        self.most = list(most)      # tokens per take: the slowest rate's take_size
+        if sess is not None:
+            for d in (0, 1):
+                if sess.rates[d] is not None:
+                    self.local[d] = T.TokenBucket(sess.rates[d], sess.bursts[d], now)
+                    self.least[d] = min(least[d], T.least_take(sess.rates[d], sess.bursts[d]))
+                    self.most[d] = min(most[d], T.take_size(sess.rates[d]))
         self.has_limit = [bool(self.limited[d]) or self.local[d] is not None for d in (0, 1)]
         self.grant = [0, 0]
         self.uncounted = [0, 0]
@@ -607,13 +625,27 @@ class TrafficControl:
 
     def __init__(self, table):
         self.table = table
+        self.plans = {}         # (src_key, user, method, tag) -> Plan or None, for self.plans_of
+        self.plans_of = None    # the configuration they were made of
 
     def plan(self, cfg, src_key, user, method, tag):
         """The session's traffic.Plan, or None: then it is relayed as if
-        traffic control did not exist.  No lock, no table."""
+        traffic control did not exist.  No lock, no table.  Remembered per
+        client address, user, method and tag for the configuration (at most
+        PLANS of them; then forgotten all at once), so that the sessions of
+        one client share one plan and the meters' shape built from it."""
+        if cfg is not self.plans_of:
+            self.plans, self.plans_of = {}, cfg
+        k = (src_key, user, method, tag)
+        plans = self.plans
+        if k in plans:
+            return plans[k]
         if not traffic_on(cfg):
             return None
-        return T.plan(cfg.limit_bandwidth, cfg.quota, accounting_on(cfg), src_key, user, method, tag)
+        if len(plans) >= PLANS:
+            plans.clear()
+        p = plans[k] = T.plan(cfg.limit_bandwidth, cfg.quota, accounting_on(cfg), src_key, user, method, tag)
+        return p
 
     @staticmethod
     def periods(cfg):

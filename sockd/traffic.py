@@ -325,10 +325,11 @@ class Plan:
     ``session`` (its own budget, key None, or None), ``counted`` (the keys
     its bytes are added to), ``quotas`` ((key, Quota) pairs)."""
 
-    __slots__ = ("budgets", "session", "counted", "quotas")
+    __slots__ = ("budgets", "session", "counted", "quotas", "shape")
 
     def __init__(self, budgets, session, counted, quotas):
         self.budgets, self.session, self.counted, self.quotas = budgets, session, counted, quotas
+        self.shape = None       # what every meter of this plan shares (meters.Meter builds it once)
 
     def limited(self, d):
         """Is direction ``d`` limited at all?"""

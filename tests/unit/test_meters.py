@@ -229,3 +229,45 @@ def test_take_size_bounds():
     assert T.take_size(1 << 40) == T.MAX_CHUNK
     sizes = [T.take_size(r) for r in range(0, 1 << 30, 1 << 22)]
     assert sizes == sorted(sizes)
+
+
+# --- what the sessions of one client share: the plan and the meters' shape
+
+def test_a_client_s_sessions_share_one_plan_per_configuration(tt):
+    cfg = cfg_of("limit bandwidth address 10.0.0.0/8 each 1M\nquota user * 1G per day")
+    tc = M.TrafficControl(tt)
+    a = tc.plan(cfg, R.ip_key("10.1.2.3"), "alice", "username", None)
+    assert tc.plan(cfg, R.ip_key("10.1.2.3"), "alice", "username", None) is a
+    b = tc.plan(cfg, R.ip_key("10.1.2.4"), "alice", "username", None)
+    c = tc.plan(cfg, R.ip_key("10.1.2.3"), "bob", "username", None)
+    assert b is not a and c is not a
+    assert [x.key for x in b.budgets] == ["address 10.1.2.4"] and c.quotas[0][0] == "user bob"
+    # a new configuration (a reload's, a recheck's) plans afresh
+    cfg2 = cfg_of("limit bandwidth address 10.0.0.0/8 each 2M")
+    d = tc.plan(cfg2, R.ip_key("10.1.2.3"), "alice", "username", None)
+    assert d is not a and d.budgets[0].rates == [2 << 20, 2 << 20]
+    # no traffic control at all: None
+    assert tc.plan(cfg_of(""), R.ip_key("10.1.2.3"), "alice", "username", None) is None
+
+
+def test_the_plans_remembered_are_bounded(tt, monkeypatch):
+    monkeypatch.setattr(M, "PLANS", 8)
+    cfg = cfg_of("limit bandwidth address 10.0.0.0/8 each 1M")
+    tc = M.TrafficControl(tt)
+    for i in range(50):
+        assert tc.plan(cfg, R.ip_key("10.0.0.%d" % i), None, "none", None).budgets[0].key == "address 10.0.0.%d" % i
+        assert len(tc.plans) <= 8
+
+
+def test_the_meters_of_one_plan_share_its_shape_not_their_state(tt, clock):
+    text = "limit bandwidth address 10.0.0.0/8 1M\nlimit bandwidth session 64K\nquota address 10.0.0.0/8 1G per day"
+    m1, cfg, tc, plan = meter_for(tt, text, clock=clock)
+    m2 = M.Meter(tt, plan, tc.periods(cfg), clock=clock)
+    assert m1.entries is m2.entries and m1.limited is m2.limited
+    assert m1.local[0] is not m2.local[0] and m1.grant is not m2.grant
+    assert m1.most == m2.most == [T.take_size(64 << 10)] * 2
+    assert m1.allowance(1) > 0 and m2.grant == [0, 0]
+    m1.spent(1, 1000)
+    assert m2.uncounted == [0, 0]
+    m1.close()
+    m2.close()
