@@ -26,12 +26,13 @@ comparison per event.
 
 A plain or shaped relay (not a protected one: its bytes change on the way)
 moves a direction that has passed SPLICE_AFTER bytes with splice(2)
-through a pipe, a shaped one no more per splice than its meter allows, (``relay splice``, on by default): the kernel hands the
-sender's pages to the receiver and the worker never copies them.  What
-the receiver does not take stays in the pipe, which the direction keeps,
-counted in the budget like kept bytes, until it has drained; empty pipes
-go back to the process's pool (``Budget.pipes``).  A process out of
-descriptors copies as before.
+through a pipe (``relay splice``, on by default), a shaped one no more
+per splice than its meter allows: the kernel hands the sender's pages to
+the receiver and the worker never copies them.  What the receiver does
+not take stays in the pipe, which the direction keeps, counted in the
+budget like kept bytes, until it has drained; empty pipes go back to the
+process's pool (``Budget.pipes``).  A process out of descriptors copies
+as before.
 
 What it asks of its owner (the session): ``owner.close()`` when the relay
 is over, and nothing else; the owner calls ``release()`` as it closes.  It knows nothing of SOCKS or rules.
@@ -55,15 +56,16 @@ PROTECTED_MIN_READ = 16 << 10  # a protected relay reads at least this much, eve
 # loop serves the others again.
 PROTECTED_READ = 256 << 10
 PROTECTED_READS = 4
-# Splicing (plain and shaped relays, not protected ones): a direction that has moved SPLICE_AFTER
-# bytes the usual way moves the rest through a pipe with splice(2), so that
-# the kernel hands the sender's pages on instead of copying every byte out
-# to the buffer and back in (two copies per byte were 45 % of a worker's
-# CPU on a 1 GiB stream; with splice the worker's CPU per GiB falls to a
-# third, and client + target + worker together by a quarter to a third:
-# docs/performance.md section 4).  Interactive sessions never get that far
-# and pay nothing for it.  The pipes are the process's (Budget.pipes): a direction
-# holds one only while its receiver has not taken what it spliced in.
+# Splicing (plain and shaped relays, not protected ones): a direction that
+# has moved SPLICE_AFTER bytes the usual way moves the rest through a pipe
+# with splice(2), so that the kernel hands the sender's pages on instead of
+# copying every byte out to the buffer and back in (two copies per byte
+# were 45 % of a worker's CPU on a 1 GiB stream; with splice the worker's
+# CPU per GiB falls to a third, and client + target + worker together by a
+# quarter to a third: docs/performance.md section 4).  Interactive sessions
+# never get that far and pay nothing for it.  The pipes are the process's
+# (Budget.pipes): a direction holds one only while its receiver has not
+# taken what it spliced in.
 SPLICE_AFTER = 64 << 10
 PIPE_SIZE = 1 << 20         # asked for with F_SETPIPE_SZ (the default fs.pipe-max-size); 64 KiB when refused
 SPARE_PIPES = 4              # empty pipes a process keeps for the next splice; more are closed
@@ -75,7 +77,7 @@ class Budget:
     senders: ``held`` bytes now, at most ``cap`` (relays read no more than
     would fit, and move data lean when almost nothing does).  Shared by
     every relay of the process (``Context.budget``); single-threaded, like
-    the loop.  ``splice``: whether plain relays move bulk through pipes
+    the loop.  ``splice``: whether relays move bulk through pipes
     (``relay splice``); ``pipes``: the process's empty ones."""
 
     __slots__ = ("held", "cap", "splice", "pipes")
@@ -83,7 +85,7 @@ class Budget:
     def __init__(self, cap=UNLIMITED, splice=True):
         self.held = 0
         self.cap = cap
-        self.splice = splice    # relay splice: plain relays move bulk through pipes
+        self.splice = splice    # relay splice: relays move bulk through pipes
         self.pipes = []         # empty Pipes for the next splice (at most SPARE_PIPES)
 
     def take_pipe(self):
@@ -218,8 +220,7 @@ class Relay:
                 return
             if sent < len(early):
                 # already in memory (the session kept it): counted, even past the cap
-                self.pend_cr = early[sent:]
-                self.keep(len(early) - sent)
+                self.keep(0, early[sent:])
         if first:
             self.n_rc += len(first)
             data = self.outward(first)
@@ -231,8 +232,7 @@ class Relay:
                 self.owner.close()
                 return
             if sent < len(data):
-                self.pend_rc = data[sent:]
-                self.keep(len(data) - sent)
+                self.keep(1, data[sent:])
         # No reads here: the poll loop reports whatever is already waiting.
         self.update()
 
@@ -340,11 +340,7 @@ class Relay:
                 self.owner.close()
                 return False
             if m < n:
-                if side == 0:
-                    self.pend_cr = bytes(mv[m:n])
-                else:
-                    self.pend_rc = bytes(mv[m:n])
-                self.keep(n - m)
+                self.keep(side, bytes(mv[m:n]))
                 return True
             if n < size:
                 return True
@@ -411,11 +407,7 @@ class Relay:
                 return False
             if m < n:
                 pipe.n = n - m
-                if side == 0:
-                    self.pend_cr = pipe
-                else:
-                    self.pend_rc = pipe
-                self.keep(n - m)
+                self.keep(side, pipe)
                 return True
             if n < want:
                 break
@@ -487,9 +479,15 @@ class Relay:
             m -= k
         return True
 
-    def keep(self, n):
-        """``n`` more bytes kept for a receiver."""
-        self.budget.held += n
+    def keep(self, side, data):
+        """``data`` (bytes, or a Pipe holding them) waits for the receiver of
+        the sender on ``side``: kept for that direction, counted in the
+        budget."""
+        if side == 0:
+            self.pend_cr = data
+        else:
+            self.pend_rc = data
+        self.budget.held += len(data)
 
     def flush(self, direction):
         """Send what is waiting for the receiver of ``direction`` (0:
@@ -708,12 +706,7 @@ class ProtectedRelay(Relay):
                 self.owner.close()
                 return False
             if m < len(data):
-                rest = data[m:]
-                if side == 0:
-                    self.pend_cr = rest
-                else:
-                    self.pend_rc = rest
-                self.keep(len(rest))
+                self.keep(side, data[m:])
                 return True
             if n < size:
                 return True

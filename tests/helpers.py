@@ -138,6 +138,18 @@ class Sockd:
         return self.proc.returncode
 
 
+def fds_of(pid, kind=None):
+    """How many descriptors process ``pid`` has open; with ``kind``, only
+    those whose /proc link starts so ("socket:", "pipe:")."""
+    n = 0
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            n += kind is None or os.readlink("/proc/%d/fd/%s" % (pid, fd)).startswith(kind)
+        except OSError:
+            pass
+    return n
+
+
 def children_of(pid):
     out = []
     for d in os.listdir("/proc"):

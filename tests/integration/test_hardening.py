@@ -224,16 +224,8 @@ def test_unreachable_destinations(start_sockd, netns):
 
 
 def worker_fds(s, kind=None):
-    """The descriptors the workers hold; with ``kind``, only those whose
-    link starts so ("socket:", "pipe:")."""
-    n = 0
-    for p in s.worker_pids():
-        for fd in os.listdir("/proc/%d/fd" % p):
-            try:
-                n += kind is None or os.readlink("/proc/%d/fd/%s" % (p, fd)).startswith(kind)
-            except OSError:
-                pass
-    return n
+    """The descriptors the workers hold (helpers.fds_of)."""
+    return sum(helpers.fds_of(p, kind) for p in s.worker_pids())
 
 
 def test_client_reset_mid_transfer_frees_everything(start_sockd):
@@ -328,20 +320,20 @@ def test_out_of_descriptors_then_serving_again(tmp_path, echo_server):
         port = int(helpers.wait_for(lambda: re.search(r"listening on 127.0.0.1:(\d+)", log.read_text()),
                                     15, what="sockd").group(1))
         worker = helpers.wait_for(lambda: helpers.children_of(p.pid), what="the worker")[0]
-        base_pipes = pipes_of(worker)
+        base_pipes = helpers.fds_of(worker, "pipe:")
         c = try_socks(port, echo_server.port)        # a bulk session first: the worker keeps spare pipes
         blob = os.urandom(1 << 20)
         c.sendall(blob)
         assert helpers.recv_exact(c, len(blob)) == blob
         c.close()
-        helpers.wait_for(lambda: pipes_of(worker) > base_pipes, 5, what="the worker's spare pipes")
+        helpers.wait_for(lambda: helpers.fds_of(worker, "pipe:") > base_pipes, 5, what="the worker's spare pipes")
         flood = []
         for _ in range(150):                       # each holds a descriptor while it negotiates
             c = socket.create_connection(("127.0.0.1", port), 2)
             c.sendall(b"\x05\x01\x00")
             flood.append(c)
         helpers.wait_for(lambda: "pausing new connections" in log.read_text(), 10, what="the EMFILE line")
-        assert pipes_of(worker) == base_pipes       # the spare ones given back to the clients
+        assert helpers.fds_of(worker, "pipe:") == base_pipes       # the spare ones given back to the clients
         cpu0, t0 = cpu_seconds(worker), time.monotonic()
         assert try_socks(port, echo_server.port) is None   # no room for another client now (its 2 s count)
         time.sleep(max(0.0, t0 + 2 - time.monotonic()))
@@ -359,17 +351,6 @@ def test_out_of_descriptors_then_serving_again(tmp_path, echo_server):
         assert text.count("pausing new connections") < 5      # logged, not in a loop
     finally:
         helpers.kill_pid(p)
-
-
-def pipes_of(pid):
-    """How many pipes process ``pid`` has open."""
-    n = 0
-    for fd in os.listdir("/proc/%d/fd" % pid):
-        try:
-            n += os.readlink("/proc/%d/fd/%s" % (pid, fd)).startswith("pipe:")
-        except OSError:
-            pass
-    return n
 
 
 def cpu_seconds(pid):

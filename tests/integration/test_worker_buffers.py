@@ -171,17 +171,6 @@ def upload_handler(conn):
     conn.sendall(h.hexdigest().encode())
 
 
-def pipes(pid):
-    """How many pipes process ``pid`` has open."""
-    n = 0
-    for fd in os.listdir("/proc/%d/fd" % pid):
-        try:
-            n += os.readlink("/proc/%d/fd/%s" % (pid, fd)).startswith("pipe:")
-        except OSError:
-            pass
-    return n
-
-
 @pytest.mark.parametrize("splice", ["yes", "no"])
 def test_bulk_arrives_intact_both_ways_spliced_or_copied(start_sockd, splice):
     down_srv = helpers.TCPServer(download_handler)
@@ -189,7 +178,7 @@ def test_bulk_arrives_intact_both_ways_spliced_or_copied(start_sockd, splice):
     try:
         s = start_sockd("relay splice %s\n" % splice + LOCAL, workers=1)
         worker = s.wait_workers(1)[0]
-        base = pipes(worker)
+        base = helpers.fds_of(worker, "pipe:")
         size = 48 * MIB
         took, digest = download(s.addr, down_srv.port, size)
         assert digest == expected(size)
@@ -202,7 +191,7 @@ def test_bulk_arrives_intact_both_ways_spliced_or_copied(start_sockd, splice):
         assert helpers.recv_exact(c, 64).decode() == expected(size)
         c.close()
         # the pipes a splicing worker keeps for the next bulk session; none when it copies
-        spare = pipes(worker) - base
+        spare = helpers.fds_of(worker, "pipe:") - base
         assert (spare > 0) == (splice == "yes"), spare
         assert spare <= 4
         text = s.log()
