@@ -43,7 +43,12 @@ def clean(text, limit=2048):
 
 
 class Logger:
-    def __init__(self, ident="sockd", facility="daemon", socket_path="/dev/log", stderr=False, debug=0):
+    def __init__(self, ident="sockd", facility="daemon", socket_path="/dev/log", stderr=False, debug=0,
+                 at_fork=True):
+        """``socket_path`` None: no syslog at all (with ``stderr`` False, a
+        logger that formats its lines and writes them nowhere: the fork
+        model's rehearsal).  ``at_fork`` False: no hook in every child (a
+        logger that no child uses)."""
         self.ident = ident
         self.facility = FACILITIES.get(facility, 3)
         self.socket_path = socket_path
@@ -57,7 +62,10 @@ class Logger:
         self._stamp_at = -1
         self._head = ""             # "STAMP IDENT[PID]: ", rebuilt once a second
         self.batch = None           # stderr lines waiting for flush(), when batching
-        os.register_at_fork(after_in_child=self._forked)
+        if socket_path is None:
+            self._retry_at = float("inf")
+        if at_fork:
+            os.register_at_fork(after_in_child=self._forked)
 
     def _forked(self):
         """A new process: its own pid, its own syslog socket, no batch (the

@@ -265,6 +265,9 @@ class ForkModel(Model):
         self.probed = identity is None or not identity.changes_anything
 
     def start(self):
+        # the children's code run a few times here first, so that every
+        # child inherits it quickened (rehearsal.py; once per master)
+        self.os.rehearse()
         if not self.probed:
             self.spawn_probe()
 

@@ -22,6 +22,7 @@ from time import monotonic, sleep, time as wall_clock
 from .activation import inherited_sockets
 from .channel import Channel
 from .listeners import open_listener
+from .rehearsal import rehearse
 from .sdnotify import Notifier
 from .signals import Signals, sigmask
 
@@ -94,6 +95,17 @@ class OS:
     def channel():
         """A new recheck channel (channel.Channel)."""
         return Channel()
+
+    rehearsed = False
+
+    @classmethod
+    def rehearse(cls):
+        """Serve the fork model's made-up clients (rehearsal.py), once per
+        process: the code it warms stays warm.  Returns how many."""
+        if cls.rehearsed:
+            return 0
+        cls.rehearsed = True
+        return rehearse()
 
     @staticmethod
     def freeze_heap():

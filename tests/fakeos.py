@@ -154,6 +154,7 @@ class FakeOS:
         self.listeners = []
         self.titles = []
         self.frozen = 0
+        self.rehearsed = 0
         self.fork_error = None
         self.sig = None
         self.poller_made = None
@@ -232,6 +233,10 @@ class FakeOS:
 
     def freeze_heap(self):
         self.frozen += 1
+
+    def rehearse(self):
+        self.rehearsed += 1
+        return 0
 
     def inherited_sockets(self):
         return list(self.inherited)

@@ -290,6 +290,7 @@ def fork(tmp_path, extra=""):
     r = Run(tmp_path, "listen 127.0.0.1:0\nmodel fork\n%s" % extra + PERMIT)
     assert r.m.phase is M.SERVING and r.ready.said == "ok" and r.os.frozen == 1
     assert isinstance(r.m.model, ForkModel)
+    assert r.os.rehearsed == 1          # warmed once, before the first child
     return r
 
 
