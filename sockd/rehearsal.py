@@ -1,7 +1,7 @@
 """The fork model's rehearsal: the master serves a few made-up clients
 itself, on loopback, before it forks its first child.
 
-Why (docs/performance.md, section 3, "Warm code"): a fork-model child runs
+Why (docs/performance.md, section 3, "The rehearsal"): a fork-model child runs
 each of its functions once or twice, in a copy of the master's pages.
 CPython 3.11 and later rewrite a function's bytecode into its specialised,
 faster form only after it has run several times ("quickening"); a function
@@ -9,7 +9,7 @@ the master never ran is cold in every child, which interprets the generic
 bytecode and counts its calls towards a quickening it never reaches.  The
 master never runs a session, so before this every child ran the whole of
 its session cold.  Served here a few times, the session's code is already
-specialised when the children inherit it: measured, 15 % less CPU per
+specialised when the children inherit it: measured, 12 % less CPU per
 connection in the fork model.
 
 What the rehearsal is not allowed to do: touch anything of the real
@@ -32,7 +32,7 @@ from .loop import EPOLLIN, Loop
 from .session import Context, Session
 
 ROUNDS = 24               # clients served (half SOCKS 5, half SOCKS 4): each function runs 12-24 times
-DEADLINE = 2.0            # seconds for all of them (measured: about 30 ms)
+DEADLINE = 2.0            # seconds for all of them (measured: about 10 ms)
 SETTINGS = "permit 127.0.0.0 255.0.0.0\n"
 ANSWER = b"rehearsal"
 

@@ -16,28 +16,14 @@ from sockd import osfacade
 from sockd import protocol as P
 from sockd import rehearsal as RH
 from sockd.log import log
-
-
-def messages(pieces, after_greeting):
-    hs = P.ServerHandshake()
-    out = []
-    for piece in pieces:
-        hs.feed(piece)
-        while True:
-            msg = hs.next()
-            if msg is None:
-                break
-            out.append(msg)
-            if isinstance(msg, P.Greeting):
-                after_greeting(hs)
-    return out
+from test_protocol import drive          # the handshake driver of the codec tests (same directory)
 
 
 def test_the_made_up_requests_are_connects_to_the_destination():
     v5, v4 = RH.requests(4321)
     for blob in (v5, v4):
         for pieces in ([blob], [blob[i:i + 1] for i in range(len(blob))]):   # coalesced, byte by byte
-            out = messages(pieces, lambda hs: hs.expect_request())
+            out, _ = drive(pieces)
             req = out[-1]
             assert req.command == P.CMD_CONNECT and req.port == 4321
             if req.version == 5:
