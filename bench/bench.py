@@ -29,8 +29,9 @@ What is measured (columns):
                    32-byte echo (the target closes first), close with RST
   rate err         failed tries in that loop
   CPU us/conn      user+system CPU of the server's whole process tree over
-                   that loop (children reaped during it included, through
-                   their parent's cutime/cstime), per connection served
+                   that loop (each process's CPU-time clock, in ns; children
+                   reaped during it included, through their parent's
+                   cutime/cstime), per connection served
   down/up MB/s     one session moving --mib MiB from / to the target
                    (upload needs half-close to be relayed); MB = MiB
   32x MB/s         32 sessions at once, each downloading --mib/16 MiB
@@ -215,27 +216,45 @@ def rollup(pid):
     return (int(pss.group(1)) if pss else 0), (int(rss.group(1)) if rss else 0)
 
 
+def process_cpu(pid):
+    """CPU seconds of process ``pid``'s whole thread group (exited threads
+    included), from its CPU-time clock: the kernel's running sum in
+    nanoseconds, where /proc/PID/stat's utime+stime is cut to 10 ms ticks.
+    The clock id is the one clock_getcpuclockid(3) returns, built the
+    kernel's way (the negated PID shifted left three, CPUCLOCK_SCHED = 2),
+    which Python does not wrap.  None if the clock cannot be read."""
+    try:
+        return time.clock_gettime(((~pid) << 3) | 2)
+    except (OSError, OverflowError, AttributeError):
+        return None
+
+
 def tree_cpu(*roots):
     """User+system CPU seconds of the ``roots`` and their descendants, so far.
 
     Each live process counts its own time (every thread's, exited ones
-    included: /proc/PID/stat is the thread group's) and its reaped
-    children's (cutime, cstime), so a fork-model child that served one
-    client and was waited for still counts, once, in its parent's.  A child
-    that exited but is not yet reaped still shows its own time; one reaped
-    by a parent that is gone itself is lost, which none of the servers here
-    does during a phase."""
+    included), read from its CPU-time clock in nanoseconds
+    (process_cpu; /proc/PID/stat's utime+stime in 10 ms ticks where that
+    clock cannot be read), and its reaped children's (cutime, cstime, in
+    ticks: cut once per parent per reading, not once per child), so a
+    fork-model child that served one client and was waited for still
+    counts, once, in its parent's.  A child that exited but is not yet
+    reaped still shows its own time; one reaped by a parent that is gone
+    itself is lost, which none of the servers here does during a phase."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    total = 0.0
     for root in roots:
         for pid in tree(root):
             try:
                 with open("/proc/%d/stat" % pid) as f:
-                    fields_ = f.read().rsplit(")", 1)[1].split()
-                total += sum(int(x) for x in fields_[11:15])     # utime stime cutime cstime
+                    fields_ = [int(x) for x in f.read().rsplit(")", 1)[1].split()[11:15]]
             except (OSError, IndexError, ValueError):
-                pass
-    return total / tick
+                continue
+            own = process_cpu(pid)
+            if own is None:
+                own = (fields_[0] + fields_[1]) / tick    # utime stime
+            total += own + (fields_[2] + fields_[3]) / tick   # cutime cstime
+    return total
 
 
 def tree_pss(root):

@@ -123,3 +123,36 @@ def test_quick_bench_prints_the_table(tmp_path):
         assert pngs == [] and "pip install 'sockd[bench]'" in out, out
 
     assert left_running(str(tmp_path)) == [], "the bench left processes running"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_under_test", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_tree_cpu_reads_nanoseconds_not_ticks():
+    """The bench's CPU cells come from each process's CPU-time clock, not
+    from /proc/PID/stat's 10 ms ticks: a child that spins 35 ms reads as
+    35 ms or a little more, where ticks would say 30 or 40 (and a smoke
+    run's relay, under a tick per worker, said 0: CI failed on it)."""
+    bench = load_bench()
+    me = bench.process_cpu(os.getpid())
+    assert me is not None and abs(me - (os.times().user + os.times().system)) < 0.05
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import os,sys,time\n"
+                              "t = time.process_time()\n"
+                              "while time.process_time() - t < 0.035: pass\n"
+                              "sys.stdout.write('%.9f\\n' % time.process_time()); sys.stdout.flush()\n"
+                              "sys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        own = float(child.stdout.readline())     # the child's own figure, then it waits
+        seen = bench.tree_cpu(child.pid)
+        assert own <= seen < own + 0.005, (own, seen)
+        assert seen != round(seen, 2), seen    # not a whole number of 10 ms ticks
+    finally:
+        child.stdin.close()
+        child.wait(10)
+    assert bench.process_cpu(child.pid) is None   # gone: no figure, no exception
