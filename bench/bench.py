@@ -62,7 +62,7 @@ direct, its connect() handed to the SOCKS server by the preloaded client
 library), against sockd -N 2 with methods gssapi none and against Dante's
 GSS-API server, for method none ("plain", the same client path), GSS-API
 level 0 (clear) and level 2 (confidentiality).  The realm is a throwaway
-MIT KDC on loopback (tests/gsskit.py).  CPU s/GB: the server's whole process
+MIT KDC on loopback (tests/gsskit.py).  CPU ms/GB: the server's whole process
 tree, user+system, per GiB moved.
 
 The bench raises its descriptor limit (RLIMIT_NOFILE, soft and hard; root
@@ -637,7 +637,7 @@ def gss_bed():
 
 
 def gss_rows(opts, workdir, extra):
-    """The GSS-API table: [{server, mode, down MB/s, up MB/s, CPU s/GB}]."""
+    """The GSS-API table: [{server, mode, down MB/s, up MB/s, CPU ms/GB}]."""
     gsskit, prefix = gss_bed()
     try:
         realm = gsskit.Realm()
@@ -685,11 +685,11 @@ def gss_rows(opts, workdir, extra):
 
 
 def gss_entry(server, mode, measured):
-    return dict(zip(("server", "mode", "down MB/s", "up MB/s", "CPU s/GB"), (server, mode) + measured))
+    return dict(zip(("server", "mode", "down MB/s", "up MB/s", "CPU ms/GB"), (server, mode) + measured))
 
 
 def gss_measure(opts, prefix, env, d, port, root, level):
-    """(down MB/s, up MB/s, server CPU s per GiB) for one session each way
+    """(down MB/s, up MB/s, server CPU ms per GiB) for one session each way
     under socksify through ``port``; ``level`` None: method none."""
     conf = os.path.join(d, "socks-%d-%s.conf" % (port, level))
     with open(conf, "w") as f:
@@ -712,7 +712,7 @@ def gss_measure(opts, prefix, env, d, port, root, level):
         else:
             res.append(f["MB_per_s"])
             moved += mib / 1024.0
-    return res[0], res[1], round(cpu / moved, 2) if moved else FAIL
+    return res[0], res[1], round(cpu * 1e3 / moved, 1) if moved else FAIL
 
 
 def growth(pair):
@@ -802,8 +802,8 @@ def price(rows, extra):
         e = g.get(("sockd-threads", mode))
         if plain and e:
             out.append({"capability": cap, "row": "gss " + mode, "against": "gss none (the same socksify client)",
-                        "values": {k: e[k] for k in ("down MB/s", "up MB/s", "CPU s/GB")},
-                        "ratios": {k: quotient(e[k], plain[k]) for k in ("down MB/s", "up MB/s", "CPU s/GB")}})
+                        "values": {k: e[k] for k in ("down MB/s", "up MB/s", "CPU ms/GB")},
+                        "ratios": {k: quotient(e[k], plain[k]) for k in ("down MB/s", "up MB/s", "CPU ms/GB")}})
     return out
 
 
@@ -1002,8 +1002,8 @@ def report(res, opts):
         if "gss" in errors:
             print("  %s" % errors["gss"])
         for e in gss or ():
-            print("  %-14s %-24s down %9s MB/s   up %9s MB/s   server CPU %6s s/GB" % (
-                e["server"], e["mode"], cell(e["down MB/s"]), cell(e["up MB/s"]), cell(e["CPU s/GB"])))
+            print("  %-14s %-24s down %9s MB/s   up %9s MB/s   server CPU %6s ms/GB" % (
+                e["server"], e["mode"], cell(e["down MB/s"]), cell(e["up MB/s"]), cell(e["CPU ms/GB"])))
 
     if res["price"]:
         print()
@@ -1011,8 +1011,8 @@ def report(res, opts):
         for e in res["price"]:
             r = e["ratios"]
             if "values" in e:
-                print("  %-56s down %s, up %s, CPU/GB %s (against gss none: %s down, %s up MB/s)" % (
-                    e["capability"], xs(r["down MB/s"]), xs(r["up MB/s"]), xs(r["CPU s/GB"]),
+                print("  %-56s down %s, up %s, CPU/GB %s against gss none (%s down, %s up MB/s)" % (
+                    e["capability"], xs(r["down MB/s"]), xs(r["up MB/s"]), xs(r["CPU ms/GB"]),
                     cell(e["values"]["down MB/s"]), cell(e["values"]["up MB/s"])))
             else:
                 print("  %-56s conn/s %s, p99 %s, CPU/conn %s; down %s, up %s, 32x %s, CPU/GB %s" % (
