@@ -78,15 +78,18 @@ class Budget:
     would fit, and move data lean when almost nothing does).  Shared by
     every relay of the process (``Context.budget``); single-threaded, like
     the loop.  ``splice``: whether relays move bulk through pipes
-    (``relay splice``); ``pipes``: the process's empty ones."""
+    (``relay splice``); ``pipes``: the process's empty ones; ``short``:
+    the process is short of descriptors (drop_pipes until spare_again),
+    so a pipe given back is closed instead of kept."""
 
-    __slots__ = ("held", "cap", "splice", "pipes")
+    __slots__ = ("held", "cap", "splice", "pipes", "short")
 
     def __init__(self, cap=UNLIMITED, splice=True):
         self.held = 0
         self.cap = cap
         self.splice = splice    # relay splice: relays move bulk through pipes
         self.pipes = []         # empty Pipes for the next splice (at most SPARE_PIPES)
+        self.short = False      # out of descriptors: no spares kept
 
     def take_pipe(self):
         """An empty Pipe, the pool's or a new one; None when the process is
@@ -99,15 +102,22 @@ class Budget:
             return None
 
     def drop_pipes(self):
-        """Close the spare pipes (the process is short of descriptors: its
-        clients need them more; the pool fills again as bulk moves)."""
+        """Close the spare pipes, and every pipe given back until
+        spare_again(): the process is short of descriptors and its clients
+        need them more (a session that ends meanwhile would otherwise
+        refill the pool with its pipes)."""
+        self.short = True
         for pipe in self.pipes:
             pipe.close()
         self.pipes = []
 
+    def spare_again(self):
+        """Descriptors to spare again: the pool fills as bulk moves."""
+        self.short = False
+
     def give_pipe(self, pipe):
         """``pipe`` is empty again: back to the pool, or closed."""
-        if len(self.pipes) < SPARE_PIPES:
+        if len(self.pipes) < SPARE_PIPES and not self.short:
             self.pipes.append(pipe)
         else:
             pipe.close()

@@ -372,6 +372,7 @@ class Worker(Serving):
         self.loop.call_later(0.25, self.resume_accepting)
 
     def resume_accepting(self):
+        self.ctx.budget.spare_again()
         if not (self.stopping or self.retiring):
             self.start_accepting()
 

@@ -645,7 +645,15 @@ def test_dropping_the_spare_pipes_closes_them():
     for fd in fds:
         with pytest.raises(OSError):
             os.fstat(fd)
-    assert budget.take_pipe().r >= 0          # and the pool fills again
+    again = budget.take_pipe()
+    assert again.r >= 0                       # a splice may still get one
+    budget.give_pipe(again)                   # but while short, none is kept
+    assert budget.pipes == [] and again.r == -1
+    budget.spare_again()
+    p = budget.take_pipe()
+    budget.give_pipe(p)
+    assert budget.pipes == [p] and p.r >= 0   # and the pool fills again
+    p.close()
 
 
 def test_urgent_data_past_the_splice_point_still_arrives_in_line(loop, net):
