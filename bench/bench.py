@@ -225,7 +225,7 @@ def process_cpu(pid):
     which Python does not wrap.  None if the clock cannot be read."""
     try:
         return time.clock_gettime(((~pid) << 3) | 2)
-    except (OSError, OverflowError, AttributeError):
+    except (OSError, OverflowError):
         return None
 
 

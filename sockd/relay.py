@@ -112,7 +112,8 @@ class Budget:
         self.pipes = []
 
     def spare_again(self):
-        """Descriptors to spare again: the pool fills as bulk moves."""
+        """Descriptors to spare again (the worker accepts again): the pool
+        fills as bulk moves."""
         self.short = False
 
     def give_pipe(self, pipe):

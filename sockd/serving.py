@@ -296,6 +296,7 @@ class Worker(Serving):
         for s in self.listeners:
             self.loop.add(s.fileno(), EPOLLIN | EPOLLEXCLUSIVE, self.make_acceptor(s))
         self.accepting = True
+        self.ctx.budget.spare_again()   # after a pause for descriptors, by its timer or a closed session
 
     def stop_accepting(self):
         if not self.accepting:
@@ -372,7 +373,6 @@ class Worker(Serving):
         self.loop.call_later(0.25, self.resume_accepting)
 
     def resume_accepting(self):
-        self.ctx.budget.spare_again()
         if not (self.stopping or self.retiring):
             self.start_accepting()
 
