@@ -1070,6 +1070,15 @@ def write_outputs(res, out_dir, started_at):
     return said
 
 
+def bar_label(v):
+    """A bar's figure on the chart: a failed phase says so ("fail", as in
+    the table), a cell with no figure (direct's CPU) is "-"."""
+    if v == FAIL:
+        return FAIL
+    v = num(v)
+    return "-" if v is None else cell(float(v))
+
+
 def chart(res, path):
     """One panel per column of CHART_COLS, one bar per server."""
     names = list(res["rows"])
@@ -1085,8 +1094,8 @@ def chart(res, path):
         better = "lower is better" if col.startswith("CPU") else "higher is better"
         ax.set_title("%s (%s)" % (col, better), fontsize=11)
         top = max([v for v in vals if v is not None] or [1])
-        for y, v in zip(ys, vals):
-            ax.text((v or 0) + top * 0.01, y, "-" if v is None else cell(float(v)), va="center", fontsize=8)
+        for y, n, v in zip(ys, names, vals):
+            ax.text((v or 0) + top * 0.01, y, bar_label(res["rows"][n].get(col)), va="center", fontsize=8)
         ax.set_xlim(0, top * 1.18)
         ax.grid(axis="x", alpha=0.3)
     m = res["machine"]

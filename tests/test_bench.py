@@ -156,3 +156,13 @@ def test_tree_cpu_reads_nanoseconds_not_ticks():
         child.stdin.close()
         child.wait(10)
     assert bench.process_cpu(child.pid) is None   # gone: no figure, no exception
+
+
+def test_a_failed_phase_reads_fail_on_the_chart_not_a_dash():
+    """microsocks' upload fails (it relays no half-close): its bar must
+    say so, as the table does, and not look like a cell that has no
+    figure (direct's CPU)."""
+    bench = load_bench()
+    assert bench.bar_label(bench.FAIL) == "fail"
+    assert bench.bar_label(None) == "-"
+    assert bench.bar_label(3290.4) == "3290" and bench.bar_label(96.4) == "96.4"
