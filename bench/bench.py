@@ -20,7 +20,8 @@ Prometheus would), `sockd-limit` (sockd -N 2 with a bandwidth limit and a
 quota on every client, both far above what loopback reaches: what the
 accounting costs when it never holds anyone back), `sockd-hop` (sockd -N 2
 whose way-out file sends everything through a second sockd -N 2 on the same
-machine: what one extra hop costs, both servers' CPU included), `sockd-fork`
+machine, `?pipeline`, as sockd-to-sockd chains are best set up: what one
+extra hop costs, both servers' CPU included), `sockd-fork`
 (sockd -m fork), `danted` (Dante, -N 2) and `microsocks`; the last two only
 when installed.  `--only sockd` means the threads and fork rows.
 
@@ -329,7 +330,7 @@ def sockd_conf(name, d, target_port, rules=0, back=None, extra_rules=0):
     if back is not None:
         wayout = os.path.join(d, "wayout")
         with open(wayout, "w") as f:
-            f.write("sockd @=socks5://127.0.0.1:%d ALL\n" % back.port)
+            f.write("sockd @=socks5://127.0.0.1:%d?pipeline ALL\n" % back.port)
         lines.append("upstream %s" % wayout)
     return lines
 

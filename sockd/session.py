@@ -998,10 +998,13 @@ class Session:
         if self.identq is not None:
             self.identq.cancel()
             self.identq = None
+        detail = ""
         if self.aux is not None:
+            if type(self.aux) is UpstreamConnector:
+                detail = self.aux.timeout_detail()      # its word on why
             self.aux.cancel()
             self.aux = None
-        self.fail(P.REP_TTL_EXPIRED, "", "timed-out")
+        self.fail(P.REP_TTL_EXPIRED, detail, "timed-out")
 
     def connect_failed(self, err):
         self.fail(P.rep_for_errno(err), ".  Error code: connect %s" % errno_text(err))

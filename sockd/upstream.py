@@ -171,7 +171,8 @@ class UpstreamConnector:
             try:
                 if address is None:
                     raise ValueError("SOCKS 4 carries IPv4 destinations only")
-                hs = U.handshake(server.kind, self.command, address, self.port, server.user, server.password)
+                hs = U.handshake(server.kind, self.command, address, self.port, server.user, server.password,
+                                 server.pipeline)
             except ValueError as exc:
                 self.uncarried.append("%s: %s" % (server.label, exc))
                 continue
@@ -400,6 +401,16 @@ class UpstreamConnector:
         self.queue = []
         ip = addr_text(self.candidates[0][1]) if sock is not None and self.candidates else None
         self.owner.on_connected(sock, ip, err)
+
+    def timeout_detail(self):
+        """What the session's ``timed-out`` line adds when its deadline came
+        during this connector: a pipelined upstream that answered the
+        greeting and nothing after it may not read past the greeting."""
+        hs = self.hs
+        if hs is not None and getattr(hs, "pipelined", False) and hs.alive and not hs.done:
+            return (".  Upstream %s answered the greeting and not the pipelined request: a server that "
+                    "drops what follows its greeting never will (remove ?pipeline)" % self.server.label)
+        return ""
 
     def cancel(self):
         """Give up (the session's deadline, or it went away): no callback.

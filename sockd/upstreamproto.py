@@ -127,17 +127,21 @@ def is_ipv4(address):
     return True
 
 
-def handshake(kind, command, address, port, user=None, password=None):
+def handshake(kind, command, address, port, user=None, password=None, pipeline=False):
     """The handshake for an upstream of ``kind`` (KINDS) asked to carry out
     ``command`` (protocol.CMD_*) towards ``address`` (an IP literal or a
     name: sending a name is the caller's choice) and ``port``; ``user`` and
-    ``password`` are the upstream's own credentials, or None.  Raises
-    ValueError for what the kind cannot carry (a name or IPv6 to SOCKS 4,
-    UDP to SOCKS 4, anything but CONNECT to HTTP, a credential too long)."""
+    ``password`` are the upstream's own credentials, or None; ``pipeline``
+    (SOCKS 5 only): everything in the first write (Socks5Handshake).
+    Raises ValueError for what the kind cannot carry (a name or IPv6 to
+    SOCKS 4, UDP to SOCKS 4, anything but CONNECT to HTTP, a credential too
+    long, a pipeline to anything but SOCKS 5)."""
+    if pipeline and kind not in (SOCKS5, SOCKS5H):
+        raise ValueError("only a SOCKS 5 handshake is pipelined")
     if kind in (SOCKS4, SOCKS4A):
         return Socks4Handshake(command, address, port, user, allow_name=kind == SOCKS4A)
     if kind in (SOCKS5, SOCKS5H, SOCKS):
-        return Socks5Handshake(command, address, port, user, password)
+        return Socks5Handshake(command, address, port, user, password, pipeline)
     if kind == HTTP:
         return HttpConnect(command, address, port, user, password)
     raise ValueError("unknown upstream kind %r" % (kind,))
@@ -233,26 +237,46 @@ class Socks4Handshake(Handshake):
 class Socks5Handshake(Handshake):
     """SOCKS 5: the greeting (method 0; 0 and 2 when the upstream has
     credentials), RFC 1929 when the upstream chooses it, the request, its
-    reply (two for BIND)."""
+    reply (two for BIND).
 
-    __slots__ = ("state", "request", "auth")
+    ``pipeline``: the greeting, the credentials and the request in the
+    first write, without waiting for each answer (one round trip in all,
+    where RFC 1928 takes two or three).  The greeting then offers the one
+    method the rest is written for (0, or 2 with credentials), so the
+    upstream's choice is known in advance; its answers are read in order
+    as before.  Only for a server that reads its handshake off the stream
+    as it comes: one that drops what follows the greeting (microsocks)
+    never answers the request."""
+
+    __slots__ = ("state", "request", "auth", "pipelined", "offer")
     GREETING, AUTH, REPLY = range(3)
 
-    def __init__(self, command, address, port, user=None, password=None):
+    def __init__(self, command, address, port, user=None, password=None, pipeline=False):
         super().__init__(command)
         if command not in (P.CMD_CONNECT, P.CMD_BIND, P.CMD_UDP):
             raise ValueError("unknown command %r" % (command,))
         self.request = P.request5(command, address, port)
-        if user is not None:
-            self.auth = P.userpass_request(user, password or "")
-            self.first = P.greeting5((P.METHOD_NONE, P.METHOD_USERPASS))
+        self.pipelined = pipeline
+        self.auth = None if user is None else P.userpass_request(user, password or "")
+        if pipeline:
+            # one method, the one the rest is written for
+            self.offer = (P.METHOD_NONE,) if user is None else (P.METHOD_USERPASS,)
+            self.first = P.greeting5(self.offer) + (self.auth or b"") + self.request
+            self.auth = self.request = None     # sent already
         else:
-            self.auth = None
-            self.first = P.greeting5((P.METHOD_NONE,))
+            self.offer = (P.METHOD_NONE,) if user is None else (P.METHOD_NONE, P.METHOD_USERPASS)
+            self.first = P.greeting5(self.offer)
         self.state = self.GREETING
 
     def __repr__(self):
-        return "Socks5Handshake(state=%d, credentials=%s)" % (self.state, self.auth is not None)
+        return "Socks5Handshake(state=%d, credentials=%s, pipelined=%s)" % (
+            self.state, P.METHOD_USERPASS in self.offer, self.pipelined)
+
+    @staticmethod
+    def send(events, data):
+        """``data`` to send now, unless the first write carried it (None)."""
+        if data is not None:
+            events.append(Send(data))
 
     def step(self, events):
         buf = self.buf
@@ -266,16 +290,17 @@ class Socks5Handshake(Handshake):
             method = buf[1]
             self.buf = buf[2:]
             self.answered(events)
-            if method == P.METHOD_NONE:
+            if method == P.METHOD_NONE and method in self.offer:
                 self.state = self.REPLY
-                events.append(Send(self.request))
-            elif method == P.METHOD_USERPASS and self.auth is not None:
+                self.send(events, self.request)
+            elif method == P.METHOD_USERPASS and method in self.offer:
                 self.state = self.AUTH
-                events.append(Send(self.auth))
+                self.send(events, self.auth)
                 self.auth = None            # not kept once sent
             elif method == P.METHOD_UNACCEPTABLE:
                 raise Broken("no acceptable method" + (
-                    " (it wants credentials)" if self.auth is None else " (it refused username/password)"))
+                    " (it wants credentials)" if P.METHOD_USERPASS not in self.offer
+                    else " (it refused username/password)"))
             else:
                 raise Broken("chose method %d, which was not offered" % method)
             return True
@@ -288,7 +313,7 @@ class Socks5Handshake(Handshake):
             if buf[1] != 0:
                 raise Broken("refused our username/password (status %d)" % buf[1])
             self.state = self.REPLY
-            events.append(Send(self.request))
+            self.send(events, self.request)
             return True
         try:
             got = P.parse_reply5(buf)

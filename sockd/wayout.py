@@ -20,8 +20,10 @@ server's rules (sockd.config / sockd.rules): CIDR, IPv6, host names,
 client library falls back to 4), or a URL that says what it is:
 ``socks4://``, ``socks4a://``, ``socks5://``, ``socks5h://`` (SOCKS 5, the
 name resolved by the upstream) or ``http://`` (HTTP CONNECT), each
-``KIND://[USER:PASSWORD@]HOST[:PORT]`` (user and password %-encoded; the
-port defaults to 1080, and an http:// one must be given).  First match
+``KIND://[USER:PASSWORD@]HOST[:PORT][?pipeline]`` (user and password
+%-encoded; the port defaults to 1080, and an http:// one must be given;
+``?pipeline``, SOCKS 5 only: the whole handshake in one write, for a server
+that reads its handshake off the stream in order, one round trip fewer).  First match
 wins; no match means deny.  Every mistake is reported as ``FILE:LINE:
 message (near 'token')``, all of them at once.  Credentials never appear
 in an entry's text (``mask_credentials``) nor in a server's ``label``.
@@ -43,6 +45,7 @@ SKIP_WORDS = ("domain", "nameserver", "bind", "findserver")
 ALWAYS_DIRECT = {(4, 0x7F000001), (4, 0), (6, 1), (6, 0)}
 KINDS = ("socks4", "socks4a", "socks5", "socks5h", "http")
 REMOTE_NAMES = ("socks", "socks4a", "socks5h", "http")
+PIPELINED = ("socks5", "socks5h")     # the kinds that take ?pipeline
 URL = re.compile(r"^([A-Za-z0-9]+)://(.*)$")
 CREDENTIALS = re.compile(r"(?i)\b((?:socks4a?|socks5h?|http)://)([^:/@\s,]*):([^@\s,]*)@")
 
@@ -66,9 +69,10 @@ class Server(tuple):
     ``password`` (None unless given), ``label`` (the URL without the
     credentials, for logs)."""
 
-    def __new__(cls, host, port, kind="socks", user=None, password=None):
+    def __new__(cls, host, port, kind="socks", user=None, password=None, pipeline=False):
         self = tuple.__new__(cls, (host, port))
         self.kind, self.user, self.password = kind, user, password
+        self.pipeline = pipeline
         return self
 
     @property
@@ -88,7 +92,9 @@ class Server(tuple):
     @property
     def label(self):
         hp = fmt_server(self)
-        return hp if self.kind == "socks" else "%s://%s" % (self.kind, hp)
+        if self.kind == "socks":
+            return hp
+        return "%s://%s%s" % (self.kind, hp, "?pipeline" if self.pipeline else "")
 
     def __repr__(self):
         # the classic form prints as the (host, port) it has always been
@@ -122,8 +128,8 @@ def parse_server(tok, port=C.DEFAULT_PORT):
 
 
 def parse_url(tok, kind, rest):
-    """``KIND://[USER:PASSWORD@]HOST[:PORT]`` -> a Server.  Raises Bad; the
-    token it names has its password masked."""
+    """``KIND://[USER:PASSWORD@]HOST[:PORT][?pipeline]`` -> a Server.
+    Raises Bad; the token it names has its password masked."""
     shown = mask_credentials(tok)
     if kind not in KINDS:
         raise C.Bad("unknown kind of server: expected %s" % ", ".join(k + "://" for k in KINDS), shown)
@@ -138,6 +144,16 @@ def parse_url(tok, kind, rest):
             raise C.Bad("SOCKS 4 has no password: credentials need socks5:// or http://", shown)
         if len(user.encode()) > 255 or len(password.encode()) > 255:
             raise C.Bad("user and password are at most 255 bytes each (RFC 1929)", shown)
+    # after the credentials: a password may hold a '?'
+    pipeline = False
+    if "?" in rest:
+        rest, _, query = rest.partition("?")
+        for opt in query.split("&"):
+            if opt != "pipeline":
+                raise C.Bad("unknown server option %r: the one option is ?pipeline" % opt, shown)
+            pipeline = True
+        if kind not in PIPELINED:
+            raise C.Bad("?pipeline is for SOCKS 5 servers (socks5://, socks5h://)", shown)
     rest = rest.rstrip("/")
     if kind == "http" and not re.search(r"(?:^|[^:]|\]):\d+$", rest):
         raise C.Bad("an http:// upstream needs its port (http://HOST:PORT)", shown)
@@ -145,7 +161,7 @@ def parse_url(tok, kind, rest):
         host, p = parse_hostport(rest, C.DEFAULT_PORT)
     except C.Bad as exc:
         raise C.Bad(str(exc), shown) from None
-    return Server(host, p, kind, user, password)
+    return Server(host, p, kind, user, password, pipeline)
 
 
 def parse_hostport(tok, port):

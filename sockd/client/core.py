@@ -504,20 +504,39 @@ def _gss_handshake(conn, server, proxy_host, creds, gs, deadline):
     return init, level
 
 
-def _socks5(conn, sa, command, host, port, deadline, proxy_host=None, offer=None):
+def _socks5(conn, sa, command, host, port, deadline, proxy_host=None, offer=None, pipeline=False):
     """SOCKS 5 on ``conn``: methods, request, reply.  Returns ((5, bound
     address, bound port), _Link or None).  ``proxy_host``: the server as
-    written, for GSS-API's host-based service name; ``offer``: the _Offer."""
+    written, for GSS-API's host-based service name; ``offer``: the _Offer;
+    ``pipeline`` (the server's ``?pipeline``): the greeting, the user name
+    and password and the request in one write, offering the one method
+    they are written for (not with GSS-API, whose exchange takes turns)."""
     creds = _credentials()
     server = _fmt_sa(sa)
     offer = offer or _Offer()
     gs, gss_creds, gss_why = offer.settings, offer.creds, offer.why
+    request = P.request5(command, host, port)
+    sent = False
     if gs.mode == gss.REQUIRE:
         methods = [P.METHOD_GSSAPI]
+    elif pipeline and gss_creds is None:
+        methods = [P.METHOD_USERPASS] if creds else [P.METHOD_NONE]
     else:
         methods = [P.METHOD_NONE] + ([P.METHOD_USERPASS] if creds else []) + \
                   ([P.METHOD_GSSAPI] if gss_creds is not None else [])
-    conn.sendall(P.greeting5(methods))
+    if methods == [P.METHOD_NONE] and pipeline:
+        conn.sendall(P.greeting5(methods) + request)
+        sent = True
+    elif methods == [P.METHOD_USERPASS] and pipeline:
+        try:
+            auth = P.userpass_request(*creds)
+        except ValueError as exc:
+            raise SocksRefused("SOCKS server %s wants a user name and password: %s" % (server, exc),
+                               server=server, version=5) from None
+        conn.sendall(P.greeting5(methods) + auth + request)
+        sent = True
+    else:
+        conn.sendall(P.greeting5(methods))
     try:
         ans = _recv_exact(conn, 2, min(deadline, time.monotonic() + GREETING_TIMEOUT))
     except (EOFError, socket.timeout, ConnectionResetError):
@@ -526,12 +545,13 @@ def _socks5(conn, sa, command, host, port, deadline, proxy_host=None, offer=None
         raise _NotSocks5()
     method = ans[1]
     link = None
-    if method == P.METHOD_USERPASS and creds:
-        try:
-            conn.sendall(P.userpass_request(*creds))
-        except ValueError as exc:
-            raise SocksRefused("SOCKS server %s wants a user name and password: %s" % (server, exc),
-                               server=server, version=5) from None
+    if method == P.METHOD_USERPASS and creds and method in methods:
+        if not sent:
+            try:
+                conn.sendall(P.userpass_request(*creds))
+            except ValueError as exc:
+                raise SocksRefused("SOCKS server %s wants a user name and password: %s" % (server, exc),
+                                   server=server, version=5) from None
         st = _recv_exact(conn, 2, deadline)
         if st[1] != 0:
             raise SocksRefused("SOCKS server %s refused the user name and password of %s "
@@ -546,7 +566,6 @@ def _socks5(conn, sa, command, host, port, deadline, proxy_host=None, offer=None
             hint += "; GSS-API (Kerberos) was not offered: %s" % gss_why
         raise SocksRefused("SOCKS server %s accepts none of the authentication methods offered%s"
                            % (server, hint), server=server, version=5)
-    request = P.request5(command, host, port)
     if link is not None and link.prot is not None:
         conn.sendall(link.prot.seal(request))
         reader = gss.Unsealer(link.prot, lambda n: _recv_exact(conn, n, deadline))
@@ -555,9 +574,16 @@ def _socks5(conn, sa, command, host, port, deadline, proxy_host=None, offer=None
         except gss.GssRefused as exc:
             raise SocksRefused("SOCKS server %s: %s" % (server, exc), server=server, version=5) from None
         link.early = reader.buffer
-    else:
+    elif not sent:
         conn.sendall(request)
         rep, addr, bport = read_reply5(conn, deadline)
+    else:
+        try:
+            rep, addr, bport = read_reply5(conn, deadline)
+        except socket.timeout:
+            raise socket.timeout("timed out after answering the greeting: a server that drops what "
+                                 "follows its greeting never answers a pipelined request "
+                                 "(remove ?pipeline)") from None
     if rep != P.REP_SUCCEEDED:
         raise SocksRefused("SOCKS server %s refused %s to %s port %d: SOCKS 5 reply %d, %s"
                            % (server, P.COMMAND_NAMES.get(command, "request"), host, port, rep,
@@ -648,7 +674,8 @@ def via(r, command, port=None, timeout=None, first=None, announce=None, source=N
                     dst_host, dst_port = r.host, port
                     if announce is not None:
                         dst_host, dst_port = announce(conn)
-                    got, link = _socks5(conn, sa, command, dst_host, dst_port, deadline, srv[0], offer)
+                    got, link = _socks5(conn, sa, command, dst_host, dst_port, deadline, srv[0], offer,
+                                        getattr(srv, "pipeline", False))
                 else:
                     if command == P.CMD_UDP:
                         raise SocksServerError("SOCKS server %s: UDP needs SOCKS 5, and SOCKS 4 is what "
@@ -671,7 +698,8 @@ def via(r, command, port=None, timeout=None, first=None, announce=None, source=N
                 msg = "Failed to connect to sockd at %s: %s" % (_fmt_sa(sa), exc)
             except (OSError, EOFError, P.ProtocolError, ValueError) as exc:
                 conn.close()
-                why = "timed out" if isinstance(exc, socket.timeout) else (getattr(exc, "strerror", None) or exc)
+                why = (str(exc) or "timed out") if isinstance(exc, socket.timeout) else \
+                    (getattr(exc, "strerror", None) or exc)
                 msg = "Failed to talk to sockd at %s: %s" % (_fmt_sa(sa), why)
             log.warning("%s", msg)
             failures.append(msg)

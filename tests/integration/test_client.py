@@ -492,6 +492,42 @@ def test_microsocks_with_and_without_a_password(microsocks, socksconf, target_ec
     c.close()
 
 
+def test_pipelined_servers_with_and_without_a_password(start_sockd, microsocks, socksconf, target_echo,
+                                                       monkeypatch, tmp_path):
+    """``?pipeline``: greeting, credentials and request in one write, to
+    servers that read their handshake in order (sockd); microsocks drops
+    what follows its greeting, and the error says to remove the option."""
+    s = start_sockd(PERMIT_LOCAL)
+    socksconf("sockd @=socks5://127.0.0.1:%d?pipeline ALL\n" % s.port)
+    c = socksocket()
+    c.settimeout(10)
+    c.connect((TARGET, target_echo.port))
+    echo_roundtrip(c)
+    c.close()
+    from test_logins import sockd_passwd
+    pw = str(tmp_path / "passwd")
+    assert sockd_passwd("-c", "-i", "-C", "4", pw, "pipe", password="Pipe1Pass\n").returncode == 0
+    u = start_sockd("passwd %s\nmethods username\n" % pw + PERMIT_LOCAL, name="users")
+    socksconf("sockd @=socks5://127.0.0.1:%d?pipeline ALL\n" % u.port)
+    monkeypatch.setenv("SOCKS_USERNAME", "pipe")
+    monkeypatch.setenv("SOCKS_PASSWORD", "Pipe1Pass")
+    c = socksocket()
+    c.settimeout(10)
+    c.connect((TARGET, target_echo.port))
+    echo_roundtrip(c)
+    c.close()
+    u.wait_log(r"connected -- Connect from pipe\(unknown\)@127\.0\.0\.1")
+    monkeypatch.delenv("SOCKS_USERNAME")
+    monkeypatch.delenv("SOCKS_PASSWORD")
+    m = microsocks()
+    socksconf("sockd @=socks5://127.0.0.1:%d?pipeline ALL\n" % m[1])
+    c = socksocket()
+    c.settimeout(2)
+    with pytest.raises(SocksServerError, match=r"answering the greeting.*remove \?pipeline"):
+        c.connect((TARGET, target_echo.port))
+    c.close()
+
+
 # --- SOCKS 4 fallback, 4A, and the classic reply messages -------------------------------------
 
 def test_fallback_to_socks4_and_4a(socksconf, target_echo):

@@ -303,6 +303,44 @@ def test_every_upstream_down(front, www):
     wait_for(lambda: len(re.findall("no upstream answered", s.log())) == 2, 5, what="two failures")
 
 
+# --- ?pipeline: the whole SOCKS 5 handshake in the first write ------------------------------------------
+
+@pytest.mark.parametrize("back_kind", ["sockd", "danted"])
+def test_pipelined_through_a_server_that_reads_its_handshake_in_order(front, start_sockd, danted, www, back_kind):
+    back = start_sockd(PERMIT_LOCAL, name="back") if back_kind == "sockd" else danted()
+    s = front("sockd @=socks5://127.0.0.1:%d?pipeline ALL\n" % back.port)
+    for scheme in ("socks5", "socks4"):
+        fetched(curl("%s://127.0.0.1:%d" % (scheme, s.port), www.url("hello.txt")), www)
+    helpers.wait_for(lambda: len(re.findall(r"connected -- .* via socks5://127\.0\.0\.1:%d\?pipeline" % back.port,
+                                            s.log())) == 2, what="two connected lines via the pipelined upstream")
+
+
+def test_pipelined_through_a_server_with_a_password(front, start_sockd, www, tmp_path):
+    # the back wants RFC 1929: greeting (method 2 only), credentials and request in one write
+    from test_logins import sockd_passwd
+    pw = str(tmp_path / "passwd")
+    r = sockd_passwd("-c", "-i", "-C", "4", pw, "chain", password="Ch4inPass\n")
+    assert r.returncode == 0, r.stderr
+    back = start_sockd("passwd %s\nmethods username\n" % pw + PERMIT_LOCAL, name="back")
+    s = front("sockd @=socks5://chain:Ch4inPass@127.0.0.1:%d?pipeline ALL\n" % back.port)
+    fetched(curl("socks5://127.0.0.1:%d" % s.port, www.url("hello.txt")), www)
+    back.wait_log(r"connected -- Connect from chain\(unknown\)@127\.0\.0\.1")
+    s.stop()
+    assert "Ch4inPass" not in s.log()
+
+
+def test_microsocks_drops_a_pipelined_request_and_the_log_says_so(front, microsocks, www):
+    port = microsocks()
+    s = front("sockd @=socks5://127.0.0.1:%d?pipeline ALL\n" % port, "timeout connect 2\n")
+    r = curl("socks5://127.0.0.1:%d" % s.port, www.url("hello.txt"))
+    assert r.returncode != 0
+    s.wait_log(r"timed-out -- .*Upstream socks5://127\.0\.0\.1:%d\?pipeline answered the greeting and not "
+               r"the pipelined request: .*\(remove \?pipeline\)" % port)
+    # the same server without ?pipeline serves
+    s2 = front("sockd @=socks5://127.0.0.1:%d ALL\n" % port)
+    fetched(curl("socks5://127.0.0.1:%d" % s2.port, www.url("hello.txt")), www)
+
+
 # --- refusals -------------------------------------------------------------------------------------------
 
 def test_a_deny_line_refuses_naming_it(front, www, black_hole):

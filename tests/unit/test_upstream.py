@@ -366,3 +366,50 @@ def test_an_upstream_name_through_the_cache_and_every_address(loop, log, health,
     assert owner.result[2] is None and c.upstream_ip == "127.0.0.1"
     owner.result[0].close()
     assert log.lines("warning") == []
+
+
+def pipelined(kind, port, user=None, password=None):
+    return W.Server("127.0.0.1", port, kind, user, password, pipeline=True)
+
+
+def test_a_pipelined_upstream_gets_the_whole_handshake_before_it_answers(loop, log, health, ups):
+    # it answers nothing until it has read greeting and request: without
+    # the pipeline the two would wait for each other until the bound
+    request = P.request5(1, "192.0.2.7", 80)
+    u = ups([(3 + len(request), b"\x05\x00" + P.reply5(0, "10.9.8.7", 4321) + b"hi")])
+    c, owner = connect(loop, log, health, [pipelined("socks5", u.port)])
+    assert run_until(loop, lambda: owner.calls, 3)
+    sock, ip, err = owner.result
+    assert err is None
+    assert u.got[0] == b"\x05\x01\x00" + request
+    assert c.bound == ("10.9.8.7", 4321) and c.first == b"hi"
+    assert c.server.label == "socks5://127.0.0.1:%d?pipeline" % u.port
+    sock.close()
+
+
+def test_a_pipelined_upstream_with_credentials(loop, log, health, ups):
+    auth, request = P.userpass_request("fred", "hunter2"), P.request5(1, "192.0.2.7", 80)
+    u = ups([(3 + len(auth) + len(request), b"\x05\x02\x01\x00" + P.reply5(0, "10.9.8.7", 4321))])
+    c, owner = connect(loop, log, health, [pipelined("socks5", u.port, "fred", "hunter2")])
+    assert run_until(loop, lambda: owner.calls, 3)
+    sock, ip, err = owner.result
+    assert err is None
+    assert u.got[0] == b"\x05\x01\x02" + auth + request
+    assert "hunter2" not in "".join(log.lines())
+    sock.close()
+
+
+def test_an_upstream_that_drops_a_pipelined_request_is_named_when_the_session_gives_up(loop, log, health, ups):
+    # microsocks' way: the greeting answered, what followed it dropped
+    u = ups([(3, b"\x05\x00")])
+    c, owner = connect(loop, log, health, [pipelined("socks5", u.port)], attempt=0.3)
+    run_for(loop, 0.6)
+    assert owner.calls == []                    # answered once: no failover, the session's deadline decides
+    assert "answered the greeting and not the pipelined request" in c.timeout_detail()
+    assert "remove ?pipeline" in c.timeout_detail()
+    c.cancel()
+    plain = ups([(3, b"\x05\x00")])
+    c2, owner2 = connect(loop, log, health, [server("socks5", plain.port)], attempt=0.3)
+    run_for(loop, 0.3)
+    assert c2.timeout_detail() == ""            # not pipelined: nothing to say
+    c2.cancel()

@@ -340,3 +340,65 @@ def test_hostile_answers(kind, cmd, chunks, creds):
         assert str(exc)
         if isinstance(exc, U.Refused):
             assert 1 <= exc.rep <= 8
+
+
+# --- ?pipeline: the whole handshake in the first write ---------------------------------------------
+
+def test_a_pipelined_handshake_is_one_write_and_sends_nothing_after():
+    hs = U.handshake(U.SOCKS5, P.CMD_CONNECT, "192.0.2.7", 80, pipeline=True)
+    assert hs.start() == P.greeting5((P.METHOD_NONE,)) + P.request5(P.CMD_CONNECT, "192.0.2.7", 80)
+    for chunks in ways(b"\x05\x00" + ONE_REPLY5 + b"hi"):
+        hs = U.handshake(U.SOCKS5, P.CMD_CONNECT, "192.0.2.7", 80, pipeline=True)
+        hs.start()
+        assert drive(hs, chunks) == ([U.ALIVE, U.Reply("10.0.0.1", 1080)], b"hi")
+
+
+def test_a_pipelined_handshake_with_credentials_offers_only_username_password():
+    hs = U.handshake(U.SOCKS5H, P.CMD_CONNECT, "example.com", 443, "fred", "hunter2", pipeline=True)
+    assert hs.start() == (P.greeting5((P.METHOD_USERPASS,)) + P.userpass_request("fred", "hunter2")
+                          + P.request5(P.CMD_CONNECT, "example.com", 443))
+    assert "hunter2" not in repr(hs) and hs.auth is None       # not kept: it went out with the greeting
+    assert hs.feed(b"\x05\x02\x01\x00" + ONE_REPLY5) == [U.ALIVE, U.Reply("10.0.0.1", 1080)]
+    assert hs.done
+
+
+@pytest.mark.parametrize("creds, answer, words", [
+    (False, b"\x05\x02", "not offered"),            # it may not choose what the greeting did not offer
+    (True, b"\x05\x00", "not offered"),
+    (True, b"\x05\xff", "refused username/password"),
+    (False, b"\x05\xff", "wants credentials"),
+    (True, b"\x05\x02\x01\x01", "refused our username/password"),
+])
+def test_a_pipelined_handshake_holds_the_upstream_to_the_one_method(creds, answer, words):
+    hs = U.handshake(U.SOCKS5, P.CMD_CONNECT, "192.0.2.7", 80, "u" if creds else None,
+                     "p" if creds else None, pipeline=True)
+    hs.start()
+    with pytest.raises(U.Broken) as e:
+        hs.feed(answer)
+    assert words in str(e.value)
+
+
+@pytest.mark.parametrize("kind", [U.SOCKS4, U.SOCKS4A, U.HTTP, U.SOCKS])
+def test_only_a_socks5_url_is_pipelined(kind):
+    with pytest.raises(ValueError):
+        U.handshake(kind, P.CMD_CONNECT, "192.0.2.7", 80, pipeline=True)
+
+
+@FAST
+@given(st.sampled_from([P.CMD_CONNECT, P.CMD_BIND, P.CMD_UDP]), addresses, ports, bound, ports, bound, ports,
+       st.booleans(), st.binary(max_size=64), splits)
+def test_socks5_pipelined_any_chunking(cmd, dst, dport, b1, p1, b2, p2, creds, after, cuts):
+    """The pipelined handshake's answers, cut anywhere: the replies and the
+    rest as without pipelining, and nothing more to send."""
+    answer = b"\x05" + (b"\x02\x01\x00" if creds else b"\x00") + P.reply5(0, b1, p1)
+    expected = [U.ALIVE, U.Reply(b1, p1)]
+    if cmd == P.CMD_BIND:
+        answer += P.reply5(0, b2, p2)
+        expected.append(U.Reply(b2, p2))
+    hs = U.handshake(U.SOCKS5, cmd, dst, dport, "u" if creds else None, "p" if creds else None, pipeline=True)
+    first = hs.start()
+    assert first.endswith(P.request5(cmd, dst, dport))
+    got, rest = drive(hs, chunked(answer + after, cuts))
+    assert got == expected
+    assert rest == after
+    assert hs.done

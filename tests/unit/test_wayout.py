@@ -27,6 +27,8 @@ def conf(text, path="up.conf"):
     ("SOCKS5://u:pw9@up1:1", "socks5", "up1", 1, "u", "pw9", "socks5://up1:1"),
     ("http://al%40ice:p%3Aw%2Cd@proxy:8080/", "http", "proxy", 8080, "al@ice", "p:w,d", "http://proxy:8080"),
     ("up2:1082", "socks", "up2", 1082, None, None, "up2:1082"),
+    ("socks5://up1:1081?pipeline", "socks5", "up1", 1081, None, None, "socks5://up1:1081?pipeline"),
+    ("socks5h://u:a?b@up1/?pipeline", "socks5h", "up1", 1080, "u", "a?b", "socks5h://up1:1080?pipeline"),
 ])
 def test_servers_by_url_and_classic(tok, kind, host, port, user, password, label):
     s = W.parse_server(tok)
@@ -34,6 +36,7 @@ def test_servers_by_url_and_classic(tok, kind, host, port, user, password, label
     assert s == (host, port) and isinstance(s, tuple)
     assert s.remote_names is (kind in ("socks", "socks4a", "socks5h", "http"))
     assert "p:w" not in repr(s) and (password is None or password not in s.label)
+    assert s.pipeline is tok.endswith("?pipeline")
 
 
 @pytest.mark.parametrize("tok, why", [
@@ -43,6 +46,10 @@ def test_servers_by_url_and_classic(tok, kind, host, port, user, password, label
     ("socks5://user@x:1", "USER:PASSWORD@"),
     ("socks5://x:0", "bad server port"),
     ("socks5://%s:p@x:1" % ("u" * 256), "at most 255 bytes"),
+    ("socks5://x:1?fast", "unknown server option 'fast'"),
+    ("socks5://x:1?pipeline&x", "unknown server option 'x'"),
+    ("socks4://x:1?pipeline", "?pipeline is for SOCKS 5 servers"),
+    ("http://x:1?pipeline", "?pipeline is for SOCKS 5 servers"),
 ])
 def test_bad_urls(tok, why):
     with pytest.raises(C.Bad) as e:
@@ -107,3 +114,11 @@ def test_any_credentials_round_trip_through_percent_encoding_and_never_show(user
     s = W.parse_server(tok)
     assert (s.user, s.password) == (user, password)
     assert W.mask_credentials("sockd@" + tok) == "sockd@socks5://%s:***@up1:1080" % urllib.parse.quote(user, safe="")
+
+
+def test_a_pipelined_server_in_a_way_out_file_and_its_mistakes_by_line():
+    c = conf("sockd @=socks5://up1:1081?pipeline,socks5://up2:1082 ALL\n")
+    assert [x.pipeline for x in c.entries[0].servers] == [True, False]
+    with pytest.raises(W.WayoutError) as err:
+        conf("direct 10.0.0.0/8\nsockd @=socks4://up1:1081?pipeline ALL\n")
+    assert "up.conf:2:" in str(err.value) and "?pipeline is for SOCKS 5 servers" in str(err.value)
