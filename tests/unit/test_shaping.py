@@ -10,6 +10,7 @@ relay; GSS-API protection and shaping compose.  Past a direction's first
 allows."""
 
 import os
+import socket
 import time
 
 from sockd import config as C
@@ -240,3 +241,35 @@ def test_a_quota_with_cut_ends_the_association(loop, net, log):
     send(loop, assoc, client, relay, header + b"y" * 1000, 200)
     assert run_until(loop, lambda: sess.closed == 1)
     assert assoc.meter.cut[0] == "user alice" and "; cut: quota user alice 102400 bytes per day" in assoc.summary()
+
+
+def test_the_metered_reads_test_their_flags_as_ints():
+    """MeteredSocket.recv_into tests MSG_TRUNC and MSG_PEEK on every read:
+    as ints, not socket's IntFlag members (``0 & socket.MSG_PEEK`` builds
+    a MsgFlag through enum, about half a microsecond each, four reads a
+    connection); a peek is not spent, a read and a truncating read are."""
+    assert type(RL.MSG_PEEK) is int and type(RL.MSG_TRUNC) is int
+    assert (RL.MSG_PEEK, RL.MSG_TRUNC) == (int(socket.MSG_PEEK), int(socket.MSG_TRUNC))
+
+    class Meter:
+        def __init__(self):
+            self.spent_n = 0
+
+        def allowance(self, d):
+            return 1 << 20
+
+        def spent(self, d, n):
+            self.spent_n += n
+
+    a, b = socket.socketpair()
+    try:
+        m = Meter()
+        ms = RL.MeteredSocket(b, m, 0)
+        a.sendall(b"x" * 30)
+        buf = bytearray(64)
+        assert ms.recv_into(buf, 10, RL.MSG_PEEK) == 10 and m.spent_n == 0
+        assert ms.recv_into(buf, 10) == 10 and m.spent_n == 10
+        assert ms.recv_into(buf, 20, RL.MSG_TRUNC) == 20 and m.spent_n == 30
+    finally:
+        a.close()
+        b.close()
