@@ -180,7 +180,7 @@ class UpstreamConnector:
             self.tries += 1
             if self.attempt > 0:
                 self.timer = self.loop.call_later(self.attempt, self.on_attempt_timeout)
-            fam = literal_family(server.host)
+            fam = server.family     # parsed once, with the way-out file
             if fam is not None:
                 self.reach([(fam, server.host)])
                 return

@@ -31,6 +31,7 @@ in an entry's text (``mask_credentials``) nor in a server's ``label``.
 
 import ipaddress
 import re
+import socket
 import urllib.parse
 
 from . import config as C
@@ -66,22 +67,27 @@ class Server(tuple):
     """One upstream: a (host, port) tuple, so that it compares and prints
     as the classic servers always have, with what a URL adds: ``kind``
     ("socks" for the classic form, else one of KINDS), ``user`` and
-    ``password`` (None unless given), ``label`` (the URL without the
-    credentials, for logs)."""
+    ``password`` (None unless given), ``pipeline`` (``?pipeline``), ``label``
+    (the URL without the credentials, for logs; made once: every
+    connection through the upstream names it)."""
 
     def __new__(cls, host, port, kind="socks", user=None, password=None, pipeline=False):
         self = tuple.__new__(cls, (host, port))
+        self.host, self.port = host, port
         self.kind, self.user, self.password = kind, user, password
         self.pipeline = pipeline
+        hp = fmt_server(self)
+        self._label = hp if kind == "socks" else "%s://%s%s" % (kind, hp, "?pipeline" if pipeline else "")
+        try:
+            self._family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+        except ValueError:
+            self._family = None
         return self
 
-    @property
-    def host(self):
-        return self[0]
-
-    @property
-    def port(self):
-        return self[1]
+    def __init__(self, host, port, kind="socks", user=None, password=None, pipeline=False):
+        """__new__ made it; these parameters are what cache's codec (the
+        inetd cache, a recheck's copy of the configuration) rebuilds it
+        from."""
 
     @property
     def remote_names(self):
@@ -91,10 +97,13 @@ class Server(tuple):
 
     @property
     def label(self):
-        hp = fmt_server(self)
-        if self.kind == "socks":
-            return hp
-        return "%s://%s%s" % (self.kind, hp, "?pipeline" if self.pipeline else "")
+        return self._label
+
+    @property
+    def family(self):
+        """AF_INET or AF_INET6 when the host is an address literal, None
+        for a name (to be resolved), as upstream.literal_family says."""
+        return self._family
 
     def __repr__(self):
         # the classic form prints as the (host, port) it has always been

@@ -3,6 +3,7 @@ invalidated by any change to what the parse read."""
 
 import json
 import os
+import socket
 
 import pytest
 
@@ -139,3 +140,24 @@ def test_cache_directory_from_the_environment(monkeypatch, tmp_path):
     assert os.path.dirname(K.cache_path("/etc/sockd.conf")) == str(tmp_path)
     monkeypatch.delenv("SOCKD_CACHE_DIR")
     assert K.cache_path("/etc/sockd.conf").startswith("/var/cache/sockd/")
+
+
+def test_a_configuration_with_url_upstreams_is_a_cache_hit(tmp_path):
+    """inetd mode's frozen file of a configuration whose way-out file lists
+    URL upstreams: it once stored but never loaded again (every connection
+    parsed the files anew), because wayout.Server could not be rebuilt."""
+    up = tmp_path / "wayout"
+    up.write_text("sockd @=socks5h://u:pw@up1:1081?pipeline,127.0.0.1:1082 ALL\n")
+    os.chmod(up, 0o600)
+    path = tmp_path / "sockd.conf"
+    path.write_text("permit 127.0.0.0 255.0.0.0\nupstream %s\n" % up)
+    d = tmp_path / "cache"
+    with K.Recording() as files:
+        cfg = L.load(str(path))
+    assert K.store(str(path), cfg, files, str(d))
+    hit = K.load(str(path), str(d))
+    assert hit is not None
+    same(cfg, hit)
+    servers = hit.wayout.entries[0].servers
+    assert [(s.label, s.pipeline, s.password, s.family) for s in servers] == [
+        ("socks5h://up1:1081?pipeline", True, "pw", None), ("127.0.0.1:1082", False, None, socket.AF_INET)]

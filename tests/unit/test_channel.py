@@ -107,3 +107,26 @@ def test_rule_lines_travel_as_text_and_come_back_the_same(channel, tmp_path):
         assert spec(a.src) == spec(b.src) and spec(a.dst) == spec(b.dst)
     assert got.ruleset.no_identd == cfg.ruleset.no_identd and got.ruleset.userfiles == {"/etc/users": {"carol"}}
     assert got.ruleset.needs_src_names and got.ruleset.has_users and got.limit_bandwidth[0].target == "web"
+
+
+def test_a_way_out_file_of_url_upstreams_travels_too(channel, tmp_path):
+    """The upstreams of ``upstream FILE`` come back whole: a recheck's copy
+    of the configuration once failed on them ("Server.__new__() missing 2
+    required positional arguments"), so old workers could not re-check
+    their sessions after a reload of a configuration with URL upstreams."""
+    from sockd import configload
+    up = tmp_path / "wayout"
+    up.write_text("direct 10.0.0.0/8\nsockd @=socks5://u:p%40w@[2001:db8::1]:1081?pipeline,up2:1082,"
+                  "http://px:3128 ALL\n")
+    os.chmod(up, 0o600)
+    conf = tmp_path / "sockd.conf"
+    conf.write_text(CONF + "upstream %s\n" % up)
+    cfg = configload.load(str(conf))
+    channel.publish(4, cfg, True)
+    got = channel.fetch()[2]
+    a, b = cfg.wayout.entries[1].servers, got.wayout.entries[1].servers
+    assert a == b and [type(s) for s in b] == [type(s) for s in a]
+    for x, y in zip(a, b):
+        assert (x.host, x.port, x.kind, x.user, x.password, x.pipeline, x.label, x.family) == \
+               (y.host, y.port, y.kind, y.user, y.password, y.pipeline, y.label, y.family)
+    assert b[0].label == "socks5://[2001:db8::1]:1081?pipeline" and b[0].password == "p@w"
