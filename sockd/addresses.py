@@ -8,6 +8,7 @@ UDP, the shell hooks, the tools and the client library all share one copy.
 the poll loop (loop.executor).
 """
 
+import ipaddress
 import os
 import socket
 
@@ -15,6 +16,15 @@ MAX_ADDRESSES = 8           # addresses of one name that a connect tries
 _SERVICES = {}
 _SERVICES_MAX = 70000
 _LOADED = []                # [path] once load_services() has read the file
+
+
+def literal_family(host):
+    """AF_INET or AF_INET6 for an address literal, None for a name."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
 
 
 def addr_text(ip):

@@ -60,9 +60,9 @@ from . import decision as D
 from . import protocol as P
 from . import rules as R
 from . import wayout as W
-from .addresses import addr_text, errno_text
+from .addresses import addr_text, errno_text, literal_family
 from .loop import EPOLLIN
-from .upstream import UpstreamConnector, literal_family
+from .upstream import UpstreamConnector
 
 MAX_MEMO = 256
 MAX_PENDING = 16          # datagrams waiting for one name to resolve

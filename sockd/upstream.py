@@ -49,7 +49,6 @@ port)`` and the connector goes on to the second.
 """
 
 import errno
-import ipaddress
 import socket
 
 from . import health as H
@@ -85,15 +84,6 @@ def attempt_seconds(timeout_upstream, timeout_connect):
     if timeout_connect > 0 and timeout_upstream > 0:
         return min(timeout_upstream, timeout_connect / 2.0)
     return timeout_upstream
-
-
-def literal_family(host):
-    """AF_INET or AF_INET6 for an address literal, None for a name."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
 
 
 def order(servers, health):
@@ -407,7 +397,7 @@ class UpstreamConnector:
         during this connector: a pipelined upstream that answered the
         greeting and nothing after it may not read past the greeting."""
         hs = self.hs
-        if hs is not None and getattr(hs, "pipelined", False) and hs.alive and not hs.done:
+        if hs is not None and hs.pipelined and hs.alive and not hs.done:
             return (".  Upstream %s answered the greeting and not the pipelined request: a server that "
                     "drops what follows its greeting never will (remove ?pipeline)" % self.server.label)
         return ""

@@ -36,6 +36,7 @@ from .errors import ProtocolError
 
 SOCKS4, SOCKS4A, SOCKS5, SOCKS5H, SOCKS, HTTP = "socks4", "socks4a", "socks5", "socks5h", "socks", "http"
 KINDS = (SOCKS4, SOCKS4A, SOCKS5, SOCKS5H, SOCKS, HTTP)
+PIPELINED = (SOCKS5, SOCKS5H)   # the kinds whose handshake may go in one write (a URL's ?pipeline)
 MAX_HTTP_HEAD = 8192      # an HTTP proxy's status line and headers, at most
 MAX_TEXT = 80             # characters of an upstream's own words kept for the log
 
@@ -136,7 +137,7 @@ def handshake(kind, command, address, port, user=None, password=None, pipeline=F
     Raises ValueError for what the kind cannot carry (a name or IPv6 to
     SOCKS 4, UDP to SOCKS 4, anything but CONNECT to HTTP, a credential too
     long, a pipeline to anything but SOCKS 5)."""
-    if pipeline and kind not in (SOCKS5, SOCKS5H):
+    if pipeline and kind not in PIPELINED:
         raise ValueError("only a SOCKS 5 handshake is pipelined")
     if kind in (SOCKS4, SOCKS4A):
         return Socks4Handshake(command, address, port, user, allow_name=kind == SOCKS4A)
@@ -152,6 +153,7 @@ class Handshake:
     due, what came after the last one."""
 
     __slots__ = ("buf", "replies_due", "after", "first", "alive")
+    pipelined = False               # only a SOCKS 5 handshake may be (its own slot)
 
     def __init__(self, command):
         self.buf = b""

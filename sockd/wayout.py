@@ -22,20 +22,21 @@ client library falls back to 4), or a URL that says what it is:
 name resolved by the upstream) or ``http://`` (HTTP CONNECT), each
 ``KIND://[USER:PASSWORD@]HOST[:PORT][?pipeline]`` (user and password
 %-encoded; the port defaults to 1080, and an http:// one must be given;
-``?pipeline``, SOCKS 5 only: the whole handshake in one write, for a server
-that reads its handshake off the stream in order, one round trip fewer).  First match
-wins; no match means deny.  Every mistake is reported as ``FILE:LINE:
+``?pipeline``, SOCKS 5 only: the whole handshake in one write, for a
+server that reads its handshake off the stream in order, one round trip
+fewer).  First match wins; no match means deny.  Every mistake is reported as ``FILE:LINE:
 message (near 'token')``, all of them at once.  Credentials never appear
 in an entry's text (``mask_credentials``) nor in a server's ``label``.
 """
 
 import ipaddress
 import re
-import socket
 import urllib.parse
 
 from . import config as C
 from . import rules as R
+from .addresses import literal_family
+from .upstreamproto import PIPELINED
 
 MAX_LINE = 1024
 DEFAULT_PATH = "/etc/socks.conf"      # the client library's file, for its messages
@@ -46,7 +47,6 @@ SKIP_WORDS = ("domain", "nameserver", "bind", "findserver")
 ALWAYS_DIRECT = {(4, 0x7F000001), (4, 0), (6, 1), (6, 0)}
 KINDS = ("socks4", "socks4a", "socks5", "socks5h", "http")
 REMOTE_NAMES = ("socks", "socks4a", "socks5h", "http")
-PIPELINED = ("socks5", "socks5h")     # the kinds that take ?pipeline
 URL = re.compile(r"^([A-Za-z0-9]+)://(.*)$")
 CREDENTIALS = re.compile(r"(?i)\b((?:socks4a?|socks5h?|http)://)([^:/@\s,]*):([^@\s,]*)@")
 
@@ -78,10 +78,7 @@ class Server(tuple):
         self.pipeline = pipeline
         hp = fmt_server(self)
         self._label = hp if kind == "socks" else "%s://%s%s" % (kind, hp, "?pipeline" if pipeline else "")
-        try:
-            self._family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-        except ValueError:
-            self._family = None
+        self._family = literal_family(host)
         return self
 
     def __init__(self, host, port, kind="socks", user=None, password=None, pipeline=False):
@@ -102,7 +99,7 @@ class Server(tuple):
     @property
     def family(self):
         """AF_INET or AF_INET6 when the host is an address literal, None
-        for a name (to be resolved), as upstream.literal_family says."""
+        for a name (to be resolved), as addresses.literal_family says."""
         return self._family
 
     def __repr__(self):

@@ -504,6 +504,15 @@ def _gss_handshake(conn, server, proxy_host, creds, gs, deadline):
     return init, level
 
 
+def _userpass(creds, server):
+    """The RFC 1929 request for ``creds``; SocksRefused when they do not fit it."""
+    try:
+        return P.userpass_request(*creds)
+    except ValueError as exc:
+        raise SocksRefused("SOCKS server %s wants a user name and password: %s" % (server, exc),
+                           server=server, version=5) from None
+
+
 def _socks5(conn, sa, command, host, port, deadline, proxy_host=None, offer=None, pipeline=False):
     """SOCKS 5 on ``conn``: methods, request, reply.  Returns ((5, bound
     address, bound port), _Link or None).  ``proxy_host``: the server as
@@ -528,12 +537,7 @@ def _socks5(conn, sa, command, host, port, deadline, proxy_host=None, offer=None
         conn.sendall(P.greeting5(methods) + request)
         sent = True
     elif methods == [P.METHOD_USERPASS] and pipeline:
-        try:
-            auth = P.userpass_request(*creds)
-        except ValueError as exc:
-            raise SocksRefused("SOCKS server %s wants a user name and password: %s" % (server, exc),
-                               server=server, version=5) from None
-        conn.sendall(P.greeting5(methods) + auth + request)
+        conn.sendall(P.greeting5(methods) + _userpass(creds, server) + request)
         sent = True
     else:
         conn.sendall(P.greeting5(methods))
@@ -547,11 +551,7 @@ def _socks5(conn, sa, command, host, port, deadline, proxy_host=None, offer=None
     link = None
     if method == P.METHOD_USERPASS and creds and method in methods:
         if not sent:
-            try:
-                conn.sendall(P.userpass_request(*creds))
-            except ValueError as exc:
-                raise SocksRefused("SOCKS server %s wants a user name and password: %s" % (server, exc),
-                                   server=server, version=5) from None
+            conn.sendall(_userpass(creds, server))
         st = _recv_exact(conn, 2, deadline)
         if st[1] != 0:
             raise SocksRefused("SOCKS server %s refused the user name and password of %s "

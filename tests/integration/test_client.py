@@ -212,6 +212,16 @@ def socksconf(tmp_path, monkeypatch):
     core.reset()
 
 
+def echo_through(target_echo):
+    """A socksocket to the echo target, as socks.conf routes it: one round
+    trip, then closed."""
+    c = socksocket()
+    c.settimeout(10)
+    c.connect((TARGET, target_echo.port))
+    echo_roundtrip(c)
+    c.close()
+
+
 def echo_roundtrip(sock, payload=b"ping through"):
     sock.sendall(payload)
     assert helpers.recv_exact(sock, len(payload)) == payload
@@ -470,11 +480,7 @@ def test_bind_and_udp_through_dante(danted, socksconf, target_echo):
 def test_microsocks_with_and_without_a_password(microsocks, socksconf, target_echo, monkeypatch):
     plain = microsocks()
     socksconf("sockd @=127.0.0.1:%d ALL\n" % plain[1])
-    c = socksocket()
-    c.settimeout(10)
-    c.connect((TARGET, target_echo.port))
-    echo_roundtrip(c)
-    c.close()
+    echo_through(target_echo)
     auth = microsocks("-u", "tbu", "-P", "tbp")
     socksconf("sockd @=127.0.0.1:%d ALL\n" % auth[1])
     with pytest.raises(SocksRefused, match="accepts none of the authentication methods offered; "
@@ -485,11 +491,7 @@ def test_microsocks_with_and_without_a_password(microsocks, socksconf, target_ec
     with pytest.raises(SocksRefused, match="refused the user name and password of tbu"):
         socksocket().connect((TARGET, target_echo.port))
     monkeypatch.setenv("SOCKS_PASSWORD", "tbp")
-    c = socksocket()
-    c.settimeout(10)
-    c.connect((TARGET, target_echo.port))
-    echo_roundtrip(c)
-    c.close()
+    echo_through(target_echo)
 
 
 def test_pipelined_servers_with_and_without_a_password(start_sockd, microsocks, socksconf, target_echo,
@@ -499,11 +501,7 @@ def test_pipelined_servers_with_and_without_a_password(start_sockd, microsocks, 
     what follows its greeting, and the error says to remove the option."""
     s = start_sockd(PERMIT_LOCAL)
     socksconf("sockd @=socks5://127.0.0.1:%d?pipeline ALL\n" % s.port)
-    c = socksocket()
-    c.settimeout(10)
-    c.connect((TARGET, target_echo.port))
-    echo_roundtrip(c)
-    c.close()
+    echo_through(target_echo)
     from test_logins import sockd_passwd
     pw = str(tmp_path / "passwd")
     assert sockd_passwd("-c", "-i", "-C", "4", pw, "pipe", password="Pipe1Pass\n").returncode == 0
@@ -511,11 +509,7 @@ def test_pipelined_servers_with_and_without_a_password(start_sockd, microsocks, 
     socksconf("sockd @=socks5://127.0.0.1:%d?pipeline ALL\n" % u.port)
     monkeypatch.setenv("SOCKS_USERNAME", "pipe")
     monkeypatch.setenv("SOCKS_PASSWORD", "Pipe1Pass")
-    c = socksocket()
-    c.settimeout(10)
-    c.connect((TARGET, target_echo.port))
-    echo_roundtrip(c)
-    c.close()
+    echo_through(target_echo)
     u.wait_log(r"connected -- Connect from pipe\(unknown\)@127\.0\.0\.1")
     monkeypatch.delenv("SOCKS_USERNAME")
     monkeypatch.delenv("SOCKS_PASSWORD")
