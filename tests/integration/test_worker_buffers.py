@@ -7,6 +7,7 @@ the bytes arrive intact both ways, spliced or copied."""
 
 import hashlib
 import os
+import re
 import socket
 import struct
 import threading
@@ -190,6 +191,9 @@ def test_bulk_arrives_intact_both_ways_spliced_or_copied(start_sockd, splice):
             c.sendall(view)
         assert helpers.recv_exact(c, 64).decode() == expected(size)
         c.close()
+        # both sessions ended in the worker (it logs the end after releasing
+        # them), which may be after the client has its digest
+        helpers.wait_for(lambda: len(re.findall(r"terminated -- ", s.log())) >= 2, 10, what="both sessions' ends")
         # the pipes a splicing worker keeps for the next bulk session; none when it copies
         spare = helpers.fds_of(worker, "pipe:") - base
         assert (spare > 0) == (splice == "yes"), spare
