@@ -363,6 +363,17 @@ def socks4_connect(proxy, host, port, user="", timeout=10, hostname=None):
     return s, rep[1]
 
 
+def greeted(proxy, timeout=10):
+    """A SOCKS 5 greeting answered by ``proxy`` (then the client leaves, which
+    sockd does not log).  A worker that answers is past its start: it has
+    closed the master's descriptors and made its own, so what /proc shows of
+    them from then on is its own doing."""
+    with socket.create_connection(proxy, timeout) as s:
+        s.settimeout(timeout)
+        s.sendall(b"\x05\x01\x00")
+        assert recv_exact(s, 2) == b"\x05\x00"
+
+
 def socks5_connect(proxy, host, port, timeout=10, atyp=None, early=b"", source=None):
     """SOCKS 5 CONNECT without authentication (from ``source``, an address,
     when given).  Returns (sock, REP, bound)."""

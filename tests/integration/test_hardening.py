@@ -239,6 +239,7 @@ def test_client_reset_mid_transfer_frees_everything(start_sockd):
     try:
         s = start_sockd(LOCAL, workers=1)
         s.wait_workers(1)
+        helpers.greeted(s.addr)         # past its start; then time to close the greeting's socket
         time.sleep(0.3)
         base, base_pipes = worker_fds(s, "socket:"), worker_fds(s, "pipe:")
         for _ in range(5):
@@ -320,6 +321,7 @@ def test_out_of_descriptors_then_serving_again(tmp_path, echo_server):
         port = int(helpers.wait_for(lambda: re.search(r"listening on 127.0.0.1:(\d+)", log.read_text()),
                                     15, what="sockd").group(1))
         worker = helpers.wait_for(lambda: helpers.children_of(p.pid), what="the worker")[0]
+        helpers.greeted(("127.0.0.1", port))     # the worker past its start: its own pipes only
         base_pipes = helpers.fds_of(worker, "pipe:")
         c = try_socks(port, echo_server.port)        # a bulk session first: the worker keeps spare pipes
         blob = os.urandom(1 << 20)
