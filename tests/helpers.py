@@ -363,6 +363,22 @@ def socks4_connect(proxy, host, port, user="", timeout=10, hostname=None):
     return s, rep[1]
 
 
+@contextlib.contextmanager
+def paused(*pids):
+    """The processes ``pids`` stopped (SIGSTOP) while inside, continued after.
+    A stopped worker is not waiting in epoll, so the kernel wakes another for
+    each new connection: with one of two workers paused, the test chooses
+    which worker serves a client (epoll's exclusive wake-up otherwise goes
+    to the first worker waiting, and a burst may all go to one)."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
 def greeted(proxy, timeout=10):
     """A SOCKS 5 greeting answered by ``proxy`` (then the client leaves, which
     sockd does not log).  A worker that answers is past its start: it has
