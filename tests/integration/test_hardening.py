@@ -120,24 +120,11 @@ def test_killed_worker_is_replaced_and_the_others_clients_do_not_notice(start_so
     s = start_sockd(LOCAL, workers=2)
     workers = s.wait_workers(2)
     conns = {}
-    for _ in range(20):                             # one live session on each worker
-        burst = []                                  # an idle worker takes every connection:
-        lock = threading.Lock()                     # open them together to keep both busy
-
-        def opener():
+    for worker, other in (workers, workers[::-1]):  # one live session on each worker
+        with helpers.paused(other):
             c, rep, _ = helpers.socks5_connect(s.addr, "127.0.0.1", echo_server.port)
-            with lock:
-                burst.append(c)
-        ts = [threading.Thread(target=opener) for _ in range(16)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(30)
-        for c in burst:
-            conns.setdefault(owner_of(s.port, c.getsockname()[1]), c)
-        if len(conns) == 2:
-            break
-    assert set(conns) == set(workers), (conns, workers)
+        assert rep == 0 and owner_of(s.port, c.getsockname()[1]) == worker
+        conns[worker] = c
     victim, survivor = workers
     t0 = time.monotonic()
     os.kill(victim, signal.SIGKILL)
