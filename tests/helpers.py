@@ -363,6 +363,12 @@ def socks4_connect(proxy, host, port, user="", timeout=10, hostname=None):
     return s, rep[1]
 
 
+def proc_state(pid):
+    """The state letter of process ``pid`` in /proc (R, S, T, Z, ...)."""
+    with open("/proc/%d/stat" % pid) as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 @contextlib.contextmanager
 def paused(*pids):
     """The processes ``pids`` stopped (SIGSTOP) while inside, continued after.
@@ -373,6 +379,10 @@ def paused(*pids):
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     try:
+        # stopped, not only signalled: until it has run to its stop, it is
+        # still waiting in epoll and may take the next wake-up with it
+        for pid in pids:
+            wait_for(lambda: proc_state(pid) in ("T", "t"), 10, interval=0.005, what="process %d stopped" % pid)
         yield
     finally:
         for pid in pids:
