@@ -155,8 +155,7 @@ def children_of(pid):
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
-                with open("/proc/%s/stat" % d) as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                ppid = int(proc_stat(d)[1])
             except (OSError, IndexError, ValueError):
                 continue
             if ppid == pid:
@@ -363,10 +362,17 @@ def socks4_connect(proxy, host, port, user="", timeout=10, hostname=None):
     return s, rep[1]
 
 
+def proc_stat(pid):
+    """The fields of /proc/PID/stat after the command name (which may hold
+    spaces and parentheses): [0] the state, [1] the parent's PID, [11] and
+    [12] user and system time in clock ticks."""
+    with open("/proc/%s/stat" % pid) as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def proc_state(pid):
-    """The state letter of process ``pid`` in /proc (R, S, T, Z, ...)."""
-    with open("/proc/%d/stat" % pid) as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
+    """The state letter of process ``pid`` (R, S, T, Z, ...)."""
+    return proc_stat(pid)[0]
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from helpers import SOCKD, children_of, need, wait_for  # noqa: F401 (children_of: for the ops tests)
+from helpers import SOCKD, children_of, need, proc_stat, proc_state, wait_for  # noqa: F401 (children_of: for the ops tests)
 
 OPS_USER = "sockdops"
 
@@ -121,8 +121,7 @@ def alive(pid):
     except ProcessLookupError:
         return False
     try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        return proc_state(pid) != "Z"
     except OSError:
         return False
 
@@ -170,8 +169,7 @@ def uid_of(pid):
 
 
 def ppid_of(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
+    return int(proc_stat(pid)[1])
 
 
 def server_pid_of(client_sock):

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from helpers import ROOT, SOCKD, need
+from helpers import ROOT, SOCKD, need, proc_state
 
 BENCH = os.path.join(ROOT, "bench", "bench.py")
 COLUMNS = ["conn/s", "p99 us", "rate err", "CPU us/conn", "down MB/s", "up MB/s", "32x MB/s", "CPU ms/GB",
@@ -30,8 +30,7 @@ def left_running(marker):
         try:
             with open("/proc/%s/cmdline" % d, "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open("/proc/%s/stat" % d) as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
+            state = proc_state(d)
         except OSError:
             continue
         if marker in cmd and state != "Z":

@@ -343,7 +343,7 @@ def test_out_of_descriptors_then_serving_again(tmp_path, echo_server):
 
 
 def cpu_seconds(pid):
-    f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+    f = helpers.proc_stat(pid)
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
