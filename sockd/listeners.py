@@ -6,34 +6,133 @@ Owns nothing but sockets it hands back; the master keeps them.  Must not
 import the master, the process models or the serving processes.
 """
 
+import array
 import ipaddress
 import socket
+import struct
 
+from . import steering
 from .config import open_proxy_lines
 from .errors import Halt
 from .relay import set_socket_options
 from .validators import INHERITED, is_inherited, listen_text
 
 
-def open_listener(host, port, backlog=4096):
-    """A bound, listening, non-blocking socket for (host, port).  Raises
-    OSError or UnicodeError (a host name that cannot be encoded)."""
+class Steered(socket.socket):
+    """A listener opened for ``affinity cpu`` (steering.py): itself the
+    group's first socket (CPU 0's), ``siblings`` the others in CPU order.
+    The master keeps, passes on and closes it as one listener; closing it
+    closes the group."""
+
+    def close(self):
+        for s in self.__dict__.pop("siblings", ()):
+            s.close()
+        super().close()
+
+
+def members(lsock):
+    """Every socket of listener ``lsock``: itself, then a group's siblings
+    (index i is CPU i's)."""
+    return [lsock] + getattr(lsock, "siblings", [])
+
+
+def open_listener(host, port, backlog=4096, group=0):
+    """A bound, listening, non-blocking socket for (host, port); with
+    ``group`` > 1, a Steered listener of that many sockets when the kernel
+    allows one (a plain listener otherwise).  Raises OSError or
+    UnicodeError (a host name that cannot be encoded)."""
     infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     fam, _, _, _, sa = infos[0]
-    s = socket.socket(fam, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    if group > 1:
+        # a port in use must still say so: with SO_REUSEPORT a second sockd
+        # of the same user would join the first's group instead of failing
+        probe = listening_socket(fam, sa, 0, socket.socket)
+        probe.close()
+        try:
+            return open_group(fam, sa, backlog, group)
+        except OSError:
+            pass                      # no SO_REUSEPORT or no program: one shared socket
+    return listening_socket(fam, sa, backlog, socket.socket)
+
+
+def listening_socket(fam, sa, backlog, kind, reuseport=False):
+    s = kind(fam, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if fam == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         # accepted sockets inherit these: three system calls fewer per client
         set_socket_options(s)
         s.bind(sa)
-        s.listen(backlog)
-        s.setblocking(False)
+        if backlog:
+            s.listen(backlog)
+            s.setblocking(False)
     except OSError:
         s.close()
         raise
     return s
+
+
+def open_group(fam, sa, backlog, size):
+    """A Steered listener of ``size`` sockets on ``sa``, the group's program
+    attached.  Raises OSError, having closed what it opened."""
+    first = listening_socket(fam, sa, backlog, Steered, reuseport=True)
+    first.siblings = []
+    try:
+        bound = first.getsockname()   # port 0: the siblings take the port it got
+        for _ in range(size - 1):
+            first.siblings.append(listening_socket(fam, bound, backlog, socket.socket, reuseport=True))
+        attach_program(first, steering.PROGRAM, steering.PROGRAM_LEN)
+    except OSError:
+        first.close()
+        raise
+    return first
+
+
+def group_for(cfg, cpus):
+    """The sockets per listener that ``cfg`` asks for: one per CPU with
+    ``affinity cpu`` in the threads model, else 0 (one shared socket)."""
+    if cfg.affinity == "cpu" and cfg.model == "threads":
+        return steering.group_size(cpus)
+    return 0
+
+
+def opener_for(cfg, open_one, cpus):
+    """open_listeners' ``opener`` for ``cfg``: ``open_one(host, port,
+    group=...)`` (the OS facade's open_listener) with its group size."""
+    group = group_for(cfg, cpus)
+    return lambda host, port: open_one(host, port, group=group)
+
+
+def listening_line(lsock, cfg):
+    """The log's line for a listener sockd has opened."""
+    n = len(members(lsock))
+    return "listening on %s (%s model%s)" % (sock_name(lsock), cfg.model,
+                                            ", a socket per CPU: %d" % n if n > 1 else "")
+
+
+def affinity_warnings(cfg, listeners):
+    """What the log says of ``affinity cpu`` where it cannot steer: a
+    listener that is one shared socket (inherited, opened before the file
+    asked for it, or refused SO_REUSEPORT by the kernel) is still served,
+    by every worker, from one queue."""
+    if cfg.affinity != "cpu":
+        return []
+    if cfg.model != "threads":
+        return ["affinity cpu: the %s model has no workers to pin; ignored" % cfg.model]
+    return ["affinity cpu: %s is one shared socket (inherited, opened before affinity cpu was set, or "
+            "SO_REUSEPORT refused): its clients are not steered by CPU" % sock_name(s)
+            for s in listeners.values() if len(members(s)) == 1]
+
+
+def attach_program(sock, program, length):
+    """SO_ATTACH_REUSEPORT_CBPF: struct sock_fprog {u16 len; struct
+    sock_filter *filter}, the filter in an array whose address it takes."""
+    code = array.array("B", program)
+    fprog = struct.pack("@HP", length, code.buffer_info()[0])
+    sock.setsockopt(socket.SOL_SOCKET, steering.SO_ATTACH_REUSEPORT_CBPF, fprog)
 
 
 def open_listeners(cfg, keep=None, opener=open_listener, inherited=()):

@@ -57,7 +57,8 @@ from .configload import load as load_config
 from .errors import ConfigError, EXIT_ERROR, Halt, PrivilegeError, report_config_error
 from .exporter import Endpoint
 from .health import Health
-from .listeners import inherited_of, inherited_warnings, open_listeners, sock_name
+from .listeners import (affinity_warnings, inherited_of, inherited_warnings, listening_line, members,
+                        open_listeners, opener_for, sock_name)
 from .limits import descriptors_short, descriptors_wanted, raise_descriptors
 from .log import log
 from .meters import TrafficControl, TrafficTable
@@ -114,7 +115,7 @@ class Reload:
             identity = privileges.resolve(new)
             exporter = master.exporter_for(new.metrics)
             try:
-                listeners, added, dropped = open_listeners(new, master.listeners, master.os.open_listener,
+                listeners, added, dropped = open_listeners(new, master.listeners, master.opener(new),
                                                            master.inherited)
             except BaseException:
                 if exporter is not None and exporter is not master.exporter:
@@ -201,7 +202,9 @@ class Reload:
             log.notice("no longer listening on %s" % sock_name(s))
             s.close()
         for spec in self.added:
-            log.notice("listening on %s (%s model)" % (sock_name(self.listeners[spec]), new.model))
+            log.notice(listening_line(self.listeners[spec], new))
+        for msg in affinity_warnings(new, self.listeners):
+            log.warning(msg)
         m.use_exporter(self.exporter, new.metrics)
         if (new.log_facility, new.log_socket) != (old_cfg.log_facility, old_cfg.log_socket):
             log.configure(facility=new.log_facility, socket_path=new.log_socket)
@@ -338,13 +341,15 @@ class Master:
         """Open the listening sockets (before detaching: a port that is
         taken is reported to whoever started us).  Raises Halt."""
         self.inherited = self.os.inherited_sockets()
-        self.listeners, added, _ = open_listeners(self.cfg, opener=self.os.open_listener, inherited=self.inherited)
+        self.listeners, added, _ = open_listeners(self.cfg, opener=self.opener(self.cfg), inherited=self.inherited)
         for spec in added:
-            log.notice("listening on %s (%s model)" % (sock_name(self.listeners[spec]), self.cfg.model))
+            log.notice(listening_line(self.listeners[spec], self.cfg))
         for spec, i in inherited_of(self.listeners, self.inherited).items():
             log.notice("listening on %s (%s model, %s)" % (sock_name(i.sock), self.cfg.model, i.describe()))
         for f, line, msg in inherited_warnings(self.cfg, self.listeners, self.inherited):
             log.warning("%s:%d: warning: %s" % (f, line, msg))
+        for msg in affinity_warnings(self.cfg, self.listeners):
+            log.warning(msg)
         try:
             self.exporter = self.exporter_for(self.cfg.metrics)
         except Halt:
@@ -353,8 +358,12 @@ class Master:
             self.listeners = {}
             raise
 
+    def opener(self, cfg):
+        """How ``cfg``'s new listeners are opened (listeners.opener_for)."""
+        return opener_for(cfg, self.os.open_listener, self.os.cpu_count())
+
     def listener_fds(self):
-        return [s.fileno() for s in self.listeners.values()]
+        return [m.fileno() for s in self.listeners.values() for m in members(s)]
 
     # --- the main loop
     def run(self, ready=None):

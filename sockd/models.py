@@ -47,6 +47,7 @@ import socket
 
 from .errors import Halt, PrivilegeError, WORKER_BOOT_ERROR
 from .limits import Limits, OK, REASONS
+from .listeners import members
 from .log import log
 from .rules import ip_key
 from .serving import ChildLimits, OneClient, Worker, become, serve_child
@@ -90,7 +91,9 @@ class Model:
         lp = cfg.listen_proxy
         # listener fd -> the balancers it takes PROXY protocol headers from
         # a key's first three items are its listen line's (listeners.open_listeners)
-        self.trust = {s.fileno(): lp[spec[:3]] for spec, s in listeners.items() if spec[:3] in lp}
+        # (every socket of a listener's group: listeners.members)
+        self.trust = {m.fileno(): lp[spec[:3]] for spec, s in listeners.items() if spec[:3] in lp
+                      for m in members(s)}
 
     @staticmethod
     def limits_total(cfg):
@@ -199,7 +202,7 @@ class ThreadsModel(Model):
                     apply_limits(limits, self.cfg)
                 w = Worker(number, self.generation, self.cfg, mine, master.ident_mode, old, self.identity,
                            master.channel, master.alive_r, master.status_w, self.trust, limits, master.backoff,
-                           master.health, master.traffic)
+                           master.health, master.traffic, workers=self.size)
             except BaseException:
                 os._exit(WORKER_BOOT_ERROR)
             w.run()
@@ -256,7 +259,9 @@ class ForkModel(Model):
     def __init__(self, master, generation, cfg, identity, listeners, limits):
         super().__init__(master, generation, cfg, identity, listeners, limits)
         self.cap = cfg.limit_clients or FORK_CAP
-        self.polled = {s.fileno(): s for s in listeners.values()}
+        # a listener opened for affinity cpu under the threads model, kept by
+        # a reload into this one, is served whole: every socket of its group
+        self.polled = {m.fileno(): m for s in listeners.values() for m in members(s)}
         # listener fd -> (family, type, proto): the master accepts bare
         # descriptors (no socket object, no getsockname, no Enum
         # conversions per client) and the child makes its socket of them
@@ -395,7 +400,7 @@ class ForkModel(Model):
     def stopping(self, sig):
         if sig == signal.SIGTERM and self.probed:
             # clients already in the kernel's queue are served, not reset
-            for lsock in list(self.listeners.values()):
+            for lsock in list(self.polled.values()):
                 self.process_request(lsock, drain=True)
 
     def settled(self):

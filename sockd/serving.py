@@ -41,6 +41,7 @@ from .channel import fetch_recheck
 from .config import traffic_on
 from .errors import Halt, PrivilegeError, WORKER_BOOT_ERROR
 from .limits import accept_ceiling, nearly_out
+from .listeners import members
 from .log import log
 from .loop import Loop, EPOLLIN, EPOLLEXCLUSIVE
 from .meters import TrafficControl, TrafficTable
@@ -48,6 +49,7 @@ from .osfacade import setproctitle
 from .pools import ThreadExecutor
 from .session import Context, Session, live_counts
 from .signals import Signals, sigmask
+from .steering import cpu_of, plan
 
 
 REPORT_EVERY = 1.0        # seconds between two reports of the counts to the master
@@ -199,7 +201,7 @@ class Worker(Serving):
 
     def __init__(self, number, generation, cfg, listeners, ident_mode, sigmask=(), identity=None,
                  channel=None, alive_fd=-1, status_fd=-1, proxy_trust=None, limits=None, backoff=None, health=None,
-                 traffic=None):
+                 traffic=None, workers=1):
         super().__init__(cfg, ident_mode, generation, channel, alive_fd)
         self.proxy_trust = proxy_trust or {}    # listener fd -> trusted PROXY protocol sources
         self.limits = limits                    # shared Limits, this worker's column set
@@ -207,7 +209,11 @@ class Worker(Serving):
         self.health = health                    # the master's shared marks on upstream proxies
         self.traffic = traffic                  # the master's shared meters.TrafficTable, or None
         self.number = number
+        self.workers = workers                  # of its generation (affinity cpu's plan)
         self.listeners = listeners
+        self.cpu = None                         # the CPU it is pinned to (affinity cpu)
+        self.allowed = ()                       # the CPUs it was started with (the master's)
+        self.polled = []                        # the sockets of its listeners it accepts from
         self.sigmask = sigmask
         self.identity = identity
         self.status_fd = status_fd
@@ -253,6 +259,8 @@ class Worker(Serving):
         stops it from serving (PrivilegeError, OSError)."""
         self.take_signals(self.sigmask)
         become(self.identity)
+        if self.cfg.affinity == "cpu" and self.cpu is None:
+            self.pin()
         self.loop = loop = Loop()
         self.watch()
         cfg = self.cfg
@@ -290,10 +298,38 @@ class Worker(Serving):
             except OSError:
                 pass
 
+    def pin(self):
+        """affinity cpu: run on the CPU steering.cpu_of gives this worker
+        (before its helper threads start: they inherit it).  Unpinned, it
+        accepts from every socket of its listeners."""
+        try:
+            self.allowed = os.sched_getaffinity(0)
+            cpu = cpu_of(self.number, self.allowed)
+            os.sched_setaffinity(0, {cpu})
+        except OSError as exc:
+            log.warning("worker %d: affinity cpu: cannot pin: %s; accepting on every CPU's socket" % (
+                self.number, exc.strerror))
+            return
+        self.cpu = cpu
+
+    def accept_sockets(self):
+        """The sockets it accepts from: of a listener's group (affinity
+        cpu, steering.plan) its own CPU's and those that fall to it; of a
+        plain listener, or when it is not pinned, every socket."""
+        out = []
+        for lsock in self.listeners:
+            group = members(lsock)
+            if self.cpu is not None and len(group) > 1:
+                _, mine = plan(self.number, self.workers, self.allowed, len(group))
+                group = [group[i] for i in mine]
+            out += group
+        return out
+
     def start_accepting(self):
         if self.accepting or self.stopping or self.retiring:
             return
-        for s in self.listeners:
+        self.polled = self.accept_sockets()
+        for s in self.polled:
             self.loop.add(s.fileno(), EPOLLIN | EPOLLEXCLUSIVE, self.make_acceptor(s))
         self.accepting = True
         self.ctx.budget.spare_again()   # after a pause for descriptors, by its timer or a closed session
@@ -301,7 +337,7 @@ class Worker(Serving):
     def stop_accepting(self):
         if not self.accepting:
             return
-        for s in self.listeners:
+        for s in self.polled:
             self.loop.remove(s.fileno())
         self.accepting = False
 
@@ -405,7 +441,7 @@ class Worker(Serving):
     def no_new_clients(self):
         if self.accepting:
             # clients already in the kernel's queue are served, not reset
-            for lsock in self.listeners:
+            for lsock in self.polled:
                 self.make_acceptor(lsock)(EPOLLIN, most=4096)
         self.close_listeners()
         self.set_title()

@@ -59,6 +59,10 @@ SETTINGS = [
             to_listen, repeat=True),
     Setting("workers", "N", 0, "worker processes in the threads model (0: one per CPU)",
             to_int(0, 256), cli="-N"),
+    Setting("affinity", "cpu|none", "none",
+            "cpu: each worker pinned to one CPU, and a socket per CPU on every listener, so that a connection "
+            "goes to the worker on the CPU it arrived on (threads model); none: workers share one queue",
+            to_choice("cpu", "none")),
     Setting("model", "fork|threads", "threads",
             "threads: pre-forked workers; fork: one child process per client", to_choice("fork", "threads"),
             cli="-m"),

@@ -152,6 +152,7 @@ class FakeOS:
         self.ended = collections.deque()
         self.pipes = {}               # read fd -> bytes waiting
         self.listeners = []
+        self.groups = []              # open_listener's group, per listener
         self.titles = []
         self.frozen = 0
         self.rehearsed = 0
@@ -206,9 +207,10 @@ class FakeOS:
     def set_title(self, title):
         self.titles.append(title)
 
-    def open_listener(self, host, port):
+    def open_listener(self, host, port, group=0):
         lsock = FakeListener(next(self._fds), host, port or 40000 + len(self.listeners), self)
         self.listeners.append(lsock)
+        self.groups.append(group)      # the sockets per listener asked for (affinity cpu)
         return lsock
 
     def pipe(self, nonblocking_read=False, size=0):

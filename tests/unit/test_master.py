@@ -515,3 +515,15 @@ def test_metrics_workers_forked_by_a_reload_close_its_new_endpoint_too(tmp_path,
     r.rewrite("listen 127.0.0.1:0\nworkers 2\nmetrics 127.0.0.2:0\n" + PERMIT)
     r.signal(signal.SIGHUP)
     assert forgotten == [[("127.0.0.1", 0), ("127.0.0.2", 0)]] * 2
+
+
+def test_affinity_cpu_asks_for_a_socket_per_cpu_in_the_threads_model_only(tmp_path, logged):
+    r = threads(tmp_path, extra="affinity cpu\n")
+    assert r.os.groups == [r.os.cpus]
+    # the fake's listener is one socket: the log says it is not steered
+    assert any(line.startswith("affinity cpu: 127.0.0.1:") and "not steered by CPU" in line for line in logged)
+    r2 = Run(tmp_path, "listen 127.0.0.1:0\nmodel fork\naffinity cpu\n" + PERMIT)
+    assert r2.os.groups == [0]
+    assert "affinity cpu: the fork model has no workers to pin; ignored" in logged
+    r3 = threads(tmp_path)
+    assert r3.os.groups == [0]
