@@ -15,7 +15,8 @@ without it the JSON is still written) into --out.
                    [--peer-hold 8000] [--mib 1024] [--steady 200000] [--rules 100000]
 
 Rows: `direct` (no proxy: the physical limit), `sockd-threads` (sockd -N 2),
-`sockd-metrics` (sockd -N 2 with `metrics` on and scraped once a second, as
+`sockd-affinity` (sockd -N 2 with `affinity cpu`: each worker pinned to a
+CPU and handed the connections that arrive there), `sockd-metrics` (sockd -N 2 with `metrics` on and scraped once a second, as
 Prometheus would), `sockd-limit` (sockd -N 2 with a bandwidth limit and a
 quota on every client, both far above what loopback reaches: what the
 accounting costs when it never holds anyone back), `sockd-hop` (sockd -N 2
@@ -99,8 +100,8 @@ except ImportError:
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-ROWS = ["direct", "sockd-threads", "sockd-metrics", "sockd-limit", "sockd-hop", "sockd-fork", "danted",
-        "microsocks", "gss"]
+ROWS = ["direct", "sockd-threads", "sockd-affinity", "sockd-metrics", "sockd-limit", "sockd-hop", "sockd-fork",
+        "danted", "microsocks", "gss"]
 COLS = ["conn/s", "p99 us", "rate err", "CPU us/conn", "down MB/s", "up MB/s", "32x MB/s", "CPU ms/GB",
         "held", "KB/sess", "rules c/s", "rules p99", "steady %"]
 PEERS = ("danted", "microsocks", "direct")   # the rows every other row is compared with
@@ -319,6 +320,8 @@ def sockd_conf(name, d, target_port, rules=0, back=None, extra_rules=0):
         lines += body[:-1] + ["deny 10.255.%d.0 255.255.255.0" % (i % 250) for i in range(extra_rules)] + body[-1:]
     else:
         lines.append("permit 127.0.0.0 255.0.0.0")
+    if name == "sockd-affinity":
+        lines.append("affinity cpu")
     if name == "sockd-metrics":
         lines.append("metrics 127.0.0.1:0")
     if name == "sockd-limit":
@@ -790,7 +793,8 @@ def price(rows, extra):
     [{capability, row, against, ratios {column: x}}]."""
     one = rows.get("sockd-threads")
     out = []
-    for cap, row in (("one extra hop (sockd -> sockd, both servers' CPU)", "sockd-hop"),
+    for cap, row in (("affinity cpu (a worker per CPU, clients steered to it)", "sockd-affinity"),
+                     ("one extra hop (sockd -> sockd, both servers' CPU)", "sockd-hop"),
                      ("a bandwidth limit and a quota configured, never reached", "sockd-limit"),
                      ("the metrics endpoint on, scraped every second", "sockd-metrics")):
         if one and row in rows:
@@ -836,6 +840,11 @@ def targets(rows, extra, opts):
 
     ratio("conn/s vs microsocks", s.get("conn/s"), m.get("conn/s"), 1.0, against="microsocks")
     ratio("p99 latency vs microsocks", s.get("p99 us"), m.get("p99 us"), 1.0, higher=False, against="microsocks")
+    a = rows.get("sockd-affinity", {})
+    if a:
+        ratio("conn/s vs microsocks, affinity cpu", a.get("conn/s"), m.get("conn/s"), 1.0, against="microsocks")
+        ratio("p99 latency vs microsocks, affinity cpu", a.get("p99 us"), m.get("p99 us"), 1.0, higher=False,
+              against="microsocks")
     ratio("one session down vs direct", s.get("down MB/s"), direct.get("down MB/s"), 0.7, against="direct")
     ratio("one session up vs direct", s.get("up MB/s"), direct.get("up MB/s"), 0.7, against="direct")
     ratio("32 sessions vs direct", s.get("32x MB/s"), direct.get("32x MB/s"), 0.6, against="direct")

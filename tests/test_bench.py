@@ -45,7 +45,7 @@ def test_quick_bench_prints_the_table(tmp_path):
         pytest.fail("matplotlib is missing (tests/requirements.txt; make test-deps)")
     out_dir = tmp_path / "out"
     env = dict(os.environ, TMPDIR=str(tmp_path))  # the bench's work directory lands here
-    cmd = [sys.executable, BENCH, "--quick", "--only", "sockd", "--sockd", SOCKD, "--out", str(out_dir),
+    cmd = [sys.executable, BENCH, "--quick", "--only", "sockd,sockd-affinity", "--sockd", SOCKD, "--out", str(out_dir),
            "--secs", "0.5", "--mib", "32", "--hold", "200", "--rules", "200", "--steady", "2000"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                          start_new_session=True)
@@ -73,7 +73,7 @@ def test_quick_bench_prints_the_table(tmp_path):
     table = lines[lines.index(header) + 1:]
     table = table[:table.index("") if "" in table else len(table)]
     rows = {l.split()[0]: l for l in table}
-    assert set(rows) == {"sockd-threads", "sockd-fork"}, out
+    assert set(rows) == {"sockd-threads", "sockd-affinity", "sockd-fork"}, out
     # "down MB/s" is two words in the header, one cell in a row
     threads = rows["sockd-threads"].split()[1:]
     assert len(threads) == len(COLUMNS), rows["sockd-threads"]
@@ -87,11 +87,14 @@ def test_quick_bench_prints_the_table(tmp_path):
     assert float(fork["conn/s"]) > 0 and float(fork["rules c/s"]) > 0, fork
     assert float(fork["CPU us/conn"]) > 0 and float(fork["CPU ms/GB"]) > 0, fork
     assert fork["held"] == "-", fork
+    steer = dict(zip(COLUMNS, rows["sockd-affinity"].split()[1:]))
+    assert float(steer["conn/s"]) > 0 and float(steer["CPU us/conn"]) > 0 and steer["held"] == "-", steer
+    assert re.search(r"^  affinity cpu \(a worker per CPU, clients steered to it\) +conn/s x[\d.]+, ", out, re.M), out
     assert re.search(r"^200-line rule file \(sockd-threads\): sockd -V [\d.]+ s, start-up to 'listening' "
                      r"[\d.]+ s, reload \(SIGHUP to 'reloaded'\) [\d.]+ s$", out, re.M), out
 
     targets = out.split("TARGETS", 1)[1]
-    for label in ("conn/s vs microsocks", "one session down vs direct", "32 sessions vs direct",
+    for label in ("conn/s vs microsocks", "conn/s vs microsocks, affinity cpu", "one session down vs direct", "32 sessions vs direct",
                   "fork model conn/s", "idle sessions held", "memory per idle session", "conn/s vs the 1-rule file",
                   "sockd -V", "start-up", "reload", "conn/s vs Dante", "steady state"):
         assert label in targets, (label, targets)
@@ -104,7 +107,7 @@ def test_quick_bench_prints_the_table(tmp_path):
     with open(jsons[0]) as f:
         res = json.load(f)
     assert res["columns"] == COLUMNS
-    assert set(res["rows"]) == {"sockd-threads", "sockd-fork"}
+    assert set(res["rows"]) == {"sockd-threads", "sockd-affinity", "sockd-fork"}
     for name, row in res["rows"].items():
         for col in ("conn/s", "CPU us/conn", "down MB/s", "CPU ms/GB"):
             assert isinstance(row[col], (int, float)) and row[col] > 0, (name, col, row)
@@ -112,7 +115,7 @@ def test_quick_bench_prints_the_table(tmp_path):
     assert res["arguments"]["hold"] == 200 and res["machine"]["nproc"] == os.cpu_count()
     assert res["targets"] and all(set(t) == {"measure", "target", "measured", "result"} for t in res["targets"])
     assert set(res["rules"]) >= {"check secs", "start secs", "reload secs"}
-    assert set(res["ratios"]) == {"sockd-threads", "sockd-fork"}
+    assert set(res["ratios"]) == {"sockd-threads", "sockd-affinity", "sockd-fork"}
     pngs = [w for w in written if w.endswith(".png")]
     if have_mpl:
         assert len(pngs) == 1, out
