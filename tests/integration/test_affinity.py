@@ -69,9 +69,18 @@ def served_by(s, since, count):
     return out
 
 
+def wait_pinned(s, n, timeout=15):
+    """The PIDs of ``n`` workers, once each is pinned to one CPU (a worker
+    pins itself as it starts, after the fork that makes it a child)."""
+    def ready():
+        pids = s.worker_pids()
+        return len(pids) == n and all(pinned_cpu(p) in [str(c) for c in CPUS] for p in pids) and sorted(pids)
+    return helpers.wait_for(ready, timeout, what="%d pinned workers" % n)
+
+
 def worker_on(s, cpu, n):
     """The PID of the worker pinned to ``cpu`` among ``n`` workers."""
-    pids = s.wait_workers(n)
+    pids = wait_pinned(s, n)
     mine = [p for p in pids if pinned_cpu(p) == str(cpu)]
     assert len(mine) >= 1, {p: pinned_cpu(p) for p in pids}
     return mine
@@ -89,7 +98,7 @@ def steered(s, echo_server, n):
 def test_each_worker_is_pinned_and_serves_its_cpus_clients(start_sockd, echo_server):
     s = start_sockd(CONF, workers=2)
     assert "(threads model, a socket per CPU: %d)" % ALL in s.log()
-    pids = s.wait_workers(2)
+    pids = wait_pinned(s, 2)
     assert sorted(pinned_cpu(p) for p in pids) == sorted(str(c) for c in CPUS[:2])
     helpers.greeted(s.addr)
     steered(s, echo_server, 2)
@@ -107,8 +116,7 @@ def test_a_killed_worker_is_replaced_on_its_cpu_and_its_queue_kept(start_sockd, 
     s.wait_log(r"worker 1 \(pid %d\) exited|worker 2 \(pid %d\) exited" % (victim, victim))
     helpers.wait_for(lambda: len(s.worker_pids()) == 2 and victim not in s.worker_pids(), 10,
                      what="the replacement")
-    helpers.wait_for(lambda: all(pinned_cpu(p) in (str(CPUS[0]), str(CPUS[1])) for p in s.worker_pids()), 10,
-                     what="pinned workers")
+    wait_pinned(s, 2)
     helpers.greeted(s.addr)
     steered(s, echo_server, 2)
 
@@ -118,8 +126,7 @@ def test_steering_survives_a_reload(start_sockd, echo_server):
     s.wait_workers(2)
     os.kill(s.proc.pid, signal.SIGHUP)
     s.wait_log(r"reloaded")
-    helpers.wait_for(lambda: len(s.worker_pids()) == 2 and all(
-        pinned_cpu(p) in (str(CPUS[0]), str(CPUS[1])) for p in s.worker_pids()), 15, what="the new workers alone")
+    wait_pinned(s, 2)       # the older workers gone, the new ones pinned
     helpers.greeted(s.addr)
     steered(s, echo_server, 2)
 
@@ -127,8 +134,7 @@ def test_steering_survives_a_reload(start_sockd, echo_server):
 def test_more_workers_than_cpus_leave_no_socket_unserved(start_sockd, echo_server):
     n = len(CPUS) + 1
     s = start_sockd(CONF, workers=n)
-    pids = s.wait_workers(n)
-    assert all(pinned_cpu(p) in [str(c) for c in CPUS] for p in pids)
+    wait_pinned(s, n)
     for cpu in CPUS:
         since = len(s.log())
         from_cpu(cpu, s.addr, echo_server.port, n=6)
